@@ -1,0 +1,23 @@
+# Two jobs: `make bench` (the main job) and `make test` (the whole suite).
+# Each creates .venv and installs camzoo on first use. Override TORCH for another platform,
+# e.g. `make test TORCH="torch torchvision"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: test bench install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/camzoo explain camzoo/assets/example.png --model resnet18 --out results/explain
