@@ -19,5 +19,8 @@ $(VENV)/.installed: setup.cfg setup.py
 test: install
 	$(BIN)/python -m pytest -q
 
+# Until the benchmark harness lands: explain scikit-image's bundled cat photo (random weights).
 bench: install
-	$(BIN)/camzoo explain camzoo/assets/example.png --model resnet18 --out results/explain
+	mkdir -p results
+	$(BIN)/python -c "from PIL import Image; from skimage import data; Image.fromarray(data.chelsea()).save('results/chelsea.png')"
+	$(BIN)/camzoo explain results/chelsea.png --model resnet18 --out results/explain

@@ -1,5 +1,7 @@
 """camzoo: class activation maps for CNN classifiers, and honest benchmarks of them."""
 
 from ._version import __version__
+from .api import explain, methods
+from .explanation import Explanation
 
-__all__ = ["__version__"]
+__all__ = ["Explanation", "__version__", "explain", "methods"]

@@ -1,0 +1,114 @@
+"""The result of explaining a batch: maps at input size, raw maps, targets, scores, and views of them.
+
+Why a class: every method and every caller (API, CLI, benchmark) gets one immutable object with the
+same fields, so a map produced by Grad-CAM and one read from an LFI-CAM model are handled alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._version import __version__
+from .io import atomic_path, atomic_write, atomic_write_text
+
+MANIFEST_VERSION = 1
+
+
+def jet_colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 with the classic 'jet' ramp (blue -> cyan -> yellow -> red)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
+    rgb = np.clip(1.5 - np.abs(4.0 * v - 4.0 * centres), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo normalisation of (B,3,H,W) images; return (B,H,W,3) uint8 for pictures."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    pixels = (images.detach().float() * std_t + mean_t).clamp(0, 1) * 255.0
+    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Saliency maps for a batch of B images.
+
+    maps:    float32 (B,H,W) in [0,1] at input resolution (bilinear upsampling + per-image min-max).
+    raw:     float32 (B,h,w) at the explained layer's resolution, before upsampling/normalisation.
+    targets: long (B,) class explained for each image; scores: softmax probability of that class.
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+    method: str
+    layer: str | None
+    inputs: torch.Tensor = field(repr=False)
+    mean: tuple[float, float, float] = field(default=(0.485, 0.456, 0.406), repr=False)
+    std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225), repr=False)
+    class_names: tuple[str, ...] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.maps.shape[0]
+
+    def label(self, i: int) -> str:
+        """Human-readable name of the i-th target (class name where known, else its index)."""
+        k = int(self.targets[i])
+        return self.class_names[k] if self.class_names and k < len(self.class_names) else str(k)
+
+    def overlay(self, i: int = 0, alpha: float = 0.5) -> Image.Image:
+        """The i-th input image with its map blended on top as a jet heat-map."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image index {i} is out of range for an explanation of {len(self)} images")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        i %= len(self)
+        image = to_display_images(self.inputs[i : i + 1], self.mean, self.std)[0]
+        heat = jet_colormap(self.maps[i].detach().float().cpu().numpy())
+        blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
+        return Image.fromarray(blended.round().astype(np.uint8))
+
+    def save(self, directory: str | Path, overlays: bool = True) -> Path:
+        """Write maps.npy, raw.npy, one overlay PNG per image and a versioned manifest.json.
+
+        Each file is written atomically; the manifest is written last, so a directory with a
+        manifest always holds a complete explanation.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, tensor in (("maps.npy", self.maps), ("raw.npy", self.raw)):
+            array = tensor.detach().float().cpu().numpy()
+            with atomic_path(directory / name) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, array)
+        overlay_files = []
+        if overlays:
+            for i in range(len(self)):
+                name = f"overlay_{i:04d}.png"
+                atomic_write(directory / name, lambda tmp, i=i: self.overlay(i).save(tmp, format="PNG"))
+                overlay_files.append(name)
+        manifest = {
+            "format": "camzoo-explanation",
+            "manifest_version": MANIFEST_VERSION,
+            "camzoo_version": __version__,
+            "method": self.method,
+            "layer": self.layer,
+            "num_images": len(self),
+            "map_size": list(self.maps.shape[1:]),
+            "raw_size": list(self.raw.shape[1:]),
+            "targets": [int(t) for t in self.targets.cpu()],
+            "target_names": [self.label(i) for i in range(len(self))],
+            "scores": [float(s) for s in self.scores.float().cpu()],
+            "files": {"maps": "maps.npy", "raw": "raw.npy", "overlays": overlay_files},
+        }
+        atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        return directory

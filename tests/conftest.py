@@ -1,0 +1,57 @@
+"""Shared fixtures: a small timm CNN briefly trained on a task whose evidence has a known place.
+
+Why trained: a random-init ResNet often yields all-zero Grad-CAM maps, which would let a wrong
+implementation agree with a reference. Here the class is the quadrant holding a coloured square,
+so maps are non-zero and should concentrate on the square.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+SQUARE_COLOUR = (2.0, -1.0, 1.5)  # in normalised units: far from the N(0, 0.5) background noise
+
+
+def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images (3,size,size) of noise with one square in quadrant `label`; returns images, labels, masks."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=generator) * 0.5
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    half, side = size // 2, size // 4
+    top = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels // 2) * half
+    left = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels % 2) * half
+    rows = torch.arange(size)[None, :, None]
+    cols = torch.arange(size)[None, None, :]
+    masks = (
+        (rows >= top[:, None, None])
+        & (rows < top[:, None, None] + side)
+        & (cols >= left[:, None, None])
+        & (cols < left[:, None, None] + side)
+    )
+    colour = torch.tensor(SQUARE_COLOUR)[None, :, None, None]
+    return torch.where(masks[:, None], colour, images), labels, masks
+
+
+@pytest.fixture(scope="session")
+def trained_resnet() -> dict:
+    """timm resnet10t (4 classes, 64 px) after 30 Adam steps; plus a held-out batch with masks."""
+    import timm
+
+    torch.manual_seed(0)
+    images, labels, _ = quadrant_batch(512, seed=1)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(2)
+    for _ in range(30):
+        idx = torch.randint(0, len(images), (24,), generator=order)
+        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
+    model.eval()
+    test_images, test_labels, test_masks = quadrant_batch(16, seed=3)
+    with torch.no_grad():
+        accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
+    return {"model": model, "images": test_images, "labels": test_labels, "masks": test_masks, "accuracy": accuracy}

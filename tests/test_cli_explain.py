@@ -1,0 +1,88 @@
+"""`camzoo methods` and `camzoo explain` from the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from camzoo.cli import main
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("cat", "dog"):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_methods_command():
+    result = CliRunner().invoke(main, ["methods"])
+    assert result.exit_code == 0
+    assert {"gradcam", "eigencam", "attention"} <= set(result.output.split())
+
+
+def test_explain_writes_one_overlay_per_image_with_a_checkpoint(trained_resnet, image_files, tmp_path):
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(trained_resnet["model"].state_dict(), checkpoint)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["explain", *image_files, "--model", "resnet10t", "--checkpoint", str(checkpoint),
+         "--method", "eigencam", "--image-size", "64", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "->" in line]
+    assert len(lines) == 2 and all("class " in line and "(p=" in line for line in lines)
+    for stem in ("cat", "dog"):
+        assert Image.open(out / f"{stem}_eigencam.png").size == (64, 64)
+
+
+def test_explain_target_and_layer(image_files, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["explain", image_files[0], "--model", "resnet10t", "--target", "3", "--layer", "layer3",
+         "--image-size", "48", "--out", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "class 3 " in result.output
+    assert "random weights" in result.output  # no checkpoint: the user is told the map means nothing
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "no_such_net"], "not a timm model"),
+        (["--model", "resnet10t", "--method", "nope"], "unknown method"),
+        (["--model", "resnet10t", "--layer", "layer9"], "layer 'layer9' not found"),
+        (["--model", "resnet10t", "--target", "5000"], "out of range"),
+    ],
+)
+def test_explain_errors(image_files, tmp_path, extra, message):
+    result = CliRunner().invoke(main, ["explain", image_files[0], *extra, "--image-size", "32", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_explain_refuses_corrupt_and_unfit_checkpoints(image_files, tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00garbage")
+    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(corrupt), "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "cannot load" in str(result.exception or result.output)
+    unfit = tmp_path / "unfit.pth"
+    torch.save({"fc.weight": torch.zeros(2, 7)}, unfit)
+    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(unfit), "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "does not fit timm model" in result.output
+
+
+def test_explain_unreadable_image(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    result = CliRunner().invoke(main, ["explain", str(broken), "--model", "resnet10t", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "cannot read image" in result.output
