@@ -1,0 +1,208 @@
+"""What a benchmark run computes: presets, TOML overrides, validation and the run's identity.
+
+A config is plain data (nested dicts of scalars and lists), so it can be printed, hashed, stored
+with every result and read back by `camzoo report` without importing anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+KINDS = ("baseline", "abn", "lfi")
+POST_HOC_METHODS = ("gradcam", "eigencam")
+
+_BASE: dict[str, Any] = {
+    "preset": "custom",
+    "device": "auto",
+    "seeds": [0, 1, 2],
+    "kinds": list(KINDS),
+    "backbones": ["resnet20"],
+    "methods": ["gradcam", "eigencam", "attention"],
+    "datasets": [{"name": "shapes", "root": "", "image_size": 32, "options": {}}],
+    # Training; any field of camzoo.train.TrainConfig except kind/backbone/seed.
+    "train": {"epochs": 10, "batch_size": 128, "lr": 0.1},
+    # Optional hyper-parameter variants: [{"name": ..., "train": {...}, "model": {...}}]
+    "variants": [],
+    "eval": {
+        "images": 256,  # evaluation images per model (the first N of the test split)
+        "batch_size": 128,  # images per explain() call
+        "deletion_steps": 16,  # deletion/insertion steps (RISE: 28 at 224 px)
+        "chunk_size": 64,  # images per model forward inside deletion/insertion
+        "gallery_images": 4,  # test images shown in the gallery plot
+    },
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The README's main job: a 2-core CPU, a few minutes, numbers that mean something.
+    "quick": {
+        "preset": "quick",
+        "backbones": ["resnet8"],
+        "datasets": [{"name": "shapes", "root": "", "image_size": 32, "options": {}}],
+        "train": {"epochs": 6, "batch_size": 128, "lr": 0.1},
+        "eval": {"images": 200, "deletion_steps": 16},
+    },
+    # A GPU: larger images and a deeper CIFAR ResNet plus an ImageNet-style ResNet-18.
+    "standard": {
+        "preset": "standard",
+        "seeds": [0, 1, 2, 3, 4],
+        "backbones": ["resnet56", "resnet18"],
+        "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train_size": 20000}}],
+        "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
+        "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
+    },
+    # The LFI-CAM paper's CIFAR protocol (ResNet-110, 300 epochs, step schedule) on user data.
+    "paper": {
+        "preset": "paper",
+        "seeds": [0, 1, 2, 3, 4],
+        "backbones": ["resnet110"],
+        "datasets": [{"name": "cifar10", "root": "data/cifar-10-batches-py", "image_size": 32, "options": {}}],
+        "train": {
+            "epochs": 300, "batch_size": 64, "lr": 0.1, "schedule": "step", "milestones": [0.5, 0.75],
+            "weight_decay": 1e-4, "augment": "crop_flip",
+        },
+        "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
+    },
+}
+
+# Keys that change how a run executes but not what it computes: excluded from the run's identity.
+_RUNTIME_KEYS = ("device", "preset")
+_TRAIN_RUNTIME_KEYS = ("device", "progress", "log_every", "num_workers", "eval_batch_size", "fast_path")
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Recursively overlay ``override`` on ``base``; unknown top-level or eval keys are errors."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        path = f"{where}{key}"
+        if where in ("", "eval.") and key not in base:
+            raise ValueError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(base))}")
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping) and key not in ("options",):
+            merged[key] = _merge(base[key], value, f"{path}.") if key == "eval" else {**base[key], **value}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _validate(config: dict[str, Any]) -> None:
+    def fail(message: str) -> None:
+        raise ValueError(f"invalid benchmark config: {message}")
+
+    if not config["seeds"] or not all(isinstance(s, int) and s >= 0 for s in config["seeds"]):
+        fail(f"seeds must be a non-empty list of integers >= 0, got {config['seeds']!r}")
+    if len(set(config["seeds"])) != len(config["seeds"]):
+        fail(f"seeds must be distinct, got {config['seeds']!r}")
+    unknown_kinds = set(config["kinds"]) - set(KINDS)
+    if not config["kinds"] or unknown_kinds:
+        fail(f"kinds must be a non-empty subset of {KINDS}, got {config['kinds']!r}")
+    if not config["backbones"] or not all(isinstance(b, str) for b in config["backbones"]):
+        fail(f"backbones must be a non-empty list of names, got {config['backbones']!r}")
+    from ..methods import method_names
+
+    unknown_methods = set(config["methods"]) - set(method_names())
+    if not config["methods"] or unknown_methods:
+        fail(f"unknown method(s) {sorted(unknown_methods)}; available: {', '.join(method_names())}")
+    if not config["datasets"]:
+        fail("datasets must name at least one dataset")
+    for dataset in config["datasets"]:
+        if not isinstance(dataset, Mapping) or "name" not in dataset:
+            fail(f"each dataset needs a name, got {dataset!r}")
+        extra = set(dataset) - {"name", "root", "image_size", "options"}
+        if extra:
+            fail(f"dataset {dataset['name']!r} has unknown keys {sorted(extra)} (valid: name, root, image_size, options)")
+    for key in ("kind", "backbone", "seed"):
+        if key in config["train"]:
+            fail(f"train.{key} is set by the grid (kinds/backbones/seeds), not in [train]")
+    names = [v.get("name") for v in config["variants"]]
+    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+        fail(f"every variant needs a distinct non-empty name, got {names!r}")
+    for variant in config["variants"]:
+        extra = set(variant) - {"name", "train", "model"}
+        if extra:
+            fail(f"variant {variant['name']!r} has unknown keys {sorted(extra)} (valid: name, train, model)")
+    evaluation = config["eval"]
+    for key in ("images", "batch_size", "deletion_steps", "chunk_size"):
+        if not isinstance(evaluation[key], int) or evaluation[key] < 1:
+            fail(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
+    if not isinstance(evaluation["gallery_images"], int) or evaluation["gallery_images"] < 0:
+        fail(f"eval.gallery_images must be an integer >= 0, got {evaluation['gallery_images']!r}")
+    if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith("cuda:"):
+        fail(f"device must be auto, cpu or cuda, got {config['device']!r}")
+
+
+def resolve_config(
+    preset: str | None = "quick", file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Preset (or the file's ``preset`` key), then the TOML file, then ``overrides``; validated."""
+    from_file: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+    preset_name = from_file.get("preset") or preset or "quick"
+    if preset_name not in PRESETS and preset_name != "custom":
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    config = _merge(_BASE, PRESETS.get(preset_name, {}))
+    config = _merge(config, from_file)
+    config = _merge(config, overrides or {})
+    for dataset in config["datasets"]:
+        dataset.setdefault("root", "")
+        dataset.setdefault("image_size", 32)
+        dataset.setdefault("options", {})
+    _validate(config)
+    return config
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """Identity of what a config computes (not of where or how it runs): 12 hex digits."""
+    identity = {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}
+    identity["train"] = {k: v for k, v in config["train"].items() if k not in _TRAIN_RUNTIME_KEYS}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:12]
+
+
+def variants(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The hyper-parameter variants; a config without any has one, named "default"."""
+    return [dict(v) for v in config["variants"]] or [{"name": "default", "train": {}, "model": {}}]
+
+
+def applicable_methods(config: Mapping[str, Any], kind: str) -> list[str]:
+    """Post-hoc methods apply to every model; "attention" only to the trainable explainers."""
+    return [m for m in config["methods"] if m != "attention" or kind in ("abn", "lfi")]
+
+
+def to_toml(config: Mapping[str, Any]) -> str:
+    """Write a resolved config as TOML (scalars, lists, tables, arrays of tables), for --print-config."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{k} = {scalar(v)}" for k, v in value.items()) + "}"
+        raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            tables += ["", f"[{key}]"] + [f"{k} = {scalar(v)}" for k, v in value.items()]
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for item in value:
+                tables += ["", f"[[{key}]]"] + [f"{k} = {scalar(v)}" for k, v in item.items()]
+        else:
+            lines.append(f"{key} = {scalar(value)}")
+    return "\n".join(lines + tables) + "\n"

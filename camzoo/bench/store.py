@@ -1,0 +1,220 @@
+"""The benchmark's results store: one SQLite file, one transaction per finished cell.
+
+Why SQLite: a crash or Ctrl-C can only lose the cell being computed (each cell commits on its own),
+a rerun asks the store what is finished, two processes can write to one store safely (WAL mode,
+immediate transactions, primary keys), and `camzoo report` rebuilds every table and plot from this
+file alone. Per-image values and maps are kept as ``.npy`` blobs (loaded with allow_pickle=False),
+so new aggregations and paired tests never need a rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+STORE_NAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    provenance TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL,
+    device TEXT NOT NULL, finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method)
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL,
+    value REAL, per_image BLOB,
+    config_hash TEXT NOT NULL, code_version TEXT NOT NULL, device TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method, metric)
+);
+CREATE TABLE IF NOT EXISTS arrays (
+    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method, name)
+);
+"""
+
+# seed value of cells that span all seeds (cross-seed stability)
+ALL_SEEDS = -1
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """Coordinates of one benchmark cell; ``method`` is "model" for model-level metrics (accuracy)."""
+
+    dataset: str
+    backbone: str
+    kind: str
+    variant: str
+    seed: int
+    method: str
+
+    def as_tuple(self) -> tuple:
+        return (self.dataset, self.backbone, self.kind, self.variant, self.seed, self.method)
+
+
+def encode_array(array: np.ndarray | None) -> bytes | None:
+    if array is None:
+        return None
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class ResultsStore:
+    """Read and write one benchmark directory's ``results.sqlite``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / STORE_NAME
+        self._connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        try:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA busy_timeout=60000")
+            with self.transaction() as db:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            version = self._connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            self._connection.close()
+            raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {err}") from err
+        if int(version) != SCHEMA_VERSION:
+            self._connection.close()
+            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: all of the block lands, or none of it."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._connection
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    # --- runs ---------------------------------------------------------------------------------
+    def record_run(self, run_id: str, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?)",
+                (run_id, json.dumps(config, sort_keys=True), json.dumps(provenance, sort_keys=True), _now()),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self._connection.execute("SELECT run_id, config, provenance, created_at FROM runs ORDER BY created_at")
+        return [
+            {"run_id": r[0], "config": json.loads(r[1]), "provenance": json.loads(r[2]), "created_at": r[3]}
+            for r in rows
+        ]
+
+    # --- cells --------------------------------------------------------------------------------
+    def is_done(self, run_id: str, key: CellKey) -> bool:
+        row = self._connection.execute(
+            "SELECT 1 FROM cells WHERE run_id=? AND dataset=? AND backbone=? AND kind=? AND variant=? "
+            "AND seed=? AND method=?",
+            (run_id, *key.as_tuple()),
+        ).fetchone()
+        return row is not None
+
+    def write_cell(
+        self,
+        run_id: str,
+        key: CellKey,
+        metrics: Mapping[str, tuple[float | None, np.ndarray | None]],
+        arrays: Mapping[str, np.ndarray] | None = None,
+        *,
+        config_hash: str,
+        code_version: str,
+        device: str,
+    ) -> None:
+        """Commit a finished cell: its metric rows, its arrays and its done-marker, in one transaction."""
+        now = _now()
+        with self.transaction() as db:
+            for metric, (value, per_image) in metrics.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, *key.as_tuple(), metric, None if value is None else float(value),
+                     encode_array(per_image), config_hash, code_version, device, now),
+                )
+            for name, array in (arrays or {}).items():
+                db.execute(
+                    "INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, *key.as_tuple(), name, encode_array(array)),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, *key.as_tuple(), device, now),
+            )
+
+    def cells(self, run_id: str | None = None) -> list[CellKey]:
+        query = "SELECT dataset, backbone, kind, variant, seed, method FROM cells"
+        rows = self._connection.execute(query + (" WHERE run_id=?" if run_id else ""), (run_id,) if run_id else ())
+        return [CellKey(*row) for row in rows]
+
+    # --- reading ------------------------------------------------------------------------------
+    def results(self, run_id: str | None = None, with_per_image: bool = False) -> list[dict[str, Any]]:
+        columns = "run_id, dataset, backbone, kind, variant, seed, method, metric, value, config_hash, code_version, device, created_at"
+        if with_per_image:
+            columns += ", per_image"
+        query = f"SELECT {columns} FROM results" + (" WHERE run_id=?" if run_id else "")
+        cursor = self._connection.execute(query, (run_id,) if run_id else ())
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row)) for row in cursor]
+        if with_per_image:
+            for row in rows:
+                row["per_image"] = decode_array(row["per_image"])
+        return rows
+
+    def array(self, run_id: str, key: CellKey, name: str) -> np.ndarray | None:
+        row = self._connection.execute(
+            "SELECT data FROM arrays WHERE run_id=? AND dataset=? AND backbone=? AND kind=? AND variant=? "
+            "AND seed=? AND method=? AND name=?",
+            (run_id, *key.as_tuple(), name),
+        ).fetchone()
+        return None if row is None else decode_array(row[0])
+
+    def arrays(self, run_id: str, name: str) -> Iterable[tuple[CellKey, np.ndarray]]:
+        rows = self._connection.execute(
+            "SELECT dataset, backbone, kind, variant, seed, method, data FROM arrays WHERE run_id=? AND name=?",
+            (run_id, name),
+        )
+        for row in rows:
+            yield CellKey(*row[:6]), decode_array(row[6])
