@@ -229,3 +229,14 @@ def test_average_drop_and_increase_match_their_closed_forms():
 def test_average_drop_needs_maps_in_unit_range():
     with pytest.raises(ValueError, match=r"\[0,1\]"):
         average_drop_increase(ObjectFractionModel(), object_images(1), object_map(1) * 2, [0])
+
+
+def test_substrate_forms_agree():
+    torch.manual_seed(4)
+    model, images, maps = TinyNet(), torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)
+    constant = deletion_insertion(model, images, maps, [0, 1], steps=4, substrate=0.25, modes=("deletion",))
+    for other in (torch.full((3, 1, 1), 0.25), torch.full((2, 3, 8, 8), 0.25), lambda x: torch.full_like(x, 0.25)):
+        result = deletion_insertion(model, images, maps, [0, 1], steps=4, substrate=other, modes=("deletion",))
+        torch.testing.assert_close(result["deletion_curve"], constant["deletion_curve"])
+    with pytest.raises(ValueError, match="broadcast"):
+        deletion_insertion(model, images, maps, [0, 1], steps=4, substrate=torch.zeros(5))
