@@ -203,7 +203,7 @@ def test_bad_inputs_fail_with_clear_errors():
     with pytest.raises(ValueError, match="steps"):
         deletion_insertion(model, images, maps, [0, 1], steps=65)
     with pytest.raises(ValueError, match="targets"):
-        deletion_insertion(model, images, maps, [0, 9], steps=4)
+        deletion_insertion(model, images, maps, [0, 9], steps=4, chunk_size=1)  # 9 is in a later chunk
     with pytest.raises(ValueError, match="modes"):
         deletion_insertion(model, images, maps, [0, 1], modes=("del",))
     with pytest.raises(ValueError, match="squeeze"):

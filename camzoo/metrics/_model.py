@@ -51,10 +51,13 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 
 
 def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                         softmax: bool = True, autocast: bool = False) -> torch.Tensor:
+                         softmax: bool = True, autocast: bool = False,
+                         all_targets: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax probability (or raw output when ``softmax=False``) of each image's target class.
 
-    The caller holds ``torch.no_grad()`` and ``eval_mode``; this is one forward pass.
+    The caller holds ``torch.no_grad()`` and ``eval_mode``; this is one forward pass. Callers in a
+    loop pass ``all_targets`` (every target of the batch) on the first call only: checking them
+    against the number of outputs reads from the device, and later calls must not wait on the host.
     """
     with autocast_context(images.device, autocast):
         outputs = model(images)
@@ -62,8 +65,10 @@ def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.
         outputs = outputs[0]
     if outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
         raise ValueError(f"the model must return logits (B,num_classes); got shape {tuple(outputs.shape)}")
-    if int(targets.max()) >= outputs.shape[1]:
-        raise ValueError(f"targets reach class {int(targets.max())} but the model has {outputs.shape[1]} outputs")
+    if all_targets is not None and int(all_targets.max()) >= outputs.shape[1]:
+        raise ValueError(
+            f"targets reach class {int(all_targets.max())} but the model has {outputs.shape[1]} outputs"
+        )
     outputs = outputs.float()
     if softmax:
         outputs = outputs.softmax(dim=1)

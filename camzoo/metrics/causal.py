@@ -223,7 +223,9 @@ def deletion_insertion(
         for start in range(0, batch * per_image, chunk_size):
             stop = min(start + chunk_size, batch * per_image)
             image_idx, kind, count = job_image[start:stop], job_kind[start:stop], job_count[start:stop]
-            lo, hi = int(image_idx[0]), int(image_idx[-1]) + 1  # jobs are image-major: a contiguous range
+            # jobs are image-major, so a chunk touches a contiguous range of images (computed on the
+            # host: reading it from the device would stall the queue once per chunk)
+            lo, hi = start // per_image, (stop - 1) // per_image + 1
             local = image_idx - lo
             # The few images this chunk touches, with their substrates: (sources, images, C, H, W).
             # Each input is then two gathers and one where, whatever its mix of games and steps.
@@ -233,7 +235,8 @@ def deletion_insertion(
             end_source = torch.where(is_deletion, 1 if "deletion" in modes else 0, 0)
             changed = (rank[image_idx] < count[:, None]).view(-1, 1, height, width)
             inputs = torch.where(changed, sources[end_source, local], sources[start_source, local])
-            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], softmax, autocast)
+            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], softmax, autocast,
+                                                      all_targets=targets if start == 0 else None)
 
     scores = scores.view(batch, per_image)
     original = scores[:, :1]
@@ -288,7 +291,8 @@ def average_drop_increase(
         for start in range(0, batch, int(chunk_size)):
             part = slice(start, min(start + int(chunk_size), batch))
             x, m, t = images[part], maps[part, None], targets[part]
-            full[part] = target_probabilities(model, x, t, softmax, autocast)
+            first = targets if start == 0 else None
+            full[part] = target_probabilities(model, x, t, softmax, autocast, all_targets=first)
             explanation = baseline + m * (x - baseline)
             masked[part] = target_probabilities(model, explanation, t, softmax, autocast)
     drop = (full - masked).clamp(min=0) / full.clamp(min=torch.finfo(full.dtype).tiny)
