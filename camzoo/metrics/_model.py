@@ -1,0 +1,75 @@
+"""Running a classifier for a metric: eval mode restored afterwards, no autograd, bounded batches.
+
+Why: metrics that query the model (deletion/insertion, average drop) must not leave it in another
+mode than they found it, must not build autograd graphs, and must feed it batches of a size the
+caller chose so memory stays bounded however many (image, step) pairs there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag afterwards, even on error."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter or buffer (``fallback`` for a parameter-free model)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return fallback
+
+
+def check_same_device(model: nn.Module, images: torch.Tensor) -> None:
+    device = model_device(model, images.device)
+    if device != images.device:
+        raise ValueError(
+            f"the model is on {device} but the images are on {images.device}: move both to one device "
+            "(metrics run where their inputs are)"
+        )
+
+
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """Mixed precision when asked: float16 on CUDA, bfloat16 elsewhere; a no-op otherwise."""
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                         softmax: bool = True, autocast: bool = False,
+                         all_targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax probability (or raw output when ``softmax=False``) of each image's target class.
+
+    The caller holds ``torch.no_grad()`` and ``eval_mode``; this is one forward pass. Callers in a
+    loop pass ``all_targets`` (every target of the batch) on the first call only: checking them
+    against the number of outputs reads from the device, and later calls must not wait on the host.
+    """
+    with autocast_context(images.device, autocast):
+        outputs = model(images)
+    if isinstance(outputs, (tuple, list)):  # models that also return an attention map
+        outputs = outputs[0]
+    if outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
+        raise ValueError(f"the model must return logits (B,num_classes); got shape {tuple(outputs.shape)}")
+    if all_targets is not None and int(all_targets.max()) >= outputs.shape[1]:
+        raise ValueError(
+            f"targets reach class {int(all_targets.max())} but the model has {outputs.shape[1]} outputs"
+        )
+    outputs = outputs.float()
+    if softmax:
+        outputs = outputs.softmax(dim=1)
+    return outputs.gather(1, targets[:, None])[:, 0]
