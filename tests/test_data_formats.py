@@ -385,6 +385,11 @@ def test_cli_check_on_disk_copies(tmp_path):
     assert res.exit_code == 0, res.output
     assert "cub200/train: 2 images, 2 classes, 224px, annotations: boxes" in res.output
     assert "cub200/test: 1 images" in res.output and "all 2 items read" in res.output
+    for split in ("train", "val"):
+        photo_with_rectangle(20, 12, (1, 1, 5, 5), tmp_path / "tree" / split / "cat" / "0.png")
+    res = runner.invoke(main, ["datasets", "check", "imagefolder", "--root", str(tmp_path / "tree")])
+    assert res.exit_code == 0, res.output
+    assert "imagefolder/val: 1 images, 1 classes" in res.output and "imagefolder/test: not present" in res.output
     res = runner.invoke(main, ["datasets", "check", "cifar10", "--root", str(tmp_path / "missing")])
     assert res.exit_code != 0 and "does not exist" in res.output
     write_pets(tmp_path / "pets", trimap_size={"Abyssinian_2": (5, 5)})

@@ -91,6 +91,18 @@ def test_splits_do_not_overlap(full):
     assert not np.isin(gen.draw_scenes(N, 10, 0, "train").cx[:, 0], gen.draw_scenes(N, 10, 0, "test").cx[:, 0]).any()
 
 
+def test_background_does_not_depend_on_the_class():
+    # The same seed with another class layout gives other labels and objects but the very same
+    # background, distractors and object placement: without the object, an image says nothing
+    # about its class.
+    ten = render(n=120, classes=10, content="background")
+    three = render(n=120, classes=3, content="background")
+    assert (ten["labels"] != three["labels"]).mean() > 0.5
+    np.testing.assert_array_equal(ten["images"], three["images"])
+    full_ten, full_three = render(n=120, classes=10), render(n=120, classes=3)
+    assert (full_ten["images"] != full_three["images"]).any(axis=(1, 2, 3)).mean() > 0.5
+
+
 def test_labels_balanced_and_classes_laid_out():
     assert gen.class_names(5) == ["circle", "square", "triangle", "plus", "star"]
     assert len(gen.class_names(10)) == 10 and gen.class_names(10)[:5] == gen.class_names(5)

@@ -59,17 +59,18 @@ def register(group: click.Group) -> None:
         except ValueError as err:
             raise click.ClickException(str(err)) from err
         opts = _parse_options(options)
+        loaded = 0
         for split in entry.splits:
             try:
                 ds = _load(name, split, root, image_size, opts)
             except click.ClickException as err:
-                if split != "train" and "split" in err.message:
-                    click.echo(f"{name}/{split}: not present ({err.message})")
-                    continue
-                raise
-            line = (f"{name}/{split}: {len(ds)} images, {len(ds.classes)} classes, {ds.image_size}px, "
-                    f"annotations: {', '.join(ds.annotations) or 'none'}")
-            click.echo(line)
+                if "for split" not in err.message:  # only a split folder that is absent is not fatal
+                    raise
+                click.echo(f"{name}/{split}: not present ({err.message})")
+                continue
+            loaded += 1
+            click.echo(f"{name}/{split}: {len(ds)} images, {len(ds.classes)} classes, {ds.image_size}px, "
+                       f"annotations: {', '.join(ds.annotations) or 'none'}")
             if verify:
                 try:
                     for i in range(len(ds)):
@@ -77,6 +78,8 @@ def register(group: click.Group) -> None:
                 except DatasetError as err:
                     raise click.ClickException(str(err)) from err
                 click.echo(f"{name}/{split}: all {len(ds)} items read")
+        if not loaded:
+            raise click.ClickException(f"{name}: no split found under {root!r}")
 
     @datasets.command("preview")
     @click.argument("name")

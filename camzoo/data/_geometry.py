@@ -26,8 +26,9 @@ def _square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    # Equilateral, circumradius 1: inside all three half-planes whose normals are 120 degrees apart.
-    inside = np.ones(u.shape, dtype=bool)
+    # Equilateral, circumradius 1: inside all three half-planes whose normals are 120 degrees apart;
+    # the tips are trimmed by a circle of radius 0.85 to keep the shape compact (see class_bound()).
+    inside = u * u + v * v <= 0.85 * 0.85
     for k in range(3):
         phi = math.pi / 2 + 2 * math.pi * k / 3
         inside &= u * math.cos(phi) + v * math.sin(phi) <= 0.5
@@ -41,13 +42,13 @@ def _plus(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     # Five-pointed star: fold the angle into one half-spike, then test against the edge running
-    # from the outer tip (1, 0) to the inner corner at radius 0.45 and angle pi/5.
+    # from the outer tip (1, 0) to the inner corner at radius 0.5 and angle pi/5.
     sector = 2 * math.pi / 5
     angle = np.mod(np.arctan2(v, u), sector)
     angle = np.minimum(angle, sector - angle)
     rho = np.hypot(u, v)
     px, py = rho * np.cos(angle), rho * np.sin(angle)
-    bx, by = 0.45 * math.cos(math.pi / 5), 0.45 * math.sin(math.pi / 5)
+    bx, by = 0.5 * math.cos(math.pi / 5), 0.5 * math.sin(math.pi / 5)
     # Sign of the cross product (B - A) x (P - A); the origin gives a positive sign.
     return (bx - 1.0) * py - by * (px - 1.0) >= 0.0
 
@@ -71,8 +72,9 @@ def _semicircle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _hourglass(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    # Two triangles meeting tip to tip, with a waist wide enough to survive 32 px images.
-    return (np.abs(v) <= 1.0) & (np.abs(u) <= 0.18 + 0.82 * np.abs(v))
+    # Two triangles meeting tip to tip (a waist wide enough to survive 32 px images), cut by the unit
+    # circle so that the shape stays compact (see class_bound()).
+    return (u * u + v * v <= 1.0) & (np.abs(u) <= 0.18 + 0.82 * np.abs(v))
 
 
 # Distractor shapes: never class-defining, and chosen to be unlike every class shape.
@@ -123,6 +125,16 @@ def shape_scales() -> tuple[tuple[float, float], ...]:
         radius = float(np.hypot(u[inside], v[inside]).max()) * scale
         out.append((scale, radius))
     return tuple(out)
+
+
+def class_bound() -> float:
+    """The largest bounding radius of any class shape (equal-area units).
+
+    The class object is placed, and distractors kept away from it, using this one bound for every
+    class, so where the object sits and how much room it takes from the distractors say nothing
+    about its class: an image with the object removed is independent of the label.
+    """
+    return max(radius for (_, radius), name in zip(shape_scales(), ALL_SHAPES) if name in CLASS_SHAPES)
 
 
 def draw_shapes(

@@ -9,7 +9,7 @@ a Python call per image.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -35,12 +35,6 @@ class CamzooDataset(Dataset):
     image_size: int
     annotations: tuple[str, ...] = ()  # which of "mask", "boxes" the targets hold
     in_memory: bool = False
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "split": self.split, "size": len(self), "classes": len(self.classes),
-            "image_size": self.image_size, "annotations": list(self.annotations),
-        }
 
 
 class ArrayDataset(CamzooDataset):

@@ -99,7 +99,7 @@ class FileDataset(CamzooDataset):
             T.check_boxes(rec.boxes, width, height, f"{rec.record} ({rec.path.name})", BOX_TOLERANCE)
             boxes = np.clip(rec.boxes, 0, [width, height, width, height]).astype(np.float32)
         elif mask is not None:
-            boxes = _box_of_mask(mask, rec)
+            boxes = _box_of_mask(mask)
         img, mask_t, boxes_t = T.resize_record(image, self.image_size, mask, boxes)
         if self.augment:
             flip = torch.rand(1) < 0.5
@@ -135,8 +135,8 @@ class FileDataset(CamzooDataset):
         return self.mask_from_array(array)
 
 
-def _box_of_mask(mask: np.ndarray, rec: Record) -> np.ndarray | None:
-    """The tight box of a mask, (1,4) in pixel-edge coordinates; None for an empty mask."""
+def _box_of_mask(mask: np.ndarray) -> np.ndarray:
+    """The tight box of a mask, (1,4) in pixel-edge coordinates; (0,4) for an empty mask."""
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if rows.size == 0:
         return np.full((0, 4), np.nan, dtype=np.float32)

@@ -26,9 +26,7 @@ def _outline(mask: torch.Tensor) -> torch.Tensor:
 def render_grid(dataset: CamzooDataset, rows: int = 4, cols: int = 8, scale: int = 1, annotate: bool = True) -> np.ndarray:
     """(H,W,3) uint8 grid of the first rows*cols items, 2 px gaps."""
     n = min(rows * cols, len(dataset))
-    images, _, targets = next(iter(loader(torch.utils.data.Subset(dataset, range(n)) if not hasattr(dataset, "get_batch")
-                                          else dataset, batch_size=n)))
-    images, targets = images[:n], {k: v[:n] for k, v in targets.items()}
+    images, _, targets = next(iter(loader(dataset, batch_size=n)))  # the first batch = the first n items
     mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
     std = torch.tensor(dataset.std).view(1, 3, 1, 1)
     pixels = (images * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()

@@ -38,7 +38,7 @@ PALETTE = np.array(
 )
 NOISE_STD = 0.04
 # Radii of the disk with the object's area, as fractions of the image side.
-OBJECT_RADIUS = (0.18, 0.24)
+OBJECT_RADIUS = (0.16, 0.22)
 DISTRACTOR_RADIUS = (0.10, 0.17)
 
 
@@ -108,9 +108,10 @@ def _draw_block(rng: np.random.Generator, n: int, num_classes: int) -> Scenes:
     radius[:, 1:] = rng.uniform(*DISTRACTOR_RADIUS, size=(n, d))
     angle = rng.uniform(0.0, 2 * math.pi, size=(n, 1 + d))
 
-    # The object lies wholly inside the image; distractors may be cut by the border.
-    bound = np.array([r for _, r in geo.shape_scales()])[shape]  # bounding radius per unit radius
-    extent = bound * radius
+    # The object lies wholly inside the image; distractors may be cut by the border. Placement uses
+    # one bound for all classes (geo.class_bound), so the background never hints at the class.
+    extent = radius * np.array([[r for _, r in geo.shape_scales()]])[0][shape]
+    extent[:, 0] = geo.class_bound() * radius[:, 0]
     cx = np.empty((n, 1 + d))
     cy = np.empty((n, 1 + d))
     cx[:, 0] = rng.uniform(extent[:, 0], 1.0 - extent[:, 0])
