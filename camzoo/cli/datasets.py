@@ -1,0 +1,105 @@
+"""``camzoo datasets``: list the datasets, check a local copy, and preview images with their annotations."""
+
+from __future__ import annotations
+
+import click
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
+    """KEY=VALUE pairs; values that read as ints stay ints."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value
+    return out
+
+
+def _load(name: str, split: str, root: str | None, image_size: int | None, options: dict[str, object]):
+    from ..data import DatasetError, load
+
+    try:
+        return load(name, split, root=root, image_size=image_size, **options)
+    except (DatasetError, ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+def register(group: click.Group) -> None:
+    @group.group("datasets")
+    def datasets() -> None:
+        """Built-in and on-disk datasets."""
+
+    @datasets.command("list")
+    def list_cmd() -> None:
+        """Every dataset camzoo can load, its splits, annotations and expected layout."""
+        from ..data import DATASETS
+
+        for name in sorted(DATASETS):
+            d = DATASETS[name]
+            ann = ", ".join(d.annotations) or "labels only"
+            click.echo(f"{name:12s} {d.summary}")
+            click.echo(f"{'':12s} splits: {', '.join(d.splits)}; annotations: {ann}")
+            if d.layout:
+                click.echo(f"{'':12s} root holds: {d.layout}")
+
+    @datasets.command("check")
+    @click.argument("name")
+    @click.option("--root", type=click.Path(), default=None, help="Local copy (cache dir for 'shapes').")
+    @click.option("--image-size", type=int, default=None, help="Side of the returned images.")
+    @click.option("--option", "-o", "options", multiple=True, help="Loader option KEY=VALUE, e.g. num_classes=5.")
+    @click.option("--verify/--no-verify", default=False,
+                  help="Also read every item, so a bad image, box or mask is reported now.")
+    def check_cmd(name: str, root: str | None, image_size: int | None, options: tuple[str, ...], verify: bool) -> None:
+        """Split sizes, class count and which annotations exist for NAME."""
+        from ..data import DatasetError, info
+
+        try:
+            entry = info(name)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+        opts = _parse_options(options)
+        loaded = 0
+        for split in entry.splits:
+            try:
+                ds = _load(name, split, root, image_size, opts)
+            except click.ClickException as err:
+                if "for split" not in err.message:  # only a split folder that is absent is not fatal
+                    raise
+                click.echo(f"{name}/{split}: not present ({err.message})")
+                continue
+            loaded += 1
+            click.echo(f"{name}/{split}: {len(ds)} images, {len(ds.classes)} classes, {ds.image_size}px, "
+                       f"annotations: {', '.join(ds.annotations) or 'none'}")
+            if verify:
+                try:
+                    for i in range(len(ds)):
+                        ds[i]
+                except DatasetError as err:
+                    raise click.ClickException(str(err)) from err
+                click.echo(f"{name}/{split}: all {len(ds)} items read")
+        if not loaded:
+            raise click.ClickException(f"{name}: no split found under {root!r}")
+
+    @datasets.command("preview")
+    @click.argument("name")
+    @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+    @click.option("--root", type=click.Path(), default=None)
+    @click.option("--split", default="train", show_default=True)
+    @click.option("--image-size", type=int, default=None)
+    @click.option("--rows", type=int, default=4, show_default=True)
+    @click.option("--cols", type=int, default=8, show_default=True)
+    @click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscale factor.")
+    @click.option("--annotate/--no-annotate", default=True, show_default=True,
+                  help="Outline masks and draw boxes.")
+    @click.option("--option", "-o", "options", multiple=True, help="Loader option KEY=VALUE.")
+    def preview_cmd(name: str, out: str, root: str | None, split: str, image_size: int | None, rows: int,
+                    cols: int, scale: int, annotate: bool, options: tuple[str, ...]) -> None:
+        """Write a grid of the first images of NAME (with mask outlines and boxes) to --out."""
+        from ..data.preview import preview_grid
+
+        if rows < 1 or cols < 1 or scale < 1:
+            raise click.BadParameter("rows, cols and scale must be >= 1")
+        ds = _load(name, split, root, image_size, _parse_options(options))
+        path = preview_grid(ds, out, rows=rows, cols=cols, scale=scale, annotate=annotate)
+        click.echo(f"wrote {path}")

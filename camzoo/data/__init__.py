@@ -1,0 +1,10 @@
+"""Datasets: the built-in "shapes" dataset with exact masks and boxes, and loaders for local copies
+of standard datasets in their official on-disk layouts. See docs/datasets.md."""
+
+from __future__ import annotations
+
+from .base import ArrayDataset, CamzooDataset, DatasetError
+from .loading import collate, loader
+from .registry import DATASETS, info, load, names
+
+__all__ = ["ArrayDataset", "CamzooDataset", "DATASETS", "DatasetError", "collate", "info", "load", "loader", "names"]

@@ -1,0 +1,111 @@
+"""Dataset names -> loaders, so the CLI, the benchmark and users share one list."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .base import CamzooDataset, DatasetError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    summary: str
+    layout: str                    # what root must hold (empty for generated datasets)
+    splits: tuple[str, ...]
+    annotations: tuple[str, ...]   # what targets may hold
+    build: Callable[..., CamzooDataset]
+    needs_root: bool = True
+
+
+def _shapes(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
+    from .shapes import load_shapes
+
+    return load_shapes(split, root=root, image_size=image_size, **options)
+
+
+def _cifar(num_classes: int) -> Callable[..., CamzooDataset]:
+    def build(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
+        from .cifar import load_cifar
+
+        return load_cifar(root, split, num_classes=num_classes, image_size=image_size, **options)
+
+    return build
+
+
+def _lazy(module: str, function: str) -> Callable[..., CamzooDataset]:
+    def build(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
+        mod = __import__(f"{__package__}.{module}", fromlist=[function])
+        return getattr(mod, function)(root, split, image_size=image_size, **options)
+
+    return build
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("shapes", "built-in: one class-defining shape among distractors on real textures",
+                    "", ("train", "val", "test"), ("mask", "boxes"), _shapes, needs_root=False),
+        DatasetInfo("cifar10", "CIFAR-10, official python pickle batches",
+                    "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), (),
+                    _cifar(10)),
+        DatasetInfo("cifar100", "CIFAR-100, official python pickle batches",
+                    "cifar-100-python/{train,test,meta}", ("train", "test"), (), _cifar(100)),
+        DatasetInfo("stl10", "STL-10, official binaries", "stl10_binary/{train,test}_{X,y}.bin",
+                    ("train", "test"), (), _lazy("cifar", "load_stl10")),
+        DatasetInfo("imagefolder", "any ImageFolder tree", "<split>/<class>/<image>",
+                    ("train", "val", "test"), (), _lazy("folders", "load_imagefolder")),
+        DatasetInfo("imagenet", "ImageNet-style folder with Pascal VOC XML boxes",
+                    "<split>/[<wnid>/]<image>.JPEG + <image>.xml anywhere under root", ("train", "val"),
+                    ("boxes",), _lazy("folders", "load_imagenet_voc")),
+        DatasetInfo("cub200", "CUB-200-2011 birds with bounding_boxes.txt (+ segmentations/ if present)",
+                    "CUB_200_2011/{images/,images.txt,train_test_split.txt,image_class_labels.txt,"
+                    "classes.txt,bounding_boxes.txt}", ("train", "test"), ("boxes", "mask"),
+                    _lazy("folders", "load_cub")),
+        DatasetInfo("pets", "Oxford-IIIT Pet with trimaps as masks",
+                    "{images/*.jpg, annotations/{list.txt,trainval.txt,test.txt,trimaps/*.png}}",
+                    ("train", "test"), ("mask", "boxes"), _lazy("folders", "load_pets")),
+    )
+}
+
+
+def names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(names())}")
+    return DATASETS[name]
+
+
+def load(name: str, split: str, root: str | os.PathLike | None = None, image_size: int | None = None,
+         **options: Any) -> CamzooDataset:
+    """A dataset split as a torch Dataset of ``(image, label, target)`` (see the data contract).
+
+    ``root``: the local copy of an on-disk dataset (default: $CAMZOO_DATA/<name>), or the cache
+    directory of "shapes". ``image_size``: the side of the square images returned (default: the
+    dataset's native size, 224 for photo folders, 64 for "shapes").
+    """
+    entry = info(name)
+    if split not in entry.splits:
+        raise ValueError(f"{name}: unknown split {split!r}; available: {', '.join(entry.splits)}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise ValueError(f"{name}: image_size must be an int >= 8, got {image_size!r}")
+    if entry.needs_root:
+        if root is None:
+            env = os.environ.get("CAMZOO_DATA")
+            if not env:
+                raise DatasetError(f"{name}: pass root=<folder holding {entry.layout}> (or set $CAMZOO_DATA)")
+            root = Path(env) / name
+        if not Path(root).exists():
+            raise DatasetError(f"{name}: dataset root {str(root)!r} does not exist (expected {entry.layout})")
+    try:
+        return entry.build(split, root, image_size, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            raise ValueError(f"{name}: {err}") from None
+        raise

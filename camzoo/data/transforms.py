@@ -1,0 +1,85 @@
+"""Image transforms that move masks and boxes with the pixels.
+
+Boxes are x0,y0,x1,y1 in pixel-edge coordinates (pixel (r, c) spans [c, c+1) x [r, r+1)), so a
+resize scales them by the size ratio and a horizontal flip maps x to W - x, with no half-pixel terms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def hflip_where(
+    flip: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Flip the images (B,3,H,W) where ``flip`` (B,) is True, with their masks (B,H,W) and boxes (B,K,4)."""
+    f4 = flip.view(-1, 1, 1, 1)
+    images = torch.where(f4, images.flip(-1), images)
+    if mask is not None:
+        mask = torch.where(f4[:, 0], mask.flip(-1), mask)
+    if boxes is not None:
+        width = images.shape[-1]
+        flipped = torch.stack([width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]], -1)
+        boxes = torch.where(flip.view(-1, 1, 1), flipped, boxes)
+    return images, mask, boxes
+
+
+def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The CIFAR augmentation, batched: zero-pad by ``pad`` and crop back at a random offset per image."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 batch (N,3,H,W) to (N,3,size,size) with antialiased bilinear filtering."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((images.shape[0], 3, size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], 1024):  # chunks bound the float temporaries
+        chunk = images[start:start + 1024].float()
+        chunk = torch.nn.functional.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        out[start:start + 1024] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def resize_record(
+    image: Image.Image, size: int, mask: np.ndarray | None = None, boxes: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Resize one PIL image to size x size (no crop, as wsolevaluation does, so no object is cut off).
+
+    Returns the image as float (3,S,S) in [0,1], the mask resized with nearest neighbours, and the
+    boxes scaled by the same factors.
+    """
+    w, h = image.size
+    resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    out_mask = None
+    if mask is not None:
+        m = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+        out_mask = torch.from_numpy(np.asarray(m) > 127)
+    out_boxes = None
+    if boxes is not None:
+        scale = torch.tensor([size / w, size / h, size / w, size / h], dtype=torch.float32)
+        out_boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale
+    return tensor, out_mask, out_boxes
+
+
+def check_boxes(boxes: np.ndarray, width: float, height: float, where: str, tolerance: float = 0.0) -> None:
+    """Raise a clear error when a box is malformed or overhangs its image by more than ``tolerance`` px."""
+    from .base import DatasetError
+
+    for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+        if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
+            raise DatasetError(f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or not finite")
+        if min(x0, y0) < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
+            raise DatasetError(
+                f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} image"
+            )
