@@ -211,10 +211,17 @@ class ResultsStore:
         ).fetchone()
         return None if row is None else decode_array(row[0])
 
-    def arrays(self, run_id: str, name: str) -> Iterable[tuple[CellKey, np.ndarray]]:
+    def arrays(self, run_id: str, name: str, **where: Any) -> Iterable[tuple[CellKey, np.ndarray]]:
+        """Every array called ``name`` in a run, optionally filtered by cell fields (dataset=..., kind=...)."""
+        fields = set(CellKey.__dataclass_fields__)
+        unknown = set(where) - fields
+        if unknown:
+            raise ValueError(f"unknown cell field(s) {sorted(unknown)}; valid: {sorted(fields)}")
+        conditions = "".join(f" AND {field}=?" for field in where)
         rows = self._connection.execute(
-            "SELECT dataset, backbone, kind, variant, seed, method, data FROM arrays WHERE run_id=? AND name=?",
-            (run_id, name),
+            "SELECT dataset, backbone, kind, variant, seed, method, data FROM arrays WHERE run_id=? AND name=?"
+            f"{conditions} ORDER BY dataset, backbone, kind, method, variant, seed",
+            (run_id, name, *where.values()),
         )
         for row in rows:
             yield CellKey(*row[:6]), decode_array(row[6])

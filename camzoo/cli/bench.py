@@ -1,0 +1,66 @@
+"""``camzoo bench`` (run a grid, resumably) and ``camzoo report`` (rebuild outputs from a store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def register(group: click.Group) -> None:
+    group.add_command(bench_command)
+    group.add_command(report_command)
+
+
+@click.command("bench")
+@click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default="quick", show_default=True,
+              help="quick: 2-core CPU in minutes; standard: a GPU; paper: LFI-CAM's protocol on your CIFAR/STL copy.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file overriding the preset.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Results directory (default: results/<preset>).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides the config's device (default auto).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
+                  print_config: bool, no_progress: bool) -> None:
+    """Train or load every model of the grid, explain, score, and write tables and plots.
+
+    Every finished cell is committed to DIR/results.sqlite at once: rerunning the same command after
+    an interruption skips finished cells and reuses trained checkpoints.
+    """
+    from ..bench.config import resolve_config, to_toml
+
+    try:
+        config = resolve_config(preset, config_file, {"device": device} if device else None)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.UsageError(str(err)) from err
+    if print_config:
+        click.echo(to_toml(config), nl=False)
+        return
+    from ..bench.report import write_report
+    from ..bench.runner import BenchRunner
+
+    out_dir = out_dir or Path("results") / config["preset"]
+    try:
+        runner = BenchRunner(config, out_dir, progress=not no_progress, echo=click.echo)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, out {out_dir}")
+    runner.run()
+    files = write_report(out_dir, runner.run_id)
+    click.echo((out_dir / "summary.md").read_text(encoding="utf-8"))
+    click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
+
+
+@click.command("report")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--run", "run_id", help="Run id to report (default: the latest run in the store).")
+def report_command(directory: Path, run_id: str | None) -> None:
+    """Rebuild summary.md/.csv/.tex and the plots of DIRECTORY from its results store alone."""
+    from ..bench.report import write_report
+
+    try:
+        files = write_report(directory, run_id)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.UsageError(str(err)) from err
+    click.echo((directory / "summary.md").read_text(encoding="utf-8"))
+    click.echo("wrote " + ", ".join(str(directory / name) for name in files))
