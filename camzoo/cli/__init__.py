@@ -15,7 +15,7 @@ def main() -> None:
 
 def _register() -> None:
     # Sub-command modules import torch lazily inside their commands, so `camzoo --help` stays fast.
-    for module_name in ():
+    for module_name in ("train",):
         module = __import__(f"{__name__}.{module_name}", fromlist=["register"])
         module.register(main)
 
