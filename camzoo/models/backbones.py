@@ -18,6 +18,7 @@ final feature map before global pooling. Two families are provided:
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from collections import OrderedDict
 from typing import Callable
@@ -88,19 +89,32 @@ class Backbone(nn.Module):
 
 def restride(module: nn.Module) -> nn.Module:
     """Run ``module`` at stride 1, in place: strided convolutions get stride 1 and 'same'
-    padding, strided pooling (ResNet-D's average-pool shortcut, VGG/DenseNet pools) becomes
+    padding (output size = input size), strided pooling (ResNet-D's average-pool shortcut, VGG/DenseNet pools) becomes
     identity. Why 'same': a kernel-2 patchify convolution (ConvNeXt) at stride 1 with its
     original padding 0 would shrink the map by one pixel."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Conv2d) and max(child.stride) > 1:
             child.stride = (1, 1)
             if child.padding_mode == "zeros" and type(child).forward is nn.Conv2d.forward:
-                child.padding = "same"
+                setattr(module, name, _same_padding(child))
         elif isinstance(child, (nn.AvgPool2d, nn.MaxPool2d)) and _stride_of(child) > 1:
             setattr(module, name, nn.Identity())
         else:
             restride(child)
     return module
+
+
+def _same_padding(conv: nn.Conv2d) -> nn.Module:
+    """A stride-1 conv padded to keep the input size; even kernels get PyTorch's 'same' split
+    (the extra pixel on the right/bottom) through an explicit pad, which avoids the padded copy
+    and the warning that ``padding='same'`` costs for even kernels."""
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    if all(t % 2 == 0 for t in total):
+        conv.padding = tuple(t // 2 for t in total)
+        return conv
+    conv.padding = (0, 0)
+    (th, tw) = total
+    return nn.Sequential(nn.ZeroPad2d((tw // 2, tw - tw // 2, th // 2, th - th // 2)), conv)
 
 
 def _stride_of(pool: nn.Module) -> int:
@@ -232,7 +246,7 @@ def timm_backbone(name: str, pretrained: bool = False, **timm_kwargs) -> Backbon
     import timm  # heavy import, only when a timm backbone is asked for
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:8]
+        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.75)
         hint = f" Close timm names: {', '.join(close)}." if close else ""
         raise ValueError(
             f"unknown backbone {name!r}: not a CIFAR ResNet ({', '.join(f'resnet{d}' for d in CIFAR_DEPTHS)}) "
@@ -243,7 +257,7 @@ def timm_backbone(name: str, pretrained: bool = False, **timm_kwargs) -> Backbon
         return timm.create_model(name, pretrained=pretrained_weights, **timm_kwargs)
 
     model = create(pretrained)
-    trunk, last, trunk_ch, out_ch = _split_timm(name, model)
+    trunk, last, trunk_ch, out_ch = split_timm_model(name, model)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     pretrained_cfg = {
         "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
@@ -256,14 +270,16 @@ def timm_backbone(name: str, pretrained: bool = False, **timm_kwargs) -> Backbon
         # a second model gives the branch its own weights drawn with timm's own init scheme.
         if pretrained:
             return copy.deepcopy(last)
-        return _split_timm(name, create(False))[1]
+        return split_timm_model(name, create(False))[1]
 
     backbone = Backbone(name, "timm", trunk, last, trunk_ch, out_ch, pretrained_cfg, fresh_last_stage)
     _check_split(backbone)
     return backbone
 
 
-def _split_timm(name: str, model: nn.Module) -> tuple[nn.Sequential, nn.Sequential, int, int]:
+def split_timm_model(name: str, model: nn.Module) -> tuple[nn.Sequential, nn.Sequential, int, int]:
+    """(trunk, last stage, trunk channels, final channels) of a timm model, cut at its last two
+    feature levels; both parts share the model's modules."""
     info = getattr(model, "feature_info", None)
     if not isinstance(info, (list, tuple)) or len(info) < 2:
         raise ValueError(
@@ -314,6 +330,11 @@ def _check_split(backbone: Backbone) -> None:
         ) from err
     finally:
         backbone.train(was_training)
+    if mid.dim() != 4 or out.dim() != 4:
+        raise ValueError(
+            f"timm model {backbone.name!r} does not produce (B, C, H, W) feature maps at its feature "
+            "levels (a transformer?); camzoo's trainable models need a CNN"
+        )
     if mid.shape[1] != backbone.trunk_channels or out.shape[1] != backbone.num_features:
         raise ValueError(
             f"timm model {backbone.name!r}: splitting at its feature levels gives {mid.shape[1]}/"
@@ -346,5 +367,5 @@ def output_stride(backbone: Backbone, image_size: int) -> float:
     return image_size / out.shape[-1]
 
 
-__all__ = ["Backbone", "build_backbone", "cifar_resnet", "timm_backbone", "restride", "cifar_depth",
+__all__ = ["Backbone", "build_backbone", "cifar_resnet", "timm_backbone", "split_timm_model", "restride", "cifar_depth",
            "init_like_official", "output_stride"]
