@@ -32,7 +32,8 @@ def measure(kind: str, args, device: torch.device, options: dict) -> float:
     channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+                                fused=device.type == "cuda" or None)  # as the trainer
     amp = args.amp if args.amp is not None else device.type == "cuda"
     dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)

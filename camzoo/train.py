@@ -45,7 +45,7 @@ MODEL_NAME = "model.pt"
 LOG_NAME = "train_log.json"
 
 # Fields that do not change the trained weights: a resume may change them freely.
-_RUNTIME_FIELDS = ("device", "progress", "log_every", "num_workers", "eval_batch_size", "fast_path")
+_RUNTIME_FIELDS = ("device", "progress", "log_every", "num_workers", "eval_batch_size", "fast_path", "num_threads")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class TrainConfig:
     deterministic: bool | None = None  # default: on for CPU
     num_workers: int = 0
     fast_path: bool | None = None  # default: on when the dataset holds its images in one tensor
+    num_threads: int | None = None  # CPU threads while training (default: torch's); 1 is fastest on a busy machine
     progress: bool | None = None  # default: on when stderr is a terminal
     log_every: int = 50  # steps between progress-bar updates (each one host sync)
     eval_batch_size: int = 256
@@ -135,7 +136,7 @@ class _Batches:
         # Drop the ragged tail only when shuffling a set larger than a batch: a batch of one
         # breaks BatchNorm in training, and the tail changes every epoch anyway.
         stop = (n // batch_size) * batch_size if shuffle and n > batch_size else n
-        self.batches = [order[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+        self.batches = list(order[:stop].split(batch_size))
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -208,9 +209,11 @@ class _Data:
         if self.tensors is not None:
             images, labels = self.tensors
 
+            # One index copy per epoch (a host-to-device copy per step would be a sync per step).
+            order = [b.to(images.device) for b in batches]
+
             def fast() -> Iterator:
-                for idx in batches:
-                    idx = idx.to(images.device)
+                for idx in order:
                     yield images[idx].to(self.device, non_blocking=True), labels[idx].to(self.device, non_blocking=True)
 
             return len(batches), fast()
@@ -288,12 +291,15 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Deterministic algorithms for the duration of training only, restored afterwards."""
+def _runtime_settings(deterministic: bool, device: torch.device, num_threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms / cuDNN autotuning / thread count for the duration of training
+    only, restored afterwards (the caller's process keeps its own settings)."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads())
     try:
-        if enabled:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         elif device.type == "cuda":
@@ -302,6 +308,7 @@ def _deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+        torch.set_num_threads(previous[4])
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -338,8 +345,9 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # fused SGD on CUDA: one kernel, and GradScaler's inf check needs no host sync with it
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+                                weight_decay=config.weight_decay, nesterov=config.nesterov, fused=is_cuda or None)
     amp_dtype = torch.bfloat16 if (not is_cuda or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     data = _Data(train_dataset, config.batch_size, num_classes, device, config.num_workers, config.fast_path)
@@ -355,7 +363,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     bar = _progress_bar(progress, total_steps, start_epoch * steps_per_epoch, f"{config.kind}/{config.backbone}")
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp else contextlib.nullcontext
 
-    with _deterministic(deterministic, device):
+    with _runtime_settings(deterministic, device, config.num_threads):
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
             model.train()

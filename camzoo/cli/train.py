@@ -35,13 +35,14 @@ def _parse_option(text: str) -> tuple[str, object]:
 @click.option("--augment", type=click.Choice(["none", "flip", "crop_flip"]), default="none", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--num-workers", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads while training (1 is fastest on a busy machine).")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="build_model option, e.g. fin_width=64 or stem_stride1=false (repeatable).")
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Report accuracy on the test split.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, seed, epochs, batch_size, lr,
-                  weight_decay, schedule, augment, device, num_workers, model_options, do_eval, resume, progress) -> None:
+                  weight_decay, schedule, augment, device, num_workers, threads, model_options, do_eval, resume, progress) -> None:
     """Train a model; writes OUT/model.pt (load with camzoo.models.load_model)."""
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
@@ -49,7 +50,7 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     options = dict(_parse_option(text) for text in model_options)
     config = TrainConfig(
         kind=kind, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, seed=seed, augment=augment, device=device, num_workers=num_workers,
+        schedule=schedule, seed=seed, augment=augment, device=device, num_workers=num_workers, num_threads=threads,
         model_options=options, progress=progress,
     )
     try:
