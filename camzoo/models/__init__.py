@@ -31,8 +31,9 @@ def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamMod
 
     Options (all kinds): ``pretrained`` (False; True downloads timm weights, never done by
     camzoo itself), ``class_names``, ``image_size`` / ``mean`` / ``std`` (preprocessing recorded in
-    ``model.pretrained_cfg``), ``cifar_block`` ("basic" | "bottleneck"), ``stem_stride1`` (default:
-    True for LFI-CAM on timm backbones, as the official ImageNet code; False otherwise),
+    ``model.pretrained_cfg``), ``cifar_block`` ("basic" | "bottleneck"), ``stem_stride1`` (halve the stem
+    convolution's stride; default: True for LFI-CAM on timm backbones with a strided stem, as the
+    official ImageNet code; False otherwise),
     ``timm_kwargs`` (dict passed to ``timm.create_model``).
     LFI-CAM only: ``fin_width`` (default: C, the paper's), ``fin_variant`` ("imagenet" | "cifar";
     default: "cifar" on CIFAR ResNets, "imagenet" otherwise, as in the official code).
@@ -54,8 +55,8 @@ def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamMod
 
     is_cifar = net.family == "cifar_resnet"
     stem_stride1 = options.get("stem_stride1")
-    if stem_stride1 is None:
-        stem_stride1 = kind == "lfi" and not is_cifar
+    if stem_stride1 is None:  # official: LFI-CAM's ImageNet model halves the stem's stride
+        stem_stride1 = kind == "lfi" and not is_cifar and net.stem_stride() > 1
     if stem_stride1:
         net.set_stem_stride1()
 

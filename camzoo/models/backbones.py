@@ -74,17 +74,31 @@ class Backbone(nn.Module):
         restride(stage)
         return stage
 
-    def set_stem_stride1(self) -> None:
-        """Set the first convolution's stride to 1, so every feature map doubles in size."""
+    def _stem_conv(self) -> nn.Conv2d:
         first = next((m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)), None)
         if first is None:
-            raise ValueError(f"backbone {self.name!r} has no convolution to re-stride")
-        if tuple(first.stride) == (1, 1):
+            raise ValueError(f"backbone {self.name!r} has no convolution in its stem")
+        return first
+
+    def stem_stride(self) -> int:
+        return max(self._stem_conv().stride)
+
+    def set_stem_stride1(self) -> None:
+        """Halve the first convolution's stride (2 -> 1 as in LFI-CAM's official ImageNet model;
+        ConvNeXt's 4x4 patchify 4 -> 2), so every feature map doubles in size."""
+        conv = self._stem_conv()
+        stride = max(conv.stride)
+        if stride == 1:
             raise ValueError(
                 f"backbone {self.name!r} already has a stride-1 stem; stem_stride1=True would "
                 "change nothing (it is meant for ImageNet-style stems)"
             )
-        first.stride = (1, 1)
+        new = stride // 2
+        conv.stride = (new, new)
+        if type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros":
+            # keep the output at exactly input / new stride when the kernel allows it
+            conv.padding = tuple(max(p, (d * (k - 1) + 1 - new) // 2)
+                                 for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
 
 
 def restride(module: nn.Module) -> nn.Module:
