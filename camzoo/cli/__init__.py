@@ -15,7 +15,7 @@ def main() -> None:
 
 def _register() -> None:
     # Sub-command modules import torch lazily inside their commands, so `camzoo --help` stays fast.
-    for module_name in ("explain", "datasets", "bench"):
+    for module_name in ("explain", "datasets", "train", "bench"):
         module = __import__(f"{__name__}.{module_name}", fromlist=["register"])
         module.register(main)
 
