@@ -49,6 +49,10 @@ KIND_ORDER = {"baseline": 0, "abn": 1, "lfi": 2}
 METHOD_ORDER = {"gradcam": 0, "eigencam": 1, "attention": 2}
 
 
+def _row_order(kind: str, method: str) -> tuple[int, int, str]:
+    return KIND_ORDER.get(kind, 9), METHOD_ORDER.get(method, 9), method
+
+
 def latest_run(store: ResultsStore) -> dict[str, Any]:
     runs = store.runs()
     if not runs:
@@ -174,7 +178,7 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
         for row in rows:
             if row["metric"] == metric and row["per_image"] is not None:
                 series.setdefault((row["kind"], row["method"]), []).append(row["per_image"].mean(0))
-        for (kind, method), curves in sorted(series.items(), key=lambda item: (KIND_ORDER.get(item[0][0], 9), item[0][1])):
+        for (kind, method), curves in sorted(series.items(), key=lambda item: _row_order(*item[0])):
             curve = np.mean(curves, axis=0)
             axis.plot(np.linspace(0, 1, len(curve)), curve, label=f"{kind} / {method}")
         axis.set_title(title)
@@ -209,7 +213,7 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
             for cell, array in store.arrays(run_id, "maps", dataset=dataset, backbone=backbone)}
     if not maps:
         return None
-    rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: (KIND_ORDER.get(km[0], 9), METHOD_ORDER.get(km[1], 9)))
+    rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: _row_order(*km))
     models = sorted({(v, s) for _, _, v, s in maps})
     count = len(images)
     figure, axes = plt.subplots(len(rows) + 1, count * len(models),

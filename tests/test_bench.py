@@ -1,0 +1,183 @@
+"""The benchmark harness end to end: a tiny grid, its store and outputs, and resuming after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from camzoo.bench.config import resolve_config, run_id
+from camzoo.bench.store import ResultsStore
+from camzoo.cli import main
+
+TINY = """
+preset = "custom"
+seeds = [0, 1]
+kinds = ["baseline", "lfi"]
+backbones = ["resnet8"]
+methods = ["gradcam", "eigencam", "attention"]
+
+[[datasets]]
+name = "shapes"
+root = "{cache}"
+image_size = 32
+options = {{num_classes = 4, train = {{num_images = 128}}, test = {{num_images = 48}}}}
+
+[train]
+epochs = {epochs}
+batch_size = 32
+
+[eval]
+images = 16
+batch_size = 8
+deletion_steps = 4
+chunk_size = 32
+gallery_images = 2
+"""
+
+# baseline: model + gradcam + eigencam; lfi: model + the three methods; per seed. Then stability per
+# (kind, method) and the gallery cell.
+EXPECTED_CELLS = 2 * (3 + 4) + (2 + 3) + 1
+
+
+def tiny_config(tmp_path: Path, epochs: int = 1) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(cache=tmp_path / "cache", epochs=epochs), encoding="utf-8")
+    return path
+
+
+def cell_counts(out: Path) -> pd.DataFrame:
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return pd.read_sql("SELECT * FROM cells", db)
+
+
+def test_tiny_grid_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tmp_path)), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "| Kind | Method |" in result.output  # the final table goes to the terminal
+
+    cells = cell_counts(out)
+    assert len(cells) == EXPECTED_CELLS
+    assert not cells.duplicated(["dataset", "backbone", "kind", "variant", "seed", "method"]).any()
+    with ResultsStore(out) as store:
+        rows = pd.DataFrame(store.results(with_per_image=True))
+        (run,) = store.runs()
+    assert run["provenance"]["torch"] and run["provenance"]["device"].startswith("cpu")
+    assert set(rows["config_hash"]) == {run["run_id"]}
+    lfi_attention = rows[(rows["kind"] == "lfi") & (rows["method"] == "attention") & (rows["seed"] == 0)]
+    metrics = set(lfi_attention["metric"])
+    assert {"deletion", "insertion", "pointing_game", "energy_pointing_game", "max_box_acc_v2", "pxap", "ms_per_image"} <= metrics
+    deletion = lfi_attention[lfi_attention["metric"] == "deletion"].iloc[0]
+    assert deletion["per_image"].shape == (16,) and abs(deletion["per_image"].mean() - deletion["value"]) < 1e-6
+    assert rows[rows["metric"] == "deletion_curve"].iloc[0]["per_image"].shape == (16, 5)
+    stability = rows[(rows["seed"] == -1) & (rows["metric"] == "stability_iou")]
+    assert len(stability) == 5 and stability["value"].between(0, 1).all()
+    for name in ("summary.md", "summary.csv", "summary.tex", "curves_shapes_resnet8.png", "gallery_shapes_resnet8.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 5 and {"top1_mean", "deletion_mean", "stability_iou_mean", "ms_per_image_mean"} <= set(summary)
+    assert summary["top1_best"].any()
+    assert "\\begin{tabular}" in (out / "summary.tex").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "Deletion AUC ↓" in markdown and "Insertion AUC ↑" in markdown and "**" in markdown
+
+    # the report is rebuilt from the store alone: no models, no data
+    for name in ("summary.md", "summary.csv", "summary.tex"):
+        (out / name).unlink()
+    import shutil
+
+    shutil.rmtree(out / "models")
+    shutil.rmtree(tmp_path / "cache")
+    rebuilt = CliRunner().invoke(main, ["report", str(out)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert (out / "summary.md").read_text() == markdown
+
+    # a rerun finds everything finished: nothing is trained or scored again
+    again = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tmp_path)), "--out", str(out), "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert len(cell_counts(out)) == EXPECTED_CELLS
+    assert not (out / "models").exists(), "finished cells must not retrain their models"
+
+
+def test_interrupted_run_resumes_with_every_cell_once(tmp_path):
+    config = tiny_config(tmp_path, epochs=2)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            store = out / "results.sqlite"
+            if store.exists():
+                try:
+                    done = len(cell_counts(out))
+                except (sqlite3.OperationalError, pd.errors.DatabaseError):
+                    done = 0
+                if done >= 3:  # partway: the gallery and a first model's cells are in
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run finished before it could be interrupted: " + process.stderr.read().decode()
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    partial = len(cell_counts(out))
+    assert 3 <= partial < EXPECTED_CELLS
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    cells = cell_counts(out)
+    assert len(cells) == EXPECTED_CELLS
+    assert not cells.duplicated(["dataset", "backbone", "kind", "variant", "seed", "method"]).any()
+    with sqlite3.connect(out / "results.sqlite") as db:
+        duplicates = db.execute(
+            "SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM results GROUP BY run_id, dataset, backbone, kind, "
+            "variant, seed, method, metric HAVING n > 1)"
+        ).fetchone()[0]
+    assert duplicates == 0
+
+
+def test_print_config_round_trips(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--preset", "quick", "--print-config"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "resolved.toml"
+    path.write_text(result.output, encoding="utf-8")
+    assert resolve_config(None, path) == resolve_config("quick")
+
+
+def test_config_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kinds = ["baseline", "gan"]\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["bench", "--config", str(bad), "--print-config"])
+    assert result.exit_code != 0 and "kinds must be a non-empty subset" in result.output
+    bad.write_text("sedes = [0]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown config key 'sedes'"):
+        resolve_config("quick", bad)
+    bad.write_text("seeds = [0, \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        resolve_config("quick", bad)
+    with pytest.raises(ValueError, match="unknown method"):
+        resolve_config("quick", overrides={"methods": ["gradcam", "magic"]})
+    with pytest.raises(ValueError, match="train.seed is set by the grid"):
+        resolve_config("quick", overrides={"train": {"seed": 3}})
+
+
+def test_run_identity_ignores_where_it_runs():
+    config = resolve_config("quick")
+    assert run_id(config) == run_id({**config, "device": "cuda"})
+    assert run_id(config) != run_id({**config, "seeds": [0, 1]})
+
+
+def test_report_on_a_directory_without_a_store(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code != 0 and "holds no results store" in result.output
