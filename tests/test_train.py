@@ -130,7 +130,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
 
 def test_fast_path_equals_dataloader_path_and_seed_matters(tmp_path):
     data = Squares(48)
-    fast = train(_config(kind="baseline"), data, tmp_path / "fast")
+    fast = train(_config(kind="baseline", progress=True, log_every=1), data, tmp_path / "fast")  # bar on: no effect on weights
     slow = train(_config(kind="baseline", fast_path=False), ItemsOnly(data), tmp_path / "slow")
     assert _same_weights(_weights(fast.checkpoint), _weights(slow.checkpoint))
     other_seed = train(_config(kind="baseline", seed=4), data, tmp_path / "seed4")
