@@ -173,6 +173,12 @@ def test_get_batch_path_equals_dataloader_path_and_draws_augmentation_from_the_s
     assert not _same_weights(_weights(first.checkpoint), _weights(batched.checkpoint))
 
 
+def test_mixed_precision_path_trains(tmp_path):
+    # CPU autocast (bf16) exercises the same code path as CUDA's autocast
+    result = train(_config(kind="lfi", epochs=1, amp=True), Squares(32), tmp_path)
+    assert torch.isfinite(torch.tensor(result.train_loss)) and load_model(result.checkpoint).config["kind"] == "lfi"
+
+
 def test_bad_inputs_error_clearly(tmp_path):
     data = Squares(32)
     with pytest.raises(ValueError, match="schedule"):
