@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,10 +27,11 @@ from camzoo.models import build_model  # noqa: E402
 from camzoo.train import train_step  # noqa: E402
 
 
-def measure(kind: str, args, device: torch.device, options: dict) -> float:
+def make_runner(kind: str, args, device: torch.device, options: dict):
+    """A function timing ``steps`` training steps of one kind (model, optimizer, batch built once)."""
     torch.manual_seed(0)
     model = build_model(kind, args.backbone, args.num_classes, **options).to(device).train()
-    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    channels_last = args.channels_last if args.channels_last is not None else True  # the trainer's default
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
@@ -54,10 +56,7 @@ def measure(kind: str, args, device: torch.device, options: dict) -> float:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    run(args.warmup)
-    # Best of several repeats: the machine may be shared, the minimum is the least disturbed.
-    best = min(run(args.steps) for _ in range(args.repeats))
-    return args.batch * args.steps / best
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kinds", default="baseline,abn,lfi")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -81,10 +80,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rates = {}
+    runners = {}
     for kind in args.kinds.split(","):
-        options = {"stem_stride1": False} if kind == "lfi" and args.lfi_stem == "same" and not args.backbone.startswith(("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "cifar_")) else {}
-        rates[kind] = measure(kind, args, device, options)
+        cifar = args.backbone.startswith("cifar_") or args.backbone in {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)}
+        options = {"stem_stride1": False} if kind == "lfi" and args.lfi_stem == "same" and not cifar else {}
+        runners[kind] = make_runner(kind, args, device, options)
+        runners[kind](args.warmup)
+    # Round-robin repeats, median per kind: load changes on a shared machine hit all kinds alike.
+    times = {kind: [] for kind in runners}
+    for _ in range(args.repeats):
+        for kind, run in runners.items():
+            times[kind].append(run(args.steps))
+    rates = {kind: args.batch * args.steps / statistics.median(t) for kind, t in times.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     base = rates.get("baseline")
     if args.json:

@@ -7,8 +7,9 @@ Why it looks like this:
 * Kind-agnostic: every camzoo model has ``forward_train`` and ``loss`` (ABN's sum of two
   cross-entropies lives in the model), so there is one loop.
 * Fast: losses and hits are summed on the device and read once per log interval and epoch (no
-  per-step host sync); datasets that hold their images in one tensor are batched by indexing
-  (no per-sample Python work); CUDA gets autocast (bf16, or fp16 + GradScaler) and channels_last.
+  per-step host sync); in-memory datasets are batched with their ``get_batch`` or by indexing
+  their image tensor (no per-sample Python work); channels_last everywhere; CUDA gets autocast (bf16, or fp16 +
+  GradScaler) and fused SGD.
 * Reproducible: data order and augmentation come from generators seeded by (seed, epoch), global
   RNG states are checkpointed, and on CPU deterministic algorithms are enforced, so a run resumed
   after an interrupt ends bit-identical to an uninterrupted one.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -70,10 +72,10 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)  # passed to build_model
     device: str | None = None  # default: "cuda" when available, else "cpu"
     amp: bool | None = None  # default: on for CUDA (bf16 where supported, else fp16 + GradScaler)
-    channels_last: bool | None = None  # default: on for CUDA
+    channels_last: bool | None = None  # default: on (measured 1.2-1.4x faster on CPU for CIFAR ResNets, too)
     deterministic: bool | None = None  # default: on for CPU
     num_workers: int = 0
-    fast_path: bool | None = None  # default: on when the dataset holds its images in one tensor
+    fast_path: bool | None = None  # default: on when the dataset has get_batch() or holds its images in one tensor
     num_threads: int | None = None  # CPU threads while training (default: torch's); 1 is fastest on a busy machine
     progress: bool | None = None  # default: on when stderr is a terminal
     log_every: int = 50  # steps between progress-bar updates (each one host sync)
@@ -184,8 +186,33 @@ def _collate_image_label(num_classes: int) -> Callable:
     return collate
 
 
+def _batch_getter(dataset) -> Callable | None:
+    """camzoo's in-memory datasets serve whole batches: ``get_batch(indices, generator=None) ->
+    (images (B,3,H,W) normalised, labels (B,), targets)``, one gather per batch, augmentation (if
+    the dataset does any) drawn from ``generator``."""
+    get_batch = getattr(dataset, "get_batch", None)
+    if not callable(get_batch):
+        return None
+    try:
+        params = inspect.signature(get_batch).parameters
+    except (TypeError, ValueError):
+        return None
+    takes_generator = "generator" in params
+
+    def fetch(indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = get_batch(indices, generator=generator) if takes_generator else get_batch(indices)
+        images, labels = batch[0], torch.as_tensor(batch[1])
+        if images.dim() != 4 or images.shape[0] != len(indices) or labels.shape != (len(indices),):
+            raise ValueError(f"dataset.get_batch returned images {tuple(images.shape)} and labels {tuple(labels.shape)} "
+                             f"for {len(indices)} indices; expected (B,3,H,W) and (B,)")
+        return images, labels.long()
+
+    return fetch
+
+
 class _Data:
-    """Yields (images, labels) batches on the device for one epoch."""
+    """Yields (images, labels) batches on the device for one epoch, by the fastest route the
+    dataset offers: its own ``get_batch``, indexing its in-memory tensors, or a DataLoader."""
 
     def __init__(self, dataset, batch_size: int, num_classes: int, device: torch.device, num_workers: int,
                  fast_path: bool | None) -> None:
@@ -193,9 +220,15 @@ class _Data:
             raise ValueError("the dataset is empty")
         self.dataset, self.batch_size, self.device, self.num_workers = dataset, batch_size, device, num_workers
         self.collate = _collate_image_label(num_classes)
-        self.tensors = _in_memory_tensors(dataset) if fast_path is not False else None
-        if fast_path and self.tensors is None:
-            raise ValueError("fast_path=True needs a dataset with tensor attributes images (N,3,H,W) and labels (N,) matching its items")
+        self.get_batch = _batch_getter(dataset) if fast_path is not False else None
+        self.tensors = _in_memory_tensors(dataset) if fast_path is not False and self.get_batch is None else None
+        if fast_path and self.tensors is None and self.get_batch is None:
+            raise ValueError("fast_path=True needs a dataset with get_batch(indices), or tensor attributes "
+                             "images (N,3,H,W) float and labels (N,) matching its items")
+        labels = getattr(dataset, "labels", None)
+        if self.get_batch is not None and isinstance(labels, torch.Tensor) and labels.numel() == len(dataset):
+            if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+                raise ValueError(f"labels must be in [0, {num_classes}); found {int(labels.min())}..{int(labels.max())}")
         if self.tensors is not None:
             images, labels = self.tensors
             if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
@@ -206,6 +239,15 @@ class _Data:
 
     def epoch(self, shuffle: bool, seed: int, epoch: int) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
         batches = _Batches(len(self.dataset), self.batch_size, shuffle, seed, epoch)
+        if self.get_batch is not None:
+            gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 3))
+
+            def batched() -> Iterator:
+                for idx in batches:
+                    x, y = self.get_batch(idx, gen)
+                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+            return len(batches), batched()
         if self.tensors is not None:
             images, labels = self.tensors
 
@@ -330,7 +372,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     is_cuda = device.type == "cuda"
     amp = is_cuda if config.amp is None else config.amp
-    channels_last = is_cuda if config.channels_last is None else config.channels_last
+    channels_last = True if config.channels_last is None else config.channels_last
     deterministic = (device.type == "cpu") if config.deterministic is None else config.deterministic
     num_classes = config.num_classes or len(getattr(train_dataset, "classes", None) or [])
     if num_classes < 2:
@@ -363,7 +405,9 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     bar = _progress_bar(progress, total_steps, start_epoch * steps_per_epoch, f"{config.kind}/{config.backbone}")
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp else contextlib.nullcontext
 
-    with _runtime_settings(deterministic, device, config.num_threads):
+    with _runtime_settings(deterministic, device, config.num_threads), contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
             model.train()
@@ -403,12 +447,9 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
             _write_log(out_dir, config, history, finished=False)
             if callback is not None:
                 callback(epoch + 1, stats)
-    if bar is not None:
-        bar.close()
-
-    result_stats = {}
-    if eval_dataset is not None:
-        result_stats = evaluate(model, eval_dataset, config.eval_batch_size, device, amp=amp, num_classes=num_classes)
+        result_stats = {}
+        if eval_dataset is not None:
+            result_stats = evaluate(model, eval_dataset, config.eval_batch_size, device, amp=amp, num_classes=num_classes)
     summary = {"config": config.fingerprint(), "history": history, "total_train_time_s": past_time,
                "eval": result_stats or None, "finished": True}
     model_path = save_model(model, out_dir / MODEL_NAME, train_summary=summary)

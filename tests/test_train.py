@@ -47,6 +47,29 @@ class Squares(torch.utils.data.Dataset):
         return self.images[i], int(self.labels[i]), {"mask": torch.zeros(SIZE, SIZE, dtype=torch.bool)}
 
 
+class Uint8Squares(Squares):
+    """Like camzoo's in-memory datasets: uint8 storage, normalised (and optionally augmented with
+    the given generator) a whole batch at a time by get_batch."""
+
+    def __init__(self, n: int = 64, seed: int = 0, augment: bool = False) -> None:
+        super().__init__(n, seed)
+        self.images = (self.images * 40 + 128).clamp(0, 255).to(torch.uint8)
+        self.augment = augment
+
+    def get_batch(self, indices, generator=None):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        self.batch_calls = getattr(self, "batch_calls", 0) + (len(idx) > 1)
+        x = self.images[idx].float().div(255.0)
+        if self.augment:
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return (x - 0.5) / 0.25, self.labels[idx], {}
+
+    def __getitem__(self, i: int):
+        x, y, t = self.get_batch([i], torch.Generator().manual_seed(i))
+        return x[0], int(y[0]), t
+
+
 class ItemsOnly(torch.utils.data.Dataset):
     """The same items without the tensor attributes: forces the DataLoader path."""
 
@@ -130,11 +153,30 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
 
 def test_fast_path_equals_dataloader_path_and_seed_matters(tmp_path):
     data = Squares(48)
-    fast = train(_config(kind="baseline"), data, tmp_path / "fast")
+    fast = train(_config(kind="baseline", progress=True, log_every=1), data, tmp_path / "fast")  # bar on: no effect on weights
     slow = train(_config(kind="baseline", fast_path=False), ItemsOnly(data), tmp_path / "slow")
     assert _same_weights(_weights(fast.checkpoint), _weights(slow.checkpoint))
     other_seed = train(_config(kind="baseline", seed=4), data, tmp_path / "seed4")
     assert not _same_weights(_weights(fast.checkpoint), _weights(other_seed.checkpoint))
+
+
+def test_get_batch_path_equals_dataloader_path_and_draws_augmentation_from_the_seed(tmp_path):
+    data = Uint8Squares(48)
+    batched = train(_config(kind="lfi", augment="none"), data, tmp_path / "batched")
+    assert data.batch_calls == 6  # 2 epochs x 3 batches of 16, each one get_batch call
+    items = train(_config(kind="lfi", augment="none", fast_path=False), ItemsOnly(data), tmp_path / "items")
+    assert _same_weights(_weights(batched.checkpoint), _weights(items.checkpoint))
+    augmenting = Uint8Squares(48, augment=True)
+    first = train(_config(kind="lfi", augment="none"), augmenting, tmp_path / "aug1")
+    second = train(_config(kind="lfi", augment="none"), augmenting, tmp_path / "aug2")
+    assert _same_weights(_weights(first.checkpoint), _weights(second.checkpoint))
+    assert not _same_weights(_weights(first.checkpoint), _weights(batched.checkpoint))
+
+
+def test_mixed_precision_path_trains(tmp_path):
+    # CPU autocast (bf16) exercises the same code path as CUDA's autocast
+    result = train(_config(kind="lfi", epochs=1, amp=True), Squares(32), tmp_path)
+    assert torch.isfinite(torch.tensor(result.train_loss)) and load_model(result.checkpoint).config["kind"] == "lfi"
 
 
 def test_bad_inputs_error_clearly(tmp_path):

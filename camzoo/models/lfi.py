@@ -83,9 +83,11 @@ def lfi_attention(features: torch.Tensor, images: torch.Tensor, fin: nn.Module) 
     feats = features.float()
     gray = images.float().mean(dim=1, keepdim=True)
     gray = F.interpolate(gray, size=feats.shape[-2:], mode="bilinear", align_corners=False)
-    weights = torch.softmax(fin(normalize_channels(feats) * gray).float(), dim=1)
-    saliency = torch.einsum("bc,bchw->bhw", weights, feats).unsqueeze(1)
-    return normalize_maps(F.relu(saliency)), weights
+    scores = fin(normalize_channels(feats) * gray)  # autocast, if active, applies here only
+    with torch.autocast(feats.device.type, enabled=False):
+        weights = torch.softmax(scores.float(), dim=1)
+        saliency = torch.einsum("bc,bchw->bhw", weights, feats).unsqueeze(1)
+        return normalize_maps(F.relu(saliency)), weights
 
 
 class LFICAM(CamModel):
