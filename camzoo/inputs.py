@@ -16,18 +16,12 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from .modelutil import model_device
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageInput = Any  # torch.Tensor | Image.Image | np.ndarray | str | os.PathLike | Sequence of these
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -66,6 +66,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" | "step" | "constant", applied per step
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the run (official 150/225 of 300)
     gamma: float = 0.1
+    warmup: float = 0.0  # fraction of the run with a linear warm-up from lr/25 to lr (short runs need it)
     seed: int = 0
     augment: str = "none"  # "none" | "flip" | "crop_flip" (batched, on the device)
     num_classes: int | None = None  # default: len(dataset.classes)
@@ -91,6 +92,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
             (all(0 < m < 1 for m in self.milestones), f"milestones are fractions of the run in (0, 1), got {self.milestones!r}"),
+            (0 <= self.warmup < 1, f"warmup is a fraction of the run in [0, 1), got {self.warmup!r}"),
             (self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}"),
             (isinstance(self.log_every, int) and self.log_every >= 1, f"log_every must be an integer >= 1, got {self.log_every!r}"),
             (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
@@ -297,8 +299,12 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Ten
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """Learning rate at a global step: a pure function, so resuming needs no scheduler state."""
     progress = step / max(1, total_steps)
+    if progress < config.warmup:
+        start = config.lr / 25
+        return start + (config.lr - start) * progress / config.warmup
     if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        after_warmup = (progress - config.warmup) / (1 - config.warmup)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * after_warmup))
     if config.schedule == "step":
         return config.lr * config.gamma ** sum(progress >= m for m in config.milestones)
     return config.lr

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..modelutil import synchronize
 from .config import applicable_methods, run_id, variants
 from .store import ALL_SEEDS, CellKey, ResultsStore
 
@@ -74,11 +75,6 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _load_split(dataset: Mapping[str, Any], split: str):
     from .. import data
 
@@ -123,10 +119,10 @@ def explain_all(model, eval_set: EvalSet, method: str, batch_size: int, device: 
     maps, seconds = [], 0.0
     for start in range(0, eval_set.images.shape[0], batch_size):
         images = eval_set.images[start : start + batch_size]
-        _sync(device)
+        synchronize(device)
         begin = time.perf_counter()
         result = explain(model, images, method=method, target=eval_set.labels[start : start + batch_size])
-        _sync(device)
+        synchronize(device)
         seconds += time.perf_counter() - begin
         maps.append(result.maps)
     return torch.cat(maps), seconds
@@ -155,7 +151,8 @@ def score_maps(model, eval_set: EvalSet, maps: torch.Tensor, settings: Mapping[s
     out["average_drop"] = row(drop["average_drop"], drop["drop"] * 100)
     out["increase_in_confidence"] = row(drop["increase_in_confidence"], drop["increase"].float() * 100)
     if masks is not None or boxes is not None:
-        pointing = metrics.pointing_game(maps, masks=masks, boxes=boxes)
+        pointing = metrics.pointing_game(maps, masks=masks, boxes=boxes, tolerance=settings["pointing_tolerance"],
+                                         original_size=settings["pointing_reference_size"])
         out["pointing_game"] = row(pointing["pointing_game"], pointing["hits"].float())
         energy = metrics.energy_pointing_game(maps, masks=masks, boxes=boxes)
         out["energy_pointing_game"] = row(energy["energy_pointing_game"], energy["per_image"])

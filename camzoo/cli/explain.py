@@ -7,30 +7,44 @@ from pathlib import Path
 import click
 
 
-def _load_timm_model(name: str, checkpoint: Path | None, num_classes: int | None):
-    """A timm model (never downloading weights), optionally with a local state_dict."""
+def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: int | None):
+    """A camzoo checkpoint as saved (``--model`` not needed), or a timm model with optional local weights.
+
+    Never downloads: a timm model without ``--checkpoint`` keeps its random initialisation.
+    """
     import timm
 
     from ..io import load_torch
+    from ..models.checkpoint import is_camzoo_checkpoint, model_from_checkpoint, validate_checkpoint
 
+    payload = None
+    if checkpoint is not None:
+        try:
+            payload = load_torch(checkpoint)
+        except (ValueError, FileNotFoundError) as err:
+            raise click.BadParameter(str(err), param_hint="--checkpoint") from err
+        if is_camzoo_checkpoint(payload):
+            try:
+                return model_from_checkpoint(validate_checkpoint(payload, checkpoint), checkpoint)
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint="--checkpoint") from err
+    if name is None:
+        raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model (from camzoo train or bench)")
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5]
         hint = f" Similar names: {', '.join(close)}." if close else ""
         raise click.BadParameter(f"{name!r} is not a timm model name.{hint}", param_hint="--model")
-    state = None
-    if checkpoint is not None:
-        state = load_torch(checkpoint)
+    state = payload
+    if state is not None:
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
             raise click.BadParameter(f"{checkpoint} does not hold a state_dict of tensors", param_hint="--checkpoint")
         if num_classes is None:
-            probe = timm.create_model(name, pretrained=False)
-            head = probe.pretrained_cfg.get("classifier", "fc")
+            head = timm.create_model(name, pretrained=False).pretrained_cfg.get("classifier", "fc")
             head_weight = state.get(f"{head}.weight")
             num_classes = int(head_weight.shape[0]) if head_weight is not None else None
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    model = timm.create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -57,8 +71,9 @@ def methods_command() -> None:
 
 @click.command("explain")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", required=True, help="A timm model name, e.g. resnet50.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Local weights (state_dict .pth/.safetensors).")
+@click.option("--model", "model_name", help="A timm model name, e.g. resnet50 (not needed for a camzoo checkpoint).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="A camzoo model (model.pt from camzoo train/bench), or local weights (.pth/.safetensors) for --model.")
 @click.option("--num-classes", type=int, help="Number of classes, if it cannot be read from the checkpoint.")
 @click.option("--method", default="gradcam", show_default=True, help="See `camzoo methods`.")
 @click.option("--target", type=int, help="Class to explain (default: the predicted class).")
@@ -67,7 +82,7 @@ def methods_command() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for overlay PNGs.")
 def explain_command(
     images: tuple[Path, ...],
-    model_name: str,
+    model_name: str | None,
     checkpoint: Path | None,
     num_classes: int | None,
     method: str,
@@ -89,7 +104,7 @@ def explain_command(
         pictures = [load_image(path) for path in images]
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from err
-    model = _load_timm_model(model_name, checkpoint, num_classes)
+    model = load_model_for_cli(model_name, checkpoint, num_classes)
     if checkpoint is None:
         click.echo("warning: no --checkpoint given; the model has random weights, so its maps mean nothing", err=True)
     if torch.cuda.is_available():

@@ -7,10 +7,10 @@ import json
 import click
 
 
-def _parse_option(text: str) -> tuple[str, object]:
+def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]:
     """``key=value`` with value read as JSON when it parses (numbers, true/false, null, lists)."""
     if "=" not in text:
-        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--model-option")
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint=hint)
     key, raw = text.split("=", 1)
     try:
         value = json.loads(raw)
@@ -32,30 +32,36 @@ def _parse_option(text: str) -> tuple[str, object]:
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True)
+@click.option("--warmup", type=float, default=0.0, show_default=True, help="Fraction of the run with a linear lr warm-up.")
+@click.option("--nesterov/--no-nesterov", default=False, show_default=True)
 @click.option("--augment", type=click.Choice(["none", "flip", "crop_flip"]), default="none", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--num-workers", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads while training (1 is fastest on a busy machine).")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="build_model option, e.g. fin_width=64 or stem_stride1=false (repeatable).")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="camzoo.data.load option for both splits, e.g. num_classes=4 (repeatable).")
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Report accuracy on the test split.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, seed, epochs, batch_size, lr,
-                  weight_decay, schedule, augment, device, num_workers, threads, model_options, do_eval, resume, progress) -> None:
+                  weight_decay, schedule, warmup, nesterov, augment, device, num_workers, threads, model_options,
+                  dataset_options, do_eval, resume, progress) -> None:
     """Train a model; writes OUT/model.pt (load with camzoo.models.load_model)."""
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
 
     options = dict(_parse_option(text) for text in model_options)
+    data_options = dict(_parse_option(text, "--dataset-option") for text in dataset_options)
     config = TrainConfig(
         kind=kind, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, seed=seed, augment=augment, device=device, num_workers=num_workers, num_threads=threads,
+        schedule=schedule, warmup=warmup, nesterov=nesterov, seed=seed, augment=augment, device=device, num_workers=num_workers, num_threads=threads,
         model_options=options, progress=progress,
     )
     try:
-        train_set = load(dataset_name, "train", root=data_root, image_size=image_size)
-        eval_set = load(dataset_name, "test", root=data_root, image_size=image_size) if do_eval else None
+        train_set = load(dataset_name, "train", root=data_root, image_size=image_size, **data_options)
+        eval_set = load(dataset_name, "test", root=data_root, image_size=image_size, **data_options) if do_eval else None
         result = train(config, train_set, out_dir, eval_dataset=eval_set, resume=resume)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         raise click.ClickException(str(err)) from err

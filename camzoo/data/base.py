@@ -14,10 +14,9 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported for the loaders)
 from . import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetError(ValueError):

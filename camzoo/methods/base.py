@@ -17,20 +17,10 @@ from torch import nn
 
 from ..explanation import Explanation
 from ..inputs import model_normalisation
+from ..modelutil import eval_mode
 from .layers import get_layer, resolve_layer
 
 TargetSpec = int | Sequence[int] | torch.Tensor | None
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def upsample_and_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,7 +15,8 @@ import weakref
 import torch
 from torch import nn
 
-from ..inputs import model_device, model_input_size
+from ..inputs import model_input_size
+from ..modelutil import eval_mode, model_device
 
 _CONV_TYPES = (nn.Conv2d,)
 _HEAD_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -80,15 +81,12 @@ def detect_layer(model: nn.Module, probe: torch.Tensor | None = None) -> str:
                     else None
                 )
             )
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(probe[:1])
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     spatial = [
         (n, m, o)
         for n, m, o in outputs

@@ -8,29 +8,11 @@ caller chose so memory stays bounded however many (image, step) pairs there are.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
 
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards, even on error."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` for a parameter-free model)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return fallback
+from ..modelutil import eval_mode, model_device  # noqa: F401  (eval_mode is re-exported for the metrics)
 
 
 def check_same_device(model: nn.Module, images: torch.Tensor) -> None:

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..inputs import IMAGENET_MEAN, IMAGENET_STD
+
 # CIFAR-10 channel statistics; a trained model gets its dataset's statistics instead.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

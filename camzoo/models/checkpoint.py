@@ -41,10 +41,19 @@ def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
     return save_torch({**model_checkpoint(model), **extra}, path)
 
 
+def is_camzoo_checkpoint(payload: Any) -> bool:
+    """Whether a loaded file is a camzoo model checkpoint (rather than, say, a plain state_dict)."""
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a camzoo checkpoint dict (clear errors for foreign or corrupt files)."""
-    ckpt = load_torch(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    return validate_checkpoint(load_torch(path, map_location=map_location), path)
+
+
+def validate_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Check a loaded checkpoint's format, version and entries; errors name the file."""
+    if not is_camzoo_checkpoint(ckpt):
         raise ValueError(
             f"{str(path)!r} is not a camzoo model checkpoint (no format={FORMAT!r} entry); "
             "camzoo.models.load_model reads files written by camzoo's trainer or save_model()"
@@ -81,7 +90,12 @@ def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: st
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Restore a trained camzoo model (eval mode) with its config, class names and preprocessing."""
-    ckpt = read_checkpoint(path, map_location=map_location)
+    return model_from_checkpoint(read_checkpoint(path, map_location=map_location), path, map_location)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike,
+                          map_location: str | torch.device = "cpu") -> nn.Module:
+    """The model a validated checkpoint dict describes, with its weights, in eval mode."""
     model = build_from_config(ckpt["config"])
     load_state(model, ckpt["state_dict"], repr(str(path)))
     model.class_names = ckpt.get("class_names")

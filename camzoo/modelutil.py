@@ -1,0 +1,40 @@
+"""Small facts about running a model that every layer of camzoo needs: its device, eval mode, sync.
+
+Why one module: methods, metrics, the trainer and the harness must agree on these; a second copy
+that restores modes differently is how hooks and train-mode leaks creep back in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
+    """The device of the model's first parameter or buffer (``fallback``, else CPU, if it has none)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback if fallback is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag afterwards, even on error."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timings measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
