@@ -19,8 +19,5 @@ $(VENV)/.installed: setup.cfg setup.py
 test: install
 	$(BIN)/python -m pytest -q
 
-# Until the benchmark harness lands: explain scikit-image's bundled cat photo (random weights).
 bench: install
-	mkdir -p results
-	$(BIN)/python -c "from PIL import Image; from skimage import data; Image.fromarray(data.chelsea()).save('results/chelsea.png')"
-	$(BIN)/camzoo explain results/chelsea.png --model resnet18 --out results/explain
+	$(BIN)/camzoo bench --preset quick --out results/quick
