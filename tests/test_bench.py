@@ -89,6 +89,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     markdown = (out / "summary.md").read_text()
     assert "Deletion AUC ↓" in markdown and "Insertion AUC ↑" in markdown and "**" in markdown
+    assert "fingerprint (sha256 of pixels and labels): shapes `" in markdown
 
     # the report is rebuilt from the store alone: no models, no data
     for name in ("summary.md", "summary.csv", "summary.tex"):
@@ -181,3 +182,11 @@ def test_run_identity_ignores_where_it_runs():
 def test_report_on_a_directory_without_a_store(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code != 0 and "holds no results store" in result.output
+
+
+def test_missing_dataset_root_is_a_clear_error(tmp_path):
+    config = tmp_path / "paper.toml"
+    config.write_text(f'preset = "paper"\n[[datasets]]\nname = "cifar10"\nroot = "{tmp_path / "nowhere"}"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code != 0
+    assert "does not exist" in result.output and "rerun to resume" in result.output

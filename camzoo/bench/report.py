@@ -147,14 +147,16 @@ def latex_tables(frame: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _provenance_lines(run: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
     config, provenance = run["config"], run["provenance"]
     seeds = len(config["seeds"]) * max(1, len(config["variants"]))
+    prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(run["run_id"], "fingerprint"))
     return [
         f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']}",
         f"- camzoo {provenance['camzoo']}, torch {provenance['torch']}, timm {provenance['timm']}, Python {provenance['python']}",
         f"- {seeds} models per kind (seeds {config['seeds']}" + (f" x {len(config['variants'])} variants" if config["variants"] else "")
         + f"); {config['eval']['images']} evaluation images; deletion/insertion with {config['eval']['deletion_steps']} steps",
+        f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         "- maps explain the true class; ↑/↓: higher/lower is better; bold: best in the column",
         "- stability: whole-image IoU of maps binarised at map*255 > 100 (not the LFI-CAM script's row-wise "
         "`lfi_compat` IoU, stored as `stability_iou_lfi_compat`) and Spearman, mean ± std over seed pairs",
@@ -256,7 +258,7 @@ def write_report(directory: str | Path, run_id: str | None = None) -> dict[str, 
         if frame.empty:
             raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet")
         files: dict[str, Path] = {}
-        markdown = "# camzoo benchmark\n\n" + "\n".join(_provenance_lines(run, frame)) + "\n\n" + markdown_tables(frame) + "\n"
+        markdown = "# camzoo benchmark\n\n" + "\n".join(_provenance_lines(store, run)) + "\n\n" + markdown_tables(frame) + "\n"
         files["summary.md"] = atomic_write_text(directory / "summary.md", markdown)
         files["summary.csv"] = atomic_write_text(directory / "summary.csv", frame.to_csv(index=False))
         files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame))

@@ -94,8 +94,12 @@ def load_eval_set(test_split, count: int, device: torch.device) -> EvalSet:
     )
 
 
-def fingerprint(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """Short hash of tensors' bytes: proves two runs scored the very same evaluation images."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def predict(model: torch.nn.Module, split, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +253,7 @@ class BenchRunner:
                 "images": to_display_images(eval_set.images[:count], eval_set.mean, eval_set.std),
                 "labels": eval_set.labels[:count].cpu().numpy(),
                 "class_names": np.array(eval_set.classes),
+                "fingerprint": np.array(fingerprint(eval_set.images, eval_set.labels)),
             }
             metrics = {"eval_images": (float(eval_set.images.shape[0]), None)}
             self._write(gallery_key, metrics, arrays)

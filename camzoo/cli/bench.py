@@ -45,7 +45,10 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, out {out_dir}")
-    runner.run()
+    try:
+        runner.run()
+    except (ValueError, FileNotFoundError) as err:  # bad data roots, configs the trainer refuses, ...
+        raise click.ClickException(f"{err}\nFinished cells are kept in {out_dir}; rerun to resume.") from err
     files = write_report(out_dir, runner.run_id)
     click.echo((out_dir / "summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
