@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts: warm-up, device sync, median of repeats."""
+"""Timing helper shared by the benchmark scripts: warm-up, device sync, interleaved medians."""
 
 from __future__ import annotations
 
@@ -8,28 +8,14 @@ from typing import Callable, Mapping
 
 import torch
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+from camzoo.modelutil import synchronize
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

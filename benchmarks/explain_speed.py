@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import device_name, median_seconds, pick_device  # noqa: E402
+from _timing import median_seconds  # noqa: E402
 
 import camzoo  # noqa: E402
+from camzoo.modelutil import describe_device, resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).to(device).eval()
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
@@ -76,7 +77,7 @@ def main() -> None:
     pgc_gradcam.activations_and_grads.release()
     pgc_eigencam.activations_and_grads.release()
 
-    print(f"device: {device_name(device)}; torch {torch.__version__}; model {args.model} at {args.size}px, "
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; model {args.model} at {args.size}px, "
           f"batch {args.batch}, layer {layer_name}, median of {args.repeats}")
     print(f"{'run':34s} {'ms/image':>9s}")
     for name, value in per_image_ms.items():

@@ -22,11 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from camzoo.metrics import deletion_insertion  # noqa: E402
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from camzoo.modelutil import describe_device, resolve_device  # noqa: E402
+from camzoo.modelutil import synchronize as synchronise  # noqa: E402
 
 
 def forward_seconds_per_image(model: torch.nn.Module, batch: int, size: int, device: torch.device,
@@ -59,7 +56,7 @@ class NearlyFreeModel(torch.nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--model", default="resnet50", help="timm model name (pretrained=False)")
     parser.add_argument("--size", type=int, default=224, help="image size")
     parser.add_argument("--images", type=int, default=1, help="images to score")
@@ -71,7 +68,7 @@ def main() -> None:
 
     import timm
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=1000).eval().to(device)
     images = torch.randn(args.images, 3, args.size, args.size, device=device)
@@ -99,8 +96,7 @@ def main() -> None:
     per_image_forward = statistics.median(floor_samples)
     forwards = args.images * (2 * args.steps + 1)
     floor = forwards * per_image_forward
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; {args.model} at {args.size}px, "
+    print(f"device: {describe_device(device)}; torch {torch.__version__}; {args.model} at {args.size}px, "
           f"{args.images} image(s), {args.steps} steps, forward batch {args.batch}, autocast {args.autocast}")
     print(f"forward per image: {per_image_forward * 1e3:.2f} ms "
           f"(min {min(floor_samples) * 1e3:.2f}, max {max(floor_samples) * 1e3:.2f})")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from camzoo.modelutil import describe_device, resolve_device, synchronize  # noqa: E402
 from camzoo.models import build_model  # noqa: E402
+from camzoo.models.backbones import cifar_depth  # noqa: E402
 from camzoo.train import train_step  # noqa: E402
 
 
@@ -46,14 +47,12 @@ def make_runner(kind: str, args, device: torch.device, options: dict):
     y = torch.randint(0, args.num_classes, (args.batch,), device=device)
 
     def run(steps: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             loss, _ = train_step(model, optimizer, scaler, x, y, autocast)
         loss.item()  # one sync at the end, as the trainer does per log interval
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         return time.perf_counter() - start
 
     return run
@@ -61,7 +60,7 @@ def make_runner(kind: str, args, device: torch.device, options: dict):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--backbone", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32)
@@ -79,10 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     runners = {}
     for kind in args.kinds.split(","):
-        cifar = args.backbone.startswith("cifar_") or args.backbone in {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)}
+        cifar = cifar_depth(args.backbone) is not None
         options = {"stem_stride1": False} if kind == "lfi" and args.lfi_stem == "same" and not cifar else {}
         runners[kind] = make_runner(kind, args, device, options)
         runners[kind](args.warmup)
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind, run in runners.items():
             times[kind].append(run(args.steps))
     rates = {kind: args.batch * args.steps / statistics.median(t) for kind, t in times.items()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = describe_device(device)
     base = rates.get("baseline")
     if args.json:
         print(json.dumps({"device": name, "backbone": args.backbone, "batch": args.batch, "image_size": args.image_size,

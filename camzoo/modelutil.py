@@ -34,6 +34,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when torch sees one, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device; use cpu or auto")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """A device as results tables name it: the GPU model, or the CPU architecture and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so wall-clock timings measure the work and not its launch."""
     if device.type == "cuda":

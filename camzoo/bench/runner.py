@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..modelutil import synchronize
+from ..modelutil import describe_device, resolve_device, synchronize
 from .config import applicable_methods, run_id, variants
 from .store import ALL_SEEDS, CellKey, ResultsStore
 
@@ -58,21 +58,6 @@ class ModelJob:
     def label(self) -> str:
         variant = "" if self.variant["name"] == "default" else f"/{self.variant['name']}"
         return f"{self.dataset['name']}/{self.backbone}/{self.kind}{variant}/seed{self.seed}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _load_split(dataset: Mapping[str, Any], split: str):

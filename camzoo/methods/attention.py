@@ -13,7 +13,6 @@ class AttentionMap(CAMMethod):
     """Reads ``model.forward_with_attention(x) -> (logits, attention (B,1,h,w))``; no hooks, no gradients."""
 
     name = "attention"
-    uses_layer = False
 
     def __init__(self, model: torch.nn.Module, layer: object = None, batch_size: int | None = None):
         if layer is not None:

@@ -67,7 +67,6 @@ class CAMMethod:
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = False
-    uses_layer: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, batch_size: int | None = None):
         if not isinstance(model, nn.Module):
