@@ -17,6 +17,7 @@ from torch import nn
 
 from ..explanation import Explanation
 from ..inputs import model_normalisation
+from ..maps import minmax_normalise
 from ..modelutil import eval_mode
 from .layers import get_layer, resolve_layer
 
@@ -25,11 +26,8 @@ TargetSpec = int | Sequence[int] | torch.Tensor | None
 
 def upsample_and_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear (B,h,w) -> (B,H,W), then min-max per image to [0,1]; a constant map becomes zeros."""
-    maps = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - low
-    safe_span = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (maps - low) / safe_span, torch.zeros_like(maps))
+    upsampled = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return minmax_normalise(upsampled)
 
 
 def expand_targets(target: TargetSpec, batch: int) -> torch.Tensor | None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..maps import minmax_normalise
 from .backbones import init_like_official
 from .base import CamModel, ModelOutput
 
@@ -67,13 +68,6 @@ def normalize_channels(features: torch.Tensor) -> torch.Tensor:
     return torch.where(features == 0, torch.zeros_like(scaled), scaled)
 
 
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-image min-max of (B, 1, h, w) maps to [0, 1]; a constant map becomes 0."""
-    mmin = maps.amin(dim=(2, 3), keepdim=True)
-    span = maps.amax(dim=(2, 3), keepdim=True) - mmin
-    return (maps - mmin) / span.clamp_min(eps)
-
-
 def lfi_attention(features: torch.Tensor, images: torch.Tensor, fin: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """LFI-CAM's attention map M (B, 1, h, w) in [0, 1] and FIN weights w (B, C), batched.
 
@@ -87,7 +81,7 @@ def lfi_attention(features: torch.Tensor, images: torch.Tensor, fin: nn.Module) 
     with torch.autocast(feats.device.type, enabled=False):
         weights = torch.softmax(scores.float(), dim=1)
         saliency = torch.einsum("bc,bchw->bhw", weights, feats).unsqueeze(1)
-        return normalize_maps(F.relu(saliency)), weights
+        return minmax_normalise(F.relu(saliency)), weights
 
 
 class LFICAM(CamModel):
