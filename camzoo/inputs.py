@@ -48,6 +48,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {str(path)!r}: not a readable image file ({err})") from err
+    except Exception as err:  # PIL raises several other types for truncated or hostile files
+        raise ValueError(f"cannot read image {str(path)!r} ({type(err).__name__}: {err})") from err
 
 
 def _to_uint8_array(item: Any) -> np.ndarray:

@@ -14,9 +14,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported for the loaders)
 from . import transforms as T
-
 
 
 class DatasetError(ValueError):

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..inputs import load_image
 from . import transforms as T
-from .base import IMAGENET_MEAN, IMAGENET_STD, CamzooDataset, DatasetError
+from ..inputs import IMAGENET_MEAN, IMAGENET_STD
+from .base import CamzooDataset, DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang its image (annotation round-off); clipped, not refused
@@ -45,14 +47,11 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def open_image(path: Path, record: str) -> Image.Image:
+    """``camzoo.inputs.load_image``, with errors that also name the dataset record."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DatasetError(f"{record}: image {str(path)!r} does not exist") from None
-    except Exception as err:  # PIL raises several types for truncated or foreign files
-        raise DatasetError(f"{record}: cannot read image {str(path)!r} ({type(err).__name__}: {err})") from err
+        return load_image(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise DatasetError(f"{record}: {err}") from err
 
 
 def list_images(folder: Path) -> list[Path]:
