@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import atomic_write_text
+from .modelutil import eval_mode
 from .models import build_model
 from .models.checkpoint import load_state, read_checkpoint, save_model
 
@@ -484,26 +485,30 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
 
 
 @torch.no_grad()
+def predict(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device | None = None,
+            amp: bool = False, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float logits (N, classes) and labels (N,) of a whole dataset, in eval mode, batched on the device."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    data = _Data(dataset, batch_size, num_classes or model.num_classes, device, 0, None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    _, batches = data.epoch(False, 0, 0)
+    logits, labels = [], []
+    with eval_mode(model), torch.no_grad(), autocast:
+        for x, y in batches:
+            logits.append(model(x).float())
+            labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
 def evaluate(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device | None = None,
              amp: bool = False, num_classes: int | None = None) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode, batched)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    num_classes = num_classes or model.num_classes
-    was_training = model.training
-    model.eval()
-    data = _Data(dataset, batch_size, num_classes, device, 0, None)
-    loss_sum = torch.zeros((), device=device)
-    hits = torch.zeros((), device=device, dtype=torch.long)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    _, batches = data.epoch(False, 0, 0)
-    with autocast:
-        for x, y in batches:
-            logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            hits += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(dataset)
-    return {"accuracy": hits.item() / n, "loss": loss_sum.item() / n, "n": n}
+    logits, labels = predict(model, dataset, batch_size, device, amp, num_classes)
+    return {
+        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "n": len(dataset),
+    }
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -87,18 +87,6 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def predict(model: torch.nn.Module, split, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of a whole split, batched on the device."""
-    from ..data import loader
-
-    logits, labels = [], []
-    with torch.no_grad():
-        for images, batch_labels, _ in loader(split, batch_size=batch_size, shuffle=False, device=device):
-            logits.append(model(images).float())
-            labels.append(batch_labels)
-    return torch.cat(logits), torch.cat(labels)
-
-
 def explain_all(model, eval_set: EvalSet, method: str, batch_size: int, device: torch.device) -> tuple[torch.Tensor, float]:
     """Maps of every evaluation image for its true class, and the seconds spent explaining."""
     from ..api import explain
@@ -266,6 +254,7 @@ class BenchRunner:
     def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
         from .. import metrics
         from ..models import load_model
+        from ..train import predict
 
         result = self._train(job, train_split)
         model = load_model(result.checkpoint, map_location=self.device).eval()
