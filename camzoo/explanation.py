@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ._version import __version__
+from .inputs import to_display_images
 from .io import atomic_path, atomic_write, atomic_write_text
 
 MANIFEST_VERSION = 1
@@ -27,14 +27,6 @@ def jet_colormap(values: np.ndarray) -> np.ndarray:
     centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
     rgb = np.clip(1.5 - np.abs(4.0 * v - 4.0 * centres), 0.0, 1.0)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo normalisation of (B,3,H,W) images; return (B,H,W,3) uint8 for pictures."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    pixels = (images.detach().float() * std_t + mean_t).clamp(0, 1) * 255.0
-    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @dataclass(frozen=True)

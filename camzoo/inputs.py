@@ -38,6 +38,14 @@ def model_input_size(model: nn.Module) -> tuple[int, int] | None:
     return (int(size[-2]), int(size[-1])) if size else None
 
 
+def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo normalisation of (B,3,H,W) images; return (B,H,W,3) uint8 for pictures."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    pixels = (images.detach().float() * std_t + mean_t).clamp(0, 1) * 255.0
+    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as RGB, with an error that names the file when it cannot be read."""
     path = Path(path)

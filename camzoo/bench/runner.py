@@ -219,7 +219,7 @@ class BenchRunner:
         eval_set = load_eval_set(test_split, self.config["eval"]["images"], self.device)
         gallery_key = CellKey(dataset["name"], "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
         if not self.store.is_done(self.run_id, gallery_key):
-            from ..explanation import to_display_images
+            from ..inputs import to_display_images
 
             count = self.config["eval"]["gallery_images"]
             arrays = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inputs import to_display_images
 from ..io import atomic_write
 from .base import CamzooDataset
 from .loading import loader
@@ -27,9 +28,7 @@ def render_grid(dataset: CamzooDataset, rows: int = 4, cols: int = 8, scale: int
     """(H,W,3) uint8 grid of the first rows*cols items, 2 px gaps."""
     n = min(rows * cols, len(dataset))
     images, _, targets = next(iter(loader(dataset, batch_size=n)))  # the first batch = the first n items
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
-    pixels = (images * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+    pixels = to_display_images(images, dataset.mean, dataset.std).copy()
     size = pixels.shape[1]
     if annotate and "mask" in targets:
         pixels[_outline(targets["mask"]).numpy()] = OUTLINE
