@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ._version import __version__
@@ -29,13 +30,28 @@ def jet_colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def colormap_function(name: str):
+    """``values in [0,1] -> RGB uint8`` for a colormap name: "jet" (built in) or any matplotlib one."""
+    if name == "jet":
+        return jet_colormap
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}; use jet or a matplotlib colormap such as viridis, "
+                         "inferno, magma, turbo or gray") from None
+    return lambda values: cmap(np.clip(values, 0.0, 1.0), bytes=True)[..., :3]
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Saliency maps for a batch of B images.
 
     maps:    float32 (B,H,W) in [0,1] at input resolution (bilinear upsampling + per-image min-max).
     raw:     float32 (B,h,w) at the explained layer's resolution, before upsampling/normalisation.
-    targets: long (B,) class explained for each image; scores: softmax probability of that class.
+    targets: long (B,) class explained for each image; scores: softmax probability of that class
+             (for a model with one logit: its sigmoid, the probability of the positive class).
     """
 
     maps: torch.Tensor
@@ -54,19 +70,46 @@ class Explanation:
 
     def label(self, i: int) -> str:
         """Human-readable name of the i-th target (class name where known, else its index)."""
-        k = int(self.targets[i])
+        k = int(self.targets[self._index(i)])
         return self.class_names[k] if self.class_names and k < len(self.class_names) else str(k)
 
-    def overlay(self, i: int = 0, alpha: float = 0.5) -> Image.Image:
-        """The i-th input image with its map blended on top as a jet heat-map."""
+    def _index(self, i: int) -> int:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"image index must be an int; got {type(i).__name__}")
         if not -len(self) <= i < len(self):
             raise IndexError(f"image index {i} is out of range for an explanation of {len(self)} images")
+        return int(i) % len(self)
+
+    def map_at(self, i: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The i-th map (H,W) in [0,1] on the CPU, bilinearly resized to ``size`` = (height, width).
+
+        Why: the model sees a resized (often squashed) copy of a photo; resizing the map back to the
+        photo's own size and aspect puts every value over the pixel it describes.
+        """
+        heat = self.maps[self._index(i)].detach().float().cpu()
+        if size is None or tuple(size) == tuple(heat.shape):
+            return heat
+        return F.interpolate(heat[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+
+    def overlay(self, i: int = 0, alpha: float = 0.5, colormap: str = "jet",
+                image: Image.Image | np.ndarray | None = None) -> Image.Image:
+        """The i-th image with its map blended on top as a heat-map (``colormap``: jet or matplotlib's).
+
+        image: the picture to draw on, e.g. the original file at its own size and aspect (the map is
+        resized to it); default: the model's input, un-normalised.
+        """
+        i = self._index(i)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        i %= len(self)
-        image = to_display_images(self.inputs[i : i + 1], self.mean, self.std)[0]
-        heat = jet_colormap(self.maps[i].detach().float().cpu().numpy())
-        blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
+        paint = colormap_function(colormap)
+        if image is None:
+            picture = to_display_images(self.inputs[i : i + 1], self.mean, self.std)[0]
+        else:
+            picture = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+            if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
+                raise ValueError(f"overlay image must be RGB uint8 (H,W,3); got {picture.dtype} {picture.shape}")
+        heat = paint(self.map_at(i, picture.shape[:2]).numpy())
+        blended = (1.0 - alpha) * picture.astype(np.float32) + alpha * heat.astype(np.float32)
         return Image.fromarray(blended.round().astype(np.uint8))
 
     def save(self, directory: str | Path, overlays: bool = True) -> Path:

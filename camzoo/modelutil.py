@@ -1,4 +1,5 @@
-"""Small facts about running a model that every layer of camzoo needs: its device, eval mode, sync.
+"""Small facts about a model that every layer of camzoo needs: its device, input size and
+normalisation, eval mode, sync.
 
 Why one module: methods, metrics, the trainer and the harness must agree on these; a second copy
 that restores modes differently is how hooks and train-mode leaks creep back in.
@@ -12,6 +13,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
     """The device of the model's first parameter or buffer (``fallback``, else CPU, if it has none)."""
@@ -20,6 +24,21 @@ def model_device(model: nn.Module, fallback: torch.device | None = None) -> torc
     for tensor in model.buffers():
         return tensor.device
     return fallback if fallback is not None else torch.device("cpu")
+
+
+def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the model expects, from its timm-style ``pretrained_cfg``; ImageNet's otherwise."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+    return mean, std
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) the model expects, from its ``pretrained_cfg``; None when it does not say."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size")
+    return (int(size[-2]), int(size[-1])) if size else None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ preset = "custom"
 seeds = [0, 1]
 kinds = ["baseline", "lfi"]
 backbones = ["resnet8"]
-methods = ["gradcam", "eigencam", "attention"]
+methods = ["gradcam", "eigencam", "attention", "random", "oracle"]
 
 [[datasets]]
 name = "shapes"
@@ -39,13 +39,25 @@ batch_size = 32
 images = 16
 batch_size = 8
 deletion_steps = 4
+substrates = ["zeros", "road"]
 chunk_size = 32
 gallery_images = 2
 """
 
-# baseline: model + gradcam + eigencam; lfi: model + the three methods; per seed. Then stability per
-# (kind, method) and the gallery cell.
-EXPECTED_CELLS = 2 * (3 + 4) + (2 + 3) + 1
+# baseline: model + gradcam + eigencam + 2 controls; lfi: model + the three methods + 2 controls; per
+# seed. Then stability per (kind, method) and the gallery cell.
+EXPECTED_CELLS = 2 * (5 + 6) + (4 + 5) + 1
+
+
+def load_script(name: str):
+    """A script from benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(tmp_path: Path, epochs: int = 1) -> Path:
@@ -72,27 +84,48 @@ def test_tiny_grid_end_to_end(tmp_path):
         rows = pd.DataFrame(store.results(with_per_image=True))
         (run,) = store.runs()
     assert run["provenance"]["torch"] and run["provenance"]["device"].startswith("cpu")
-    assert set(rows["config_hash"]) == {run["run_id"]}
+    assert set(rows["run_id"]) == {run["run_id"]}
     lfi_attention = rows[(rows["kind"] == "lfi") & (rows["method"] == "attention") & (rows["seed"] == 0)]
     metrics = set(lfi_attention["metric"])
-    assert {"deletion", "insertion", "pointing_game", "energy_pointing_game", "max_box_acc_v2", "pxap", "ms_per_image"} <= metrics
+    assert {"deletion", "insertion", "pointing_game", "pointing_game_class_mean", "energy_pointing_game_mask",
+            "energy_pointing_game_box", "max_box_acc_v2", "pxap", "srg_zeros", "ms_per_image"} <= metrics
     deletion = lfi_attention[lfi_attention["metric"] == "deletion"].iloc[0]
     assert deletion["per_image"].shape == (16,) and abs(deletion["per_image"].mean() - deletion["value"]) < 1e-6
     assert rows[rows["metric"] == "deletion_curve"].iloc[0]["per_image"].shape == (16, 5)
     stability = rows[(rows["seed"] == -1) & (rows["metric"] == "stability_iou")]
-    assert len(stability) == 5 and stability["value"].between(0, 1).all()
-    for name in ("summary.md", "summary.csv", "summary.tex", "curves_shapes_resnet8.png", "gallery_shapes_resnet8.png"):
+    assert len(stability) == 9 and stability["value"].between(0, 1).all()
+    assert stability.iloc[0]["per_image"].shape == (1, 16)  # one seed pair x the images
+    for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex", "curves_shapes_resnet8.png",
+                 "gallery_shapes_resnet8.png"):
         assert (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 5 and {"top1_mean", "deletion_mean", "stability_iou_mean", "ms_per_image_mean"} <= set(summary)
-    assert summary["top1_best"].any()
+    assert len(summary) == 9 and {"top1_mean", "deletion_mean", "deletion_ci_low", "deletion_ci_high", "deletion_norm",
+                                  "stability_iou_mean", "ms_per_image_mean", "reference"} <= set(summary)
+    assert set(summary[summary["reference"]]["method"]) == {"random", "oracle"}
+    assert not summary[summary["reference"]][[c for c in summary if c.endswith("_best")]].any().any()
+    finite = summary.dropna(subset=["deletion_ci_low"])
+    assert ((finite["deletion_ci_low"] <= finite["deletion_mean"] + 1e-9)
+            & (finite["deletion_mean"] <= finite["deletion_ci_high"] + 1e-9)).all()
+    oracle = summary[summary["method"] == "oracle"]
+    assert (oracle["pointing_game_norm"].round(9) == 1).all()  # the oracle is its own ceiling
+    pairwise = pd.read_csv(out / "pairwise.csv")
+    assert {"metric", "a", "b", "median_difference", "p", "p_holm", "significant"} <= set(pairwise)
+    assert not pairwise["a"].str.contains("random|oracle").any() and (pairwise["p_holm"] >= pairwise["p"] - 1e-12).all()
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     markdown = (out / "summary.md").read_text()
-    assert "Deletion AUC ↓" in markdown and "Insertion AUC ↑" in markdown and "**" in markdown
+    assert "Deletion AUC ↓ (label, 4 steps)" in markdown and "Insertion AUC ↑" in markdown
+    assert "*random* (control)" in markdown and "normalised (0 = random, 1 = oracle)" in markdown
+    assert "SRG zeros ↑" in markdown and "SRG road ↑" in markdown and "Rank agreement of the 5 method rows" in markdown
+    assert summary["srg_mean_mean"].isna().all() and "SRG mean" not in markdown  # not asked for, not computed
     assert "fingerprint (sha256 of pixels and labels): shapes `" in markdown
 
+    # the paper-claims study reads the same store (this grid has no ABN: it says so, no traceback)
+    claims = load_script("paper_claims").claims(out)
+    assert "| lfi/attention |" in claims and "| baseline/gradcam |" in claims and "LFI-CAM minus baseline" in claims
+    assert "| abn/attention |" not in claims
+
     # the report is rebuilt from the store alone: no models, no data
-    for name in ("summary.md", "summary.csv", "summary.tex"):
+    for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex"):
         (out / name).unlink()
     import shutil
 
@@ -171,6 +204,12 @@ def test_config_errors_are_clear(tmp_path):
         resolve_config("quick", overrides={"methods": ["gradcam", "magic"]})
     with pytest.raises(ValueError, match="train.seed is set by the grid"):
         resolve_config("quick", overrides={"train": {"seed": 3}})
+
+
+def test_committed_configs_resolve():
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.toml")):
+        config = resolve_config(None, path)
+        assert config["seeds"] and config["methods"], path
 
 
 def test_run_identity_ignores_where_it_runs():

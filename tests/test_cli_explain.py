@@ -25,12 +25,24 @@ def image_files(tmp_path):
 def test_methods_command():
     result = CliRunner().invoke(main, ["methods"])
     assert result.exit_code == 0
-    assert {"gradcam", "eigencam", "attention"} <= set(result.output.split())
+    methods, references = result.output.split("reference methods")
+    names = {line.split()[0] for line in methods.splitlines()[1:] if line.strip()}
+    assert {"gradcam", "eigencam", "attention"} <= names
+    refs = {line.split()[0] for line in references.splitlines()[1:] if line.strip()}
+    assert {"random", "centre", "edges", "oracle"} <= refs and "random" not in names
+    # one line per method, with a description and, where the class names one, the paper
+    gradcam = next(line for line in methods.splitlines() if line.split()[:1] == ["gradcam"])
+    assert "Grad-CAM" in gradcam and "[Selvaraju et al. 2017]" in gradcam
+    assert "[Muhammad & Yeasin 2020]" in next(line for line in methods.splitlines() if "eigencam" in line)
+    assert all(len(line.split()) > 2 for line in references.splitlines()[1:] if line.strip())
 
 
-def test_explain_writes_one_overlay_per_image_with_a_checkpoint(trained_resnet, image_files, tmp_path):
+def test_explain_writes_one_overlay_per_image_with_a_checkpoint(image_files, tmp_path):
+    import timm
+
     checkpoint = tmp_path / "weights.pth"
-    torch.save(trained_resnet["model"].state_dict(), checkpoint)
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", pretrained=False, num_classes=4).state_dict(), checkpoint)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main,
@@ -40,8 +52,9 @@ def test_explain_writes_one_overlay_per_image_with_a_checkpoint(trained_resnet, 
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "->" in line]
     assert len(lines) == 2 and all("class " in line and "(p=" in line for line in lines)
+    assert all(int(line.split("class ")[1].split()[0]) < 4 for line in lines)  # 4 classes read from the weights
     for stem in ("cat", "dog"):
-        assert Image.open(out / f"{stem}_eigencam.png").size == (64, 64)
+        assert Image.open(out / f"{stem}_eigencam.png").size == (60, 40)  # the photo's own size and aspect
 
 
 def test_explain_target_and_layer(image_files, tmp_path):
@@ -66,8 +79,8 @@ def test_explain_target_and_layer(image_files, tmp_path):
 )
 def test_explain_errors(image_files, tmp_path, extra, message):
     result = CliRunner().invoke(main, ["explain", image_files[0], *extra, "--image-size", "32", "--out", str(tmp_path)])
-    assert result.exit_code != 0
-    assert message in result.output
+    assert result.exit_code == 2, result.output  # usage errors
+    assert message in result.output and "Traceback" not in result.output
 
 
 def test_explain_refuses_corrupt_and_unfit_checkpoints(image_files, tmp_path):
@@ -78,14 +91,18 @@ def test_explain_refuses_corrupt_and_unfit_checkpoints(image_files, tmp_path):
     unfit = tmp_path / "unfit.pth"
     torch.save({"fc.weight": torch.zeros(2, 7)}, unfit)
     result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(unfit), "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "does not fit timm model" in result.output
+    assert result.exit_code == 2 and "does not fit timm model 'resnet10t'" in result.output
+    # one line naming the first keys at fault, not torch's list of all of them
+    assert "missing keys: conv1.0.weight" in result.output and "fc.weight (2, 7) vs (2, 512)" in result.output
+    assert "Error(s) in loading state_dict" not in result.output
 
 
 def test_explain_unreadable_image(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"nope")
-    result = CliRunner().invoke(main, ["explain", str(broken), "--model", "resnet10t", "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "cannot read image" in result.output
+    result = CliRunner().invoke(main, ["explain", str(broken), "--model", "resnet10t", "--image-size", "32",
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "cannot read image" in result.output and "Usage:" not in result.output
 
 
 def test_train_then_explain_with_the_camzoo_checkpoint(tmp_path):

@@ -71,7 +71,8 @@ def test_input_forms_agree(small_model, tmp_path):
         assert torch.equal(result.maps, results[0].maps)
     batch = camzoo.explain(small_model, [path, pixels], image_size=48)
     assert batch.maps.shape == (2, 48, 48)
-    assert torch.allclose(batch.maps[0], results[0].maps[0], atol=1e-5)
+    # a batch of two runs other float kernels than a batch of one: agreement to float noise, not bits
+    assert torch.allclose(batch.maps[0], results[0].maps[0], atol=1e-4)
 
 
 def test_pixel_inputs_use_the_models_input_size_and_normalisation(small_model):
@@ -245,5 +246,5 @@ def test_nan_weights_give_a_clear_error():
 
 
 def test_methods_lists_names():
-    assert {"gradcam", "eigencam", "attention"} <= set(camzoo.methods())
-    assert camzoo.methods() == sorted(camzoo.methods())
+    assert {"gradcam", "eigencam", "attention"} <= set(camzoo.list_methods())
+    assert camzoo.list_methods() == sorted(camzoo.list_methods())

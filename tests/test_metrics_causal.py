@@ -37,6 +37,15 @@ class ObjectFractionModel(nn.Module):
         return torch.stack([SHARPNESS * share, torch.zeros_like(share)], 1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: on a busy 2-core machine thread hand-offs cost more than the maths."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def object_images(batch: int = 2) -> torch.Tensor:
     images = torch.zeros(batch, 3, SIZE, SIZE)
     images[:, :, OBJECT[0], OBJECT[1]] = 1.0
@@ -86,6 +95,21 @@ def test_a_map_ranking_the_background_first_scores_worse_by_the_hand_computed_am
     perfect = deletion_insertion(ObjectFractionModel(), object_images(1), object_map(1), [0],
                                  steps=steps, blur=zeros_like)
     assert perfect["deletion"] < result["deletion"] and perfect["insertion"] > result["insertion"]
+
+
+def test_a_partial_game_is_the_prefix_of_a_full_game_and_resolves_the_object():
+    # 256 px; the first quarter (64 px) in 8 steps = the first 9 points of the full game in 32 steps
+    full = deletion_insertion(ObjectFractionModel(), object_images(), object_map(), [0, 0], steps=32, blur=zeros_like)
+    part = deletion_insertion(ObjectFractionModel(), object_images(), object_map(), [0, 0], steps=8, blur=zeros_like,
+                              fraction=0.25)
+    torch.testing.assert_close(part["deletion_curve"], full["deletion_curve"][:, :9])
+    torch.testing.assert_close(part["insertion_curve"], full["insertion_curve"][:, :9])
+    torch.testing.assert_close(part["fraction"], torch.arange(9) * 8 / 256)
+    # 8 px per step = 1/8 of the 64-px object: the curve falls step by step to the floor
+    deleted = [sigmoid(SHARPNESS * max(0.0, 1 - 8 * k / AREA)) for k in range(9)]
+    torch.testing.assert_close(part["deletion"], torch.full((2,), trapezoid_auc(deleted)))
+    with pytest.raises(ValueError, match="fraction must be in"):
+        deletion_insertion(ObjectFractionModel(), object_images(), object_map(), [0, 0], fraction=0)
 
 
 def test_blur_kernel_is_rises_gkern_exactly():
@@ -140,7 +164,7 @@ def reference_curves(model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
             start, finish = image.clone(), torch.zeros_like(image)
         else:
             start, finish = F.conv2d(image, weight, padding=5), image.clone()
-        order = np.flip(np.argsort(maps[index].numpy().reshape(-1)))
+        order = np.flip(np.argsort(maps[index].numpy().reshape(-1), kind="stable"))
         for k in range(steps + 1):
             with torch.no_grad():
                 curves[index, k] = float(model(start).softmax(1)[0, targets[index]])
@@ -172,11 +196,17 @@ def test_chunk_size_and_mode_subsets_do_not_change_results():
     torch.testing.assert_close(only["insertion_curve"], results[0]["insertion_curve"])
 
 
-def test_ties_are_broken_by_pixel_index_so_constant_maps_are_deterministic():
+def test_ties_put_the_later_pixel_first_as_rises_flipped_stable_argsort():
     constant = torch.full((2, 4, 5), 0.3)
-    assert torch.equal(saliency_rank(constant), torch.arange(20).expand(2, 20))
-    maps = torch.tensor([[[0.5, 1.0, 0.5], [1.0, 0.0, 0.5]]])
-    assert saliency_rank(maps).tolist() == [[2, 0, 3, 1, 5, 4]]
+    assert torch.equal(saliency_rank(constant), torch.arange(19, -1, -1).expand(2, 20))
+    maps = torch.tensor([[[0.5, 1.0, 0.5], [1.0, 0.0, 0.5]]])  # order: pixels 3, 1, 5, 2, 0, 4
+    assert saliency_rank(maps).tolist() == [[4, 1, 3, 0, 5, 2]]
+    plateaus = torch.randint(0, 4, (3, 6, 7), generator=torch.Generator().manual_seed(5)).float() / 3
+    for index in range(3):
+        order = np.flip(np.argsort(plateaus[index].numpy().reshape(-1), kind="stable"))
+        expected = np.empty(42, dtype=np.int64)
+        expected[order] = np.arange(42)
+        assert saliency_rank(plateaus)[index].tolist() == expected.tolist()
 
 
 def test_model_mode_is_restored_and_no_gradients_are_recorded():

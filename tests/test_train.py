@@ -243,3 +243,28 @@ def test_cli_train_resolves_the_dataset_through_camzoo_data(tmp_path, monkeypatc
     assert model.config["options"]["fin_width"] == 16
     bad = CliRunner().invoke(main, ["train", "--kind", "lfi", "--backbone", "nope_net", "--out", str(tmp_path / "x"), "--epochs", "1"])
     assert bad.exit_code != 0 and "unknown backbone 'nope_net'" in bad.output
+
+
+def test_augmenting_twice_is_an_error_and_the_result_carries_the_checkpointed_model(tmp_path):
+    with pytest.raises(ValueError, match="augment twice"):
+        train(_config(kind="baseline", augment="flip"), Uint8Squares(32, augment=True), tmp_path / "twice")
+    result = train(_config(kind="lfi", epochs=1), Squares(32), tmp_path / "run")
+    assert not result.model.training
+    saved = _weights(result.checkpoint)
+    assert _same_weights({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, saved)
+    again = train(_config(kind="lfi", epochs=1), Squares(32), tmp_path / "run")  # finished: loaded, not trained
+    assert again.resumed_from_epoch == 1 and _same_weights(
+        {k: v.detach().cpu() for k, v in again.model.state_dict().items()}, saved)
+
+
+def test_the_trainer_and_the_dataset_share_one_augmentation():
+    # TrainConfig.augment="flip" and a dataset's augment=True flip the same images for the same draws
+    from camzoo.data.transforms import augment_batch, hflip_where
+
+    images = torch.randn(6, 3, 8, 8)
+    draw = torch.Generator().manual_seed(3)
+    flipped = augment_batch(images, "flip", draw)
+    expected_flip = torch.rand(6, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert torch.equal(flipped, hflip_where(expected_flip, images)[0])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        augment_batch(images, "rotate", draw)

@@ -6,51 +6,15 @@ models or the data, and a new aggregation must never need a rerun.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ..io import atomic_write, atomic_write_text
-from .store import ALL_SEEDS, ResultsStore
-
-
-@dataclass(frozen=True)
-class Column:
-    metric: str  # name in the store
-    header: str
-    higher_is_better: bool
-    source: str  # "model": the model cell; "method": the method cell; "stability": across seeds
-    digits: int = 3
-
-
-def _direction(name: str) -> bool:
-    from ..metrics import METRICS
-
-    return METRICS[name].higher_is_better
-
-
-COLUMNS = (
-    Column("top1", "Accuracy", _direction("top1"), "model"),
-    Column("deletion", "Deletion AUC", _direction("deletion"), "method"),
-    Column("insertion", "Insertion AUC", _direction("insertion"), "method"),
-    Column("pointing_game", "Pointing game", _direction("pointing_game"), "method"),
-    Column("energy_pointing_game", "Energy PG", _direction("energy_pointing_game"), "method"),
-    Column("max_box_acc_v2", "MaxBoxAccV2", _direction("max_box_acc_v2"), "method"),
-    Column("pxap", "PxAP", _direction("pxap"), "method"),
-    Column("stability_iou", "Stability IoU", _direction("iou"), "stability"),
-    Column("stability_spearman", "Stability Spearman", _direction("spearman"), "stability"),
-    Column("ms_per_image", "ms/image", False, "method", digits=2),
-)
-KIND_ORDER = {"baseline": 0, "abn": 1, "lfi": 2}
-METHOD_ORDER = {"gradcam": 0, "eigencam": 1, "attention": 2}
-
-
-def _row_order(kind: str, method: str) -> tuple[int, int, str]:
-    return KIND_ORDER.get(kind, 9), METHOD_ORDER.get(method, 9), method
+from .store import ResultsStore
+from .summary import ALPHA, RESAMPLES, row_rank, summarise
+from .tables import causal_description, latex_tables, markdown_tables
 
 
 def latest_run(store: ResultsStore) -> dict[str, Any]:
@@ -60,111 +24,41 @@ def latest_run(store: ResultsStore) -> dict[str, Any]:
     return runs[-1]
 
 
-def summary_frame(store: ResultsStore, run_id: str) -> pd.DataFrame:
-    """One row per (dataset, backbone, kind, method); mean and std over seeds for each column."""
-    rows = pd.DataFrame(store.results(run_id))
-    if rows.empty:
-        return pd.DataFrame()
-    per_seed = rows[rows["seed"] != ALL_SEEDS]
-    stability = rows[rows["seed"] == ALL_SEEDS]
-    methods = per_seed[~per_seed["method"].isin(["model"])][["dataset", "backbone", "kind", "method"]].drop_duplicates()
-    records = []
-    for _, cell in methods.iterrows():
-        record: dict[str, Any] = {k: cell[k] for k in ("dataset", "backbone", "kind", "method")}
-        same_model = (per_seed["dataset"] == cell["dataset"]) & (per_seed["backbone"] == cell["backbone"]) & (
-            per_seed["kind"] == cell["kind"])
-        for column in COLUMNS:
-            if column.source == "stability":
-                chosen = stability[(stability["dataset"] == cell["dataset"]) & (stability["backbone"] == cell["backbone"])
-                                   & (stability["kind"] == cell["kind"]) & (stability["method"] == cell["method"])]
-                mean = chosen[chosen["metric"] == column.metric]["value"]
-                std = chosen[chosen["metric"] == f"{column.metric}_std"]["value"]
-                record[f"{column.metric}_mean"] = float(mean.iloc[0]) if len(mean) else math.nan
-                record[f"{column.metric}_std"] = float(std.iloc[0]) if len(std) else math.nan
-                continue
-            method = "model" if column.source == "model" else cell["method"]
-            values = per_seed[same_model & (per_seed["method"] == method) & (per_seed["metric"] == column.metric)]["value"]
-            record[f"{column.metric}_mean"] = float(values.mean()) if len(values) else math.nan
-            record[f"{column.metric}_std"] = float(values.std(ddof=0)) if len(values) else math.nan
-            record["seeds"] = max(record.get("seeds", 0), len(values))
-        records.append(record)
-    frame = pd.DataFrame(records)
-    frame["_order"] = frame["kind"].map(KIND_ORDER).fillna(9) * 10 + frame["method"].map(METHOD_ORDER).fillna(9)
-    frame = frame.sort_values(["dataset", "backbone", "_order", "method"]).drop(columns="_order").reset_index(drop=True)
-    for column in COLUMNS:
-        best = pd.Series(False, index=frame.index)
-        for _, group in frame.groupby(["dataset", "backbone"]):
-            values = group[f"{column.metric}_mean"]
-            if values.notna().any():
-                target = values.max() if column.higher_is_better else values.min()
-                best.loc[group.index[values == target]] = True
-        frame[f"{column.metric}_best"] = best
-    return frame
-
-
-def _present_columns(frame: pd.DataFrame) -> list[Column]:
-    return [c for c in COLUMNS if f"{c.metric}_mean" in frame and frame[f"{c.metric}_mean"].notna().any()]
-
-
-def _cell_text(row: pd.Series, column: Column, bold: tuple[str, str], pm: str) -> str:
-    mean, std = row[f"{column.metric}_mean"], row[f"{column.metric}_std"]
-    if mean != mean:
-        return "–"
-    text = f"{mean:.{column.digits}f}" + (f" {pm} {std:.{column.digits}f}" if std == std else "")
-    return f"{bold[0]}{text}{bold[1]}" if row[f"{column.metric}_best"] else text
-
-
-def markdown_tables(frame: pd.DataFrame) -> str:
-    parts = []
-    columns = _present_columns(frame)
-    for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        header = ["Kind", "Method"] + [f"{c.header} {'↑' if c.higher_is_better else '↓'}" for c in columns]
-        lines = [f"### {dataset} / {backbone}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
-        for _, row in group.iterrows():
-            cells = [row["kind"], row["method"]] + [_cell_text(row, c, ("**", "**"), "±") for c in columns]
-            lines.append("| " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
-
-
-def latex_tables(frame: pd.DataFrame) -> str:
-    columns = _present_columns(frame)
-    parts = []
-    for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        arrows = [f"{c.header} " + ("$\\uparrow$" if c.higher_is_better else "$\\downarrow$") for c in columns]
-        lines = [
-            "\\begin{table}[t]", "\\centering", "\\small",
-            f"\\caption{{{dataset} / {backbone}: mean $\\pm$ std over seeds (stability: over seed pairs).}}",
-            "\\begin{tabular}{ll" + "r" * len(columns) + "}", "\\toprule",
-            "Kind & Method & " + " & ".join(arrows) + " \\\\", "\\midrule",
-        ]
-        for _, row in group.iterrows():
-            cells = [row["kind"], row["method"]] + [_cell_text(row, c, ("\\textbf{", "}"), "$\\pm$") for c in columns]
-            lines.append(" & ".join(cells).replace("_", "\\_").replace("–", "--") + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+def _run(store: ResultsStore, run_id: str) -> dict[str, Any]:
+    run = next((r for r in store.runs() if r["run_id"] == run_id), None)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in {store.path}; runs: {', '.join(r['run_id'] for r in store.runs())}")
+    return run
 
 
 def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
     config, provenance = run["config"], run["provenance"]
     seeds = len(config["seeds"]) * max(1, len(config["variants"]))
     prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(run["run_id"], "fingerprint"))
+    evaluation = config["eval"]
     return [
-        f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']}",
+        f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']} "
+        "(runs are deterministic on one machine, not bit-identical across CPUs)",
         f"- camzoo {provenance['camzoo']}, torch {provenance['torch']}, timm {provenance['timm']}, Python {provenance['python']}",
         f"- {seeds} models per kind (seeds {config['seeds']}" + (f" x {len(config['variants'])} variants" if config["variants"] else "")
-        + f"); {config['eval']['images']} evaluation images; deletion/insertion with {config['eval']['deletion_steps']} steps",
+        + f"); {evaluation['images']} evaluation images; deletion/insertion: {causal_description(evaluation)}",
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
-        "- maps explain the true class; ↑/↓: higher/lower is better; bold: best in the column",
+        "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
+        f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
+        f"- **bold**: significantly better than every other non-control row of the column (Wilcoxon signed-rank "
+        f"on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}); ≈: tied for "
+        "the top (no test separates them); ms/image and rows without per-image values are never marked; "
+        "every tested pair is in pairwise.csv",
+        "- controls (*random*, *centre*, *edges*, *oracle*) go through the same pipeline as the methods and are "
+        "never marked; normalised scores: (value − random) / (oracle − random) of the same model kind",
         "- stability: whole-image IoU of maps binarised at map*255 > 100 (not the LFI-CAM script's row-wise "
-        "`lfi_compat` IoU, stored as `stability_iou_lfi_compat`) and Spearman, mean ± std over seed pairs",
+        "`lfi_compat` IoU, stored as `stability_iou_lfi_compat`) and Spearman; ± and CI over seed pairs",
     ]
 
 
 def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
     """Mean deletion and insertion curves per (kind, method), averaged over images and seeds."""
+    rank = row_rank(_run(store, run_id)["config"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +74,7 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
         for row in rows:
             if row["metric"] == metric and row["per_image"] is not None:
                 series.setdefault((row["kind"], row["method"]), []).append(row["per_image"].mean(0))
-        for (kind, method), curves in sorted(series.items(), key=lambda item: _row_order(*item[0])):
+        for (kind, method), curves in sorted(series.items(), key=lambda item: rank(*item[0])):
             curve = np.mean(curves, axis=0)
             axis.plot(np.linspace(0, 1, len(curve)), curve, label=f"{kind} / {method}")
         axis.set_title(title)
@@ -197,6 +91,7 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
 
 def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
     """The same test images explained by every (kind, method) and every seed, side by side."""
+    rank = row_rank(_run(store, run_id)["config"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +110,7 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
             for cell, array in store.arrays(run_id, "maps", dataset=dataset, backbone=backbone)}
     if not maps:
         return None
-    rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: _row_order(*km))
+    rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: rank(*km))
     models = sorted({(v, s) for _, _, v, s in maps})
     count = len(images)
     figure, axes = plt.subplots(len(rows) + 1, count * len(models),
@@ -251,17 +146,19 @@ def write_report(directory: str | Path, run_id: str | None = None) -> dict[str, 
     if not (directory / "results.sqlite").is_file():
         raise FileNotFoundError(f"{directory} holds no results store (results.sqlite); run `camzoo bench --out {directory}`")
     with ResultsStore(directory) as store:
-        run = next((r for r in store.runs() if r["run_id"] == run_id), None) if run_id else latest_run(store)
-        if run is None:
-            raise ValueError(f"no run {run_id!r} in {store.path}; runs: {', '.join(r['run_id'] for r in store.runs())}")
-        frame = summary_frame(store, run["run_id"])
+        run = _run(store, run_id) if run_id else latest_run(store)
+        summary = summarise(store, run)
+        frame, pairwise = summary.frame, summary.pairwise
         if frame.empty:
             raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet")
         files: dict[str, Path] = {}
-        markdown = "# camzoo benchmark\n\n" + "\n".join(_provenance_lines(store, run)) + "\n\n" + markdown_tables(frame) + "\n"
+        evaluation = run["config"]["eval"]
+        markdown = ("# camzoo benchmark\n\n" + "\n".join(_provenance_lines(store, run)) + "\n\n"
+                    + markdown_tables(frame, evaluation, summary.agreement) + "\n")
         files["summary.md"] = atomic_write_text(directory / "summary.md", markdown)
         files["summary.csv"] = atomic_write_text(directory / "summary.csv", frame.to_csv(index=False))
-        files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame))
+        files["pairwise.csv"] = atomic_write_text(directory / "pairwise.csv", pairwise.to_csv(index=False))
+        files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame, evaluation))
         for (dataset, backbone), _ in frame.groupby(["dataset", "backbone"], sort=False):
             stem = f"{dataset}_{backbone}"
             for kind, plot in (("curves", curves_plot), ("gallery", gallery_plot)):

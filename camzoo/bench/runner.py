@@ -88,59 +88,33 @@ def fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def explain_all(model, eval_set: EvalSet, method: str, batch_size: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Maps of every evaluation image for its true class, and the seconds spent explaining."""
-    from ..api import explain
+    """Maps of every evaluation image for its true class, and the median seconds per image.
 
-    # One untimed call first: layer detection and lazy initialisation are not per-image costs.
-    explain(model, eval_set.images[:2], method=method, target=eval_set.labels[:2])
-    maps, seconds = [], 0.0
+    The method class is called directly: the evaluation images are already a validated,
+    normalised batch on the device, so ``camzoo.explain``'s input handling would only repeat work.
+    Timing: one untimed call on the first batch's shape (layer detection, lazy initialisation and
+    allocator warm-up are not per-image costs), then the median over batches of seconds per image,
+    so a small evaluation set is not dominated by one slow call.
+    """
+    from ..methods import get_method
+
+    explainer = get_method(method)(model)
+    truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
+
+    def chunk(start: int, stop: int):
+        ground_truth = {k: v[start:stop] for k, v in truth.items() if v is not None}
+        return explainer(eval_set.images[start:stop], eval_set.labels[start:stop], ground_truth=ground_truth or None)
+
+    chunk(0, batch_size)
+    maps, per_image_seconds = [], []
     for start in range(0, eval_set.images.shape[0], batch_size):
-        images = eval_set.images[start : start + batch_size]
         synchronize(device)
         begin = time.perf_counter()
-        result = explain(model, images, method=method, target=eval_set.labels[start : start + batch_size])
+        result = chunk(start, start + batch_size)
         synchronize(device)
-        seconds += time.perf_counter() - begin
+        per_image_seconds.append((time.perf_counter() - begin) / result.maps.shape[0])
         maps.append(result.maps)
-    return torch.cat(maps), seconds
-
-
-def score_maps(model, eval_set: EvalSet, maps: torch.Tensor, settings: Mapping[str, Any]) -> dict[str, tuple[float, np.ndarray]]:
-    """Every map metric of one cell: value (over all evaluation images) and per-image values."""
-    from .. import metrics
-
-    def row(value: torch.Tensor, per_image: torch.Tensor | np.ndarray) -> tuple[float, np.ndarray]:
-        array = per_image.detach().float().cpu().numpy() if isinstance(per_image, torch.Tensor) else per_image
-        return float(value), array
-
-    labels, masks, boxes = eval_set.labels, eval_set.masks, eval_set.boxes
-    causal = metrics.deletion_insertion(
-        model, eval_set.images, maps, labels, steps=settings["deletion_steps"], chunk_size=settings["chunk_size"],
-        autocast=eval_set.images.device.type == "cuda",
-    )
-    out = {
-        "deletion": row(causal["deletion"].mean(), causal["deletion"]),
-        "insertion": row(causal["insertion"].mean(), causal["insertion"]),
-        "deletion_curve": row(causal["deletion_curve"].mean(), causal["deletion_curve"]),
-        "insertion_curve": row(causal["insertion_curve"].mean(), causal["insertion_curve"]),
-    }
-    drop = metrics.average_drop_increase(model, eval_set.images, maps, labels)
-    out["average_drop"] = row(drop["average_drop"], drop["drop"] * 100)
-    out["increase_in_confidence"] = row(drop["increase_in_confidence"], drop["increase"].float() * 100)
-    if masks is not None or boxes is not None:
-        pointing = metrics.pointing_game(maps, masks=masks, boxes=boxes, tolerance=settings["pointing_tolerance"],
-                                         original_size=settings["pointing_reference_size"])
-        out["pointing_game"] = row(pointing["pointing_game"], pointing["hits"].float())
-        energy = metrics.energy_pointing_game(maps, masks=masks, boxes=boxes)
-        out["energy_pointing_game"] = row(energy["energy_pointing_game"], energy["per_image"])
-        boxes_result = metrics.max_box_acc(maps, boxes=boxes, masks=masks)
-        hits = boxes_result["hits_v2"].float().mean(0)  # (B,T): share of IoU thresholds hit
-        out["max_box_acc_v1"] = row(boxes_result["max_box_acc_v1"], boxes_result["hits_v1"].float())
-        out["max_box_acc_v2"] = row(boxes_result["max_box_acc_v2"], hits)
-    if masks is not None:
-        precision = metrics.pxap(maps, masks=masks)
-        out["pxap"] = row(precision["pxap"], precision["per_image"])
-    return out
+    return torch.cat(maps), float(np.median(per_image_seconds))
 
 
 class BenchRunner:
@@ -194,8 +168,17 @@ class BenchRunner:
         finally:
             bar.close()
 
+    def _methods(self, job: ModelJob) -> list[str]:
+        """The config's methods that apply to this model kind and this dataset (the oracle control
+        needs ground truth: masks or boxes)."""
+        from ..data import info
+        from ..methods import get_method
+
+        annotated = bool(info(job.dataset["name"]).annotations)
+        return [m for m in applicable_methods(self.config, job.kind) if annotated or not get_method(m).needs_ground_truth]
+
     def _job_done(self, job: ModelJob) -> bool:
-        needed = [MODEL_CELL, *applicable_methods(self.config, job.kind)]
+        needed = [MODEL_CELL, *self._methods(job)]
         return all(self.store.is_done(self.run_id, job.key(m)) for m in needed)
 
     def _provenance(self) -> dict[str, Any]:
@@ -209,8 +192,7 @@ class BenchRunner:
 
     def _write(self, key: CellKey, metrics: Mapping[str, tuple[float | None, np.ndarray | None]],
                arrays: Mapping[str, np.ndarray] | None = None) -> None:
-        self.store.write_cell(self.run_id, key, metrics, arrays, config_hash=self.run_id,
-                              code_version=__version__, device=self.device_label)
+        self.store.write_cell(self.run_id, key, metrics, arrays, code_version=__version__, device=self.device_label)
 
     # --- one dataset ----------------------------------------------------------------------------
     def _load_dataset(self, dataset: Mapping[str, Any]):
@@ -253,11 +235,10 @@ class BenchRunner:
 
     def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
         from .. import metrics
-        from ..models import load_model
-        from ..train import predict
+        from ..inference import predict
 
         result = self._train(job, train_split)
-        model = load_model(result.checkpoint, map_location=self.device).eval()
+        model = result.model
         if not self.store.is_done(self.run_id, job.key(MODEL_CELL)):
             logits, labels = predict(model, test_split, self.config["eval"]["batch_size"], self.device)
             scores = metrics.accuracy(logits, labels)
@@ -266,13 +247,14 @@ class BenchRunner:
             cell["train_seconds"] = (result.total_train_time_s, None)
             cell["train_loss"] = (result.train_loss, None)
             self._write(job.key(MODEL_CELL), cell)
-        for method in applicable_methods(self.config, job.kind):
+        for method in self._methods(job):
             key = job.key(method)
             if self.store.is_done(self.run_id, key):
                 continue
             maps, seconds = explain_all(model, eval_set, method, self.config["eval"]["batch_size"], self.device)
-            cell = score_maps(model, eval_set, maps, self.config["eval"])
-            cell["ms_per_image"] = (1000.0 * seconds / maps.shape[0], None)
+            cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks, eval_set.boxes,
+                                      self.config["eval"])
+            cell["ms_per_image"] = (1000.0 * seconds, None)
             self._write(key, cell, {"maps": maps.half().cpu().numpy()})
 
     # --- across seeds ---------------------------------------------------------------------------
@@ -292,11 +274,11 @@ class BenchRunner:
             sets = [torch.from_numpy(m.astype(np.float32)).to(self.device) for m in map_sets]
             standard = metrics.pairwise_stability(sets)
             compat = metrics.pairwise_stability(sets, lfi_compat=True)
+            # per-image values of every pair (pairs, images): CIs resample pairs, then images
             cell = {
-                f"stability_{name}": (float(standard["mean"][name]), standard["per_pair"][name].cpu().numpy())
+                f"stability_{name}": (float(standard["mean"][name]), standard["per_image"][name].cpu().numpy())
                 for name in standard["mean"]
             }
-            cell.update({f"stability_{name}_std": (float(standard["std"][name]), None) for name in standard["std"]})
-            cell["stability_iou_lfi_compat"] = (float(compat["mean"]["iou"]), compat["per_pair"]["iou"].cpu().numpy())
+            cell["stability_iou_lfi_compat"] = (float(compat["mean"]["iou"]), compat["per_image"]["iou"].cpu().numpy())
             cell["stability_pairs"] = (float(len(standard["pairs"])), None)
             self._write(key, cell)

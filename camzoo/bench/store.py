@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no config_hash column (it only repeated run_id)
 STORE_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
     variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL,
     value REAL, per_image BLOB,
-    config_hash TEXT NOT NULL, code_version TEXT NOT NULL, device TEXT NOT NULL, created_at TEXT NOT NULL,
+    code_version TEXT NOT NULL, device TEXT NOT NULL, created_at TEXT NOT NULL,
     PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method, metric)
 );
 CREATE TABLE IF NOT EXISTS arrays (
@@ -87,28 +88,73 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-class ResultsStore:
-    """Read and write one benchmark directory's ``results.sqlite``."""
+class StoreBusyError(ValueError):
+    """Another process kept the store locked for longer than the timeout. Not corruption: the file
+    is fine, and opening it again once the other process is done works. A ValueError, so callers
+    that report ValueErrors as one line do so for this too."""
 
-    def __init__(self, directory: str | Path):
+
+def _is_busy(err: sqlite3.Error) -> bool:
+    """SQLite's SQLITE_BUSY / SQLITE_LOCKED ("database is locked", "database table is locked", ...)."""
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err))
+
+
+class ResultsStore:
+    """Read and write one benchmark directory's ``results.sqlite``.
+
+    Several processes may open (and create) one store at the same moment: SQLite can answer
+    "database is locked" while another connection switches the file to WAL or creates the schema,
+    sometimes without waiting on its busy timeout, so opening retries with backoff for up to
+    ``timeout`` seconds, and reports a store still locked after that as busy, never as corrupt.
+    """
+
+    def __init__(self, directory: str | Path, timeout: float = 60.0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / STORE_NAME
-        self._connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        try:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA busy_timeout=60000")
-            with self.transaction() as db:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(statement)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            version = self._connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-        except sqlite3.DatabaseError as err:
-            self._connection.close()
-            raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {err}") from err
+        self.timeout = float(timeout)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                self._connection, version = self._open()
+                break
+            except sqlite3.Error as err:
+                if not _is_busy(err):
+                    raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {err}") from err
+                if time.monotonic() + delay > deadline:
+                    raise StoreBusyError(
+                        f"{self.path} stayed locked by another process for {self.timeout:g} s ({err}); the store is "
+                        "not damaged: retry when the other run has finished") from err
+                time.sleep(delay * (1.0 + random.random()))  # jitter, so racing openers fall out of step
+                delay = min(delay * 2.0, 0.25)
         if int(version) != SCHEMA_VERSION:
             self._connection.close()
-            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}")
+            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}: "
+                             "rerun the benchmark into a new directory")
+
+    def _open(self) -> tuple[sqlite3.Connection, str]:
+        """One attempt: connect, switch to WAL (only if not already), create the schema; (connection, version)."""
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            connection.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    connection.execute(statement)
+                connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            version = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        except BaseException:
+            connection.close()
+            raise
+        return connection, version
 
     def close(self) -> None:
         self._connection.close()
@@ -161,7 +207,6 @@ class ResultsStore:
         metrics: Mapping[str, tuple[float | None, np.ndarray | None]],
         arrays: Mapping[str, np.ndarray] | None = None,
         *,
-        config_hash: str,
         code_version: str,
         device: str,
     ) -> None:
@@ -170,9 +215,9 @@ class ResultsStore:
         with self.transaction() as db:
             for metric, (value, per_image) in metrics.items():
                 db.execute(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, *key.as_tuple(), metric, None if value is None else float(value),
-                     encode_array(per_image), config_hash, code_version, device, now),
+                     encode_array(per_image), code_version, device, now),
                 )
             for name, array in (arrays or {}).items():
                 db.execute(
@@ -191,7 +236,7 @@ class ResultsStore:
 
     # --- reading ------------------------------------------------------------------------------
     def results(self, run_id: str | None = None, with_per_image: bool = False) -> list[dict[str, Any]]:
-        columns = "run_id, dataset, backbone, kind, variant, seed, method, metric, value, config_hash, code_version, device, created_at"
+        columns = "run_id, dataset, backbone, kind, variant, seed, method, metric, value, code_version, device, created_at"
         if with_per_image:
             columns += ", per_image"
         query = f"SELECT {columns} FROM results" + (" WHERE run_id=?" if run_id else "")

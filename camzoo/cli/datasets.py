@@ -83,7 +83,7 @@ def register(group: click.Group) -> None:
 
     @datasets.command("preview")
     @click.argument("name")
-    @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+    @click.option("--out", required=True, help="PNG file to write (its folder is created if missing).")
     @click.option("--root", type=click.Path(), default=None)
     @click.option("--split", default="train", show_default=True)
     @click.option("--image-size", type=int, default=None)
@@ -96,10 +96,20 @@ def register(group: click.Group) -> None:
     def preview_cmd(name: str, out: str, root: str | None, split: str, image_size: int | None, rows: int,
                     cols: int, scale: int, annotate: bool, options: tuple[str, ...]) -> None:
         """Write a grid of the first images of NAME (with mask outlines and boxes) to --out."""
+        from pathlib import Path
+
+        from ..data import DatasetError
         from ..data.preview import preview_grid
+        from .explain import check_writable
 
         if rows < 1 or cols < 1 or scale < 1:
             raise click.BadParameter("rows, cols and scale must be >= 1")
+        check_writable(Path(out), "--out", is_dir=False)
         ds = _load(name, split, root, image_size, _parse_options(options))
-        path = preview_grid(ds, out, rows=rows, cols=cols, scale=scale, annotate=annotate)
+        try:
+            path = preview_grid(ds, out, rows=rows, cols=cols, scale=scale, annotate=annotate)
+        except DatasetError as err:  # a bad image, box or mask among the previewed items: as `check --verify` says it
+            raise click.ClickException(str(err)) from err
+        except OSError as err:
+            raise click.ClickException(f"cannot write {out!r}: {err.strerror or err}") from err
         click.echo(f"wrote {path}")

@@ -1,58 +1,84 @@
-"""``camzoo methods`` and ``camzoo explain``: heat-maps for image files from the command line."""
+"""``camzoo methods`` and ``camzoo explain``: heat-maps for image files and folders from the command line.
+
+Why a batch runner here and not a shell loop: a folder of photos is decoded one file at a time
+(an unreadable file is reported and skipped), explained in batches on the device with every
+requested method, and written as overlays at each photo's own size and aspect, with stable,
+unique names that mirror the input tree, plus a manifest CSV a script can read.
+
+Exit codes: 2 for usage errors (bad option, missing input, unknown model or method), 1 for
+runtime failures (some images unreadable, the model failing mid-run), 0 when every image was
+explained.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Sequence
 
 import click
 
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ("input", "method", "layer", "target", "target_name", "score", "width", "height", "overlay", "map")
+
 
 def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: int | None):
-    """A camzoo checkpoint as saved (``--model`` not needed), or a timm model with optional local weights.
+    """camzoo.models.loading.load_any_model, its errors as click errors on the option at fault."""
+    from ..models.loading import ModelSpecError, load_any_model
 
-    Never downloads: a timm model without ``--checkpoint`` keeps its random initialisation.
+    try:
+        return load_any_model(name, checkpoint, num_classes)
+    except ModelSpecError as err:
+        if err.param == "model" and name is None:
+            raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model (from camzoo train or bench)") from err
+        raise click.BadParameter(str(err), param_hint=f"--{err.param}") from err
+
+
+def resolve_device_option(text: str, param: str = "--device"):
+    """auto | cpu | cuda | cuda:N -> torch.device, or a usage error that says what exists.
+
+    Why here: ``torch.device("gpu")`` raises a several-line RuntimeError, and asking for CUDA on a
+    machine without one must fail before any work, not deep inside a model's ``.to()``.
     """
-    import timm
+    import torch
 
-    from ..io import load_torch
-    from ..models.checkpoint import is_camzoo_checkpoint, model_from_checkpoint, validate_checkpoint
+    from ..modelutil import resolve_device
 
-    payload = None
-    if checkpoint is not None:
-        try:
-            payload = load_torch(checkpoint)
-        except (ValueError, FileNotFoundError) as err:
-            raise click.BadParameter(str(err), param_hint="--checkpoint") from err
-        if is_camzoo_checkpoint(payload):
-            try:
-                return model_from_checkpoint(validate_checkpoint(payload, checkpoint), checkpoint)
-            except ValueError as err:
-                raise click.BadParameter(str(err), param_hint="--checkpoint") from err
-    if name is None:
-        raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model (from camzoo train or bench)")
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
-        hint = f" Similar names: {', '.join(close)}." if close else ""
-        raise click.BadParameter(f"{name!r} is not a timm model name.{hint}", param_hint="--model")
-    state = payload
-    if state is not None:
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-            raise click.BadParameter(f"{checkpoint} does not hold a state_dict of tensors", param_hint="--checkpoint")
-        if num_classes is None:
-            head = timm.create_model(name, pretrained=False).pretrained_cfg.get("classifier", "fc")
-            head_weight = state.get(f"{head}.weight")
-            num_classes = int(head_weight.shape[0]) if head_weight is not None else None
-    model = timm.create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise click.BadParameter(
-                f"{checkpoint} does not fit timm model {name!r}: {str(err).splitlines()[0]}", param_hint="--checkpoint"
-            ) from err
-    return model.eval()
+    try:
+        device = resolve_device(text.strip().lower())
+    except (RuntimeError, ValueError) as err:
+        if "no CUDA" in str(err):
+            raise click.BadParameter(f"{text!r}: torch sees no CUDA device on this machine; use cpu or auto",
+                                     param_hint=param) from err
+        raise click.BadParameter(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N", param_hint=param) from err
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})", param_hint=param)
+    return device
+
+
+def check_writable(path: Path, param: str, is_dir: bool) -> None:
+    """Fail now, as a usage error, when ``path`` cannot be written (a file where a folder is
+    needed or the reverse, a read-only or impossible place) — not after minutes of work."""
+    if is_dir and path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{str(path)!r} is a file; give a directory (created if missing)", param_hint=param)
+    if not is_dir and path.is_dir():
+        raise click.BadParameter(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'out.png')!r}",
+                                 param_hint=param)
+    folder = path if is_dir else path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise click.BadParameter(f"cannot write to {str(folder)!r}: {str(existing)!r} is a file, not a folder",
+                                 param_hint=param)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise click.BadParameter(f"cannot write to {str(folder)!r}: {err.strerror or err}", param_hint=param) from err
 
 
 def register(group: click.Group) -> None:
@@ -62,59 +88,220 @@ def register(group: click.Group) -> None:
 
 @click.command("methods")
 def methods_command() -> None:
-    """List the CAM methods camzoo knows."""
-    from ..api import methods
+    """List the CAM methods camzoo knows (one line each, with the paper), then the reference
+    (control) methods apart."""
+    from ..methods import method_names
+    from ..methods.registry import describe
 
-    for name in methods():
-        click.echo(name)
+    width = max(map(len, method_names())) + 2
+
+    def line(name: str) -> str:
+        info = describe(name)
+        return f"  {name:{width}s}{info.summary}" + (f" [{info.paper}]" if info.paper else "")
+
+    click.echo("methods:")
+    for name in method_names(reference=False):
+        click.echo(line(name))
+    click.echo("\nreference methods (controls for benchmark tables, not explanations):")
+    for name in method_names(reference=True):
+        click.echo(line(name))
+
+
+def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] | None,
+                   num_outputs: int) -> list[int] | None:
+    """--target values -> one class index per image (None: the predicted class).
+
+    One value applies to every image; otherwise give exactly one per image, in the order the images
+    are listed (folders and globs expanded, sorted). Values are indices or class names."""
+    if not texts:
+        return None
+    if len(texts) not in (1, count):
+        raise click.BadParameter(f"got {len(texts)} targets for {count} images; give one target for all images, or "
+                                 "one per image in the order they are listed (folders and globs expanded, sorted)",
+                                 param_hint="--target")
+    names = [str(n) for n in class_names] if class_names else None
+    indices = []
+    for text in texts:
+        if names and text in names:
+            indices.append(names.index(text))
+        elif text.lstrip("-").isdigit():
+            indices.append(int(text))
+        elif names:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise click.BadParameter(f"{text!r} is not a class of this model; classes: {shown}", param_hint="--target")
+        else:
+            raise click.BadParameter(f"{text!r} is a class name, but this model has no class names; give a class "
+                                     "index", param_hint="--target")
+        if not 0 <= indices[-1] < num_outputs:
+            raise click.BadParameter(f"target {indices[-1]} is out of range for a model with {num_outputs} classes "
+                                     f"(valid: 0..{num_outputs - 1})", param_hint="--target")
+    return indices * count if len(indices) == 1 else indices
+
+
+def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any) -> int:
+    """Run the model and every method once on a blank image: the class count, or a usage error
+    when the model cannot run at ``size`` or a method cannot explain it (e.g. a --layer that is
+    not a feature map) — before any file is read."""
+    import torch
+
+    from ..methods.base import check_logits, run_model
+
+    blank = torch.zeros(1, 3, *size, device=device)
+    try:
+        with torch.no_grad():
+            outputs = int(check_logits(run_model(model.eval(), blank), model).shape[1])
+    except (ValueError, TypeError, MemoryError) as err:
+        raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
+    for explainer in explainers:
+        try:
+            explainer(blank)
+        except (ValueError, TypeError, RuntimeError, FloatingPointError) as err:
+            raise click.UsageError(f"method {explainer.name!r} cannot explain this model: {err}") from err
+    return outputs
 
 
 @click.command("explain")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", help="A timm model name, e.g. resnet50 (not needed for a camzoo checkpoint).")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for overlays, maps and manifest.csv (created if missing).")
+@click.option("--model", "model_name",
+              help="timm name (resnet50) or torchvision:NAME (torchvision:resnet18); not needed for a camzoo checkpoint.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="A camzoo model (model.pt from camzoo train/bench), or local weights (.pth/.safetensors) for --model.")
-@click.option("--num-classes", type=int, help="Number of classes, if it cannot be read from the checkpoint.")
-@click.option("--method", default="gradcam", show_default=True, help="See `camzoo methods`.")
-@click.option("--target", type=int, help="Class to explain (default: the predicted class).")
+@click.option("--num-classes", type=int, help="Classifier size, if it cannot be read from the checkpoint (>= 1).")
+@click.option("--method", "methods", multiple=True, default=("gradcam",), show_default=True,
+              help="CAM method, see `camzoo methods`; repeat for several.")
+@click.option("--target", "targets", multiple=True,
+              help="Class index or name to explain (default: the predicted class); once for all images, or once per image.")
 @click.option("--layer", help="Dotted module name to explain (default: the final conv feature map).")
-@click.option("--image-size", type=int, help="Resize images to this size (default: the model's input size).")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for overlay PNGs.")
-def explain_command(
-    images: tuple[Path, ...],
-    model_name: str | None,
-    checkpoint: Path | None,
-    num_classes: int | None,
-    method: str,
-    target: int | None,
-    layer: str | None,
-    image_size: int | None,
-    out_dir: Path,
-) -> None:
-    """Write one overlay PNG per IMAGE and print the explained class and its score."""
-    import torch
-
-    from ..api import explain
-    from ..inputs import load_image
-    from ..io import atomic_write
+@click.option("--image-size", type=click.IntRange(min=1), help="Side the model sees (default: the model's input size).")
+@click.option("--max-size", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Longest side kept of each photo (larger ones are downscaled, aspect kept); 0: no limit.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="Heat-map opacity.")
+@click.option("--colormap", default="jet", show_default=True, help="jet, or a matplotlib colormap (viridis, inferno, ...).")
+@click.option("--save-maps", is_flag=True, help="Also write each map as float16 .npy at the photo's size.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | None, checkpoint: Path | None,
+                    num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layer: str | None,
+                    image_size: int | None, max_size: int, batch_size: int, device: str, alpha: float, colormap: str,
+                    save_maps: bool, progress: bool | None) -> None:
+    """Explain INPUTS (image files, folders searched recursively, glob patterns) and write one
+    overlay PNG per image and method to --out, mirroring the input tree, plus manifest.csv."""
+    from ..explanation import colormap_function
+    from ..inputs import collect_image_files, output_names
     from ..methods import get_method
+    from ..modelutil import model_input_size
 
+    method_names = list(dict.fromkeys(m.lower().replace("-", "").replace("_", "") for m in methods))
     try:
-        get_method(method)
-        pictures = [load_image(path) for path in images]
-    except (ValueError, FileNotFoundError) as err:
+        classes = [get_method(m) for m in method_names]
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--method") from err
+    for cls in classes:
+        if cls.needs_ground_truth:
+            raise click.BadParameter(f"method {cls.name!r} draws the ground truth and needs masks or boxes; the CLI "
+                                     "explains plain images (use camzoo.explain(..., ground_truth=...))", param_hint="--method")
+    try:
+        colormap_function(colormap)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--colormap") from err
+    try:
+        files = collect_image_files(inputs)
+    except FileNotFoundError as err:
         raise click.UsageError(str(err)) from err
+    check_writable(out_dir, "--out", is_dir=True)
+    torch_device = resolve_device_option(device)
     model = load_model_for_cli(model_name, checkpoint, num_classes)
     if checkpoint is None:
         click.echo("warning: no --checkpoint given; the model has random weights, so its maps mean nothing", err=True)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = model.to(torch_device).eval()
+    size = (image_size, image_size) if image_size else model_input_size(model)
+    if size is None:
+        raise click.UsageError("the model does not say its input size; pass --image-size")
     try:
-        result = explain(model, pictures, method=method, target=target, layer=layer, image_size=image_size)
-    except (ValueError, TypeError) as err:
-        raise click.UsageError(str(err)) from err
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(images):
-        out_path = out_dir / f"{path.stem}_{result.method}.png"
-        atomic_write(out_path, lambda tmp, i=i: result.overlay(i).save(tmp, format="PNG"))
-        click.echo(f"{path}: class {result.label(i)} (p={float(result.scores[i]):.3f}) -> {out_path}")
+        explainers = [cls(model, layer=layer) for cls in classes]
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--layer" if layer else "--method") from err
+    num_outputs = _probe(model, explainers, size, torch_device)
+    per_image_targets = _parse_targets(targets, len(files), getattr(model, "class_names", None), num_outputs)
+    _run(files, output_names(files), explainers, model, size, per_image_targets, out_dir,
+         max_size=max_size or None, batch_size=batch_size, alpha=alpha, colormap=colormap, save_maps=save_maps,
+         progress=sys.stderr.isatty() if progress is None else progress)
+
+
+def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any, size: tuple[int, int],
+         targets: list[int] | None, out_dir: Path, *, max_size: int | None, batch_size: int, alpha: float,
+         colormap: str, save_maps: bool, progress: bool) -> None:
+    """Decode, explain and write ``files`` batch by batch; unreadable files are skipped and listed."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..inputs import open_image, prepare_images
+    from ..io import atomic_path, atomic_write, atomic_write_text
+
+    rows: list[dict[str, Any]] = []
+    failed: list[tuple[Path, str]] = []
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress, desc="explain")
+
+    def write_manifest() -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out_dir / MANIFEST_NAME, text.getvalue())
+
+    try:
+        for start in range(0, len(files), batch_size):
+            pictures, indices = [], []
+            for k in range(start, min(start + batch_size, len(files))):
+                try:
+                    pictures.append(open_image(files[k], max_size)[0])
+                    indices.append(k)
+                except (ValueError, FileNotFoundError) as err:  # decoding files one by one: report, skip, go on
+                    failed.append((files[k], str(err)))
+                    bar.write(f"skipped {files[k]}: {err}", file=sys.stderr)
+            if pictures:
+                batch = prepare_images(pictures, model, image_size=size, max_size=max_size)
+                batch_targets = None if targets is None else [targets[k] for k in indices]
+                for explainer in explainers:
+                    result = explainer(batch, batch_targets)
+                    for j, k in enumerate(indices):
+                        picture, stem = pictures[j], stems[k]
+                        overlay_path = out_dir / stem.parent / f"{stem.name}_{result.method}.png"
+                        atomic_write(overlay_path, lambda tmp: result.overlay(j, alpha, colormap, image=picture).save(tmp, format="PNG"))
+                        map_name = ""
+                        if save_maps:
+                            map_path = overlay_path.with_suffix(".npy")
+                            with atomic_path(map_path) as tmp, open(tmp, "wb") as handle:
+                                np.save(handle, result.map_at(j, (picture.height, picture.width)).numpy().astype(np.float16))
+                            map_name = map_path.relative_to(out_dir).as_posix()
+                        score = float(result.scores[j])
+                        rows.append({"input": str(files[k]), "method": result.method, "layer": result.layer or "",
+                                     "target": int(result.targets[j]), "target_name": result.label(j),
+                                     "score": f"{score:.6g}", "width": picture.width, "height": picture.height,
+                                     "overlay": overlay_path.relative_to(out_dir).as_posix(), "map": map_name})
+                        bar.write(f"{files[k]}: {result.method} class {result.label(j)} (p={score:.3f}) -> {overlay_path}",
+                                  file=sys.stdout)
+            bar.update(min(start + batch_size, len(files)) - start)
+    except KeyboardInterrupt:
+        write_manifest()
+        click.echo(f"interrupted: {len(rows)} overlays written so far are kept in {out_dir} (listed in "
+                   f"{MANIFEST_NAME}); rerun to redo the rest", err=True)
+        raise SystemExit(130) from None
+    except (ValueError, TypeError, MemoryError, FloatingPointError, OSError, RuntimeError) as err:
+        write_manifest()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise click.ClickException(f"{first[:300]} (stopped; {len(rows)} overlays written so far are in {out_dir})") from err
+    finally:
+        bar.close()
+    write_manifest()
+    done = len(files) - len(failed)
+    click.echo(f"explained {done} of {len(files)} images with {', '.join(e.name for e in explainers)}; "
+               f"{len(rows)} overlays{' and maps' if save_maps else ''} in {out_dir} (see {MANIFEST_NAME})")
+    if failed:
+        click.echo(f"{len(failed)} of {len(files)} images could not be read and were skipped:", err=True)
+        for path, reason in failed:
+            click.echo(f"  {path}: {reason}", err=True)
+        raise SystemExit(1)

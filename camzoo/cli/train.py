@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from .explain import check_writable, resolve_device_option
 
 
 def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]:
@@ -20,7 +23,7 @@ def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]
 
 
 @click.command("train")
-@click.option("--kind", type=click.Choice(["baseline", "abn", "lfi"]), required=True, help="Model kind.")
+@click.option("--kind", required=True, help="Model kind: baseline, abn, lfi, or any registered kind (camzoo.models.kind_names()).")
 @click.option("--backbone", default="resnet20", show_default=True, help="CIFAR ResNet (resnet8/20/56/110) or timm CNN name.")
 @click.option("--dataset", "dataset_name", default="shapes", show_default=True, help="Dataset name (camzoo.data).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Where the dataset lives / is generated.")
@@ -35,7 +38,7 @@ def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Fraction of the run with a linear lr warm-up.")
 @click.option("--nesterov/--no-nesterov", default=False, show_default=True)
 @click.option("--augment", type=click.Choice(["none", "flip", "crop_flip"]), default="none", show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda or cuda:N.")
 @click.option("--num-workers", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads while training (1 is fastest on a busy machine).")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
@@ -52,6 +55,12 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
 
+    from ..models import kind_names
+
+    if kind not in kind_names():
+        raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
+    device = str(resolve_device_option(device))
+    check_writable(Path(out_dir), "--out", is_dir=True)
     options = dict(_parse_option(text) for text in model_options)
     data_options = dict(_parse_option(text, "--dataset-option") for text in dataset_options)
     config = TrainConfig(
@@ -65,11 +74,30 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
         result = train(config, train_set, out_dir, eval_dataset=eval_set, resume=resume)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         raise click.ClickException(str(err)) from err
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {_kept(Path(out_dir), epochs)}", err=True)
+        raise SystemExit(130) from None
     line = (f"{kind}/{backbone} seed {seed}: train loss {result.train_loss:.4f}, "
             f"train acc {result.train_accuracy:.4f}")
     if result.eval_accuracy is not None:
         line += f", test acc {result.eval_accuracy:.4f}"
     click.echo(f"{line} ({result.total_train_time_s:.1f} s training) -> {result.checkpoint}")
+
+
+def _kept(out_dir: Path, epochs: int) -> str:
+    """What an interrupted run leaves in ``out_dir``, read from its files (the trainer saves
+    checkpoint.pt and train_log.json atomically after every epoch)."""
+    from ..train.state import CHECKPOINT_NAME, LOG_NAME
+
+    if not (out_dir / CHECKPOINT_NAME).is_file():
+        return "no epoch had finished, so nothing was kept; rerun the same command to start again"
+    try:
+        done = len(json.loads((out_dir / LOG_NAME).read_text(encoding="utf-8"))["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        done = None
+    progress = f"{done} of {epochs} epochs" if done is not None else "the last finished epoch"
+    return (f"{out_dir / CHECKPOINT_NAME} keeps {progress}; rerun the same command (with --resume, the "
+            "default) to continue from there")
 
 
 def register(group: click.Group) -> None:

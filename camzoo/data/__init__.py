@@ -3,8 +3,9 @@ of standard datasets in their official on-disk layouts. See docs/datasets.md."""
 
 from __future__ import annotations
 
-from .base import ArrayDataset, CamzooDataset, DatasetError
-from .loading import collate, loader
+from .base import ArrayDataset, CamzooDataset
+from .errors import DatasetError
+from .loading import BatchLoader, collate, loader
 from .registry import DATASETS, info, load, names
 
-__all__ = ["ArrayDataset", "CamzooDataset", "DATASETS", "DatasetError", "collate", "info", "load", "loader", "names"]
+__all__ = ["ArrayDataset", "BatchLoader", "CamzooDataset", "DATASETS", "DatasetError", "collate", "info", "load", "loader", "names"]

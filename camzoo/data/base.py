@@ -17,10 +17,6 @@ from torch.utils.data import Dataset
 from . import transforms as T
 
 
-class DatasetError(ValueError):
-    """A dataset on disk is missing, malformed or inconsistent; the message names the file and record."""
-
-
 class CamzooDataset(Dataset):
     """Common attributes of every camzoo dataset (see the data contract)."""
 
@@ -108,16 +104,3 @@ class ArrayDataset(CamzooDataset):
         if not targets:
             images = T.random_translate(images, max(1, self.image_size // 8), generator)
         return images, targets
-
-
-class BatchView(Dataset):
-    """Lets a DataLoader fetch whole batches from an ArrayDataset: item i is a list of indices."""
-
-    def __init__(self, dataset: ArrayDataset, generator: torch.Generator | None = None) -> None:
-        self.dataset, self.generator = dataset, generator
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, indices: Sequence[int]):  # type: ignore[override]
-        return self.dataset.get_batch(indices, self.generator)

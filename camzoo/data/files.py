@@ -18,8 +18,9 @@ from PIL import Image
 
 from ..inputs import load_image
 from . import transforms as T
-from ..inputs import IMAGENET_MEAN, IMAGENET_STD
-from .base import CamzooDataset, DatasetError
+from ..modelutil import IMAGENET_MEAN, IMAGENET_STD
+from .base import CamzooDataset
+from .errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 BOX_TOLERANCE = 1.0  # pixels a box may overhang its image (annotation round-off); clipped, not refused
@@ -95,7 +96,7 @@ class FileDataset(CamzooDataset):
             mask = self._read_mask(rec, (width, height))
         boxes = None
         if rec.boxes is not None:
-            T.check_boxes(rec.boxes, width, height, f"{rec.record} ({rec.path.name})", BOX_TOLERANCE)
+            check_boxes(rec.boxes, width, height, f"{rec.record} ({rec.path.name})", BOX_TOLERANCE)
             boxes = np.clip(rec.boxes, 0, [width, height, width, height]).astype(np.float32)
         elif mask is not None:
             boxes = _box_of_mask(mask)
@@ -140,3 +141,14 @@ def _box_of_mask(mask: np.ndarray) -> np.ndarray:
     if rows.size == 0:
         return np.full((0, 4), np.nan, dtype=np.float32)
     return np.array([[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]], dtype=np.float32)
+
+
+def check_boxes(boxes: np.ndarray, width: float, height: float, where: str, tolerance: float = 0.0) -> None:
+    """Raise a clear error when a box is malformed or overhangs its image by more than ``tolerance`` px."""
+    for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+        if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
+            raise DatasetError(f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or not finite")
+        if min(x0, y0) < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
+            raise DatasetError(
+                f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} image"
+            )

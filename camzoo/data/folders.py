@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetError
-from .files import BOX_TOLERANCE, FileDataset, Record, list_images, require_dir, require_file
+from .errors import DatasetError
+from .files import BOX_TOLERANCE, FileDataset, check_boxes, Record, list_images, require_dir, require_file
 
 DEFAULT_SIZE = 224
 
@@ -96,7 +96,6 @@ def load_imagenet_voc(
         if not names:
             raise DatasetError(f"imagenet: annotation {str(xml)!r} holds no <object>")
         if size is not None:
-            from .transforms import check_boxes
 
             check_boxes(boxes, size[0], size[1], f"annotation {str(xml)!r}", BOX_TOLERANCE)
         parsed.append((img, names[0], boxes, xml))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .base import CamzooDataset, DatasetError
+from .base import CamzooDataset
+from .errors import DatasetError
 
 
 @dataclass(frozen=True)

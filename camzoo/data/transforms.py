@@ -27,14 +27,38 @@ def hflip_where(
 
 
 def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The CIFAR augmentation, batched: zero-pad by ``pad`` and crop back at a random offset per image."""
+    """The CIFAR augmentation, batched: zero-pad by ``pad`` and crop back at a random offset per image
+    (zero is the mean colour of a normalised image). Offsets are drawn on the images' device."""
     b, c, h, w = images.shape
+    device = images.device
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]
+    index_b = torch.arange(b, device=device)[:, None, None, None]
+    index_c = torch.arange(c, device=device)[None, :, None, None]
+    return padded[index_b, index_c, rows, cols]
+
+
+AUGMENTS = ("none", "flip", "crop_flip")
+
+
+def augment_batch(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Train-time augmentation of a normalised batch on its device: "flip" (random horizontal flips)
+    or "crop_flip" (flips, then the CIFAR translation by H/8); "none" returns the batch.
+
+    The same two transforms the in-memory datasets' ``augment=True`` applies, so there is one set.
+    """
+    if mode not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {mode!r}")
+    if mode == "none":
+        return images
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    images = hflip_where(flip, images)[0]
+    if mode == "crop_flip":
+        images = random_translate(images, max(1, images.shape[-2] // 8), generator)
+    return images
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -70,16 +94,3 @@ def resize_record(
         scale = torch.tensor([size / w, size / h, size / w, size / h], dtype=torch.float32)
         out_boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale
     return tensor, out_mask, out_boxes
-
-
-def check_boxes(boxes: np.ndarray, width: float, height: float, where: str, tolerance: float = 0.0) -> None:
-    """Raise a clear error when a box is malformed or overhangs its image by more than ``tolerance`` px."""
-    from .base import DatasetError
-
-    for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-        if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
-            raise DatasetError(f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or not finite")
-        if min(x0, y0) < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
-            raise DatasetError(
-                f"{where}: box {k} ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} image"
-            )

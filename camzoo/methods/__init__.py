@@ -1,7 +1,15 @@
 """CAM methods behind one base class; importing this package registers every built-in method."""
 
-from . import attention, eigen, gradient  # noqa: F401  (registration side effect)
-from .base import CAMMethod, upsample_and_normalise
-from .registry import get_method, method_names, register
+from . import attention, controls, eigen, gradient  # noqa: F401  (registration side effect)
+from .base import CAMMethod, GroundTruth, upsample_and_normalise
+from .registry import get_method, method_names, reference_method_names, register
 
-__all__ = ["CAMMethod", "get_method", "method_names", "register", "upsample_and_normalise"]
+__all__ = [
+    "CAMMethod",
+    "GroundTruth",
+    "get_method",
+    "method_names",
+    "reference_method_names",
+    "register",
+    "upsample_and_normalise",
+]

@@ -14,6 +14,11 @@ class AttentionMap(CAMMethod):
 
     name = "attention"
 
+    @classmethod
+    def applies_to(cls, model_class: type) -> bool:
+        """Only to kinds whose forward pass produces their own map (ABN, LFI-CAM)."""
+        return bool(getattr(model_class, "produces_attention", False))
+
     def __init__(self, model: torch.nn.Module, layer: object = None, batch_size: int | None = None):
         if layer is not None:
             raise ValueError("method 'attention' reads the model's own map and takes no layer; drop layer=...")

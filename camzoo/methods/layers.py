@@ -15,7 +15,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..inputs import model_input_size
+from ..modelutil import model_input_size
 from ..modelutil import eval_mode, model_device
 
 _CONV_TYPES = (nn.Conv2d,)

@@ -32,6 +32,18 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def class_scores(model: nn.Module, images: torch.Tensor, softmax: bool = True, autocast: bool = False) -> torch.Tensor:
+    """All class scores (B,num_classes) float32 of one forward pass: softmax probabilities, or raw outputs."""
+    with autocast_context(images.device, autocast):
+        outputs = model(images)
+    if isinstance(outputs, (tuple, list)):  # models that also return an attention map
+        outputs = outputs[0]
+    if outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
+        raise ValueError(f"the model must return logits (B,num_classes); got shape {tuple(outputs.shape)}")
+    outputs = outputs.float()
+    return outputs.softmax(dim=1) if softmax else outputs
+
+
 def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                          softmax: bool = True, autocast: bool = False,
                          all_targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,17 +53,9 @@ def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.
     loop pass ``all_targets`` (every target of the batch) on the first call only: checking them
     against the number of outputs reads from the device, and later calls must not wait on the host.
     """
-    with autocast_context(images.device, autocast):
-        outputs = model(images)
-    if isinstance(outputs, (tuple, list)):  # models that also return an attention map
-        outputs = outputs[0]
-    if outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
-        raise ValueError(f"the model must return logits (B,num_classes); got shape {tuple(outputs.shape)}")
-    if all_targets is not None and int(all_targets.max()) >= outputs.shape[1]:
+    scores = class_scores(model, images, softmax, autocast)
+    if all_targets is not None and int(all_targets.max()) >= scores.shape[1]:
         raise ValueError(
-            f"targets reach class {int(all_targets.max())} but the model has {outputs.shape[1]} outputs"
+            f"targets reach class {int(all_targets.max())} but the model has {scores.shape[1]} outputs"
         )
-    outputs = outputs.float()
-    if softmax:
-        outputs = outputs.softmax(dim=1)
-    return outputs.gather(1, targets[:, None])[:, 0]
+    return scores.gather(1, targets[:, None])[:, 0]

@@ -9,6 +9,7 @@ The protocol details (kernel, padding, step counts, tie-breaking) are in docs/me
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence, Union
 
 import torch
@@ -16,12 +17,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, eval_mode, target_probabilities
+from ._model import check_same_device, class_scores, eval_mode, target_probabilities
 
 Substrate = Union[float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 RISE_BLUR = (11, 5.0)  # the official RISE notebook: gkern(klen=11, nsig=5)
-RISE_STEPS = 224  # the official RISE notebook: 224 px per step at 224x224 -> 224 steps, 225 points
+# RISE's published protocol (Evaluation.ipynb, final cell): CausalMetric(model, 'del', 224 * 8, ...)
+# = 1,792 px per step at 224 x 224 -> 28 steps, 29 points; we keep 28 steps at every image size.
+RISE_STEPS = 28
+
+
+@dataclass(frozen=True)
+class CausalProtocol:
+    """A named deletion/insertion protocol, so that a table can say which one produced its numbers.
+
+    ``steps``: number of steps (``steps + 1`` points) at any image size; ``substrate``: the deletion
+    value in normalised space (0 = the dataset's mean colour); ``blur``: (kernel, sigma) of RISE's
+    ``gkern`` blur, insertion's start; ``target``: ``"predicted"`` scores the model's top-1 class on
+    the unperturbed image (``targets`` are ignored), ``"given"`` scores ``targets`` (the class each map
+    explains; the prediction when ``targets`` is None); ``softmax``: probabilities, not logits.
+    """
+
+    name: str
+    steps: int
+    substrate: float
+    blur: tuple[int, float]
+    target: str
+    softmax: bool = True
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        if self.target not in ("predicted", "given"):
+            raise ValueError(f"CausalProtocol.target must be 'predicted' or 'given'; got {self.target!r}")
+        if int(self.steps) < 1:
+            raise ValueError(f"CausalProtocol.steps must be >= 1; got {self.steps}")
+
+
+RISE_PROTOCOL = CausalProtocol(
+    name="rise", steps=RISE_STEPS, substrate=0.0, blur=RISE_BLUR, target="predicted", softmax=True,
+    reference="eclique/RISE, Evaluation.ipynb, final cell: CausalMetric(model, 'del', 224 * 8, "
+              "substrate_fn=torch.zeros_like) and CausalMetric(model, 'ins', 224 * 8, substrate_fn=blur), "
+              "scoring the softmax probability of the top-1 class (ResNet-50: deletion 0.1048, insertion 0.7719)",
+)
+PROTOCOLS: dict[str, CausalProtocol] = {
+    "rise": RISE_PROTOCOL,
+    # RISE's steps, substrate and blur, scoring the class each map explains.
+    "default": replace(RISE_PROTOCOL, name="default", target="given",
+                       reference="RISE's 28 steps, zero substrate and gkern(11, 5) blur; scores the given targets"),
+}
+
+
+def causal_protocol(protocol: str | CausalProtocol) -> CausalProtocol:
+    """The protocol of that name (``PROTOCOLS``), or ``protocol`` itself."""
+    if isinstance(protocol, CausalProtocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown causal protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
 
 
 def rise_blur_kernel(kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
@@ -61,12 +113,15 @@ def rise_blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -
 def saliency_rank(maps: torch.Tensor) -> torch.Tensor:
     """Rank of every pixel (B,H*W) in the order of decreasing saliency; 0 = most salient.
 
-    Ties are broken by pixel index (raster order), via a stable sort: the same map always gives the
-    same order, on every device. (RISE's ``np.flip(np.argsort(...))`` breaks ties the other way round,
-    by descending index; with continuous maps ties are rare.)
+    Ties follow RISE's ``np.flip(np.argsort(saliency))`` made deterministic, i.e. exactly
+    ``np.flip(np.argsort(saliency.reshape(-1), kind="stable"))``: among equal values the *later* pixel
+    (higher raster index) comes first. (RISE's default sort is not stable, so its order among ties is
+    whatever the sort left; this is the one stable reading of it, identical on every device.)
     """
     flat = maps.flatten(1)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    # A stable descending sort of the reversed map keeps equal values in reversed index order.
+    order = torch.sort(flat.flip(1), dim=1, descending=True, stable=True).indices
+    order = flat.shape[1] - 1 - order
     positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
 
@@ -136,54 +191,77 @@ def deletion_insertion(
     model: nn.Module,
     images: torch.Tensor,
     maps: torch.Tensor,
-    targets: torch.Tensor | Sequence[int],
-    steps: int = RISE_STEPS,
-    substrate: Substrate = 0.0,
-    blur: tuple[int, float] | Callable[[torch.Tensor], torch.Tensor] = RISE_BLUR,
+    targets: torch.Tensor | Sequence[int] | None = None,
+    steps: int | None = None,
+    substrate: Substrate | None = None,
+    blur: tuple[int, float] | Callable[[torch.Tensor], torch.Tensor] | None = None,
     chunk_size: int = 64,
     autocast: bool = False,
-    softmax: bool = True,
+    softmax: bool | None = None,
     modes: Sequence[str] = ("deletion", "insertion"),
+    protocol: str | CausalProtocol = "default",
+    fraction: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """RISE's deletion and insertion games for a batch, as batched forwards.
 
-    Pixels are ranked by decreasing saliency (ties by pixel index). Point k of a curve (k = 0..steps)
-    has the first ``floor(k * H * W / steps)`` pixels changed: deletion replaces them (all channels)
-    with ``substrate`` (default 0 = the mean colour in normalised space); insertion starts from
-    ``blur(images)`` (default RISE's 11 x 11, sigma 5 Gaussian) and restores the original pixels.
-    The score at each point is the softmax probability of ``targets`` (raw model output when
-    ``softmax=False``). AUC is the trapezoidal area with x in [0,1].
+    Pixels are ranked by decreasing saliency (ties: the later pixel first, ``saliency_rank``). Point k
+    of a curve (k = 0..steps) has the first ``floor(k * H * W / steps)`` pixels changed: deletion
+    replaces them (all channels) with ``substrate`` (default 0 = the mean colour in normalised space);
+    insertion starts from ``blur(images)`` (default RISE's 11 x 11, sigma 5 ``gkern``) and restores
+    the original pixels. The score at each point is the softmax probability of the target class (raw
+    model output when ``softmax=False``). AUC is the trapezoidal area with x in [0,1].
+
+    ``protocol`` (a name in ``PROTOCOLS`` or a ``CausalProtocol``) sets steps, substrate, blur, softmax
+    and the target rule; arguments passed explicitly override it. ``"rise"`` is RISE's published
+    protocol: 28 steps (1,792 px per step at 224 x 224), the top-1 *predicted* class (``targets``
+    ignored). ``"default"`` is the same but scores ``targets`` (the predicted class when None).
 
     Args:
         model: classifier returning logits (B,C); put in eval mode for the call, its modes restored.
         images: normalised images (B,C,H,W) on the model's device.
         maps: saliency (B,H,W); only the order of the values matters (any finite values).
-        targets: class whose score is tracked, (B,).
-        steps: number of chunks; 224 reproduces RISE's 224 px per step at 224 x 224.
+        targets: class whose score is tracked, (B,); None = the model's prediction.
+        steps: number of steps (``steps + 1`` points); ``H*W/steps`` need not be an integer.
         substrate: deletion substrate: a constant, a tensor broadcastable to (C,H,W) or (B,C,H,W),
             or a callable images -> images.
         blur: insertion start: (kernel_size, sigma) for RISE's blur, or a callable images -> images.
         chunk_size: (image, step) inputs per forward pass; bounds the memory.
         autocast: mixed precision (float16 on CUDA, bfloat16 on CPU).
+        softmax: score probabilities (True) or raw outputs (False).
         modes: which games to play, any of "deletion", "insertion".
+        protocol: the protocol supplying the defaults above.
+        fraction: play the games over the first ``fraction`` of the pixels only (a partial AUC, with
+            x in [0,1] spanning that range): point k has ``floor(k * round(fraction*H*W) / steps)``
+            pixels changed. On small objects a full game spends most steps after the object is gone;
+            a partial one resolves it (docs/metrics.md). 1.0 = the full game (RISE).
 
     Returns:
         ``deletion`` / ``insertion``: AUC per image (B,) in [0,1] — lower deletion and higher insertion
         are better; ``deletion_curve`` / ``insertion_curve``: (B, steps+1); ``fraction``: (steps+1,)
-        the fraction of pixels changed at each point.
+        the fraction of pixels changed at each point; ``targets``: (B,) the classes scored.
     """
+    chosen = causal_protocol(protocol)
+    steps = chosen.steps if steps is None else steps
+    substrate = chosen.substrate if substrate is None else substrate
+    blur = chosen.blur if blur is None else blur
+    softmax = chosen.softmax if softmax is None else bool(softmax)
     maps = check_maps(maps, unit_range=False)
     images = check_images(images, maps)
     check_same_device(model, images)
     batch, _, height, width = images.shape
     pixels = height * width
-    targets = check_targets(targets, batch, device=images.device)
+    predicted = chosen.target == "predicted" or targets is None
+    if not predicted:
+        targets = check_targets(targets, batch, device=images.device)
     modes = tuple(modes)
     unknown = set(modes) - {"deletion", "insertion"}
     if not modes or unknown:
         raise ValueError(f"modes must be a non-empty subset of ('deletion', 'insertion'); got {modes}")
-    if not 1 <= int(steps) <= pixels:
-        raise ValueError(f"steps must be in [1, H*W={pixels}]; got {steps}")
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
+    budget = max(1, round(float(fraction) * pixels))  # pixels changed at the last point
+    if not 1 <= int(steps) <= budget:
+        raise ValueError(f"steps must be in [1, {budget}] (fraction x H x W pixels); got {steps}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     steps, chunk_size = int(steps), int(chunk_size)
@@ -195,31 +273,48 @@ def deletion_insertion(
 
     device = images.device
     rank = saliency_rank(maps).int()  # int32 halves the bytes gathered per input
-    counts = torch.arange(steps + 1, device=device) * pixels // steps  # pixels changed at point k
-
-    # One job per model input. The original image is deletion's first point and insertion's last,
-    # so it is evaluated once: 2 * steps + 1 forwards per image when both games are played.
-    kinds, points = [0], [0]  # kind 0 = deletion (or the original), kind 1 = insertion
-    if "deletion" in modes:
-        kinds += [0] * steps
-        points += list(range(1, steps + 1))
-    if "insertion" in modes:
-        kinds += [1] * steps
-        points += list(range(steps))
-    per_image = len(kinds)
-    job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
-    job_kind = torch.tensor(kinds, device=device).repeat(batch)
-    job_count = counts[torch.tensor(points, device=device)].repeat(batch).int()
-    scores = torch.empty(batch * per_image, device=device)
-
-    makers = [lambda lo, hi: images[lo:hi]]
-    if "deletion" in modes:
-        makers.append(lambda lo, hi: _substrate_for(substrate, images, lo, hi, "substrate"))
-    if "insertion" in modes:
-        makers.append(lambda lo, hi: _substrate_for(blur_fn, images, lo, hi, "blur"))
-    source_cache = _SlidingSources(makers)
+    counts = torch.arange(steps + 1, device=device) * budget // steps  # pixels changed at point k
 
     with torch.no_grad(), eval_mode(model):
+        # The unperturbed images first: deletion's first point, insertion's last, and (when the
+        # target is the prediction) the classes to track — one forward per image for all three.
+        original = torch.empty(batch, device=device)
+        chosen_targets = torch.empty(batch, dtype=torch.long, device=device)
+        for start in range(0, batch, chunk_size):
+            part = slice(start, min(start + chunk_size, batch))
+            scores_all = class_scores(model, images[part], softmax, autocast)
+            if predicted:
+                chosen_targets[part] = scores_all.argmax(1)  # RISE: np.argmax of the probabilities
+            else:
+                if start == 0 and int(targets.max()) >= scores_all.shape[1]:
+                    raise ValueError(f"targets reach class {int(targets.max())} but the model has "
+                                     f"{scores_all.shape[1]} outputs")
+                chosen_targets[part] = targets[part]
+            original[part] = scores_all.gather(1, chosen_targets[part, None])[:, 0]
+        targets = chosen_targets
+
+        # Then one job per perturbed input: deletion points 1..steps, insertion points 0..steps-1.
+        kinds: list[int] = []  # 0 = deletion, 1 = insertion
+        points: list[int] = []
+        if "deletion" in modes:
+            kinds += [0] * steps
+            points += list(range(1, steps + 1))
+        if "insertion" in modes:
+            kinds += [1] * steps
+            points += list(range(steps))
+        per_image = len(kinds)
+        job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
+        job_kind = torch.tensor(kinds, device=device).repeat(batch)
+        job_count = counts[torch.tensor(points, device=device)].repeat(batch).int()
+        scores = torch.empty(batch * per_image, device=device)
+
+        makers = [lambda lo, hi: images[lo:hi]]
+        if "deletion" in modes:
+            makers.append(lambda lo, hi: _substrate_for(substrate, images, lo, hi, "substrate"))
+        if "insertion" in modes:
+            makers.append(lambda lo, hi: _substrate_for(blur_fn, images, lo, hi, "blur"))
+        source_cache = _SlidingSources(makers)
+
         for start in range(0, batch * per_image, chunk_size):
             stop = min(start + chunk_size, batch * per_image)
             image_idx, kind, count = job_image[start:stop], job_kind[start:stop], job_count[start:stop]
@@ -231,87 +326,34 @@ def deletion_insertion(
             # Each input is then two gathers and one where, whatever its mix of games and steps.
             sources = source_cache.get(lo, hi)
             is_deletion = kind == 0
+            # deletion: original -> substrate (source 1); insertion: blur (last source) -> original
             start_source = torch.where(is_deletion, 0, sources.shape[0] - 1)
             end_source = torch.where(is_deletion, 1 if "deletion" in modes else 0, 0)
             changed = (rank[image_idx] < count[:, None]).view(-1, 1, height, width)
             inputs = torch.where(changed, sources[end_source, local], sources[start_source, local])
-            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], softmax, autocast,
-                                                      all_targets=targets if start == 0 else None)
+            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], softmax, autocast)
 
     scores = scores.view(batch, per_image)
-    original = scores[:, :1]
-    result: dict[str, torch.Tensor] = {"fraction": counts.float() / pixels}
-    offset = 1
+    result: dict[str, torch.Tensor] = {"fraction": counts.float() / pixels, "targets": targets}
+    offset = 0
     if "deletion" in modes:
-        curve = torch.cat([original, scores[:, offset:offset + steps]], dim=1)
+        curve = torch.cat([original[:, None], scores[:, offset:offset + steps]], dim=1)
         result["deletion_curve"], result["deletion"] = curve, auc(curve)
         offset += steps
     if "insertion" in modes:
-        curve = torch.cat([scores[:, offset:offset + steps], original], dim=1)
+        curve = torch.cat([scores[:, offset:offset + steps], original[:, None]], dim=1)
         result["insertion_curve"], result["insertion"] = curve, auc(curve)
     return result
 
 
-def average_drop_increase(
-    model: nn.Module,
-    images: torch.Tensor,
-    maps: torch.Tensor,
-    targets: torch.Tensor | Sequence[int],
-    baseline: float | torch.Tensor = 0.0,
-    chunk_size: int = 64,
-    autocast: bool = False,
-    softmax: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Average Drop and Increase in Confidence (Chattopadhyay et al., Grad-CAM++, 2018).
-
-    The "explanation map" of an image x is ``baseline + map * (x - baseline)`` (with the default
-    baseline 0 in normalised space: x * map, masked-out pixels go to the mean colour). With Y the
-    target's softmax score on x and O the score on the explanation map:
-
-    - ``average_drop`` = 100 * mean(max(0, Y - O) / Y), in [0, 100], lower is better;
-    - ``increase_in_confidence`` = 100 * mean(O > Y), in [0, 100], higher is better.
-
-    Per-image values come back too (``drop`` in [0,1], ``increase`` bool, ``score`` Y,
-    ``explanation_score`` O) so that results can be pooled over batches.
-    """
-    maps = check_maps(maps)
-    images = check_images(images, maps)
-    check_same_device(model, images)
-    batch = images.shape[0]
-    targets = check_targets(targets, batch, device=images.device)
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    if isinstance(baseline, torch.Tensor):
-        baseline = baseline.to(images.device, images.dtype)
-        if baseline.dim() == 1:
-            baseline = baseline[:, None, None]
-    full = torch.empty(batch, device=images.device)
-    masked = torch.empty(batch, device=images.device)
-    with torch.no_grad(), eval_mode(model):
-        for start in range(0, batch, int(chunk_size)):
-            part = slice(start, min(start + int(chunk_size), batch))
-            x, m, t = images[part], maps[part, None], targets[part]
-            first = targets if start == 0 else None
-            full[part] = target_probabilities(model, x, t, softmax, autocast, all_targets=first)
-            explanation = baseline + m * (x - baseline)
-            masked[part] = target_probabilities(model, explanation, t, softmax, autocast)
-    drop = (full - masked).clamp(min=0) / full.clamp(min=torch.finfo(full.dtype).tiny)
-    increase = masked > full
-    return {
-        "average_drop": 100 * drop.mean(),
-        "increase_in_confidence": 100 * increase.float().mean(),
-        "drop": drop,
-        "increase": increase,
-        "score": full,
-        "explanation_score": masked,
-    }
-
-
 __all__ = [
+    "PROTOCOLS",
     "RISE_BLUR",
+    "RISE_PROTOCOL",
     "RISE_STEPS",
+    "CausalProtocol",
     "auc",
-    "average_drop_increase",
+    "causal_protocol",
     "deletion_insertion",
     "rise_blur",
     "rise_blur_kernel",

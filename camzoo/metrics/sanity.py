@@ -2,8 +2,9 @@
 
 Why: a map that barely changes when the model's weights are replaced by random ones explains the
 image, not the model. Cascading randomisation re-initialises layers from the top (logits) down, one
-more at each step, and compares each step's maps with the trained model's maps. Metrics know nothing
-of explanation methods, so the maps come from a caller-supplied ``explain_fn``.
+more at each step (in the reverse of the order a forward pass calls them), and compares each step's
+maps with the trained model's maps. Metrics know nothing of explanation methods, so the maps come
+from a caller-supplied ``explain_fn``.
 """
 
 from __future__ import annotations
@@ -14,21 +15,73 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..modelutil import eval_mode, model_device, model_input_size
 from ._checks import check_maps, check_targets
 from .stability import _spearman, _ssim
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def randomisable_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that own parameters directly, top (output) first.
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
 
-    "Top first" is the reverse of registration order, which is the forward order for the usual CNN
-    definitions (timm, torchvision, camzoo); pass ``layers`` explicitly where it is not.
+
+def _probe_input(model: nn.Module) -> torch.Tensor:
+    """A zero RGB image (1,3,H,W) for one probe forward: the model's declared input size (its
+    ``pretrained_cfg``) or 32x32, on its device, in its parameters' dtype."""
+    size = model_input_size(model) or (32, 32)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.zeros(1, 3, *size, device=model_device(model), dtype=dtype)
+
+
+def randomisable_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the modules that own parameters directly, output side first.
+
+    The order is the reverse of the order in which these modules are *called* in one probe forward
+    pass (eval mode, no autograd; a module called more than once counts at its last call), so the
+    cascade follows the data flow from the logits back to the input whatever the registration
+    order: for LFI-CAM ``fc``, then the FIN, then the backbone; for ABN ``fc``, the last stage of
+    the perception branch, then the attention branch (called before the last stage: it makes the
+    map that multiplies the last stage's input; its aux-logit ``cls_conv`` first), then the trunk.
+    Modules the forward pass never calls (including ones whose parameters are read without calling
+    the module) come last, in reverse registration order.
+
+    Args:
+        model: the classifier; its parameters and each submodule's train/eval flag are left as they were.
+        example: a probe input (a batch of one suffices); default: zeros (1,3,H,W) at the model's
+            declared input size (``pretrained_cfg["input_size"]``) or 32x32, on its device.
     """
-    names = [name for name, module in model.named_modules()
-             if name and any(True for _ in module.parameters(recurse=False))]
-    return names[::-1]
+    owners = [(name, module) for name, module in model.named_modules() if name and _owns_parameters(module)]
+    if not owners:
+        return []
+    calls: list[str] = []
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: object) -> None:
+            calls.append(name)
+        return hook
+
+    probe = _probe_input(model) if example is None else example
+    handles = []
+    try:
+        for name, module in owners:
+            handles.append(module.register_forward_pre_hook(recorder(name)))
+        with eval_mode(model), torch.no_grad():
+            try:
+                model(probe)
+            except Exception as err:
+                raise ValueError(
+                    f"randomisable_layers: a probe forward pass on an input of shape {tuple(probe.shape)} "
+                    f"failed ({type(err).__name__}: {err}); pass example= (an input the model accepts) "
+                    "or pass layers= to parameter_randomisation"
+                ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    last_call = {name: position for position, name in enumerate(calls)}
+    called = sorted(last_call, key=last_call.__getitem__, reverse=True)
+    never_called = [name for name, _ in reversed(owners) if name not in last_call]
+    return called + never_called
 
 
 def _reinitialise(module: nn.Module) -> None:
@@ -63,7 +116,8 @@ def parameter_randomisation(
         targets: classes to explain (B,), the same at every step (as in the paper).
         explain_fn: ``explain_fn(model, images, targets) -> maps (B,H,W) in [0,1]``.
         layers: module names to randomise, in order (top first); default: every module that owns
-            parameters, in reverse registration order (``randomisable_layers``).
+            parameters, output side first, in the reverse of the order a forward pass on
+            ``images[:1]`` calls them (``randomisable_layers``).
         seed: seeds the re-initialisation; the caller's RNG state is restored afterwards.
 
     Returns ``layers`` (the names, in order), per step and image ``spearman`` and ``ssim`` (L,B)
@@ -78,7 +132,7 @@ def parameter_randomisation(
     batch = images.shape[0]
     targets = check_targets(targets, batch, device=images.device)
     work = copy.deepcopy(model).eval()
-    names = list(layers) if layers is not None else randomisable_layers(work)
+    names = list(layers) if layers is not None else randomisable_layers(work, images[:1])
     if not names:
         raise ValueError("the model has no parameters to randomise")
     known = dict(work.named_modules())

@@ -4,117 +4,25 @@
     logits = model(x)                                   # plain logits
     logits, attention = model.forward_with_attention(x) # abn / lfi: attention (B,1,h,w) in [0,1]
     out = model.forward_train(x); loss = model.loss(out, labels)
+
+Kinds are an open registry (:mod:`camzoo.models.kinds`); importing this package registers the
+built-in ones.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from . import baseline  # noqa: F401, I001  (registers the built-in kinds in table order: baseline, abn, lfi)
+from . import abn, lfi  # noqa: F401
 from .abn import ABN
 from .backbones import Backbone, build_backbone
 from .base import CamModel, ModelOutput
 from .baseline import BaselineModel
+from .build import build_model
 from .checkpoint import load_model, model_checkpoint, read_checkpoint, save_model
-from .lfi import FIN_VARIANTS, LFICAM
-
-KINDS = ("baseline", "abn", "lfi")
-_MODEL_CLASSES = {"baseline": BaselineModel, "abn": ABN, "lfi": LFICAM}
-_COMMON_OPTIONS = ("pretrained", "class_names", "image_size", "mean", "std", "cifar_block", "stem_stride1", "timm_kwargs")
-_KIND_OPTIONS = {"baseline": (), "abn": (), "lfi": ("fin_width", "fin_variant")}
-
-
-def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamModel:
-    """Build a camzoo model.
-
-    kind: "baseline" | "abn" | "lfi". backbone: a CIFAR ResNet (resnet8/14/20/32/44/56/110,
-    cifar_resnet<6n+2>) or a timm CNN name (resnet18/34/50, regnetx_002, efficientnet_b0, ...).
-
-    Options (all kinds): ``pretrained`` (False; True downloads timm weights, never done by
-    camzoo itself), ``class_names``, ``image_size`` / ``mean`` / ``std`` (preprocessing recorded in
-    ``model.pretrained_cfg``), ``cifar_block`` ("basic" | "bottleneck"), ``stem_stride1`` (halve the stem
-    convolution's stride; default: True for LFI-CAM on timm backbones with a strided stem, as the
-    official ImageNet code; False otherwise),
-    ``timm_kwargs`` (dict passed to ``timm.create_model``).
-    LFI-CAM only: ``fin_width`` (default: C, the paper's), ``fin_variant`` ("imagenet" | "cifar";
-    default: "cifar" on CIFAR ResNets, "imagenet" otherwise, as in the official code).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    allowed = _COMMON_OPTIONS + _KIND_OPTIONS[kind]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for kind {kind!r}; valid options: {', '.join(allowed)}")
-
-    pretrained = bool(options.get("pretrained", False))
-    class_names = _check_class_names(options.get("class_names"), num_classes)
-    timm_kwargs = dict(options.get("timm_kwargs") or {})
-    cifar_block = options.get("cifar_block", "basic")
-    net = build_backbone(backbone, pretrained=pretrained, cifar_block=cifar_block, **timm_kwargs)
-
-    is_cifar = net.family == "cifar_resnet"
-    stem_stride1 = options.get("stem_stride1")
-    if stem_stride1 is None:  # official: LFI-CAM's ImageNet model halves the stem's stride
-        stem_stride1 = kind == "lfi" and not is_cifar and net.stem_stride() > 1
-    if stem_stride1:
-        net.set_stem_stride1()
-
-    pretrained_cfg = _pretrained_cfg(net.pretrained_cfg, options, num_classes)
-    config = {
-        "kind": kind,
-        "backbone": backbone,
-        "num_classes": num_classes,
-        "options": {
-            "class_names": class_names,
-            "image_size": pretrained_cfg["input_size"][-1],
-            "mean": list(pretrained_cfg["mean"]),
-            "std": list(pretrained_cfg["std"]),
-            "stem_stride1": bool(stem_stride1),
-            **({"cifar_block": cifar_block} if is_cifar else {}),
-            **({"timm_kwargs": timm_kwargs} if timm_kwargs else {}),
-        },
-    }
-    kind_kwargs = {}
-    if kind == "lfi":
-        variant = options.get("fin_variant") or ("cifar" if is_cifar else "imagenet")
-        if variant not in FIN_VARIANTS:
-            raise ValueError(f"fin_variant must be one of {FIN_VARIANTS}, got {variant!r}")
-        kind_kwargs = {"fin_width": options.get("fin_width"), "fin_variant": variant}
-        config["options"].update(kind_kwargs)
-    return _MODEL_CLASSES[kind](net, num_classes, config, pretrained_cfg, class_names, **kind_kwargs)
-
-
-def _check_class_names(names: Sequence[str] | None, num_classes: int) -> list[str] | None:
-    if names is None:
-        return None
-    names = [str(n) for n in names]
-    if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} entries but num_classes is {num_classes}")
-    return names
-
-
-def _pretrained_cfg(base: dict, options: dict, num_classes: int) -> dict:
-    size = options.get("image_size")
-    if size is None:
-        input_size = tuple(base["input_size"])
-    else:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise ValueError(f"image_size must be an integer >= 8, got {size!r}")
-        input_size = (3, size, size)
-    stats = {}
-    for key in ("mean", "std"):
-        value = options.get(key)
-        value = tuple(float(v) for v in (base[key] if value is None else value))
-        if len(value) != 3:
-            raise ValueError(f"{key} must have 3 values (one per RGB channel), got {value}")
-        if key == "std" and min(value) <= 0:
-            raise ValueError(f"std must be positive, got {value}")
-        stats[key] = value
-    return {"input_size": input_size, **stats, "num_classes": num_classes}
-
+from .kinds import get_kind, kind_names, register_kind
+from .lfi import LFICAM
 
 __all__ = [
-    "KINDS", "ABN", "LFICAM", "BaselineModel", "CamModel", "ModelOutput", "Backbone",
-    "build_model", "build_backbone", "load_model", "save_model", "read_checkpoint", "model_checkpoint",
+    "ABN", "LFICAM", "BaselineModel", "CamModel", "ModelOutput", "Backbone", "build_model", "build_backbone",
+    "get_kind", "kind_names", "load_model", "register_kind", "save_model", "read_checkpoint", "model_checkpoint",
 ]

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modelutil import eval_mode
 from .backbones import init_like_official
 from .base import CamModel, ModelOutput
+from .kinds import register_kind
 
 
 class AttentionBranch(nn.Module):
@@ -42,8 +44,10 @@ class AttentionBranch(nn.Module):
         return self.cls_conv(a).mean(dim=(2, 3)), attention
 
 
+@register_kind
 class ABN(CamModel):
     kind = "abn"
+    produces_attention = True
 
     def __init__(self, backbone, num_classes, config, pretrained_cfg, class_names=None) -> None:
         super().__init__(backbone, num_classes, config, pretrained_cfg, class_names)
@@ -54,18 +58,15 @@ class ABN(CamModel):
     @torch.no_grad()
     def _check_restride(self) -> None:
         """The stride-1 branch must keep the trunk's resolution; say so at build time if not."""
-        was = self.training
-        self.eval()
         try:
-            x = self.backbone.trunk(torch.zeros(1, 3, 64, 64))
-            y = self.attention_branch.stage(x)
+            with eval_mode(self):
+                x = self.backbone.trunk(torch.zeros(1, 3, 64, 64))
+                y = self.attention_branch.stage(x)
         except Exception as err:
             raise ValueError(
                 f"ABN cannot run the last stage of {self.backbone.name!r} at stride 1 "
                 f"({type(err).__name__}: {err}); use a ResNet-, RegNet- or EfficientNet-style backbone"
             ) from err
-        finally:
-            self.train(was)
         if y.shape[-2:] != x.shape[-2:]:
             raise ValueError(
                 f"ABN: the last stage of {self.backbone.name!r} still changes the resolution after "

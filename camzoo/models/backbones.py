@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..inputs import IMAGENET_MEAN, IMAGENET_STD
+from ..modelutil import IMAGENET_MEAN, IMAGENET_STD, eval_mode
 
 # CIFAR-10 channel statistics; a trained model gets its dataset's statistics instead.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -332,18 +332,15 @@ def _check_split(backbone: Backbone) -> None:
     sequence of its children (HRNet, ...) fails here with a clear message, not later in training."""
     size = 64
     x = torch.zeros(1, 3, size, size)
-    was_training = backbone.training
-    backbone.eval()
     try:
-        mid = backbone.trunk(x)
-        out = backbone.last_stage(mid)
+        with eval_mode(backbone):
+            mid = backbone.trunk(x)
+            out = backbone.last_stage(mid)
     except Exception as err:
         raise ValueError(
             f"timm model {backbone.name!r} cannot be run as trunk + last stage "
             f"({type(err).__name__}: {err}); its forward is not a sequence of its modules"
         ) from err
-    finally:
-        backbone.train(was_training)
     if mid.dim() != 4 or out.dim() != 4:
         raise ValueError(
             f"timm model {backbone.name!r} does not produce (B, C, H, W) feature maps at its feature "
@@ -373,11 +370,8 @@ def build_backbone(name: str, pretrained: bool = False, cifar_block: str = "basi
 
 def output_stride(backbone: Backbone, image_size: int) -> float:
     """Measured input/feature size ratio (used by docs and tests, not in the hot path)."""
-    with torch.no_grad():
-        was = backbone.training
-        backbone.eval()
+    with torch.no_grad(), eval_mode(backbone):
         out = backbone(torch.zeros(1, 3, image_size, image_size))
-        backbone.train(was)
     return image_size / out.shape[-1]
 
 

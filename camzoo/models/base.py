@@ -7,7 +7,7 @@ loss needs, ``loss(output, labels)`` knows the kind's own objective.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,9 @@ class ModelOutput(NamedTuple):
 class CamModel(nn.Module):
     """Backbone features -> (kind-specific attention) -> ``cam_hook`` -> GAP -> Linear."""
 
-    kind: str = "base"
+    kind: ClassVar[str] = "base"  # the registry name (camzoo.models.kinds)
+    options: ClassVar[tuple[str, ...]] = ()  # build options of this kind beyond build_model's common ones
+    produces_attention: ClassVar[bool] = False  # True: forward_with_attention gives the model's own map
     #: dotted name of the module whose output is the final feature map feeding global pooling
     #: (after the attention mechanism); Grad-CAM / Eigen-CAM use it as their default layer.
     default_cam_layer: str = "cam_hook"
@@ -43,6 +45,18 @@ class CamModel(nn.Module):
         self.config = config  # what build_model needs to rebuild this exact architecture
         self.pretrained_cfg = dict(pretrained_cfg)
         self.class_names = list(class_names) if class_names is not None else None
+
+    # -- what a kind says about building it ---------------------------------------------------
+    @classmethod
+    def kind_kwargs(cls, options: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
+        """Constructor arguments from this kind's build ``options`` (validated, defaults filled in);
+        they are recorded in the checkpoint's config, so a loaded model is built identically."""
+        return {}
+
+    @classmethod
+    def default_stem_stride1(cls, backbone: Backbone) -> bool:
+        """Whether to halve the stem's stride when the user does not say (``stem_stride1=None``)."""
+        return False
 
     # -- the public forward passes ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

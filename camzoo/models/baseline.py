@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from .base import CamModel, ModelOutput
+from .kinds import register_kind
 
 
+@register_kind
 class BaselineModel(CamModel):
     kind = "baseline"
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..io import load_torch, save_torch
+from .build import build_model
 
 FORMAT = "camzoo-model"
 VERSION = 1
@@ -68,8 +69,6 @@ def validate_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
 
 def build_from_config(config: dict[str, Any]) -> nn.Module:
     """Rebuild the architecture a checkpoint describes (never downloads weights)."""
-    from . import build_model
-
     try:
         return build_model(config["kind"], config["backbone"], config["num_classes"], **config.get("options", {}))
     except (KeyError, TypeError, ValueError) as err:

@@ -23,6 +23,7 @@ from torch import nn
 from ..maps import minmax_normalise
 from .backbones import init_like_official
 from .base import CamModel, ModelOutput
+from .kinds import register_kind
 
 FIN_VARIANTS = ("imagenet", "cifar")
 
@@ -84,10 +85,26 @@ def lfi_attention(features: torch.Tensor, images: torch.Tensor, fin: nn.Module) 
         return minmax_normalise(F.relu(saliency)), weights
 
 
+@register_kind
 class LFICAM(CamModel):
     """LFI-CAM on any camzoo backbone; the attention mechanism is (1 + M) * F."""
 
     kind = "lfi"
+    options = ("fin_width", "fin_variant")
+    produces_attention = True
+
+    @classmethod
+    def kind_kwargs(cls, options: dict, backbone) -> dict:
+        """``fin_variant`` defaults to "cifar" on CIFAR ResNets and "imagenet" otherwise, as the official code."""
+        variant = options.get("fin_variant") or ("cifar" if backbone.family == "cifar_resnet" else "imagenet")
+        if variant not in FIN_VARIANTS:
+            raise ValueError(f"fin_variant must be one of {FIN_VARIANTS}, got {variant!r}")
+        return {"fin_width": options.get("fin_width"), "fin_variant": variant}
+
+    @classmethod
+    def default_stem_stride1(cls, backbone) -> bool:
+        """The official ImageNet LFI-CAM halves the stem's stride (layer4 at 14x14 for 224 px)."""
+        return backbone.family != "cifar_resnet" and backbone.stem_stride() > 1
 
     def __init__(self, backbone, num_classes, config, pretrained_cfg, class_names=None, *,
                  fin_width: int | None = None, fin_variant: str = "imagenet") -> None:

@@ -1,0 +1,286 @@
+"""Uncertainty and significance for benchmark tables: how a summary cell earns its "± " and its bold.
+
+Why hierarchical: a benchmark cell averages per-image values of S trained models (seeds) on the
+same N images. The seed is the unit of replication for a *training procedure*: a second run of
+the same recipe draws a new seed, not just new images, and the images scored by one model are
+correlated (they share its weights). Resampling all S*N values as if independent would ignore the
+between-seed variance and give intervals that are far too narrow when seeds disagree. So the
+bootstrap resamples seeds first, then images within each drawn seed (Davison & Hinkley 1997, two-
+stage sampling; Saravanan et al. 2020 for the neuroscience version of the same problem).
+
+Significance: per-image values of two rows of the same column are paired (same images, same seed
+models), so the rows are compared with a two-sided Wilcoxon signed-rank test on the paired values,
+and all pairs of a column are Holm-corrected together. A row is "best" only when it is
+significantly better than every other row; otherwise the column is a tie and nothing is bold.
+
+Everything here is a pure function of numpy arrays; nothing reads the store or knows the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import combinations
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats as _scipy_stats
+
+__all__ = [
+    "hierarchical_bootstrap_ci",
+    "seed_std",
+    "paired_wilcoxon",
+    "holm",
+    "significant_best",
+    "normalised_score",
+]
+
+# Bytes of temporaries per chunk of resamples: indices (int64), gathered values and counts for
+# (chunk, S, N) draws. Bounded so that S*N*R never needs all its draws in memory at once.
+_CHUNK_BYTES = 200_000_000
+_BYTES_PER_DRAW = 32  # int64 image index + int64 flat index + float64 value + float64 count
+
+
+def _as_seed_image(values: ArrayLike, name: str = "values") -> np.ndarray:
+    """(S, N) float64 view of per-image values; 1-D means one seed."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 1-D (images) or 2-D (seeds, images); got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}); need at least one seed and one image")
+    return array
+
+
+def hierarchical_bootstrap_ci(
+    values: ArrayLike, resamples: int = 2000, level: float = 0.95, seed: int | None = 0
+) -> tuple[float, float]:
+    """Percentile confidence interval of the grand mean, resampling seeds then images within seeds.
+
+    values: (S, N) per-image values of one (method, model kind) for S seed-models on the same N
+    images; a 1-D array is one seed (S=1: only images are resampled) and (S, 1) holds one value per
+    seed (only seeds are resampled). NaN marks a missing value and is left out of every mean.
+    One resample draws S seeds with replacement, then, independently for each drawn seed, N images
+    with replacement, and averages every non-NaN value drawn. The seed draws of all resamples come
+    first (R, S), then the image draws (R, S, N) chunk by chunk from the same Generator, so the
+    result depends only on the inputs and ``seed`` (numpy's integer draws do not depend on how a
+    request is split into chunks). Returns (low, high); (nan, nan) when every value is NaN.
+    """
+    array = _as_seed_image(values)
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer; got {resamples!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95); got {level!r}")
+    valid = ~np.isnan(array)
+    if not valid.any():
+        return math.nan, math.nan
+    n_seeds, n_images = array.shape
+    filled = np.where(valid, array, 0.0).ravel()
+    counts = None if valid.all() else valid.ravel().astype(np.float64)
+
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    means = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _CHUNK_BYTES // (_BYTES_PER_DRAW * n_seeds * n_images))
+    for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
+        stop = min(resamples, start + chunk)
+        image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
+        flat = seed_draws[start:stop, :, None] * n_images + image_draws  # index into the raveled array
+        total = filled[flat].sum(axis=(1, 2))
+        count = np.full(stop - start, float(n_seeds * n_images)) if counts is None else counts[flat].sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[start:stop] = np.where(count > 0, total / count, np.nan)
+    tail = (1.0 - float(level)) / 2.0
+    if np.isnan(means).all():  # only when no resample drew a single non-NaN value
+        return math.nan, math.nan
+    low, high = np.nanquantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def hierarchical_bootstrap_ci_of_max(
+    values: ArrayLike, resamples: int = 2000, level: float = 0.95, seed: int | None = 0
+) -> tuple[float, float]:
+    """The same resampling as :func:`hierarchical_bootstrap_ci` (seeds, then images; the same draws),
+    for a statistic that is the *maximum over thresholds* of a mean: ``values`` (S, N, T) are
+    per-image hits at T thresholds, and each resample's statistic is max_t mean(values[..., t]) —
+    MaxBoxAcc, whose best threshold is chosen on the whole set, not per image. No NaN allowed.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"values must be (seeds, images, thresholds) with no empty axis; got shape {array.shape}")
+    if np.isnan(array).any():
+        raise ValueError("values contain NaN; the max-over-thresholds bootstrap needs complete hit tables")
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer; got {resamples!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95); got {level!r}")
+    n_seeds, n_images, n_thresholds = array.shape
+    flat_values = array.reshape(n_seeds * n_images, n_thresholds)
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    stats = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _CHUNK_BYTES // (_BYTES_PER_DRAW * n_seeds * n_images * n_thresholds))
+    for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
+        stop = min(resamples, start + chunk)
+        image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
+        flat = seed_draws[start:stop, :, None] * n_images + image_draws
+        stats[start:stop] = flat_values[flat].mean(axis=(1, 2)).max(axis=-1)
+    tail = (1.0 - float(level)) / 2.0
+    low, high = np.quantile(stats, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def seed_std(values_per_seed: ArrayLike) -> float:
+    """Sample standard deviation over seeds (ddof=1): the spread a new training run should expect.
+
+    values_per_seed: 1-D, one value per seed; a 2-D (seeds, images) array is first averaged over
+    images (ignoring NaN). NaN seeds are left out. Returns NaN with fewer than two seeds left.
+    """
+    array = np.asarray(values_per_seed, dtype=np.float64)
+    if array.ndim == 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN seed -> NaN -> dropped below
+            array = np.nanmean(array, axis=1)
+    if array.ndim != 1:
+        raise ValueError(f"values_per_seed must be 1-D (seeds) or 2-D (seeds, images); got shape {array.shape}")
+    array = array[~np.isnan(array)]
+    if array.size < 2:
+        return math.nan
+    return float(np.std(array, ddof=1))
+
+
+def paired_wilcoxon(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of paired per-image values; returns (p, median of a - b).
+
+    a, b: same shape, e.g. (S, N) from the same seed-models and images, flattened in the same order;
+    a pair with NaN on either side is dropped. Zero differences are dropped by the test
+    (scipy's zero_method="wilcox") but count in the median. All differences zero -> (1.0, 0.0); no
+    pair left -> (1.0, nan); when scipy cannot test (too few pairs) the p-value is 1.0, so a missing
+    test never reads as evidence. Note that the S*N pairs are treated as independent, although an
+    image appears once per seed.
+    """
+    a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(
+            f"a {a_arr.shape} and b {b_arr.shape} must have the same shape: paired values of the same images"
+        )
+    a_flat, b_flat = a_arr.ravel(), b_arr.ravel()
+    keep = ~(np.isnan(a_flat) | np.isnan(b_flat))
+    differences = a_flat[keep] - b_flat[keep]
+    if differences.size == 0:
+        return 1.0, math.nan
+    median = float(np.median(differences))
+    if not np.any(differences):
+        return 1.0, 0.0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns on tiny samples; the NaN check below covers it
+            p_value = float(_scipy_stats.wilcoxon(a_flat[keep], b_flat[keep], zero_method="wilcox",
+                                                  alternative="two-sided").pvalue)
+    except ValueError:
+        return 1.0, median
+    return (1.0 if math.isnan(p_value) else p_value), median
+
+
+def holm(p_values: ArrayLike) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values (same shape; NaN passed through, not counted).
+
+    Holm controls the family-wise error over all comparisons of a column without assuming
+    independence, and is uniformly more powerful than plain Bonferroni. adjusted_(i) =
+    max_{j<=i} min(1, (m - j + 1) p_(j)) over the m non-NaN p-values sorted ascending, so adjusted
+    p-values keep the order of the raw ones and ``adjusted <= alpha`` is exactly Holm's rejection set.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    flat = p.ravel()
+    finite = ~np.isnan(flat)
+    if np.any((flat[finite] < 0) | (flat[finite] > 1)):
+        bad = flat[finite][(flat[finite] < 0) | (flat[finite] > 1)]
+        raise ValueError(f"p-values must lie in [0, 1] (or be NaN); got {bad}")
+    present = flat[finite]
+    m = present.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(present, kind="stable")
+    scaled = (m - np.arange(m)) * present[order]
+    adjusted_sorted = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    adjusted = np.empty(m)
+    adjusted[order] = adjusted_sorted
+    out = flat.copy()
+    out[finite] = adjusted
+    return out.reshape(p.shape)
+
+
+def _direction(differences: np.ndarray, median: float) -> float:
+    """Sign of a - b: the median difference, or the mean when the median is exactly zero."""
+    if median != 0 and not math.isnan(median):
+        return float(np.sign(median))
+    if differences.size == 0:
+        return 0.0
+    return float(np.sign(differences.mean()))
+
+
+def significant_best(
+    per_image: Mapping[str, ArrayLike], higher_is_better: bool, alpha: float = 0.05
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The row significantly better than every other row of a column, or None (a tie).
+
+    per_image: row name -> (S, N) per-image values, all on the same seeds and images (same shape).
+    Every pair of rows is tested with :func:`paired_wilcoxon`, and all those p-values are Holm-
+    corrected together. A row wins against another when the Holm p-value is below ``alpha`` and
+    the median difference (the mean when the median is 0) points its way. Pass only the rows that
+    compete (not reference controls such as random/oracle), since every row must be beaten.
+    Returns (best or None, records) with one record per pair, in ``combinations`` order of the
+    mapping: {"a", "b", "median_difference" (of a - b), "p", "p_holm", "n_pairs"}.
+    """
+    if not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must lie strictly between 0 and 1; got {alpha!r}")
+    names = list(per_image)
+    if not names:
+        raise ValueError("per_image is empty: need at least one row to pick a best from")
+    arrays = {name: np.asarray(per_image[name], dtype=np.float64) for name in names}
+    reference_shape = arrays[names[0]].shape
+    mismatched = [name for name in names if arrays[name].shape != reference_shape]
+    if mismatched:
+        shapes = ", ".join(f"{name!r} {arrays[name].shape}" for name in [names[0], *mismatched])
+        raise ValueError(f"rows must share one shape (same seeds and images) to be paired; got {shapes}")
+    if len(names) == 1:
+        return names[0], []
+
+    records: list[dict[str, Any]] = []
+    signs: list[float] = []
+    for name_a, name_b in combinations(names, 2):
+        a_flat, b_flat = arrays[name_a].ravel(), arrays[name_b].ravel()
+        keep = ~(np.isnan(a_flat) | np.isnan(b_flat))
+        p_value, median = paired_wilcoxon(a_flat, b_flat)
+        signs.append(_direction(a_flat[keep] - b_flat[keep], median))
+        records.append({"a": name_a, "b": name_b, "median_difference": median, "p": p_value,
+                        "p_holm": math.nan, "n_pairs": int(keep.sum())})
+    adjusted = holm([record["p"] for record in records])
+    for record, p_holm in zip(records, adjusted):
+        record["p_holm"] = float(p_holm)
+
+    better = 1.0 if higher_is_better else -1.0
+    wins = {name: 0 for name in names}
+    for record, sign in zip(records, signs):
+        if record["p_holm"] < alpha and sign != 0:
+            wins[record["a"] if sign == better else record["b"]] += 1
+    winners = [name for name in names if wins[name] == len(names) - 1]
+    return (winners[0] if winners else None), records
+
+
+def normalised_score(value: ArrayLike, random_value: ArrayLike, oracle_value: ArrayLike) -> float | np.ndarray:
+    """(value - random) / (oracle - random): 0 = no better than noise, 1 = as good as the ground truth.
+
+    Puts metrics of different scales and directions on one axis against the control rows. The
+    formula is sign-agnostic, so it also holds for lower-is-better metrics (e.g. deletion AUC, where
+    oracle < random: a value between them still lands in [0, 1]). Below 0 means worse than noise, above
+    1 better than the oracle. NaN when oracle == random or any input is NaN. Arrays broadcast; scalar
+    inputs give a float.
+    """
+    v, r, o = (np.asarray(x, dtype=np.float64) for x in (value, random_value, oracle_value))
+    span = o - r
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(span == 0, np.nan, (v - r) / np.where(span == 0, 1.0, span))
+    return float(score) if score.ndim == 0 else score

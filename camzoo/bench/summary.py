@@ -1,0 +1,232 @@
+"""The numbers behind every table, from the store alone.
+
+For each row (kind, method) and metric column: the mean over seeds, the sample std over seeds
+(ddof=1; stability: over seed pairs), a 95 % hierarchical bootstrap CI (seeds, then images), and a
+significance-tested mark — "best" only when a row is significantly better than every other
+non-reference row of its column (Wilcoxon signed-rank on per-image values averaged over seeds,
+Holm-corrected within the column, p < 0.05), "tie" for the rows no test separates from the top.
+Reference rows (the controls) are never marked; they anchor a normalised score
+(value - random) / (oracle - random) for the other rows of the same model kind.
+
+Why from the store: the per-image values are kept, so a new statistic never needs a rerun.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .store import ALL_SEEDS, ResultsStore
+
+RESAMPLES = 2000
+ALPHA = 0.05
+NORMALISED_SCOPES = ("map",)  # metrics whose controls give a floor (random) and a ceiling (oracle)
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str  # name in the store
+    header: str
+    higher_is_better: bool
+    source: str  # "model": the model cell; "method": the method cell; "stability": across seeds
+    digits: int = 3
+    group: str = "main"  # which table of the report shows it
+
+
+_SOURCES = {"model": "model", "map": "method", "cost": "method", "stability": "stability"}
+
+
+def table_columns() -> tuple[Column, ...]:
+    """The summary tables' columns, generated from the metrics table (camzoo.metrics.table)."""
+    from ..metrics import table_columns as metric_columns
+
+    return tuple(Column(info.name, info.column, info.higher_is_better, _SOURCES[info.scope], info.digits, info.group)
+                 for info in metric_columns())
+
+
+def is_reference(method: str) -> bool:
+    """Whether a method is a control row (its class says so; unknown names are not)."""
+    from ..methods import get_method
+
+    try:
+        return bool(get_method(method).reference)
+    except ValueError:
+        return False
+
+
+def row_rank(config: Mapping[str, Any]) -> Callable[[str, str], tuple[int, int, str]]:
+    """Rows in the order the run's config lists its kinds and methods."""
+    kinds = {kind: i for i, kind in enumerate(config.get("kinds") or [])}
+    methods = {method: i for i, method in enumerate(config.get("methods") or [])}
+
+    def rank(kind: str, method: str) -> tuple[int, int, str]:
+        return kinds.get(kind, len(kinds)), methods.get(method, len(methods)), method
+
+    return rank
+
+
+@dataclass
+class _Cell:
+    """One (row, column): the per-seed (or per-pair) values and the per-image table, if kept."""
+
+    values: list[float]
+    per_image: np.ndarray | None  # (S, N) or (S, N, T) for MaxBoxAcc; stability: (pairs, N)
+    mean: float
+
+
+def _stack(arrays: list[Any]) -> np.ndarray | None:
+    if not arrays or any(a is None for a in arrays) or len({np.shape(a) for a in arrays}) != 1:
+        return None
+    return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+
+
+def _cell(per_seed: pd.DataFrame, stability: pd.DataFrame, column: Column, kind: str, method: str) -> _Cell | None:
+    if column.source == "stability":
+        chosen = stability[(stability["kind"] == kind) & (stability["method"] == method)
+                           & (stability["metric"] == column.metric)]
+        if chosen.empty:
+            return None
+        row = chosen.iloc[0]
+        per_image = None if row["per_image"] is None else np.asarray(row["per_image"], dtype=np.float64)
+        if per_image is not None and per_image.ndim == 1:  # an older store: one value per pair
+            per_image = per_image[:, None]
+        values = [] if per_image is None else list(per_image.mean(1))
+        return _Cell(values, per_image, float(row["value"]))
+    source = "model" if column.source == "model" else method
+    chosen = per_seed[(per_seed["kind"] == kind) & (per_seed["method"] == source) & (per_seed["metric"] == column.metric)]
+    if chosen.empty:
+        return None
+    chosen = chosen.sort_values(["variant", "seed"])
+    values = [float(v) for v in chosen["value"]]
+    return _Cell(values, _stack(list(chosen["per_image"])), float(np.mean(values)))
+
+
+def _interval(cell: _Cell, resamples: int) -> tuple[float, float]:
+    if cell.per_image is None:
+        return stats.hierarchical_bootstrap_ci(np.asarray(cell.values)[:, None], resamples) if cell.values else (math.nan,) * 2
+    if cell.per_image.ndim == 3:
+        return stats.hierarchical_bootstrap_ci_of_max(cell.per_image, resamples)
+    return stats.hierarchical_bootstrap_ci(cell.per_image, resamples)
+
+
+def _test_vector(cell: _Cell) -> np.ndarray | None:
+    """Per-image values averaged over seeds (or pairs): the unit the paired tests compare."""
+    if cell.per_image is None:
+        return None
+    if cell.per_image.ndim == 3:  # MaxBoxAcc: each seed's hits at that seed's best threshold
+        best = cell.per_image.mean(1).argmax(-1)
+        return np.take_along_axis(cell.per_image, best[:, None, None], axis=2)[..., 0].mean(0)
+    return cell.per_image.mean(0)
+
+
+def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool) -> tuple[set[str], set[str], list[dict]]:
+    """(best rows, tied rows, pairwise records) of one column among the competing rows."""
+    if len({v.shape for v in vectors.values()}) != 1:
+        return set(), set(), []
+    winner, records = stats.significant_best({k: v[None, :] for k, v in vectors.items()}, higher, ALPHA)
+    if winner is not None:
+        return {winner}, set(), records
+    top = (max if higher else min)(means, key=lambda name: means[name])
+    tied = {top} | {r["b"] if r["a"] == top else r["a"] for r in records
+                    if top in (r["a"], r["b"]) and not r["p_holm"] < ALPHA}
+    return set(), tied if len(tied) > 1 else set(), records
+
+
+@dataclass
+class Summary:
+    frame: pd.DataFrame  # one row per (dataset, backbone, kind, method): every column's numbers and marks
+    pairwise: pd.DataFrame  # one row per tested pair of rows per column
+    agreement: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> Kendall's tau between substrates
+
+
+def substrate_agreement(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """Kendall's tau between the rankings of the non-control rows by SRG under each substrate."""
+    from ..metrics import substrate_agreement as agreement
+
+    columns = [c for c in frame if c.startswith("srg_") and c.endswith("_mean") and frame[c].notna().all()]
+    rows = frame[~frame["reference"]] if "reference" in frame else frame
+    if len(columns) < 2 or len(rows) < 2:
+        return None
+    scores = {c[len("srg_"):-len("_mean")]: {f"{r.kind}/{r.method}": float(r[c]) for _, r in rows.iterrows()}
+              for c in columns}
+    return agreement(scores)
+
+
+def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESAMPLES) -> Summary:
+    """Every summary number of a run: see :class:`Summary`."""
+    columns = table_columns()
+    rank = row_rank(run["config"])
+    rows = pd.DataFrame(store.results(run["run_id"], with_per_image=True))
+    if rows.empty:
+        return Summary(pd.DataFrame(), pd.DataFrame(), {})
+    records: list[dict[str, Any]] = []
+    pairwise: list[dict[str, Any]] = []
+    for (dataset, backbone), group in rows.groupby(["dataset", "backbone"], sort=False):
+        per_seed, stability = group[group["seed"] != ALL_SEEDS], group[group["seed"] == ALL_SEEDS]
+        cells = per_seed[~per_seed["method"].isin(["model", "gallery"])][["kind", "method"]].drop_duplicates()
+        keys = sorted(((k, m) for k, m in cells.itertuples(index=False)), key=lambda km: rank(*km))
+        table = {key: {"dataset": dataset, "backbone": backbone, "kind": key[0], "method": key[1],
+                       "reference": is_reference(key[1])} for key in keys}
+        for column in columns:
+            found = {key: _cell(per_seed, stability, column, *key) for key in keys}
+            for key, cell in found.items():
+                record = table[key]
+                name = column.metric
+                if cell is None:
+                    record.update({f"{name}_mean": math.nan, f"{name}_std": math.nan,
+                                   f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan})
+                    continue
+                low, high = _interval(cell, resamples)
+                record.update({f"{name}_mean": cell.mean, f"{name}_std": stats.seed_std(cell.values),
+                               f"{name}_ci_low": low, f"{name}_ci_high": high})
+                if column.source != "stability":
+                    record["seeds"] = max(record.get("seeds", 0), len(cell.values))
+            best, tied, tested = _column_marks(found, column)
+            for key in keys:
+                table[key][f"{column.metric}_best"] = key in best
+                table[key][f"{column.metric}_tie"] = key in tied
+            pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **r,
+                          "significant": bool(r["p_holm"] < ALPHA)} for r in tested]
+        _normalise(table, columns)
+        records += [table[key] for key in keys]
+    frame = pd.DataFrame(records)
+    agreement = {}
+    for key, group in frame.groupby(["dataset", "backbone"], sort=False):
+        found = substrate_agreement(group.dropna(axis=1, how="all"))
+        if found is not None:
+            agreement[key] = found
+    return Summary(frame, pd.DataFrame(pairwise), agreement)
+
+
+def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column) -> tuple[set, set, list[dict]]:
+    """Marks among non-reference rows; a model-level column compares kinds (rows of one kind share it)."""
+    competing = {key: cell for key, cell in found.items() if cell is not None and not is_reference(key[1])}
+    label = (lambda key: key[0]) if column.source == "model" else (lambda key: f"{key[0]}/{key[1]}")
+    vectors, means = {}, {}
+    for key, cell in competing.items():
+        vector = _test_vector(cell)
+        if vector is not None:
+            vectors[label(key)], means[label(key)] = vector, cell.mean
+    if len(vectors) < 2:
+        return set(), set(), []
+    best, tied, records = _marks(vectors, means, column.higher_is_better)
+    return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records)
+
+
+def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Column, ...]) -> None:
+    """(value - random) / (oracle - random) with the same kind's control rows, where both exist."""
+    from ..metrics import METRICS
+
+    for column in columns:
+        if METRICS[column.metric].scope not in NORMALISED_SCOPES:
+            continue
+        name = column.metric
+        for (kind, method), record in table.items():
+            floor = table.get((kind, "random"), {}).get(f"{name}_mean", math.nan)
+            ceiling = table.get((kind, "oracle"), {}).get(f"{name}_mean", math.nan)
+            record[f"{name}_norm"] = float(stats.normalised_score(record.get(f"{name}_mean", math.nan), floor, ceiling))

@@ -1,0 +1,120 @@
+"""Render a summary (camzoo.bench.summary) as Markdown and LaTeX tables.
+
+Every cell reads "mean ± std [95 % CI]"; **bold** marks a row significantly better than every other
+non-reference row of its column, ≈ the rows tied for the top (no test separates them); control rows
+are set apart in italics and never marked. A second table per (dataset, backbone) gives the
+normalised scores, 0 = the random control and 1 = the oracle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .summary import Column, table_columns
+
+TIE = "≈"
+
+
+def present_columns(frame: pd.DataFrame, group: str | None = "main") -> list[Column]:
+    return [c for c in table_columns() if (group is None or c.group == group)
+            and f"{c.metric}_mean" in frame and frame[f"{c.metric}_mean"].notna().any()]
+
+
+def _number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if value == value else "–"
+
+
+def cell_text(row: pd.Series, column: Column, bold: tuple[str, str], pm: str, interval: tuple[str, str]) -> str:
+    name, digits = column.metric, column.digits
+    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+    if mean != mean:
+        return "–"
+    text = _number(mean, digits) + (f" {pm} {_number(std, digits)}" if std == std else "")
+    low, high = row.get(f"{name}_ci_low", float("nan")), row.get(f"{name}_ci_high", float("nan"))
+    if low == low:
+        text += f" {interval[0]}{_number(low, digits)}, {_number(high, digits)}{interval[1]}"
+    if row.get(f"{name}_best", False):
+        return f"{bold[0]}{text}{bold[1]}"
+    return text + (f" {TIE}" if row.get(f"{name}_tie", False) else "")
+
+
+def method_label(row: pd.Series, italic: tuple[str, str]) -> str:
+    return f"{italic[0]}{row['method']}{italic[1]} (control)" if row.get("reference", False) else str(row["method"])
+
+
+def header(column: Column, eval_settings: Mapping[str, Any]) -> str:
+    """A column's header with its direction, and for deletion/insertion the protocol that made it."""
+    text = f"{column.header} {'↑' if column.higher_is_better else '↓'}"
+    if column.metric in ("deletion", "insertion"):
+        text += f" ({causal_description(eval_settings)})"
+    return text
+
+
+def causal_description(eval_settings: Mapping[str, Any]) -> str:
+    if eval_settings.get("protocol") == "rise":
+        return "RISE protocol: 28 steps, predicted class"
+    fraction = float(eval_settings.get("deletion_fraction", 1.0))
+    span = "" if fraction >= 1 else f" over first {fraction:.0%} px"
+    return f"{eval_settings.get('deletion_target', 'label')}, {eval_settings['deletion_steps']} steps{span}"
+
+
+def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
+                    agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> str:
+    parts = []
+    for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
+        tables = (("", present_columns(group), False),
+                  (" — faithfulness across substrates (SRG = LeRF − MoRF AUC)", present_columns(group, "faithfulness"), False),
+                  (" — normalised (0 = random, 1 = oracle)", _normalised_columns(group), True))
+        for title, columns, normalised in tables:
+            if not columns:
+                continue
+            heads = ["Kind", "Method"] + [header(c, eval_settings) for c in columns]
+            lines = [f"### {dataset} / {backbone}{title}", "", "| " + " | ".join(heads) + " |",
+                     "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
+            for _, row in group.iterrows():
+                if normalised and row.get("reference", False):
+                    continue
+                cells = [str(row["kind"]), method_label(row, ("*", "*"))]
+                cells += [_number(row[f"{c.metric}_norm"], 2) if normalised else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
+                          for c in columns]
+                lines.append("| " + " | ".join(cells) + " |")
+            parts.append("\n".join(lines))
+            if "faithfulness" in title and agreement and (dataset, backbone) in agreement:
+                parts.append(agreement_text(agreement[(dataset, backbone)]))
+    return "\n\n".join(parts)
+
+
+def agreement_text(found: Mapping[str, Any]) -> str:
+    """Kendall's tau between the substrates' rankings of the methods (controls left out)."""
+    pairs = ", ".join(f"{a} vs {b}: {tau:.2f}" for (a, b), tau in found["pairs"].items())
+    return (f"Rank agreement of the {len(found['methods'])} method rows across substrates (Kendall's tau-b; "
+            f"1 = the same ranking, -1 = reversed): {pairs}; mean {found['mean_tau']:.2f}.")
+
+
+def _normalised_columns(frame: pd.DataFrame) -> list[Column]:
+    return [c for c in present_columns(frame) if f"{c.metric}_norm" in frame and frame[f"{c.metric}_norm"].notna().any()]
+
+
+def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any]) -> str:
+    parts = []
+    for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
+        columns = present_columns(group)
+        heads = [header(c, eval_settings).replace("↑", "$\\uparrow$").replace("↓", "$\\downarrow$") for c in columns]
+        lines = [
+            "\\begin{table}[t]", "\\centering", "\\small",
+            f"\\caption{{{dataset} / {backbone}: mean $\\pm$ sample std over seeds (stability: over seed pairs) "
+            "[95\\,\\% hierarchical bootstrap CI]; bold: significantly best (Wilcoxon, Holm, $p<0.05$); "
+            "$\\approx$: tied for best; controls in italics.}",
+            "\\begin{tabular}{ll" + "r" * len(columns) + "}", "\\toprule",
+            "Kind & Method & " + " & ".join(heads) + " \\\\", "\\midrule",
+        ]
+        for _, row in group.iterrows():
+            cells = [str(row["kind"]), method_label(row, ("\\textit{", "}"))]
+            cells += [cell_text(row, c, ("\\textbf{", "}"), "$\\pm$", ("[", "]")) for c in columns]
+            line = " & ".join(cells).replace("_", "\\_").replace("–", "--").replace(TIE, "$\\approx$").replace("%", "\\%")
+            lines.append(line + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"

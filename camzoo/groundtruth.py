@@ -1,0 +1,74 @@
+"""Ground truth (object masks and boxes) as camzoo passes it around: validation and rasterisation.
+
+Why its own module: the metrics score against ground truth and the ``oracle`` control *is* the
+ground truth, and methods must not import metrics; both read the one set of rules here. Boxes are
+x0,y0,x1,y1 in pixel-edge coordinates, (B,K,4), rows of NaN as padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def bad_images(mask: torch.Tensor) -> list[int]:
+    """Indices (along dim 0) where ``mask`` is true anywhere, for error messages."""
+    return torch.nonzero(mask.flatten(1).any(1)).flatten().tolist()[:10]
+
+
+def check_masks(masks: object, shape: torch.Size) -> torch.Tensor:
+    """Validate ground-truth masks: bool (B,H,W) matching ``shape`` (B,H,W) of the maps."""
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"masks must be a bool torch.Tensor (B,H,W); got {type(masks).__name__}")
+    if tuple(masks.shape) != tuple(shape):
+        raise ValueError(f"masks must have the maps' shape {tuple(shape)}; got {tuple(masks.shape)}")
+    if masks.dtype != torch.bool:
+        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+            raise ValueError("masks contain NaN or inf")
+        if not bool(((masks == 0) | (masks == 1)).all()):
+            raise ValueError("masks must be boolean (or 0/1 valued); got other values")
+        masks = masks.bool()
+    return masks
+
+
+def check_boxes(boxes: object, batch: int, height: int, width: int) -> torch.Tensor:
+    """Validate boxes (B,K,4) as x0,y0,x1,y1 in pixel-edge coordinates, rows of NaN as padding."""
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"boxes must be a float torch.Tensor (B,K,4); got {type(boxes).__name__}")
+    if boxes.dim() == 2 and boxes.shape[-1] == 4:
+        boxes = boxes[:, None]
+    if boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (B,K,4) with B={batch}; got shape {tuple(boxes.shape)}")
+    boxes = boxes.float()
+    nan = torch.isnan(boxes)
+    partial = nan.any(-1) & ~nan.all(-1)
+    if bool(partial.any()):
+        raise ValueError(f"boxes of images {bad_images(partial)} are partly NaN: a padding row must be all NaN")
+    valid = ~nan.all(-1)
+    if bool(torch.isinf(boxes).any()):
+        raise ValueError("boxes contain inf")
+    b = torch.nan_to_num(boxes)
+    wrong = valid & ((b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1]))
+    if bool(wrong.any()):
+        raise ValueError(f"boxes of images {bad_images(wrong)} have x1 < x0 or y1 < y0 (need x0,y0,x1,y1)")
+    outside = valid & ((b[..., 0] < 0) | (b[..., 1] < 0) | (b[..., 2] > width) | (b[..., 3] > height))
+    if bool(outside.any()):
+        raise ValueError(
+            f"boxes of images {bad_images(outside)} lie outside the {height}x{width} image: boxes must be "
+            "in pixel coordinates of the image the maps were computed for"
+        )
+    return boxes
+
+
+def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Rasterise NaN-padded boxes (B,K,4) to bool masks (B,H,W): the union of the boxes.
+
+    Convention: coordinates are pixel edges (pixel column j spans [j, j+1]); a pixel belongs to a box
+    when its centre lies inside it, so the box (10,10,20,20) covers pixels 10..19 in both axes.
+    """
+    boxes = check_boxes(boxes, boxes.shape[0] if boxes.dim() == 3 else 1, height, width)
+    centres_x = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    centres_y = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))  # (B,K,1); NaN compares false
+    inside_x = (centres_x >= x0) & (centres_x <= x1)  # (B,K,W)
+    inside_y = (centres_y >= y0) & (centres_y <= y1)  # (B,K,H)
+    return (inside_y[..., :, None] & inside_x[..., None, :]).any(1)

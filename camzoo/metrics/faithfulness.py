@@ -1,0 +1,272 @@
+"""Faithfulness with headroom: the MoRF / LeRF pair, its symmetric gain, and substrate agreement.
+
+Why: deletion alone (MoRF, "most relevant first") rewards a map for finding *some* pixels whose
+removal hurts the model, and the number depends heavily on what the removed pixels are replaced with
+(the substrate). Blücher et al. (TMLR 2024, "Decoupling pixel flipping and occlusion strategy") show
+that MoRF and LeRF ("least relevant first") rankings of explanation methods disagree, that the choice
+among occlusion strategies changes those rankings, and propose the symmetric relevance gain
+SRG = AUC(LeRF) - AUC(MoRF), which is high only when a map both finds the pixels the model needs and
+leaves the pixels it does not need for last. Rong et al. (ICML 2022, ROAD) replace removed pixels by
+noisy linear imputation so that the substrate itself leaks less of the removal mask. This module
+computes MoRF, LeRF and SRG for several substrates in one batched pass, and ``substrate_agreement``
+measures (Kendall's tau) whether a ranking of methods survives a change of substrate, so that a table
+shows how much of its conclusion is the substrate's doing. Protocol details: docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from typing import Callable, Mapping, Sequence, Union
+
+import numpy as np
+import scipy.stats
+import torch
+from torch import nn
+
+from ._checks import check_images, check_maps, check_targets
+from ._model import check_same_device, eval_mode, target_probabilities
+from .causal import auc, rise_blur, saliency_rank
+from .imputation import ROAD_NOISE, ROAD_TOL, noise_field, noise_scale, linear_imputation
+
+SubstrateSpec = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+SUBSTRATES = ("zeros", "mean", "blur", "road")
+# 28 steps = RISE's 224 * 8 px per step at 224 x 224 (the published deletion protocol); each step
+# costs two forwards per image (and one linear solve per input with the "road" substrate).
+MORF_LERF_STEPS = 28
+# --------------------------------------------------------------------------- MoRF / LeRF
+
+
+def _check_fraction(fraction: object) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < float(fraction) <= 1:
+        raise ValueError(
+            f"fraction must be a number in (0, 1] (the share of pixels the curves cover); got {fraction!r}"
+        )
+    return float(fraction)
+
+
+def _check_substrate(substrate: object) -> SubstrateSpec:
+    if isinstance(substrate, str):
+        if substrate not in SUBSTRATES:
+            raise ValueError(f"unknown substrate {substrate!r}; choose one of {SUBSTRATES} or pass a callable")
+        return substrate
+    if callable(substrate):
+        return substrate
+    raise ValueError(f"substrate must be one of {SUBSTRATES} or a callable images -> images; got {substrate!r}")
+
+
+def morf_lerf(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor | Sequence[int],
+    substrate: SubstrateSpec = "mean",
+    steps: int = MORF_LERF_STEPS,
+    fraction: float = 1.0,
+    chunk_size: int = 64,
+    autocast: bool = False,
+    road_noise: float | torch.Tensor | Sequence[float] = ROAD_NOISE,
+    seed: int = 0,
+    road_tol: float = ROAD_TOL,
+) -> dict[str, torch.Tensor]:
+    """MoRF and LeRF pixel-removal curves, their AUCs and SRG = AUC(LeRF) - AUC(MoRF), batched.
+
+    MoRF removes the most salient pixels first (RISE's deletion game), LeRF the least salient first.
+    Point k of a curve (k = 0..steps) has the first ``floor(k * N / steps)`` pixels of its order
+    removed (all channels), with ``N = round(fraction * H * W)``; the score is the target's softmax
+    probability, and the AUCs use RISE's trapezoid over x in [0,1]. With ``fraction < 1`` the curves
+    stop after N pixels and their AUC is a *partial* AUC rescaled to [0,1] over that range (the x axis
+    spans the evaluated pixels), so a small object can dominate the number instead of being a few
+    percent of the area; ``fraction`` (returned) keeps the true share of pixels removed.
+
+    Order and ties: LeRF ranks pixels with ``saliency_rank(-maps)``, i.e. ascending saliency with
+    ties broken by the *same* rule as MoRF (not by reversing MoRF's order). Hence a constant map gives
+    identical MoRF and LeRF curves (SRG = 0 exactly) and negating a map negates its SRG, ties or not.
+
+    Substrates (what removed pixels become):
+      - ``"zeros"``: 0 in normalised space, i.e. the dataset's mean colour (RISE's deletion);
+      - ``"mean"``: the image's own per-channel mean (ROAD's "fixed" imputer), which needs no
+        assumption about the normalisation;
+      - ``"blur"``: RISE's blurred copy of the image (``causal.rise_blur``), as insertion's start;
+      - ``"road"``: ROAD's noisy linear imputation of the removed pixels (``road_impute``), which
+        depends on the removal mask and so is solved for every input. The noise is one seeded field
+        per image (``road_noise`` * N(0,1), see ``road_impute`` for its units) shared by all steps
+        and both orders — common random numbers, so curves do not depend on ``chunk_size`` and a
+        constant map still gives SRG = 0;
+      - a callable images (n,C,H,W) -> substrate images of the same shape.
+
+    Batching: the original image (point 0 of both curves) is evaluated once, and so is the fully
+    removed image when ``fraction == 1`` (the last point of both): ``2 * steps`` forwards per image
+    (``2 * steps + 1`` for a partial AUC), built on the fly with one ``torch.where`` against per-pixel
+    ranks and sent through the model ``chunk_size`` inputs at a time under ``no_grad``, in eval mode.
+
+    Args:
+        model: classifier returning logits (B,K); its modes are restored afterwards.
+        images: normalised images (B,C,H,W) on the model's device.
+        maps: saliency (B,H,W); only the order of the values matters.
+        targets: the class whose probability is tracked, (B,).
+        substrate: one of ``SUBSTRATES`` or a callable (see above).
+        steps: points per curve minus one; at most ``round(fraction * H * W)``.
+        fraction: share of pixels (0, 1] the curves cover.
+        chunk_size: inputs per forward pass.
+        autocast: mixed precision forwards (float16 on CUDA, bfloat16 on CPU).
+        road_noise, seed, road_tol: the "road" substrate's noise (number or per channel), noise seed
+            and solver tolerance; ignored by the other substrates.
+
+    Returns:
+        ``morf`` (↓), ``lerf`` (↑), ``srg`` (↑, in [-1,1]): per image (B,); ``morf_curve`` and
+        ``lerf_curve``: (B, steps+1); ``fraction``: (steps+1,) share of all pixels removed at each point.
+    """
+    substrate = _check_substrate(substrate)
+    fraction = _check_fraction(fraction)
+    maps = check_maps(maps, unit_range=False)
+    images = check_images(images, maps)
+    check_same_device(model, images)
+    batch, channels, height, width = images.shape
+    pixels = height * width
+    device = images.device
+    targets = check_targets(targets, batch, device=device)
+    evaluated = max(1, round(fraction * pixels))
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= evaluated:
+        raise ValueError(f"steps must be an integer in [1, round(fraction * H*W) = {evaluated}]; got {steps!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+    steps, chunk_size = int(steps), int(chunk_size)
+    noise = None
+    if substrate == "road":
+        scale = noise_scale(road_noise, channels, device, images.dtype)
+        noise = noise_field(images.shape, scale, seed) if bool((scale > 0).any()) else None
+
+    # (order, image, pixel) -> rank; order 0 = MoRF, 1 = LeRF (same tie rule, see the docstring).
+    ranks = torch.stack([saliency_rank(maps), saliency_rank(-maps)]).int()
+    counts = torch.arange(steps + 1, device=device) * evaluated // steps
+    shared_end = evaluated == pixels  # both orders end on the fully removed image
+    lerf_points = list(range(1, steps if shared_end else steps + 1))
+    orders = [0] * (steps + 1) + [1] * len(lerf_points)
+    points = list(range(steps + 1)) + lerf_points
+    per_image = len(orders)
+    job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
+    job_order = torch.tensor(orders, device=device).repeat(batch)
+    job_count = counts[torch.tensor(points, device=device)].repeat(batch).int()
+    means = images.mean((2, 3), keepdim=True) if substrate == "mean" else None
+    scores = torch.empty(batch * per_image, device=device)
+
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, batch * per_image, chunk_size):
+            stop = min(start + chunk_size, batch * per_image)
+            image_idx = job_image[start:stop]
+            removed = (ranks[job_order[start:stop], image_idx] < job_count[start:stop, None])
+            removed = removed.view(-1, height, width)
+            originals = images[image_idx]
+            if substrate == "road":
+                inputs = linear_imputation(originals, removed, tol=road_tol)
+                if noise is not None:
+                    inputs = inputs + noise[image_idx] * removed[:, None]
+            else:
+                if substrate == "zeros":
+                    fill = torch.zeros((), dtype=images.dtype, device=device)
+                elif substrate == "mean":
+                    fill = means[image_idx]
+                else:  # blur or a callable: made once per image this chunk touches (jobs are image-major)
+                    lo, hi = start // per_image, (stop - 1) // per_image + 1
+                    fill = _substrate_images(substrate, images[lo:hi])[image_idx - lo]
+                inputs = torch.where(removed[:, None], fill, originals)
+            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], True, autocast,
+                                                      all_targets=targets if start == 0 else None)
+
+    scores = scores.view(batch, per_image)
+    morf_curve = scores[:, : steps + 1]
+    lerf_parts = [scores[:, :1], scores[:, steps + 1:]]
+    if shared_end:
+        lerf_parts.append(scores[:, steps:steps + 1])
+    lerf_curve = torch.cat(lerf_parts, dim=1)
+    morf, lerf = auc(morf_curve), auc(lerf_curve)
+    return {
+        "morf": morf,
+        "lerf": lerf,
+        "srg": lerf - morf,
+        "morf_curve": morf_curve,
+        "lerf_curve": lerf_curve,
+        "fraction": counts.float() / pixels,
+    }
+
+
+def _substrate_images(substrate: SubstrateSpec, images: torch.Tensor) -> torch.Tensor:
+    """Mask-independent substrate images for ``images`` ("blur" or a user callable)."""
+    result = rise_blur(images) if substrate == "blur" else substrate(images)
+    if not isinstance(result, torch.Tensor) or result.shape != images.shape:
+        raise ValueError(f"the substrate callable must return a tensor shaped like its input {tuple(images.shape)}")
+    return result.to(device=images.device, dtype=images.dtype)
+
+
+# --------------------------------------------------------------------------- rank agreement
+
+
+def substrate_agreement(scores: Mapping[str, Mapping[str, float]],
+                        higher_is_better: bool = True) -> dict[str, object]:
+    """Kendall's tau-b between the method rankings that different substrates produce.
+
+    Args:
+        scores: ``{substrate: {method: score}}``, e.g. mean SRG per method for each substrate; every
+            substrate must score the same methods (at least two), with finite scores.
+        higher_is_better: only orders ``rankings`` (tau itself does not depend on the direction).
+
+    Returns:
+        ``substrates`` and ``methods`` (the order used), ``pairs`` {(a, b): tau} for every pair of
+        substrates, ``matrix`` (S x S nested list, 1 on the diagonal), ``mean_tau`` (mean over
+        pairs), ``rankings`` {substrate: methods best first}. tau-b (``scipy.stats.kendalltau``'s
+        default) counts tied scores as ties; it is undefined (NaN) when a substrate scores every
+        method the same, and such pairs are left out of ``mean_tau`` (NaN if no pair is defined).
+    """
+    if not isinstance(scores, Mapping) or len(scores) < 2:
+        raise ValueError("scores must map at least two substrates to {method: score}")
+    substrates = list(scores)
+    first = scores[substrates[0]]
+    if not isinstance(first, Mapping) or len(first) < 2:
+        raise ValueError(f"substrate {substrates[0]!r} must map at least two methods to scores")
+    methods = list(first)
+    values = {}
+    for name in substrates:
+        entry = scores[name]
+        if not isinstance(entry, Mapping) or set(entry) != set(methods):
+            got = set(entry) if isinstance(entry, Mapping) else entry
+            raise ValueError(
+                f"every substrate must score the same methods: {substrates[0]!r} has {sorted(methods)}, "
+                f"{name!r} has {sorted(got) if isinstance(got, set) else got!r}"
+            )
+        row = np.array([float(entry[m]) for m in methods])
+        if not np.isfinite(row).all():
+            raise ValueError(f"scores of substrate {name!r} contain NaN or inf")
+        values[name] = row
+
+    pairs: dict[tuple[str, str], float] = {}
+    for a, b in itertools.combinations(substrates, 2):
+        if np.ptp(values[a]) == 0 or np.ptp(values[b]) == 0:
+            pairs[(a, b)] = math.nan  # tau-b is 0/0 for a constant ranking
+        else:
+            pairs[(a, b)] = float(scipy.stats.kendalltau(values[a], values[b])[0])  # tau-b
+    index = {name: i for i, name in enumerate(substrates)}
+    matrix = [[1.0 if i == j else math.nan for j in range(len(substrates))] for i in range(len(substrates))]
+    for (a, b), tau in pairs.items():
+        matrix[index[a]][index[b]] = matrix[index[b]][index[a]] = tau
+    defined = [tau for tau in pairs.values() if not math.isnan(tau)]
+    sign = -1.0 if higher_is_better else 1.0
+    rankings = {name: [methods[i] for i in np.argsort(sign * values[name], kind="stable")] for name in substrates}
+    return {
+        "substrates": substrates,
+        "methods": methods,
+        "pairs": pairs,
+        "matrix": matrix,
+        "mean_tau": float(np.mean(defined)) if defined else math.nan,
+        "rankings": rankings,
+    }
+
+
+__all__ = [
+    "MORF_LERF_STEPS",
+    "SUBSTRATES",
+    "morf_lerf",
+    "substrate_agreement",
+]

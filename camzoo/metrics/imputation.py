@@ -1,0 +1,207 @@
+"""ROAD's noisy linear imputation (Rong et al., ICML 2022): removed pixels become the weighted mean
+of their in-image 8-neighbours (1/6 direct, 1/12 diagonal; known pixels fixed), plus seeded noise.
+
+Why its own module: the MoRF/LeRF substrate "road" depends on which pixels are removed, so it is
+solved for every perturbed input — a batched Jacobi-preconditioned conjugate gradient on the
+device, with no loop per image. Tested against scipy.sparse.linalg.spsolve.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_images
+
+ROAD_NOISE = 0.01  # ROAD's NoisyLinearImputer(noise=0.01), in the images' units (see road_impute)
+ROAD_TOL = 1e-6
+
+_CHECK_EVERY = 16  # solver iterations between convergence checks (each check is one host sync)
+
+
+# --------------------------------------------------------------------------- ROAD imputation
+
+
+def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of each pixel's in-image neighbours, per channel: (N,C,H,W) -> (N,C,H,W).
+
+    Zero padding drops neighbours outside the image, as ROAD does (it removes their weight from
+    the pixel's total instead of inventing values there). Eight shifted slices rather than a
+    one-channel ``conv2d``: the same numbers, but on the CPU ``conv2d`` costs ~16 ms even for a
+    24 x 24 batch (it is called once per solver iteration), the slices ~0.1 ms.
+    """
+    height, width = x.shape[-2:]
+    p = F.pad(x, (1, 1, 1, 1))
+    direct = p[..., :height, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :width] + p[..., 1:-1, 2:]
+    diagonal = p[..., :height, :width] + p[..., :height, 2:] + p[..., 2:, :width] + p[..., 2:, 2:]
+    return (2 * direct + diagonal) / 12  # ROAD: 1/6 per direct, 1/12 per diagonal neighbour
+
+
+def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = ROAD_TOL,
+                      max_iter: int | None = None) -> torch.Tensor:
+    """ROAD's linear imputation without noise: every removed pixel = weighted mean of its neighbours.
+
+    For each image and channel, the removed pixels solve the sparse linear system that ROAD's
+    ``NoisyLinearImputer`` builds and hands to ``scipy.sparse.linalg.spsolve``: for a removed pixel i,
+    ``sum_j w_j (x_i - x_j) = 0`` over its in-image 8-neighbours j (w = 1/6 direct, 1/12 diagonal),
+    with known pixels fixed. The matrix is symmetric positive definite as soon as the image keeps
+    one known pixel, so all (image, channel) systems are solved at once by a Jacobi-preconditioned
+    conjugate gradient whose matrix-vector product is one 3x3 neighbour sum: no Python loop over
+    images, no host round trip except a convergence check every few iterations.
+
+    Stopping rule: a system stops once every removed pixel differs from the weighted mean of its
+    neighbours by at most ``tol * max|known pixel|`` (checked every 16 iterations); a warning names
+    the reached defect if ``max_iter`` (default ``10 * max(H, W) + 100``) comes first. The error is
+    at most the defect times the walk's expected exit time (maximum principle), which grows with the
+    hole's area; measured against a float64 solve, the default ``tol=1e-6`` leaves errors of 1e-5 to
+    4e-4 in normalised units on 224 px images with up to 90% removed in one disc (float32's own floor
+    is about the same), far below 8-bit quantisation (~0.017) and ROAD's noise (0.01). Iterations
+    grow with the hole's diameter: ~200 for a 140 px hole, ~500 for 90% of a 224 px image. Computed
+    in float32 (float64 inputs stay float64).
+
+    A removed region can only be cut off from every known pixel when the whole image is removed;
+    such an image gets its own per-channel mean (the system is singular there, and ROAD's spsolve
+    fails).
+
+    Args:
+        images: (N,C,H,W) images; the values at removed pixels are ignored (except for the mean of a
+            fully removed image).
+        removed: (N,H,W) bool, True = pixel to impute.
+        tol: relative defect at which a system counts as solved.
+        max_iter: iteration cap.
+
+    Returns:
+        (N,C,H,W): the images with removed pixels imputed, known pixels unchanged (bit for bit).
+    """
+    images, removed = _check_imputation_inputs(images, removed)
+    n, c, h, w = images.shape
+    if not float(tol) > 0:
+        raise ValueError(f"tol must be > 0; got {tol}")
+    max_iter = 10 * max(h, w) + 100 if max_iter is None else int(max_iter)
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0; got {max_iter}")
+    work = images if images.dtype == torch.float64 else images.float()
+    unknown = removed[:, None].to(work.dtype)  # (N,1,H,W), 1 = removed
+    known = work * (1 - unknown)
+    known_count = (1 - unknown).sum((2, 3), keepdim=True)  # (N,1,1,1)
+    solvable = known_count > 0
+    # Start: the per-channel mean of the known pixels (of the whole image when none is known).
+    start_mean = torch.where(solvable, known.sum((2, 3), keepdim=True) / known_count.clamp(min=1),
+                             work.mean((2, 3), keepdim=True))
+    solution = start_mean * unknown
+    if bool(removed.any()) and bool(solvable.any()):
+        total_weight = _neighbour_sum(torch.ones(1, 1, h, w, dtype=work.dtype, device=work.device))
+        scale = known.abs().amax((1, 2, 3), keepdim=True).clamp(min=torch.finfo(work.dtype).tiny)
+        solution = _conjugate_gradient(known, unknown, solution, total_weight, solvable, tol * scale, max_iter)
+    return torch.where(removed[:, None], solution.to(images.dtype), images)
+
+
+def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch.Tensor,
+                        total_weight: torch.Tensor, solvable: torch.Tensor, tol: torch.Tensor,
+                        max_iter: int) -> torch.Tensor:
+    """Batched Jacobi-preconditioned CG for ``(S - W) u = W known`` on the removed pixels.
+
+    S is the diagonal of each pixel's in-image neighbour weight, W the neighbour sum; every
+    (image, channel) pair is its own system with its own step sizes (reductions over H,W only).
+    Systems that have converged (or cannot be solved) are frozen, so float32 round-off cannot
+    drift them afterwards.
+    """
+    def operator(v: torch.Tensor) -> torch.Tensor:
+        return (total_weight * v - _neighbour_sum(v)) * unknown
+
+    tiny = torch.finfo(known.dtype).tiny
+    active = solvable.expand(-1, known.shape[1], -1, -1).clone()  # (N,C,1,1)
+    solution = start
+    residual = (_neighbour_sum(known) * unknown - operator(solution)) * active
+    preconditioned = residual / total_weight
+    direction = preconditioned
+    rz = (residual * preconditioned).sum((2, 3), keepdim=True)
+    defect = torch.zeros(())
+    for iteration in range(max_iter + 1):
+        if iteration % _CHECK_EVERY == 0 or iteration == max_iter:
+            defect = (residual.abs() / total_weight).amax((2, 3), keepdim=True)  # |x_i - mean of nbrs|
+            active &= defect > tol
+            if not bool(active.any()):
+                return solution
+            if iteration == max_iter:
+                break
+        product = operator(direction)
+        curvature = (direction * product).sum((2, 3), keepdim=True)
+        step = torch.where(active & (curvature > 0), rz / curvature.clamp(min=tiny), 0.0)
+        solution = solution + step * direction
+        residual = residual - step * product
+        preconditioned = residual / total_weight
+        rz_next = (residual * preconditioned).sum((2, 3), keepdim=True)
+        direction = preconditioned + torch.where(rz > 0, rz_next / rz.clamp(min=tiny), 0.0) * direction
+        rz = rz_next
+    worst = float((defect / tol).amax())
+    warnings.warn(
+        f"linear imputation stopped after max_iter={max_iter} iterations at {worst:.3g} x the requested "
+        "tolerance; raise max_iter or tol",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return solution
+
+
+def _check_imputation_inputs(images: object, removed: object) -> tuple[torch.Tensor, torch.Tensor]:
+    images = check_images(images)
+    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
+        raise TypeError("removed must be a bool torch.Tensor (N,H,W), True = pixel to impute")
+    if removed.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"removed must be (N,H,W) = {(images.shape[0], *images.shape[2:])} to match the images "
+            f"{tuple(images.shape)}; got {tuple(removed.shape)}"
+        )
+    if removed.device != images.device:
+        raise ValueError(f"images are on {images.device} but removed on {removed.device}")
+    return images, removed
+
+
+def noise_scale(noise: float | torch.Tensor | Sequence[float], channels: int,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """ROAD's noise magnitude as a (1,C,1,1) tensor: one number, or one per channel."""
+    scale = torch.as_tensor(noise, dtype=dtype, device=device)
+    if scale.dim() == 0:
+        scale = scale.expand(channels)
+    if scale.dim() != 1 or scale.shape[0] != channels:
+        raise ValueError(f"road noise must be a number or one per channel ({channels}); got shape {tuple(scale.shape)}")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise ValueError(f"road noise must be finite and >= 0; got {scale.tolist()}")
+    return scale[None, :, None, None]
+
+
+def noise_field(shape: torch.Size, scale: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded Gaussian field (N,C,H,W) times ``scale``, drawn on the scale's device."""
+    generator = torch.Generator(device=scale.device)
+    generator.manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, device=scale.device, dtype=scale.dtype) * scale
+
+
+def road_impute(images: torch.Tensor, removed: torch.Tensor,
+                noise: float | torch.Tensor | Sequence[float] = ROAD_NOISE, seed: int = 0,
+                tol: float = ROAD_TOL, max_iter: int | None = None) -> torch.Tensor:
+    """ROAD's noisy linear imputation (Rong et al., ICML 2022): ``linear_imputation`` + Gaussian noise.
+
+    Every removed pixel (each channel) gets ``noise * N(0,1)`` added after the solve, as ROAD's
+    ``NoisyLinearImputer(noise=0.01)`` does; known pixels are untouched. The noise hides the
+    imputation's smoothness, which would otherwise tell the model where pixels were removed.
+    ROAD imputes images in [0,1] pixel units *before* normalising them, so its 0.01 corresponds to
+    ``0.01 / std`` on normalised images (linear imputation itself commutes with the per-channel
+    normalisation, so only the noise scale depends on where it is applied): pass that per-channel
+    tensor to match ROAD exactly. Reproducible for a given ``seed`` on a given device.
+
+    Returns:
+        (N,C,H,W) imputed images, dtype of ``images``.
+    """
+    filled = linear_imputation(images, removed, tol=tol, max_iter=max_iter)
+    scale = noise_scale(noise, images.shape[1], images.device, images.dtype)
+    if not bool((scale > 0).any()):
+        return filled
+    return filled + noise_field(images.shape, scale, seed) * removed[:, None]
+
+
+__all__ = ["ROAD_NOISE", "ROAD_TOL", "linear_imputation", "road_impute"]

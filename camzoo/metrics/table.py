@@ -1,0 +1,265 @@
+"""The one table of metrics: what every reported number means and how a benchmark cell computes it.
+
+Each :class:`MetricInfo` says a metric's name, direction, range, what it needs (``model``, ``masks``,
+``boxes``, ``annotations`` = masks or boxes), its scope (``model``: once per trained model;
+``map``: once per (model, method) from the maps; ``stability``: across seeds; ``cost``: timing),
+the table column it fills (if any), and — for map metrics — ``compute(context) -> (value,
+per-image values)``. :func:`score_maps` and the report's columns are generated from this table, so
+adding a metric is one entry here (docs/contributing.md shows one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..modelutil import model_normalisation
+from . import causal, confidence, faithfulness, localization, wsol
+
+Row = tuple[float, np.ndarray | None]
+
+
+@dataclass
+class ScoringContext:
+    """Everything a map metric may read, plus a memo so that metrics sharing one computation (deletion
+    and insertion, MaxBoxAccV1 and V2) run it once."""
+
+    model: nn.Module
+    images: torch.Tensor  # (N,3,H,W) normalised, on the model's device
+    maps: torch.Tensor  # (N,H,W) in [0,1]
+    labels: torch.Tensor  # (N,): the class every map explains
+    masks: torch.Tensor | None  # (N,H,W) bool
+    boxes: torch.Tensor | None  # (N,K,4) NaN-padded
+    settings: Mapping[str, Any]  # the benchmark's eval settings (steps, chunk size, tolerances)
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def has(self, need: str) -> bool:
+        if need == "model":
+            return True
+        if need == "masks":
+            return self.masks is not None
+        if need == "boxes":
+            return self.boxes is not None
+        if need == "annotations":
+            return self.masks is not None or self.boxes is not None
+        raise ValueError(f"unknown metric requirement {need!r}")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a reported number means: its direction, range and the function that computes it."""
+
+    name: str
+    higher_is_better: bool
+    low: float
+    high: float
+    function: str  # the public camzoo.metrics function behind it ("" for timings)
+    description: str
+    scope: str = "map"  # "model" | "map" | "stability" | "cost"
+    needs: tuple[str, ...] = ()
+    column: str | None = None  # header in the summary tables; None: stored but not tabulated
+    digits: int = 3
+    compute: Callable[[ScoringContext], Row | None] | None = None  # map metrics: (value, per-image values)
+    group: str = "main"  # which summary table shows the column ("main", "faithfulness")
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    def best(self, values: Sequence[float]) -> int:
+        """Index of the best of ``values`` (NaNs never win); -1 when all are NaN."""
+        candidates = [(v, i) for i, v in enumerate(values) if v == v]
+        if not candidates:
+            return -1
+        pick = max if self.higher_is_better else min
+        return pick(candidates, key=lambda item: item[0])[1]
+
+
+def _row(value: Any, per_image: torch.Tensor | np.ndarray) -> Row:
+    array = per_image.detach().float().cpu().numpy() if isinstance(per_image, torch.Tensor) else per_image
+    return float(value), array
+
+
+# --- the shared computations ------------------------------------------------------------------
+def causal_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """deletion_insertion's arguments from the benchmark's eval settings: RISE's protocol exactly, or
+    the "default" game with the configured steps, pixel fraction and target rule."""
+    if settings.get("protocol", "default") == "rise":
+        return {"protocol": "rise"}
+    return {"protocol": "default", "steps": settings["deletion_steps"],
+            "fraction": settings.get("deletion_fraction", 1.0),
+            "predicted": settings.get("deletion_target", "label") == "prediction"}
+
+
+def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    def play() -> dict[str, torch.Tensor]:
+        options = causal_settings(ctx.settings)
+        targets = None if options.pop("predicted", True) else ctx.labels
+        return causal.deletion_insertion(ctx.model, ctx.images, ctx.maps, targets, chunk_size=ctx.settings["chunk_size"],
+                                         autocast=ctx.images.device.type == "cuda", **options)
+
+    return ctx.cached("causal", play)
+
+
+def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    return ctx.cached("drop", lambda: confidence.average_drop_increase(ctx.model, ctx.images, ctx.maps, ctx.labels))
+
+
+def _boxes(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    return ctx.cached("max_box_acc", lambda: wsol.max_box_acc(ctx.maps, boxes=ctx.boxes, masks=ctx.masks))
+
+
+def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
+    """SRG = AUC(LeRF) - AUC(MoRF) with one substrate, when the settings ask for it (eval.substrates)."""
+
+    def compute(ctx: ScoringContext) -> Row | None:
+        if substrate not in ctx.settings.get("substrates", ()):
+            return None
+        # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
+        road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
+        result = faithfulness.morf_lerf(
+            ctx.model, ctx.images, ctx.maps, ctx.labels, substrate=substrate, steps=ctx.settings["deletion_steps"],
+            fraction=ctx.settings.get("deletion_fraction", 1.0), chunk_size=ctx.settings["chunk_size"],
+            autocast=ctx.images.device.type == "cuda", road_noise=road_noise)
+        return _row(result["srg"].mean(), result["srg"])
+
+    return compute
+
+
+def _pointing(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    return ctx.cached("pointing", lambda: localization.pointing_game(
+        ctx.maps, masks=ctx.masks, boxes=ctx.boxes, tolerance=ctx.settings["pointing_tolerance"],
+        original_size=ctx.settings["pointing_reference_size"], labels=ctx.labels))
+
+
+def _energy(variant: str) -> Callable[[ScoringContext], Row]:
+    def compute(ctx: ScoringContext) -> Row:
+        result = localization.energy_pointing_game(ctx.maps, masks=ctx.masks, boxes=ctx.boxes, variant=variant)
+        return _row(result["energy_pointing_game"], result["per_image"])
+
+    return compute
+
+
+def _pxap(ctx: ScoringContext) -> Row:
+    result = localization.pxap(ctx.maps, masks=ctx.masks)
+    return _row(result["pxap"], result["per_image"])
+
+
+def _info(name: str, higher: bool, low: float, high: float, function: str, description: str, **rest: Any) -> MetricInfo:
+    return MetricInfo(name, higher, low, high, function, description, **rest)
+
+
+_ENTRIES = (
+    # -- once per trained model
+    _info("top1", True, 0, 1, "accuracy", "top-1 accuracy", scope="model", column="Accuracy"),
+    _info("top5", True, 0, 1, "accuracy", "top-5 accuracy (datasets with more than 5 classes)", scope="model"),
+    # -- from each method's maps
+    _info("deletion", False, 0, 1, "deletion_insertion",
+          "AUC of the target's probability as salient pixels are deleted", needs=("model",), column="Deletion AUC",
+          compute=lambda c: _row(_causal(c)["deletion"].mean(), _causal(c)["deletion"])),
+    _info("insertion", True, 0, 1, "deletion_insertion",
+          "AUC of the target's probability as salient pixels are restored on a blurred image", needs=("model",),
+          column="Insertion AUC", compute=lambda c: _row(_causal(c)["insertion"].mean(), _causal(c)["insertion"])),
+    _info("deletion_curve", False, 0, 1, "deletion_insertion",
+          "the deletion curve (per image: the probability at each step)", needs=("model",),
+          compute=lambda c: _row(_causal(c)["deletion_curve"].mean(), _causal(c)["deletion_curve"])),
+    _info("insertion_curve", True, 0, 1, "deletion_insertion",
+          "the insertion curve (per image: the probability at each step)", needs=("model",),
+          compute=lambda c: _row(_causal(c)["insertion_curve"].mean(), _causal(c)["insertion_curve"])),
+    _info("average_drop", False, 0, 100, "average_drop_increase",
+          "mean relative drop (%) of the target's score on image x map", needs=("model",),
+          compute=lambda c: _row(_drop(c)["average_drop"], _drop(c)["drop"] * 100)),
+    _info("increase_in_confidence", True, 0, 100, "average_drop_increase",
+          "share (%) of images whose score rises on image x map", needs=("model",),
+          compute=lambda c: _row(_drop(c)["increase_in_confidence"], _drop(c)["increase"].float() * 100)),
+    _info("pointing_game", True, 0, 1, "pointing_game",
+          "share of maps whose maximum lies within the tolerance of the object", needs=("annotations",),
+          column="Pointing game", compute=lambda c: _row(_pointing(c)["pointing_game"], _pointing(c)["hits"].float())),
+    _info("pointing_game_class_mean", True, 0, 1, "pointing_game",
+          "the pointing game as TorchRay's benchmark reports it: the mean of per-class hit rates",
+          needs=("annotations",), column="PG class-mean",
+          compute=lambda c: (float(_pointing(c)["pointing_game_class_mean"]), None)),
+    _info("energy_pointing_game_mask", True, 0, 1, "energy_pointing_game",
+          "share of map mass inside the object's mask (Quantus' RelevanceMassAccuracy)", needs=("masks",),
+          column="Energy PG (mask)", compute=_energy("mask")),
+    _info("energy_pointing_game_box", True, 0, 1, "energy_pointing_game",
+          "share of map mass inside the object's bounding box (the Score-CAM paper's)", needs=("annotations",),
+          column="Energy PG (box)", compute=_energy("box")),
+    _info("relevance_rank_accuracy", True, 0, 1, "relevance_rank_accuracy",
+          "share of the K most salient pixels on the object (K = object size)", needs=("annotations",)),
+    _info("max_box_acc_v1", True, 0, 1, "max_box_acc",
+          "box accuracy at IoU 0.5, largest region, best CAM threshold", needs=("annotations",),
+          compute=lambda c: _row(_boxes(c)["max_box_acc_v1"], _boxes(c)["hits_v1"].float())),
+    _info("max_box_acc_v2", True, 0, 1, "max_box_acc",
+          "box accuracy averaged over IoU 0.3/0.5/0.7, best region, best CAM threshold", needs=("annotations",),
+          column="MaxBoxAccV2",
+          # per image: (B,T) share of the IoU thresholds hit at each CAM threshold
+          compute=lambda c: _row(_boxes(c)["max_box_acc_v2"], _boxes(c)["hits_v2"].float().mean(0))),
+    _info("pxap", True, 0, 1, "pxap", "pixel-wise average precision against object masks", needs=("masks",),
+          column="PxAP", compute=_pxap),
+    # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
+    *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
+            f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
+            column=f"SRG {name}", group="faithfulness", compute=_srg(name))
+      for name in faithfulness.SUBSTRATES),
+    # -- across seeds (the stability cell)
+    _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100",
+          scope="stability", column="Stability IoU"),
+    _info("stability_dice", True, 0, 1, "stability", "Dice of two seeds' maps binarised at map*255 > 100",
+          scope="stability"),
+    _info("stability_spearman", True, -1, 1, "stability", "Spearman rank correlation of two seeds' maps",
+          scope="stability", column="Stability Spearman"),
+    _info("stability_pearson", True, -1, 1, "stability", "Pearson correlation of two seeds' maps", scope="stability"),
+    _info("stability_ssim", True, -1, 1, "stability", "SSIM of two seeds' maps (scikit-image defaults)",
+          scope="stability"),
+    _info("stability_iou_lfi_compat", True, 0, 1, "stability",
+          "the LFI-CAM script's row-wise IoU of two seeds' maps", scope="stability"),
+    # -- cost
+    _info("ms_per_image", False, 0, float("inf"), "", "milliseconds per image to explain", scope="cost",
+          column="ms/image", digits=2),
+)
+
+METRICS: dict[str, MetricInfo] = {}
+SCOPES = ("model", "map", "stability", "cost")
+NEEDS = ("model", "masks", "boxes", "annotations")
+
+
+def register_metric(info: MetricInfo) -> MetricInfo:
+    """Add a metric to the table (``compute`` makes the benchmark score it; ``column`` tabulates it)."""
+    if not info.name or info.name in METRICS:
+        raise ValueError(f"a metric needs a new, non-empty name; {info.name!r} is taken or empty")
+    if info.scope not in SCOPES:
+        raise ValueError(f"metric {info.name!r}: scope must be one of {SCOPES}, got {info.scope!r}")
+    if set(info.needs) - set(NEEDS):
+        raise ValueError(f"metric {info.name!r}: needs must be among {NEEDS}, got {info.needs!r}")
+    if info.scope == "map" and info.compute is None and info.column:
+        raise ValueError(f"metric {info.name!r} has a table column but no compute(context) to fill it")
+    METRICS[info.name] = info
+    return info
+
+
+for _entry in _ENTRIES:
+    register_metric(_entry)
+
+
+def table_columns() -> list[MetricInfo]:
+    """The metrics the summary tables show, in column order."""
+    return [info for info in METRICS.values() if info.column]
+
+
+def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
+               masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: Mapping[str, Any]) -> dict[str, Row]:
+    """Every map metric of the table that the data allows: name -> (value, per-image values)."""
+    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings)
+    scored = {info.name: info.compute(ctx) for info in METRICS.values()
+              if info.compute is not None and all(ctx.has(need) for need in info.needs)}
+    return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings

@@ -1,0 +1,164 @@
+"""Any model a user points camzoo at: a camzoo checkpoint, a timm or a torchvision architecture
+with local weights.
+
+Why in ``models``: the CLI, and any script, need the same rules — a camzoo ``model.pt`` rebuilds
+itself (a ``--model`` that contradicts it is refused, not ignored); otherwise a timm name (``resnet18``
+or ``timm:resnet18``) or a torchvision name (``torchvision:resnet18``) with an optional local
+state_dict (.pth / .safetensors). Never downloads: a model without weights keeps its random
+initialisation. Errors are :class:`ModelSpecError` (a ValueError) naming the option, the file and
+the problem; a state_dict that does not fit names its first missing / unexpected / mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..io import load_torch
+from ..modelutil import IMAGENET_MEAN, IMAGENET_STD
+from .checkpoint import is_camzoo_checkpoint, model_from_checkpoint, validate_checkpoint
+
+TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
+TORCHVISION_INPUT_SIZE = (3, 224, 224)  # torchvision models do not record theirs; ImageNet classifiers use 224
+
+
+class ModelSpecError(ValueError):
+    """The model name, checkpoint or class count does not describe a loadable model; ``param``
+    names the user-facing option at fault ("model", "checkpoint" or "num-classes")."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, Any], shown: int = 3) -> str | None:
+    """None when ``state`` fits ``model`` exactly; else one line naming the first missing,
+    unexpected and mis-shaped keys (torch's own message lists all of them over many lines)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches (file vs model)", shapes)):
+        if keys:
+            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{label}: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts) or None
+
+
+def _one_line(err: Exception, path: str | os.PathLike) -> str:
+    """``load_torch``'s error, without the many lines torch adds when it refuses a pickle."""
+    text = str(err)
+    if "\n" not in text.strip() and len(text) <= 400:
+        return text
+    cause = " ".join(str(err.__cause__ or "").split())
+    found = re.search(r"Unpickler error:\s*(.+?)(?:\s+Check the documentation|$)", cause)
+    reason = found.group(1) if found else cause
+    said = f" (torch: {reason[:160]})" if reason else ""
+    return (f"cannot load {str(path)!r} as a torch checkpoint: it is truncated or corrupt, or it holds pickled "
+            f"objects other than tensors, which camzoo refuses to unpickle (weights_only=True){said}")
+
+
+def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
+    """(description for messages, ``build(num_classes=None) -> model``) for a timm or torchvision name."""
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        arch = name[len(TORCHVISION_PREFIX):]
+        known = torchvision.models.list_models(module=torchvision.models)  # classification models only
+        if arch not in known:
+            close = difflib.get_close_matches(arch, known, n=5)
+            hint = f" Similar names: {', '.join(TORCHVISION_PREFIX + c for c in close)}." if close else ""
+            raise ModelSpecError(f"{arch!r} is not a torchvision classification model.{hint}", "model")
+
+        def build_torchvision(num_classes: int | None = None) -> nn.Module:
+            model = torchvision.models.get_model(arch, weights=None, **({} if num_classes is None else {"num_classes": num_classes}))
+            outputs = num_classes or 1000
+            model.pretrained_cfg = {"input_size": TORCHVISION_INPUT_SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                    "num_classes": outputs}
+            model.num_classes = outputs
+            return model
+
+        return f"torchvision model {arch!r}", build_torchvision
+    import timm
+
+    arch = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:5]
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        tv = " Prefix torchvision: for a torchvision model (e.g. torchvision:resnet18)."
+        raise ModelSpecError(f"{arch!r} is not a timm model name.{hint}{tv}", "model")
+    return f"timm model {arch!r}", lambda num_classes=None: timm.create_model(
+        arch, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+
+
+def _head_classes(model: nn.Module, state: Mapping[str, Any]) -> int | None:
+    """Class count of a state_dict: rows of the weight that the model's last Linear (or 1x1 conv) loads."""
+    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    weight = state.get(f"{heads[-1]}.weight") if heads else None
+    return int(weight.shape[0]) if hasattr(weight, "shape") and len(weight.shape) >= 1 else None
+
+
+def _camzoo_model(payload: dict, checkpoint: str | os.PathLike, name: str | None, num_classes: int | None) -> nn.Module:
+    try:
+        ckpt = validate_checkpoint(payload, checkpoint)
+        config = ckpt["config"]
+        if name is not None and name.split(":")[-1] != config.get("backbone"):
+            raise ModelSpecError(
+                f"{str(checkpoint)!r} is a camzoo {config.get('kind')} model on backbone {config.get('backbone')!r}, "
+                f"not {name!r}; drop --model (a camzoo checkpoint rebuilds its own architecture)", "model")
+        if num_classes is not None and num_classes != config.get("num_classes"):
+            raise ModelSpecError(f"{str(checkpoint)!r} has {config.get('num_classes')} classes, not {num_classes}; "
+                                 "drop --num-classes", "num-classes")
+        return model_from_checkpoint(ckpt, checkpoint)
+    except ModelSpecError:
+        raise
+    except ValueError as err:
+        raise ModelSpecError(str(err), "checkpoint") from err
+
+
+def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_classes: int | None = None) -> nn.Module:
+    """A camzoo checkpoint as saved (``name`` not needed; if given it must match), or model ``name``
+    (timm, ``timm:NAME`` or ``torchvision:NAME``) with optional local weights, in eval mode.
+
+    num_classes: the classifier's size (>= 1; 1 = a single-logit model, explained with a sigmoid
+    score); default: read from the weights, else the architecture's default (1000).
+    """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ModelSpecError(f"the number of classes must be an integer >= 1; got {num_classes!r} (0 would "
+                             "build a model without a classifier head)", "num-classes")
+    payload = None
+    if checkpoint is not None:
+        try:
+            payload = load_torch(checkpoint)
+        except (ValueError, FileNotFoundError) as err:
+            raise ModelSpecError(_one_line(err, checkpoint), "checkpoint") from err
+        if is_camzoo_checkpoint(payload):
+            return _camzoo_model(payload, checkpoint, name, num_classes)
+    if name is None:
+        raise ModelSpecError("a model name is needed unless the checkpoint is a camzoo model (from camzoo train or bench)",
+                             "model")
+    label, build = _factory(name)
+    state = payload
+    if state is not None:
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ModelSpecError(f"{str(checkpoint)!r} does not hold a state_dict of tensors", "checkpoint")
+        if num_classes is None:
+            num_classes = _head_classes(build(), state)
+    model = build(num_classes)
+    if state is not None:
+        problem = state_dict_mismatch(model, state)
+        if problem:
+            raise ModelSpecError(f"{str(checkpoint)!r} does not fit {label}: {problem}", "checkpoint")
+        model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,184 @@
+"""The training loop: one for every model kind.
+
+Why it looks like this:
+* Kind-agnostic: every camzoo model has ``forward_train`` and ``loss`` (ABN's sum of two
+  cross-entropies lives in the model), so there is one loop.
+* Fast: losses and hits are summed on the device and read once per log interval and epoch (no
+  per-step host sync); batches come from camzoo's one data path (:class:`camzoo.data.BatchLoader`,
+  whole-batch gathers for in-memory datasets); channels_last everywhere; CUDA gets autocast (bf16,
+  or fp16 + GradScaler) and fused SGD.
+* Reproducible: data order and augmentation come from generators seeded by (seed, epoch), global
+  RNG states are checkpointed, and on CPU deterministic algorithms are enforced (see ``state``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data.loading import AUGMENT_STREAM, BatchLoader, epoch_seed
+from ..data.transforms import augment_batch
+from ..inference import evaluate
+from ..models import build_model
+from ..models.checkpoint import save_model
+from .config import TrainConfig, TrainResult
+from .schedule import learning_rate
+from .state import (CHECKPOINT_NAME, MODEL_NAME, finished_result, restore, runtime_settings, save_resume_state,
+                    seed_everything, write_log)
+
+
+def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=None, resume: bool = True,
+          callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train one model; checkpoint every epoch into ``out_dir``; return a :class:`TrainResult`.
+
+    ``train_dataset`` items are ``(image, label, target)`` (data contract; ``target`` unused) or
+    ``(image, label)``. With ``resume`` (default) an interrupted run in ``out_dir`` continues
+    from its last finished epoch and a finished one is returned without training; a run there
+    with a different config is an error. ``callback(epoch, stats)`` runs after each epoch's
+    checkpoint is written. ``TrainResult.model`` is the trained model, in eval mode.
+    """
+    start_time = time.perf_counter()
+    config.validate()
+    if config.augment != "none" and getattr(train_dataset, "augment", False):
+        raise ValueError(
+            f"the dataset already augments its images (augment=True) and TrainConfig.augment is {config.augment!r}: "
+            "that would augment twice; load the dataset with augment=False or set augment='none'"
+        )
+    out_dir = Path(out_dir)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    is_cuda = device.type == "cuda"
+    amp = is_cuda if config.amp is None else config.amp
+    channels_last = True if config.channels_last is None else config.channels_last
+    deterministic = (device.type == "cpu") if config.deterministic is None else config.deterministic
+    num_classes = config.num_classes or len(getattr(train_dataset, "classes", None) or [])
+    if num_classes < 2:
+        raise ValueError("set TrainConfig.num_classes, or give a dataset with a .classes list of at least 2 names")
+
+    finished = finished_result(config, out_dir, start_time, device) if resume else None
+    if finished is not None:
+        return finished
+
+    seed_everything(config.seed)
+    model = build_model(config.kind, config.backbone, num_classes, **_model_options(config, train_dataset))
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    # fused SGD on CUDA: one kernel, and GradScaler's inf check needs no host sync with it
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov, fused=is_cuda or None)
+    amp_dtype = torch.bfloat16 if (not is_cuda or torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    data = BatchLoader(train_dataset, config.batch_size, device, num_classes=num_classes,
+                       num_workers=config.num_workers, fast_path=config.fast_path)
+
+    start_epoch, history, past_time = 0, [], 0.0
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        start_epoch, history, past_time = restore(ckpt_path, config, model, optimizer, scaler, device)
+
+    steps_per_epoch = len(data.epoch(shuffle=True, drop_last=True))
+    total_steps = steps_per_epoch * config.epochs
+    progress = sys.stderr.isatty() if config.progress is None else config.progress
+    bar = _progress_bar(progress, total_steps, start_epoch * steps_per_epoch, f"{config.kind}/{config.backbone}")
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp else contextlib.nullcontext
+
+    with runtime_settings(deterministic, device, config.num_threads), contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.perf_counter()
+            model.train()
+            aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch, AUGMENT_STREAM))
+            loss_sum = torch.zeros((), device=device)
+            hits = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            batches = data.epoch(shuffle=True, seed=config.seed, epoch=epoch, drop_last=True)
+            for i, (x, y, _) in enumerate(batches):
+                step = epoch * steps_per_epoch + i
+                lr = learning_rate(config, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = augment_batch(x, config.augment, aug_gen)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss, logits = train_step(model, optimizer, scaler, x, y, autocast)
+                loss_sum += loss.float() * y.shape[0]
+                hits += (logits.argmax(1) == y).sum()
+                seen += y.shape[0]
+                if bar is not None:
+                    bar.update(1)
+                    if (i + 1) % config.log_every == 0:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / seen:.4f}", acc=f"{hits.item() / seen:.3f}")
+            stats = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_accuracy": hits.item() / seen,
+                     "lr": lr, "seconds": time.perf_counter() - epoch_start, "steps": len(batches)}
+            if not math.isfinite(stats["train_loss"]):
+                raise FloatingPointError(
+                    f"training diverged: the loss is {stats['train_loss']} in epoch {epoch + 1}; "
+                    "lower the learning rate (TrainConfig.lr) or disable amp"
+                )
+            history.append(stats)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.4f}", acc=f"{stats['train_accuracy']:.3f}")
+            past_time += stats["seconds"]
+            save_resume_state(ckpt_path, config, model, optimizer, scaler, epoch + 1, history, past_time)
+            write_log(out_dir, config, history, finished=False)
+            if callback is not None:
+                callback(epoch + 1, stats)
+        result_stats = {}
+        if eval_dataset is not None:
+            result_stats = evaluate(model, eval_dataset, config.eval_batch_size, device, amp=amp, num_classes=num_classes)
+    summary = {"config": config.fingerprint(), "history": history, "total_train_time_s": past_time,
+               "eval": result_stats or None, "finished": True}
+    model_path = save_model(model, out_dir / MODEL_NAME, train_summary=summary)
+    write_log(out_dir, config, history, finished=True, eval_stats=result_stats)
+    ckpt_path.unlink(missing_ok=True)
+    last = history[-1]
+    # The same tensors the checkpoint holds, in the layout a loaded checkpoint has.
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(
+        checkpoint=model_path, train_loss=last["train_loss"], train_accuracy=last["train_accuracy"],
+        wall_time_s=time.perf_counter() - start_time, total_train_time_s=past_time, epochs=config.epochs,
+        resumed_from_epoch=start_epoch, eval_accuracy=result_stats.get("accuracy"),
+        eval_loss=result_stats.get("loss"), history=history, model=model,
+    )
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, autocast: Callable = contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step for any camzoo model; returns (loss, logits), detached, on the device."""
+    with autocast():
+        out = model.forward_train(x)
+        loss = model.loss(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), out.logits.detach()
+
+
+def _model_options(config: TrainConfig, dataset) -> dict[str, Any]:
+    """build_model options: the config's, completed with the dataset's classes and preprocessing."""
+    options = dict(config.model_options)
+    classes = getattr(dataset, "classes", None)
+    if classes is not None and "class_names" not in options and len(classes) == (config.num_classes or len(classes)):
+        options["class_names"] = list(classes)
+    for key in ("mean", "std", "image_size"):
+        value = getattr(dataset, key, None)
+        if value is not None and key not in options:
+            options[key] = list(value) if key != "image_size" else int(value)
+    return options
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)

@@ -1,0 +1,29 @@
+"""benchmarks/bad_inputs.py at a tiny size: every bad input ends as a result or one clear line.
+
+Why a subprocess: the script is what a maintainer runs (``python benchmarks/bad_inputs.py``), with
+its own memory measurement of the huge image in a child process; the test runs it as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
+OUTCOME = re.compile(r"^(?P<name>.+?)\s{2,}(?P<outcome>ok|error|SILENT|TRACEBACK|MEMORY)\b(?P<detail>.*)$")
+
+
+def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_memory():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--huge-side", "1200", "--max-gib", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr
+    table, summary = proc.stdout.strip().rsplit("\n\n", 1)
+    rows = [OUTCOME.match(line) for line in table.splitlines()]
+    assert all(rows) and len(rows) >= 50, proc.stdout
+    wrong = [row.group(0) for row in rows if row.group("outcome") not in ("ok", "error")]
+    assert not wrong, "\n".join(wrong)
+    assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 MEMORY") and proc.returncode == 0, summary
+    huge = next(row for row in rows if "1200x1200 PNG" in row.group("name"))
+    assert huge.group("outcome") == "ok" and "map (1, 1024, 1024)" in huge.group("detail")  # capped at max_size
