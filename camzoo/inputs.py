@@ -79,8 +79,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
                 raise ValueError("a floating-point image must hold values in [0, 1]; save it as an 8- or 16-bit PNG")
             scaled = np.round(values * 255.0)
         else:
-            top = 2 ** _bit_depth(image) - 1
-            scaled = np.round(np.clip(values.astype(np.float64), 0, top) * (255.0 / top))
+            top = 2 ** _bit_depth(image) - 1  # integer arithmetic: 8 bytes a pixel, not 16, for huge files
+            scaled = (np.clip(values, 0, top).astype(np.uint64) * 255 + top // 2) // top
         return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -129,9 +129,10 @@ def load_image(path: str | os.PathLike, max_size: int | None = None) -> Image.Im
 
 
 def collect_image_files(specs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named, folders (searched recursively for image extensions) and glob patterns -> a
-    sorted, de-duplicated list in the order the specs were given. Raises FileNotFoundError naming
-    the first spec that is neither an existing path nor a pattern matching an image file."""
+    """Files named, folders (searched recursively for image extensions) and glob patterns -> one
+    list: the specs in the order given, each folder's or pattern's files sorted, a file named twice
+    kept once. Raises FileNotFoundError naming the first spec that is neither an existing path nor
+    a folder or pattern holding an image file."""
     found: list[Path] = []
     for spec in specs:
         path = Path(spec)

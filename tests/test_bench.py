@@ -108,6 +108,9 @@ def test_tiny_grid_end_to_end(tmp_path):
             & (finite["deletion_mean"] <= finite["deletion_ci_high"] + 1e-9)).all()
     oracle = summary[summary["method"] == "oracle"]
     assert (oracle["pointing_game_norm"].round(9) == 1).all()  # the oracle is its own ceiling
+    # one epoch: oracle and random delete alike, so no normalised deletion (it would be noise / noise)
+    gap = (summary.set_index(["kind", "method"])["deletion_mean"].unstack()[["oracle", "random"]].diff(axis=1).abs())
+    assert summary[summary["method"] == "gradcam"]["deletion_norm"].isna().all() == bool((gap.iloc[:, 1] < 0.02).all())
     pairwise = pd.read_csv(out / "pairwise.csv")
     assert {"metric", "a", "b", "median_difference", "p", "p_holm", "significant"} <= set(pairwise)
     assert not pairwise["a"].str.contains("random|oracle").any() and (pairwise["p_holm"] >= pairwise["p"] - 1e-12).all()
@@ -117,6 +120,8 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "*random* (control)" in markdown and "normalised (0 = random, 1 = oracle)" in markdown
     assert "SRG zeros ↑" in markdown and "SRG road ↑" in markdown and "Rank agreement of the 5 method rows" in markdown
     assert summary["srg_mean_mean"].isna().all() and "SRG mean" not in markdown  # not asked for, not computed
+    assert summary[summary["reference"]]["srg_zeros_mean"].isna().all()  # controls skip the substrates
+    assert summary[~summary["reference"]]["srg_road_mean"].notna().all()
     assert "fingerprint (sha256 of pixels and labels): shapes `" in markdown
 
     # the paper-claims study reads the same store (this grid has no ABN: it says so, no traceback)

@@ -37,15 +37,6 @@ class ObjectFractionModel(nn.Module):
         return torch.stack([SHARPNESS * share, torch.zeros_like(share)], 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a busy 2-core machine thread hand-offs cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def object_images(batch: int = 2) -> torch.Tensor:
     images = torch.zeros(batch, 3, SIZE, SIZE)
     images[:, :, OBJECT[0], OBJECT[1]] = 1.0

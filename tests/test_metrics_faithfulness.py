@@ -85,29 +85,37 @@ def trapezoid(curve) -> float:
 # ----------------------------------------------------------------- independent references
 
 
-def spsolve_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """ROAD's system built pixel by pixel and solved exactly (float64): each removed pixel equals the
-    weighted mean of its in-image 8-neighbours (1/6 direct, 1/12 diagonal), known pixels fixed."""
+def neighbour_system(image: np.ndarray, removed: np.ndarray) -> tuple:
+    """ROAD's system built pixel by pixel (float64): for each removed pixel, its row of (I - P) over the
+    removed pixels, the known neighbours' weighted sum (rhs, per channel) and its total weight."""
     channels, height, width = image.shape
     index = -np.ones((height, width), dtype=int)
     index[removed] = np.arange(removed.sum())
     n = int(removed.sum())
     matrix = scipy.sparse.lil_matrix((n, n))
     rhs = np.zeros((n, channels))
+    totals = np.zeros(n)
     for i, j in zip(*np.nonzero(removed)):
-        row, total = index[i, j], 0.0
+        row = index[i, j]
         for di, dj in itertools.product((-1, 0, 1), repeat=2):
             ni, nj = i + di, j + dj
             if (di, dj) == (0, 0) or not (0 <= ni < height and 0 <= nj < width):
                 continue
             weight = 1 / 12 if di and dj else 1 / 6
-            total += weight
+            totals[row] += weight
             if removed[ni, nj]:
                 matrix[row, index[ni, nj]] -= weight
             else:
                 rhs[row] += weight * image[:, ni, nj]
-        matrix[row, row] = total
-    solution = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs).reshape(n, channels)
+        matrix[row, row] = totals[row]
+    return matrix.tocsc(), rhs, totals
+
+
+def spsolve_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """ROAD's system solved exactly (float64): each removed pixel equals the weighted mean of its
+    in-image 8-neighbours (1/6 direct, 1/12 diagonal), known pixels fixed."""
+    matrix, rhs, _ = neighbour_system(image, removed)
+    solution = scipy.sparse.linalg.spsolve(matrix, rhs).reshape(len(rhs), image.shape[0])
     out = image.copy()
     out[:, removed] = solution.T
     return out
@@ -120,25 +128,8 @@ def exit_time_bound(removed: np.ndarray) -> float:
     solution is at most d times this (a maximum-principle bound); it turns the solver's stopping rule
     into an error tolerance for the tests.
     """
-    height, width = removed.shape
-    index = -np.ones_like(removed, dtype=int)
-    index[removed] = np.arange(removed.sum())
-    n = int(removed.sum())
-    matrix = scipy.sparse.lil_matrix((n, n))
-    rhs = np.zeros(n)
-    for i, j in zip(*np.nonzero(removed)):
-        row, total = index[i, j], 0.0
-        for di, dj in itertools.product((-1, 0, 1), repeat=2):
-            ni, nj = i + di, j + dj
-            if (di, dj) == (0, 0) or not (0 <= ni < height and 0 <= nj < width):
-                continue
-            weight = 1 / 12 if di and dj else 1 / 6
-            total += weight
-            if removed[ni, nj]:
-                matrix[row, index[ni, nj]] -= weight
-        matrix[row, row] = total
-        rhs[row] = total
-    return float(scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs).max())
+    matrix, _, totals = neighbour_system(np.zeros((1, *removed.shape)), removed)
+    return float(scipy.sparse.linalg.spsolve(matrix, totals).max())
 
 
 def slow_curve(model: nn.Module, image: torch.Tensor, saliency: torch.Tensor, target: int, steps: int,

@@ -20,15 +20,6 @@ from camzoo.metrics.wsol import max_box_acc
 BACKENDS = ("scipy", "opencv")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a busy 2-core machine thread hand-offs cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- wsol: MaxBoxAccV1 / V2
 
 

@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preset": "standard",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet56", "resnet18"],
-        "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train_size": 20000}}],
+        "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}}],
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
         "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
     },

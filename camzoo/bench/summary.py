@@ -26,6 +26,7 @@ from .store import ALL_SEEDS, ResultsStore
 RESAMPLES = 2000
 ALPHA = 0.05
 NORMALISED_SCOPES = ("map",)  # metrics whose controls give a floor (random) and a ceiling (oracle)
+MIN_CONTROL_GAP = 0.02  # normalise only where oracle and random differ by >= 2 % of the metric's range
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,8 @@ def substrate_agreement(frame: pd.DataFrame) -> dict[str, Any] | None:
     """Kendall's tau between the rankings of the non-control rows by SRG under each substrate."""
     from ..metrics import substrate_agreement as agreement
 
-    columns = [c for c in frame if c.startswith("srg_") and c.endswith("_mean") and frame[c].notna().all()]
-    rows = frame[~frame["reference"]] if "reference" in frame else frame
+    rows = frame[~frame["reference"].astype(bool)] if "reference" in frame else frame
+    columns = [c for c in rows if c.startswith("srg_") and c.endswith("_mean") and rows[c].notna().all()]
     if len(columns) < 2 or len(rows) < 2:
         return None
     scores = {c[len("srg_"):-len("_mean")]: {f"{r.kind}/{r.method}": float(r[c]) for _, r in rows.iterrows()}
@@ -219,14 +220,19 @@ def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column) ->
 
 
 def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Column, ...]) -> None:
-    """(value - random) / (oracle - random) with the same kind's control rows, where both exist."""
+    """(value - random) / (oracle - random) with the same kind's control rows, where both exist and the
+    controls are at least ``MIN_CONTROL_GAP`` of the metric's range apart (closer, the ratio is noise
+    over noise: e.g. deletion on a model that has not learned the object)."""
     from ..metrics import METRICS
 
     for column in columns:
-        if METRICS[column.metric].scope not in NORMALISED_SCOPES:
+        info = METRICS[column.metric]
+        if info.scope not in NORMALISED_SCOPES:
             continue
         name = column.metric
         for (kind, method), record in table.items():
             floor = table.get((kind, "random"), {}).get(f"{name}_mean", math.nan)
             ceiling = table.get((kind, "oracle"), {}).get(f"{name}_mean", math.nan)
-            record[f"{name}_norm"] = float(stats.normalised_score(record.get(f"{name}_mean", math.nan), floor, ceiling))
+            separated = abs(ceiling - floor) >= MIN_CONTROL_GAP * (info.high - info.low)
+            value = record.get(f"{name}_mean", math.nan)
+            record[f"{name}_norm"] = float(stats.normalised_score(value, floor, ceiling)) if separated else math.nan

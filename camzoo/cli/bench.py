@@ -40,13 +40,21 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     from ..bench.runner import BenchRunner
 
     out_dir = out_dir or Path("results") / config["preset"]
+    from ..bench.store import StoreBusyError
+
     try:
         runner = BenchRunner(config, out_dir, progress=not no_progress, echo=click.echo)
+    except StoreBusyError as err:  # a runtime condition, not a usage error
+        raise click.ClickException(str(err)) from err
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, out {out_dir}")
     try:
         runner.run()
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: finished cells are kept in {out_dir / 'results.sqlite'} and trained models in "
+                   f"{out_dir / 'models'}; rerun the same command to resume", err=True)
+        raise SystemExit(130) from None
     except (ValueError, FileNotFoundError) as err:  # bad data roots, configs the trainer refuses, ...
         raise click.ClickException(f"{err}\nFinished cells are kept in {out_dir}; rerun to resume.") from err
     files = write_report(out_dir, runner.run_id)

@@ -155,7 +155,7 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
     for explainer in explainers:
         try:
             explainer(blank)
-        except (ValueError, TypeError, RuntimeError, FloatingPointError) as err:
+        except (ValueError, TypeError, RuntimeError, FloatingPointError, MemoryError) as err:
             raise click.UsageError(f"method {explainer.name!r} cannot explain this model: {err}") from err
     return outputs
 
@@ -194,9 +194,8 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     from ..methods import get_method
     from ..modelutil import model_input_size
 
-    method_names = list(dict.fromkeys(m.lower().replace("-", "").replace("_", "") for m in methods))
     try:
-        classes = [get_method(m) for m in method_names]
+        classes = list(dict.fromkeys(get_method(m) for m in methods))  # a method named twice runs once
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--method") from err
     for cls in classes:

@@ -13,6 +13,7 @@ class AttentionMap(CAMMethod):
     """Reads ``model.forward_with_attention(x) -> (logits, attention (B,1,h,w))``; no hooks, no gradients."""
 
     name = "attention"
+    paper = "ABN: Fukui et al., CVPR 2019; LFI-CAM: Lee et al., ICCV 2021"
 
     @classmethod
     def applies_to(cls, model_class: type) -> bool:
