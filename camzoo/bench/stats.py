@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from itertools import combinations
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -99,36 +99,39 @@ def hierarchical_bootstrap_ci(
     return float(low), float(high)
 
 
-def hierarchical_bootstrap_ci_of_max(
-    values: ArrayLike, resamples: int = 2000, level: float = 0.95, seed: int | None = 0
+def hierarchical_bootstrap_ci_of(
+    values: ArrayLike, statistic: Callable[[np.ndarray], np.ndarray], resamples: int = 2000,
+    level: float = 0.95, seed: int | None = 0,
 ) -> tuple[float, float]:
-    """The same resampling as :func:`hierarchical_bootstrap_ci` (seeds, then images; the same draws),
-    for a statistic that is the *maximum over thresholds* of a mean: ``values`` (S, N, T) are
-    per-image hits at T thresholds, and each resample's statistic is max_t mean(values[..., t]) —
-    MaxBoxAcc, whose best threshold is chosen on the whole set, not per image. No NaN allowed.
+    """The same resampling as :func:`hierarchical_bootstrap_ci` (seeds, then images; the same draws)
+    for a dataset-level statistic of per-image tables: ``values`` (S, N, ...) hold one table per
+    image (e.g. MaxBoxAcc's hits per IoU and CAM threshold, PxAP's histograms), and ``statistic``
+    maps the resamples' mean tables (R, ...) to (R,) values — the metric computed on each resample
+    exactly as on the whole set (best threshold chosen on the set, histograms pooled). No NaN allowed.
     """
     array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 3 or 0 in array.shape:
-        raise ValueError(f"values must be (seeds, images, thresholds) with no empty axis; got shape {array.shape}")
+    if array.ndim < 3 or 0 in array.shape:
+        raise ValueError(f"values must be (seeds, images, ...) tables with no empty axis; got shape {array.shape}")
     if np.isnan(array).any():
-        raise ValueError("values contain NaN; the max-over-thresholds bootstrap needs complete hit tables")
+        raise ValueError("values contain NaN; a pooled statistic needs complete per-image tables")
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ValueError(f"resamples must be a positive integer; got {resamples!r}")
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95); got {level!r}")
-    n_seeds, n_images, n_thresholds = array.shape
-    flat_values = array.reshape(n_seeds * n_images, n_thresholds)
+    n_seeds, n_images = array.shape[:2]
+    flat_values = array.reshape(n_seeds * n_images, *array.shape[2:])
+    table_size = int(np.prod(array.shape[2:]))
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
-    stats = np.empty(resamples, dtype=np.float64)
-    chunk = max(1, _CHUNK_BYTES // (_BYTES_PER_DRAW * n_seeds * n_images * n_thresholds))
+    results = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, _CHUNK_BYTES // (_BYTES_PER_DRAW * n_seeds * n_images * table_size))
     for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
         stop = min(resamples, start + chunk)
         image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
         flat = seed_draws[start:stop, :, None] * n_images + image_draws
-        stats[start:stop] = flat_values[flat].mean(axis=(1, 2)).max(axis=-1)
+        results[start:stop] = statistic(flat_values[flat].mean(axis=(1, 2)))
     tail = (1.0 - float(level)) / 2.0
-    low, high = np.quantile(stats, [tail, 1.0 - tail])
+    low, high = np.quantile(results, [tail, 1.0 - tail])
     return float(low), float(high)
 
 

@@ -107,22 +107,33 @@ def _cell(per_seed: pd.DataFrame, stability: pd.DataFrame, column: Column, kind:
     return _Cell(values, _stack(list(chosen["per_image"])), float(np.mean(values)))
 
 
-def _interval(cell: _Cell, resamples: int) -> tuple[float, float]:
+def _info(column: Column):
+    from ..metrics import METRICS
+
+    return METRICS[column.metric]
+
+
+def _interval(cell: _Cell, column: Column, resamples: int) -> tuple[float, float]:
+    """95 % CI: seeds (or pairs) then images resampled; a dataset-level metric is recomputed from
+    each resample's pooled per-image tables, so the CI brackets the statistic the table shows."""
+    pooled = _info(column).pooled
     if cell.per_image is None:
         return stats.hierarchical_bootstrap_ci(np.asarray(cell.values)[:, None], resamples) if cell.values else (math.nan,) * 2
-    if cell.per_image.ndim == 3:
-        return stats.hierarchical_bootstrap_ci_of_max(cell.per_image, resamples)
+    if pooled is not None and cell.per_image.ndim > 2:
+        return stats.hierarchical_bootstrap_ci_of(cell.per_image, pooled, resamples)
+    if cell.per_image.ndim != 2:
+        return math.nan, math.nan  # tables without a pooled statistic: no CI rather than a wrong one
     return stats.hierarchical_bootstrap_ci(cell.per_image, resamples)
 
 
-def _test_vector(cell: _Cell) -> np.ndarray | None:
+def _test_vector(cell: _Cell, column: Column) -> np.ndarray | None:
     """Per-image values averaged over seeds (or pairs): the unit the paired tests compare."""
     if cell.per_image is None:
         return None
-    if cell.per_image.ndim == 3:  # MaxBoxAcc: each seed's hits at that seed's best threshold
-        best = cell.per_image.mean(1).argmax(-1)
-        return np.take_along_axis(cell.per_image, best[:, None, None], axis=2)[..., 0].mean(0)
-    return cell.per_image.mean(0)
+    score = _info(column).per_image_score
+    if score is not None and cell.per_image.ndim > 2:
+        return np.stack([score(tables) for tables in cell.per_image]).mean(0)
+    return cell.per_image.mean(0) if cell.per_image.ndim == 2 else None
 
 
 def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool) -> tuple[set[str], set[str], list[dict]]:
@@ -182,7 +193,7 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
                     record.update({f"{name}_mean": math.nan, f"{name}_std": math.nan,
                                    f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan})
                     continue
-                low, high = _interval(cell, resamples)
+                low, high = _interval(cell, column, resamples)
                 record.update({f"{name}_mean": cell.mean, f"{name}_std": stats.seed_std(cell.values),
                                f"{name}_ci_low": low, f"{name}_ci_high": high})
                 if column.source != "stability":
@@ -210,7 +221,7 @@ def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column) ->
     label = (lambda key: key[0]) if column.source == "model" else (lambda key: f"{key[0]}/{key[1]}")
     vectors, means = {}, {}
     for key, cell in competing.items():
-        vector = _test_vector(cell)
+        vector = _test_vector(cell, column)
         if vector is not None:
             vectors[label(key)], means[label(key)] = vector, cell.mean
     if len(vectors) < 2:

@@ -70,6 +70,12 @@ class MetricInfo:
     digits: int = 3
     compute: Callable[[ScoringContext], Row | None] | None = None  # map metrics: (value, per-image values)
     group: str = "main"  # which summary table shows the column ("main", "faithfulness")
+    # Dataset-level metrics keep a table per image (not one number): ``pooled`` computes the metric
+    # from the mean of those tables, batched over resamples ((R, ...) -> (R,)), so that a bootstrap
+    # CI resamples the very statistic the table shows; ``per_image_score`` turns one model's tables
+    # (N, ...) into one paired-test value per image (N,).
+    pooled: Callable[[np.ndarray], np.ndarray] | None = None
+    per_image_score: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def arrow(self) -> str:
@@ -149,9 +155,28 @@ def _energy(variant: str) -> Callable[[ScoringContext], Row]:
     return compute
 
 
+def _best_threshold_accuracy(mean_hits: np.ndarray) -> np.ndarray:
+    """MaxBoxAcc from mean hit tables (R, IoU thresholds, CAM thresholds): the best CAM threshold per
+    IoU threshold, then the mean over IoU thresholds (wsolevaluation's BoxEvaluator.compute)."""
+    return mean_hits.max(-1).mean(-1)
+
+
+def _hits_at_best_threshold(hits: np.ndarray) -> np.ndarray:
+    """One model's per-image hits (N, IoU thresholds, CAM thresholds) at its own best CAM threshold per
+    IoU threshold, averaged over IoU thresholds: (N,)."""
+    best = hits.mean(0).argmax(-1)  # (IoU thresholds,)
+    return np.take_along_axis(hits, best[None, :, None], axis=2)[..., 0].mean(-1)
+
+
+def _pooled_pxap(mean_histograms: np.ndarray) -> np.ndarray:
+    """PxAP from mean per-image histograms (R, 2, bins): positives and negatives pooled over images."""
+    table = torch.from_numpy(np.ascontiguousarray(mean_histograms))
+    return localization.pxap_from_histograms(table[:, 0], table[:, 1]).numpy()
+
+
 def _pxap(ctx: ScoringContext) -> Row:
     result = localization.pxap(ctx.maps, masks=ctx.masks)
-    return _row(result["pxap"], result["per_image"])
+    return _row(result["pxap"], torch.stack([result["hist_positive"], result["hist_negative"]], 1))
 
 
 def _info(name: str, higher: bool, low: float, high: float, function: str, description: str, **rest: Any) -> MetricInfo:
@@ -201,11 +226,12 @@ _ENTRIES = (
           compute=lambda c: _row(_boxes(c)["max_box_acc_v1"], _boxes(c)["hits_v1"].float())),
     _info("max_box_acc_v2", True, 0, 1, "max_box_acc",
           "box accuracy averaged over IoU 0.3/0.5/0.7, best region, best CAM threshold", needs=("annotations",),
-          column="MaxBoxAccV2",
-          # per image: (B,T) share of the IoU thresholds hit at each CAM threshold
-          compute=lambda c: _row(_boxes(c)["max_box_acc_v2"], _boxes(c)["hits_v2"].float().mean(0))),
+          column="MaxBoxAccV2", pooled=_best_threshold_accuracy, per_image_score=_hits_at_best_threshold,
+          # per image: (IoU thresholds, CAM thresholds) hits
+          compute=lambda c: _row(_boxes(c)["max_box_acc_v2"], _boxes(c)["hits_v2"].float().permute(1, 0, 2))),
     _info("pxap", True, 0, 1, "pxap", "pixel-wise average precision against object masks", needs=("masks",),
-          column="PxAP", compute=_pxap),
+          column="PxAP", compute=_pxap, pooled=_pooled_pxap,  # per image: (positive, negative) histograms
+          per_image_score=lambda tables: _pooled_pxap(tables)),
     # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
     *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
