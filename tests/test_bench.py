@@ -129,6 +129,9 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "| lfi/attention |" in claims and "| baseline/gradcam |" in claims and "LFI-CAM minus baseline" in claims
     assert "| abn/attention |" not in claims
 
+    # the cost script runs on this directory (8 images: a smoke test, not a measurement)
+    assert load_script("verdict_cost").main([str(out), "--images", "8"]) == 0
+
     # the report is rebuilt from the store alone: no models, no data
     for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex"):
         (out / name).unlink()
