@@ -4,8 +4,8 @@ paired tests) against the rest of the report.
 
     python benchmarks/verdict_cost.py results/quick            # a finished quick-preset directory
 
-The model is the directory's first baseline checkpoint; the images are the quick preset's evaluation
-images. Times are wall-clock seconds in this process (one thread unless OMP_NUM_THREADS says more).
+The model is the directory's first baseline checkpoint; the images are the run's evaluation images;
+"new" is the run's own eval settings with the three default substrates. Times are wall-clock seconds in this process (one thread unless OMP_NUM_THREADS says more).
 """
 
 from __future__ import annotations
@@ -47,19 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--images", type=int, default=160)
     args = parser.parse_args(argv)
-    config = resolve_config("quick")
+    with ResultsStore(args.directory) as store:
+        run = store.runs()[-1]
+    config = resolve_config(overrides={k: v for k, v in run["config"].items() if k != "preset"}, preset="custom")
     eval_set = load_eval_set(_load_split(config["datasets"][0], "test"), args.images, torch.device("cpu"))
     checkpoint = sorted(args.directory.glob("models/*baseline*/model.pt"))[0]
     model = load_model(checkpoint)
     old = cell_costs(model, eval_set, {**config["eval"], **OLD_SETTINGS})
-    new = cell_costs(model, eval_set, config["eval"])
+    new = cell_costs(model, eval_set, {**config["eval"], "substrates": ["zeros", "blur", "road"]})
     print(f"one gradcam cell, {eval_set.images.shape[0]} images, {torch.get_num_threads()} thread(s); seconds")
     print(f"{'metric':28s} {'old':>8s} {'new':>8s}")
     for name in new:
         print(f"{name:28s} {old.get(name, 0.0):8.2f} {new[name]:8.2f}")
     print(f"{'total':28s} {sum(old.values()):8.2f} {sum(new.values()):8.2f}")
     with ResultsStore(args.directory) as store:
-        run = store.runs()[-1]
         start = time.perf_counter()
         summarise(store, run, resamples=2000)
         with_statistics = time.perf_counter() - start
