@@ -5,7 +5,7 @@ point and insertion's last). The floor is that many forwards at the per-image fo
 same model at the same batch size, measured in the same run; the ratio says how much the metric adds
 (building the perturbed inputs, the softmax, bookkeeping). Target: within 1.25x.
 
-    python benchmarks/metric_speed.py --device cpu --images 1 --steps 224
+    python benchmarks/metric_speed.py --device cpu --images 1 --steps 28
     python benchmarks/metric_speed.py --device cuda --images 64 --batch 256 --autocast
 """
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50", help="timm model name (pretrained=False)")
     parser.add_argument("--size", type=int, default=224, help="image size")
     parser.add_argument("--images", type=int, default=1, help="images to score")
-    parser.add_argument("--steps", type=int, default=224, help="steps per curve (RISE: 224 at 224 px)")
+    parser.add_argument("--steps", type=int, default=28, help="steps per curve (RISE's published protocol: 28)")
     parser.add_argument("--batch", type=int, default=32, help="inputs per forward (the metric's chunk_size)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward batches before and after")
     parser.add_argument("--autocast", action="store_true", help="mixed precision (float16 on CUDA)")

@@ -76,6 +76,8 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
             for _, row in group.iterrows():
                 if normalised and row.get("reference", False):
                     continue
+                if all(row[f"{c.metric}_mean"] != row[f"{c.metric}_mean"] for c in columns):
+                    continue  # nothing in this table for the row (controls skip the substrates)
                 cells = [str(row["kind"]), method_label(row, ("*", "*"))]
                 cells += [_number(row[f"{c.metric}_norm"], 2) if normalised else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
                           for c in columns]
