@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from camzoo.bench import stats
+from camzoo.bench.report import find_run, latest_run
 from camzoo.bench.store import ALL_SEEDS, ResultsStore
 
 RESAMPLES = 2000
@@ -43,13 +44,6 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLE
     diff = np.take_along_axis(mean_a, images, 1).mean(1) - np.take_along_axis(mean_b, images, 1).mean(1)
     low, high = np.quantile(diff, [0.025, 0.975])
     return float(low), float(high)
-
-
-def _latest_run(store: ResultsStore, run_id: str | None) -> dict:
-    runs = store.runs()
-    if not runs:
-        raise SystemExit(f"{store.path} holds no run")
-    return next((r for r in runs if r["run_id"] == run_id), None) if run_id else runs[-1]
 
 
 def _table(rows: list[dict], kind: str, method: str, metric: str, seed_level: bool) -> np.ndarray | None:
@@ -91,7 +85,7 @@ def _verdict(record: dict, higher: bool) -> str:
 def claims(directory: str | Path, run_id: str | None = None) -> str:
     """The study as Markdown, from ``directory``'s results store alone."""
     with ResultsStore(directory) as store:
-        run = _latest_run(store, run_id)
+        run = find_run(store, run_id) if run_id else latest_run(store)
         rows = [r for r in store.results(run["run_id"], with_per_image=True)]
     lines = [f"Run `{run['run_id']}` (preset `{run['config']['preset']}`, seeds {run['config']['seeds']}), "
              f"device: {run['provenance']['device']}.", ""]

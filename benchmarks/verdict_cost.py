@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from camzoo.bench.config import resolve_config
+from camzoo.bench.report import latest_run
 from camzoo.bench.runner import _load_split, explain_all, load_eval_set
 from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=160)
     args = parser.parse_args(argv)
     with ResultsStore(args.directory) as store:
-        run = store.runs()[-1]
+        run = latest_run(store)
     config = resolve_config(overrides={k: v for k, v in run["config"].items() if k != "preset"}, preset="custom")
     eval_set = load_eval_set(_load_split(config["datasets"][0], "test"), args.images, torch.device("cpu"))
     checkpoint = sorted(args.directory.glob("models/*baseline*/model.pt"))[0]

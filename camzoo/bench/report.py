@@ -24,7 +24,8 @@ def latest_run(store: ResultsStore) -> dict[str, Any]:
     return runs[-1]
 
 
-def _run(store: ResultsStore, run_id: str) -> dict[str, Any]:
+def find_run(store: ResultsStore, run_id: str) -> dict[str, Any]:
+    """The run of that id in the store, or a clear error listing the runs there."""
     run = next((r for r in store.runs() if r["run_id"] == run_id), None)
     if run is None:
         raise ValueError(f"no run {run_id!r} in {store.path}; runs: {', '.join(r['run_id'] for r in store.runs())}")
@@ -58,7 +59,7 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
 
 def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
     """Mean deletion and insertion curves per (kind, method), averaged over images and seeds."""
-    rank = row_rank(_run(store, run_id)["config"])
+    rank = row_rank(find_run(store, run_id)["config"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +92,7 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
 
 def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
     """The same test images explained by every (kind, method) and every seed, side by side."""
-    rank = row_rank(_run(store, run_id)["config"])
+    rank = row_rank(find_run(store, run_id)["config"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +147,7 @@ def write_report(directory: str | Path, run_id: str | None = None) -> dict[str, 
     if not (directory / "results.sqlite").is_file():
         raise FileNotFoundError(f"{directory} holds no results store (results.sqlite); run `camzoo bench --out {directory}`")
     with ResultsStore(directory) as store:
-        run = _run(store, run_id) if run_id else latest_run(store)
+        run = find_run(store, run_id) if run_id else latest_run(store)
         summary = summarise(store, run)
         frame, pairwise = summary.frame, summary.pairwise
         if frame.empty:

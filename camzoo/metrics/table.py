@@ -230,8 +230,8 @@ _ENTRIES = (
           # per image: (IoU thresholds, CAM thresholds) hits
           compute=lambda c: _row(_boxes(c)["max_box_acc_v2"], _boxes(c)["hits_v2"].float().permute(1, 0, 2))),
     _info("pxap", True, 0, 1, "pxap", "pixel-wise average precision against object masks", needs=("masks",),
-          column="PxAP", compute=_pxap, pooled=_pooled_pxap,  # per image: (positive, negative) histograms
-          per_image_score=lambda tables: _pooled_pxap(tables)),
+          # per image: (positive, negative) histograms; each image's own AP is its paired-test value
+          column="PxAP", compute=_pxap, pooled=_pooled_pxap, per_image_score=_pooled_pxap),
     # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
     *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
