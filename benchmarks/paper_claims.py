@@ -120,7 +120,7 @@ def claims(directory: str | Path, run_id: str | None = None) -> str:
         for name, table in (("lfi", lfi), ("baseline", base)):
             low, high = stats.hierarchical_bootstrap_ci(table, RESAMPLES)
             lines.append(f"| {name} | {table.mean():.4f} [{low:.4f}, {high:.4f}] |")
-        bound = (f"the whole 95 % CI lies above 0" if record["low"] > 0 else
+        bound = ("the whole 95 % CI lies above 0" if record["low"] > 0 else
                  f"the 95 % CI cannot exclude a deficit of up to {-record['low']:.4f}")
         lines += ["", f"LFI-CAM minus baseline: {record['difference']:+.4f} [{record['low']:+.4f}, {record['high']:+.4f}], "
                       f"Wilcoxon p = {record['p']:.2g}: {record['verdict']}; {bound}."]

@@ -63,3 +63,21 @@ def trained_resnet() -> dict:
     with torch.no_grad():
         accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
     return {"model": model, "images": test_images, "labels": test_labels, "masks": test_masks, "accuracy": accuracy}
+
+
+def _load_benchmark_script(name: str):
+    """A script from benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("paper_claims")``: a benchmarks/ script as a module, for tests that call it."""
+    return _load_benchmark_script

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from camzoo.bench.config import resolve_config, run_id
+from camzoo.bench.config import PRESETS, resolve_config, run_id
+from camzoo.bench.report import write_report
+from camzoo.bench.runner import BenchRunner
 from camzoo.bench.store import ResultsStore
 from camzoo.cli import main
 
@@ -49,17 +51,6 @@ gallery_images = 2
 EXPECTED_CELLS = 2 * (5 + 6) + (4 + 5) + 1
 
 
-def load_script(name: str):
-    """A script from benchmarks/ as a module (they are scripts, not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def tiny_config(tmp_path: Path, epochs: int = 1) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY.format(cache=tmp_path / "cache", epochs=epochs), encoding="utf-8")
@@ -71,7 +62,7 @@ def cell_counts(out: Path) -> pd.DataFrame:
         return pd.read_sql("SELECT * FROM cells", db)
 
 
-def test_tiny_grid_end_to_end(tmp_path):
+def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tmp_path)), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -125,12 +116,12 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "fingerprint (sha256 of pixels and labels): shapes `" in markdown
 
     # the paper-claims study reads the same store (this grid has no ABN: it says so, no traceback)
-    claims = load_script("paper_claims").claims(out)
+    claims = benchmark_script("paper_claims").claims(out)
     assert "| lfi/attention |" in claims and "| baseline/gradcam |" in claims and "LFI-CAM minus baseline" in claims
     assert "| abn/attention |" not in claims
 
     # the cost script runs on this directory (8 images: a smoke test, not a measurement)
-    assert load_script("verdict_cost").main([str(out), "--images", "8"]) == 0
+    assert benchmark_script("verdict_cost").main([str(out), "--images", "8"]) == 0
 
     # the report is rebuilt from the store alone: no models, no data
     for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex"):
@@ -212,6 +203,32 @@ def test_config_errors_are_clear(tmp_path):
         resolve_config("quick", overrides={"methods": ["gradcam", "magic"]})
     with pytest.raises(ValueError, match="train.seed is set by the grid"):
         resolve_config("quick", overrides={"train": {"seed": 3}})
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
+    """Each preset as shipped (its dataset, first backbone, training recipe and eval protocol), made
+    tiny by overrides: a preset that cannot start fails here, not on a user's GPU."""
+    config = resolve_config(preset)
+    dataset = dict(config["datasets"][0])
+    if dataset["name"] == "cifar10":  # the paper preset reads a local CIFAR-10 in the official layout
+        from test_data_formats import write_cifar10  # the data tests' writer of that layout
+
+        write_cifar10(tmp_path / "data", per_batch=6)
+        dataset["root"] = str(tmp_path / "data" / "cifar-10-batches-py")
+    else:
+        dataset["root"] = str(tmp_path / "cache")
+        dataset["options"] = {**dataset["options"], "train": {"num_images": 32}, "test": {"num_images": 8}}
+    tiny = resolve_config(preset, overrides={
+        "seeds": [0], "kinds": ["baseline"], "backbones": config["backbones"][:1], "datasets": [dataset],
+        "methods": ["gradcam", "random"], "train": {"epochs": 1, "batch_size": 16},
+        "eval": {"images": 8, "batch_size": 8, "deletion_steps": 4, "substrates": ["zeros"], "gallery_images": 1},
+    })
+    out = tmp_path / "out"
+    BenchRunner(tiny, out, device="cpu", progress=False).run()
+    assert {"summary.md", "summary.csv", "pairwise.csv"} <= set(write_report(out))
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["method"]) == ["gradcam", "random"] and summary["deletion_mean"].notna().all()
 
 
 def test_committed_configs_resolve():

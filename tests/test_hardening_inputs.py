@@ -23,16 +23,10 @@ def tiny() -> nn.Module:
     return camzoo.build_model("baseline", "resnet8", num_classes=3, class_names=["cat", "dog", "fox"]).eval()
 
 
-class NoCfg(nn.Module):
-    """A torchvision-like model: no pretrained_cfg, so pixel inputs run at their own size."""
-
-    def __init__(self, outputs: int = 3, kernel: int = 3) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, kernel)
-        self.fc = nn.Linear(4, outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x).relu().mean((2, 3)))
+@pytest.fixture(scope="module")
+def NoCfg(benchmark_script):  # noqa: N802 (a class, as the script defines it)
+    """A torchvision-like model without pretrained_cfg: the one benchmarks/bad_inputs.py feeds inputs to."""
+    return benchmark_script("bad_inputs").NoCfg
 
 
 # --- silently wrong before ---------------------------------------------------------------------
@@ -68,7 +62,7 @@ def test_image_size_resizes_tensor_inputs(tiny):
     assert pair.maps.shape == (2, 16, 24)
 
 
-def test_a_one_logit_model_scores_with_the_sigmoid():
+def test_a_one_logit_model_scores_with_the_sigmoid(NoCfg):
     torch.manual_seed(0)
     model = NoCfg(outputs=1).eval()
     images = torch.randn(3, 3, 16, 16)
@@ -104,7 +98,7 @@ def test_a_headless_model_is_refused():
         (torch.randn(3, 8, 8), {"target": [[0.5]]}, TypeError, "target must be an int"),
     ],
 )
-def test_bad_inputs_give_one_clear_error(img, kwargs, error, message):
+def test_bad_inputs_give_one_clear_error(img, kwargs, error, message, NoCfg):
     model = NoCfg().eval()
     with pytest.raises(error, match=message):
         camzoo.explain(model, img, **kwargs)
@@ -125,14 +119,14 @@ def test_label_out_of_range_is_an_index_error(tiny):
         result.label(2)
 
 
-def test_a_model_that_fails_on_the_input_says_so_in_one_short_line():
+def test_a_model_that_fails_on_the_input_says_so_in_one_short_line(NoCfg):
     model = NoCfg(kernel=5).eval()
     with pytest.raises(ValueError, match=r"the model failed on a batch of shape \(1, 3, 2, 2\)") as info:
         camzoo.explain(model, torch.randn(1, 3, 2, 2))
     assert len(str(info.value)) < 400 and "\n" not in str(info.value)
 
 
-def test_grayscale_arrays_are_accepted():
+def test_grayscale_arrays_are_accepted(NoCfg):
     model = NoCfg().eval()
     gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
     assert camzoo.explain(model, gray).maps.shape == (1, 8, 8)
@@ -141,7 +135,7 @@ def test_grayscale_arrays_are_accepted():
 # --- bounded memory ----------------------------------------------------------------------------
 
 
-def test_inputs_at_their_own_size_are_capped_at_max_size_with_a_warning(tmp_path):
+def test_inputs_at_their_own_size_are_capped_at_max_size_with_a_warning(tmp_path, NoCfg):
     model = NoCfg().eval()
     big = (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8)
     Image.fromarray(big).save(tmp_path / "big.png")

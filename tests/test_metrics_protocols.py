@@ -10,7 +10,6 @@ import pytest
 import quantus
 import scipy.ndimage
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from camzoo.metrics.causal import PROTOCOLS, RISE_PROTOCOL, RISE_STEPS, CausalProtocol, deletion_insertion
