@@ -31,7 +31,7 @@ OLD_SETTINGS = {"deletion_steps": 16, "deletion_fraction": 1.0, "substrates": []
 
 def cell_costs(model, eval_set, settings: dict) -> dict[str, float]:
     """Seconds per metric of one gradcam cell (metrics sharing a computation are charged once)."""
-    maps, _ = explain_all(model, eval_set, "gradcam", 128, torch.device("cpu"))
+    maps, _, _ = explain_all(model, eval_set, "gradcam", 128, torch.device("cpu"))
     context = ScoringContext(model, eval_set.images, maps, eval_set.labels, eval_set.masks, eval_set.boxes, settings)
     costs = {}
     for name, info in METRICS.items():

@@ -13,7 +13,8 @@ import scipy.stats
 import torch
 from skimage.metrics import structural_similarity
 
-from camzoo.metrics import pairwise_stability, pearson, spearman, ssim, stability
+from camzoo.methods.base import upsample_and_normalise
+from camzoo.metrics import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
 
 
 def smooth_maps(batch: int, size: int, seed: int) -> torch.Tensor:
@@ -150,3 +151,35 @@ def test_bad_inputs_are_refused():
         ssim(torch.rand(1, 5, 5), torch.rand(1, 5, 5))
     with pytest.raises(ValueError, match="at least two"):
         pairwise_stability([a])
+
+
+def test_lfi_script_maps_match_the_official_resize_and_8bit_round_trip():
+    """What the official test loop writes: cv2.resize (INTER_LINEAR) of the raw attention, x255 as an
+    8-bit PNG, read back, stretched, wrapped — then the row-wise script. Raw ABN-like attention that
+    spans [0.2, 0.8] must not be re-normalised before the 8-bit step."""
+    cv2 = pytest.importorskip("cv2")
+    generator = torch.Generator().manual_seed(3)
+    raw_a = 0.2 + 0.6 * torch.rand(4, 8, 8, generator=generator)
+    raw_b = (raw_a + 0.15 * torch.rand(4, 8, 8, generator=generator)).clamp(0.2, 0.8)
+
+    def official(raw: torch.Tensor) -> np.ndarray:
+        resized = [cv2.resize(m.numpy(), (32, 32)) for m in raw]  # cv2's default: INTER_LINEAR
+        return np.stack(resized)
+
+    ours = stability(lfi_script_maps(raw_a, (32, 32), unit_scale=True),
+                     lfi_script_maps(raw_b, (32, 32), unit_scale=True), lfi_compat=True)
+    expected = np.array([official_lfi_iou_dice(x, y) for x, y in zip(official(raw_a), official(raw_b))])
+    np.testing.assert_allclose(ours["iou"].numpy(), expected[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(ours["dice"].numpy(), expected[:, 1], rtol=1e-5)
+    # the old path (normalise after upsampling) reads other maps, and gives another number
+    renormalised = [upsample_and_normalise(raw, (32, 32)) for raw in (raw_a, raw_b)]
+    assert not torch.allclose(stability(*renormalised, lfi_compat=True)["iou"], ours["iou"])
+
+
+def test_lfi_script_maps_normalise_maps_without_a_fixed_scale_at_layer_resolution():
+    raw = torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(4)) * 37.0  # a Grad-CAM-like scale
+    maps = lfi_script_maps(raw, (24, 24), unit_scale=False)
+    assert 0.0 <= float(maps.amin()) < 0.1 and 0.9 < float(maps.amax()) <= 1.0  # bilinear keeps the range
+    torch.testing.assert_close(maps, lfi_script_maps(raw / 37.0 * 2, (24, 24), unit_scale=False))
+    with pytest.raises(ValueError, match=r"\(B,h,w\)"):
+        lfi_script_maps(raw[0], (24, 24), unit_scale=True)

@@ -14,6 +14,9 @@ class AttentionMap(CAMMethod):
 
     name = "attention"
     paper = "ABN: Fukui et al., CVPR 2019; LFI-CAM: Lee et al., ICCV 2021"
+    # the raw map is the model's own attention in [0,1] (ABN: a sigmoid; LFI-CAM: min-max), a fixed
+    # scale the LFI-CAM script quantises as it is (metrics.lfi_script_maps)
+    raw_unit_scale = True
 
     @classmethod
     def applies_to(cls, model_class: type) -> bool:

@@ -37,7 +37,7 @@ from .localization import (
 )
 from .wsol import max_box_acc, max_box_acc_from_hits
 from .sanity import parameter_randomisation, randomisable_layers
-from .stability import pairwise_stability, pearson, spearman, ssim, stability
+from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, score_maps, table_columns
 
 
@@ -64,6 +64,7 @@ __all__ = [
     "energy_pointing_game",
     "max_box_acc",
     "max_box_acc_from_hits",
+    "lfi_script_maps",
     "pairwise_stability",
     "parameter_randomisation",
     "pearson",

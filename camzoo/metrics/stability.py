@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..maps import minmax_normalise
 from ._checks import check_maps
 
 LFI_THRESHOLD = 100 / 255  # the LFI-CAM paper binarises maps at 100 on the 0..255 scale
@@ -154,6 +155,23 @@ def _lfi_overlap(mask_a: torch.Tensor, mask_b: torch.Tensor) -> tuple[torch.Tens
     iou = (intersection + smooth) / (total - intersection + smooth)
     dice = 2 * (intersection + smooth) / (total + smooth)
     return iou.mean(1).float(), dice.mean(1).float()
+
+
+def lfi_script_maps(raw: torch.Tensor, size: tuple[int, int], unit_scale: bool) -> torch.Tensor:
+    """The maps the official LFI-CAM test loop hands its IoU script, before the 8-bit round trip.
+
+    ``raw`` (B,h,w) at the layer's resolution is resized bilinearly to ``size`` (``cv2.resize``'s
+    default INTER_LINEAR equals torch's ``align_corners=False`` when upscaling) and *not*
+    re-normalised: the script multiplies the resized attention by 255, writes it as an 8-bit PNG and
+    only then stretches it, so a map spanning [0.2, 0.8] keeps its coarser quantisation. Why it
+    matters: ABN's sigmoid attention rarely spans [0,1]. ``unit_scale=False`` (maps with no fixed
+    scale, e.g. Grad-CAM's) min-max normalises at the layer's resolution first, as CAM tools do
+    before resizing. Pass the result to ``stability(..., lfi_compat=True)``.
+    """
+    if raw.ndim != 3:
+        raise ValueError(f"raw maps must have shape (B,h,w); got {tuple(raw.shape)}")
+    maps = raw.float() if unit_scale else minmax_normalise(raw.float())
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def stability(maps_a: torch.Tensor, maps_b: torch.Tensor, threshold: float = LFI_THRESHOLD,
