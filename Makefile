@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: test bench install
+.PHONY: test bench install gpu-check
 
 install: $(VENV)/.installed
 
@@ -21,3 +21,8 @@ test: install
 
 bench: install
 	$(BIN)/camzoo bench --preset quick --out results/quick
+
+# The GPU path: CUDA tests, speed scripts with --device cuda, the standard preset; numbers to
+# docs/gpu-check.md with the GPU named. Without CUDA it runs the (skipping) tests and says so.
+gpu-check: install
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh

@@ -1,14 +1,20 @@
 """Per-image cost of camzoo's Grad-CAM / Eigen-CAM vs pytorch-grad-cam and Captum, same model, same process.
 
 Also times the model's own forward (the floor for Eigen-CAM) and forward+backward (the floor for
-Grad-CAM), and prints every method as a ratio to its peer and to its floor.
+Grad-CAM), the whole gradient family in one pass (camzoo.explain(method=[...]), target <= 1.2x one
+Grad-CAM), and prints every method as a ratio to its peer and to its floor. Then Score-CAM and
+Ablation-CAM against pytorch-grad-cam's on --perturb-model (one full forward per channel and image:
+keep it small on a CPU), one interleaved round each.
 
-    python benchmarks/explain_speed.py --model resnet50 --size 224 --batch 32 --repeats 3
+    python benchmarks/explain_speed.py --model resnet50 --size 224 --batch 32 --repeats 3 \
+        --perturb-model resnet18 --perturb-size 64 --perturb-batch 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -22,6 +28,19 @@ from _timing import median_seconds  # noqa: E402
 import camzoo  # noqa: E402
 from camzoo.modelutil import describe_device, resolve_device  # noqa: E402
 
+FAMILY = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam"]
+
+
+def setup(name: str, size: int, batch: int, device: torch.device):
+    """A seeded random-weight timm model, a random batch, camzoo's default layer and the predicted classes."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).to(device).eval()
+    images = torch.randn(batch, 3, size, size, device=device)
+    layer_name = camzoo.explain(model, images[:1]).layer
+    with torch.no_grad():
+        targets = model(images).argmax(1)
+    return model, images, layer_name, model.get_submodule(layer_name), targets
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,16 +49,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--perturb-model", default="resnet18", help="model for Score-CAM / Ablation-CAM")
+    parser.add_argument("--perturb-size", type=int, default=64)
+    parser.add_argument("--perturb-batch", type=int, default=2)
+    parser.add_argument("--perturb-repeats", type=int, default=1)
+    parser.add_argument("--skip-perturbation", action="store_true")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = timm.create_model(args.model, pretrained=False).to(device).eval()
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    layer_name = camzoo.explain(model, images[:1]).layer
-    layer = model.get_submodule(layer_name)
-    with torch.no_grad():
-        targets = model(images).argmax(1)
+    model, images, layer_name, layer, targets = setup(args.model, args.size, args.batch, device)
 
     def forward() -> None:
         with torch.no_grad():
@@ -68,6 +86,7 @@ def main() -> None:
         "forward+backward": forward_backward,
         "camzoo gradcam": lambda: camzoo.explain(model, images, method="gradcam", target=targets),
         "camzoo eigencam": lambda: camzoo.explain(model, images, method="eigencam"),
+        "camzoo 7 methods, one pass": lambda: camzoo.explain(model, images, method=FAMILY, target=targets),
         "pytorch-grad-cam GradCAM": lambda: pgc_gradcam(input_tensor=images, targets=pgc_targets),
         "pytorch-grad-cam EigenCAM": lambda: pgc_eigencam(input_tensor=images, targets=None),
         "captum LayerGradCam (+bilinear)": captum_run,
@@ -88,10 +107,43 @@ def main() -> None:
         "camzoo gradcam / forward+backward": ("camzoo gradcam", "forward+backward"),
         "camzoo eigencam / pytorch-grad-cam EigenCAM": ("camzoo eigencam", "pytorch-grad-cam EigenCAM"),
         "camzoo eigencam / forward": ("camzoo eigencam", "forward"),
+        "camzoo 7 methods one pass / camzoo gradcam": ("camzoo 7 methods, one pass", "camzoo gradcam"),
     }
     print("ratios (lower is faster):")
     for label, (a, b) in ratios.items():
         print(f"  {label:45s} {per_image_ms[a] / per_image_ms[b]:.2f}")
+    if not args.skip_perturbation:
+        perturbation(args, device)
+
+
+def perturbation(args: argparse.Namespace, device: torch.device) -> None:
+    """Score-CAM and Ablation-CAM, camzoo vs pytorch-grad-cam, same model, images, targets and layer."""
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, images, layer_name, layer, targets = setup(args.perturb_model, args.perturb_size, args.perturb_batch,
+                                                      device)
+    pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    pgc = {"scorecam": ScoreCAM(model=model, target_layers=[layer]),
+           "ablationcam": AblationCAM(model=model, target_layers=[layer])}
+    options = {"progress": False}
+    runs = {}
+    for name, peer in pgc.items():
+        runs[f"camzoo {name}"] = lambda name=name: camzoo.explain(model, images, method=name, target=targets,
+                                                                  layer=layer_name, method_options=options)
+        runs[f"pytorch-grad-cam {name}"] = lambda peer=peer: peer(input_tensor=images, targets=pgc_targets)
+    with contextlib.redirect_stderr(io.StringIO()):  # pytorch-grad-cam's per-image tqdm bars
+        seconds = median_seconds(runs, device, args.perturb_repeats, warmup=0)
+    for peer in pgc.values():
+        peer.activations_and_grads.release()
+    channels = camzoo.explain(model, images[:1], method="eigencam", layer=layer_name)
+    print(f"\nperturbation methods: model {args.perturb_model} at {args.perturb_size}px, batch {args.perturb_batch}, "
+          f"layer {layer_name} ({channels.raw.shape[-2]}x{channels.raw.shape[-1]}), median of {args.perturb_repeats}")
+    for name, value in seconds.items():
+        print(f"{name:34s} {1000 * value / args.perturb_batch:9.1f} ms/image")
+    for name in pgc:
+        print(f"  speed-up of camzoo {name} over pytorch-grad-cam: "
+              f"{seconds[f'pytorch-grad-cam {name}'] / seconds[f'camzoo {name}']:.1f}x")
 
 
 if __name__ == "__main__":

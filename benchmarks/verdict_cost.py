@@ -19,9 +19,10 @@ import torch
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.report import latest_run
-from camzoo.bench.runner import _load_split, explain_all, load_eval_set
+from camzoo.bench.runner import explain_all, load_eval_set
 from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
+from camzoo.bench.validate import load_split
 from camzoo.metrics import METRICS
 from camzoo.metrics.table import ScoringContext
 from camzoo.models import load_model
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     with ResultsStore(args.directory) as store:
         run = latest_run(store)
     config = resolve_config(overrides={k: v for k, v in run["config"].items() if k != "preset"}, preset="custom")
-    eval_set = load_eval_set(_load_split(config["datasets"][0], "test"), args.images, torch.device("cpu"))
+    eval_set = load_eval_set(load_split(config["datasets"][0], "test"), args.images, torch.device("cpu"))
     checkpoint = sorted(args.directory.glob("models/*baseline*/model.pt"))[0]
     model = load_model(checkpoint)
     old = cell_costs(model, eval_set, {**config["eval"], **OLD_SETTINGS})

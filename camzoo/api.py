@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 from torch import nn
 
 from .explanation import Explanation
 from .inputs import DEFAULT_MAX_SIZE, ImageInput, Size, prepare_images
 from .methods import get_method, method_names
 from .methods.base import GroundTruth, TargetSpec
+from .methods.layers import LayerSpec
+from .methods.multi import explain_many
+from .methods.outputs import OutputSelector
+from .methods.reshape import Reshape
 
 
 def list_methods() -> list[str]:
@@ -21,31 +27,59 @@ def list_methods() -> list[str]:
 def explain(
     model: nn.Module,
     img: ImageInput,
-    method: str = "gradcam",
+    method: str | Sequence[str] = "gradcam",
     target: TargetSpec = None,
-    layer: nn.Module | str | None = None,
+    layer: LayerSpec = None,
     *,
+    output: OutputSelector = None,
+    reshape: Reshape | None = None,
     image_size: Size | None = None,
     max_size: int | None = DEFAULT_MAX_SIZE,
     batch_size: int | None = None,
     ground_truth: GroundTruth | None = None,
-) -> Explanation:
-    """Explain ``model``'s decision on ``img`` with a CAM method.
+    method_options: Mapping[str, Any] | None = None,
+) -> Explanation | dict[str, Explanation]:
+    """Explain ``model``'s decision on ``img`` with a CAM method, or with several at once.
+
+    method: a name (``camzoo.list_methods()``, or ``"captum:<Attribution>"`` for any Captum
+    attribution), or a list of names: then the result is a dict {name: Explanation} in the order
+    given, and the activation/gradient methods of the same layer (Grad-CAM, Grad-CAM++, XGrad-CAM,
+    LayerCAM, HiResCAM, Eigen-CAM, EigenGrad-CAM) share one forward and one backward.
+    method_options: keyword options of the method (e.g. ``{"memory_mb": 256}`` for Score-CAM, Captum's
+    ``{"n_steps": 16}``); with a list of methods, keyed by method name (``{"scorecam": {...}}``).
 
     img: a normalised tensor (3,H,W) or (B,3,H,W) (resized to ``image_size`` when given); a PIL
     image, an HxWx3 uint8 array or a path (resized to ``image_size`` or the model's input size and
     normalised with its mean/std; EXIF orientation applied, 16-bit files scaled by bit depth); or a
     list of those. Whatever runs at its own size is capped at ``max_size`` px on its longest side
     (aspect kept, with a warning; None: no cap), so one huge image cannot exhaust memory.
-    target: None explains the predicted class; an int or a class name (``model.class_names``), one
-    for all images or one per image in order. Scores are softmax probabilities (a one-logit model's
-    score is the sigmoid of its logit).
-    layer: a module or dotted name; None picks the model's final convolutional feature map.
+    target: None explains the predicted class; an int or a class name (``model.class_names``, timm's
+    ``label_names``, a Hugging Face ``id2label``), one for all images or one per image in order; or a
+    function of the (B, num_classes) logits returning (B,) class indices. Scores are softmax
+    probabilities (a one-logit model's score is the sigmoid of its logit).
+    layer: a module or dotted name, or a list of them (maps fused: each min-max normalised, resized to
+    the finest layer's resolution, averaged); None picks the layer per model family and input size
+    (docs/methods.md, "Layer choice per family").
+    output: which part of the model's output holds the logits: None (a tensor; a tuple's first item;
+    a dict's "logits"; an object's ``.logits``), an index, a key/attribute name, or a callable.
+    reshape: a callable turning the layer's output into (B,C,h,w), for layouts camzoo does not know
+    (tokens and channels-last outputs of timm/torchvision transformers are handled without it).
     ground_truth: ``{"mask": (B,H,W) bool, "boxes": (B,K,4) x0,y0,x1,y1 pixel edges, NaN-padded}``
     (either may be absent) at the resolution of the images as the method sees them; required by
     methods with ``needs_ground_truth`` (the ``oracle`` control), validated and ignored by the others.
     """
+    options = {key: value for key, value in (("output", output), ("reshape", reshape)) if value is not None}
+    if not isinstance(method, str):
+        images = prepare_images(img, model, image_size=image_size, max_size=max_size)
+        return explain_many(model, images, method, target, layer, batch_size, ground_truth, method_options, **options)
     method_class = get_method(method)
-    explainer = method_class(model, layer=layer, batch_size=batch_size)
+    options.update(method_options or {})
+    try:
+        explainer = method_class(model, layer=layer, batch_size=batch_size, **options)
+    except TypeError as err:
+        if options and "unexpected keyword argument" in str(err):
+            raise TypeError(f"method {method_class.name!r} does not accept "
+                            f"{' or '.join(f'{k}=' for k in options)}; drop it for this method") from err
+        raise
     images = prepare_images(img, model, image_size=image_size, max_size=max_size)
     return explainer(images, target, ground_truth=ground_truth)

@@ -32,9 +32,13 @@ def predict(model: nn.Module, dataset, batch_size: int = 256, device: str | torc
 def evaluate(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device | None = None,
              amp: bool = False, num_classes: int | None = None) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode, batched)."""
-    logits, labels = predict(model, dataset, batch_size, device, amp, num_classes)
+    return scores(*predict(model, dataset, batch_size, device, amp, num_classes))
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """What :func:`evaluate` reports, from the logits and labels of a whole dataset."""
     return {
         "accuracy": (logits.argmax(1) == labels).float().mean().item(),
         "loss": F.cross_entropy(logits, labels).item(),
-        "n": len(dataset),
+        "n": len(labels),
     }

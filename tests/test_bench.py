@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from camzoo.bench.config import PRESETS, resolve_config, run_id
@@ -19,6 +20,7 @@ from camzoo.bench.report import write_report
 from camzoo.bench.runner import BenchRunner
 from camzoo.bench.store import ResultsStore
 from camzoo.cli import main
+from camzoo.metrics import lfi_script_maps, pairwise_stability
 
 TINY = """
 preset = "custom"
@@ -86,6 +88,15 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     stability = rows[(rows["seed"] == -1) & (rows["metric"] == "stability_iou")]
     assert len(stability) == 9 and stability["value"].between(0, 1).all()
     assert stability.iloc[0]["per_image"].shape == (1, 16)  # one seed pair x the images
+    # the LFI-CAM-compatible IoU reads what the official script reads: the raw attention resized, not
+    # the stored normalised maps (metrics.lfi_script_maps)
+    with ResultsStore(out) as store:
+        raw = [torch.from_numpy(a) for _, a in store.arrays(run["run_id"], "raw_maps", kind="lfi", method="attention")]
+    assert len(raw) == 2 and raw[0].shape[0] == 16 and raw[0].shape[-1] < 32  # the layer's resolution
+    expected = pairwise_stability([lfi_script_maps(r, (32, 32), unit_scale=True) for r in raw], lfi_compat=True)
+    compat = rows[(rows["seed"] == -1) & (rows["kind"] == "lfi") & (rows["method"] == "attention")
+                  & (rows["metric"] == "stability_iou_lfi_compat")].iloc[0]
+    assert compat["value"] == pytest.approx(float(expected["mean"]["iou"]), abs=1e-6)
     for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex", "curves_shapes_resnet8.png",
                  "gallery_shapes_resnet8.png"):
         assert (out / name).stat().st_size > 0, name
@@ -254,3 +265,28 @@ def test_missing_dataset_root_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code != 0
     assert "does not exist" in result.output and "rerun to resume" in result.output
+
+
+def test_the_bench_explains_the_gradient_family_in_one_pass():
+    """One forward per batch for every gradient-family method of a job, the same maps as one at a time."""
+    from camzoo.bench.runner import EvalSet, explain_all, explain_group, one_pass_groups
+    from camzoo.models import build_model
+
+    assert one_pass_groups(["gradcam", "random", "eigencam", "attention", "gradcampp"]) == [
+        ["gradcam", "eigencam", "gradcampp"], ["random"], ["attention"]]
+    torch.manual_seed(0)
+    model = build_model("lfi", "resnet8", num_classes=3).eval()
+    images = torch.randn(6, 3, 32, 32)
+    eval_set = EvalSet(images, torch.tensor([0, 1, 2, 0, 1, 2]), None, None, (0.0,) * 3, (1.0,) * 3, ["a", "b", "c"])
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        explained, _ = explain_group(model, eval_set, ["gradcam", "eigencam", "gradcampp"], 4, torch.device("cpu"))
+    finally:
+        handle.remove()
+    assert len(forwards) == 3  # the untimed warm-up batch, then two batches of 4 and 2 images
+    for method, (maps, raw) in explained.items():
+        alone, alone_raw, _ = explain_all(model, eval_set, method, 4, torch.device("cpu"))
+        torch.testing.assert_close(maps, alone)
+        torch.testing.assert_close(raw, alone_raw)
+        assert maps.shape == (6, 32, 32) and float(maps.amax()) > 0

@@ -204,7 +204,7 @@ class MLP(nn.Module):
         ({"img": np.zeros((8, 8, 3), dtype=np.float32)}, ValueError, "uint8"),
         ({"img": 42}, TypeError, "cannot explain an input of type int"),
         ({"layer": "layer5"}, ValueError, r"layer 'layer5' not found.*Did you mean 'layer4'"),
-        ({"method": "scorecam"}, ValueError, r"unknown method 'scorecam'.*Available: .*gradcam"),
+        ({"method": "fullgradcam"}, ValueError, r"unknown method 'fullgradcam'.*Available: .*gradcam"),
         ({"target": 3}, ValueError, "target 3 is out of range for a model with 3 classes"),
         ({"target": -1}, ValueError, "target -1 is out of range"),
         ({"target": [0, 1]}, ValueError, "got 2 targets for a batch of 1"),

@@ -118,7 +118,7 @@ def test_bad_option_values_are_usage_errors(tmp_path, checkpoint):
     usage_error(run("explain", tmp_path / "nothing_here", "--checkpoint", checkpoint, "--out", tmp_path / "o"),
                 "does not exist")
     usage_error(run("explain", image, "--checkpoint", checkpoint, "--layer", "fc", "--out", tmp_path / "o"),
-                "CAM methods need a (B,C,h,w) feature map")
+                "naming a module with a (B,C,h,w) output")
     usage_error(run("explain", image, "--checkpoint", checkpoint, "--layer", "nope", "--out", tmp_path / "o"),
                 "Invalid value for --layer")
 

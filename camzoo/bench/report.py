@@ -12,24 +12,11 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write, atomic_write_text
+from .explore import find_run, latest_run, load
+from .shards import merge_shards, shard_paths
 from .store import ResultsStore
 from .summary import ALPHA, RESAMPLES, row_rank, summarise
 from .tables import causal_description, latex_tables, markdown_tables
-
-
-def latest_run(store: ResultsStore) -> dict[str, Any]:
-    runs = store.runs()
-    if not runs:
-        raise ValueError(f"{store.path} holds no benchmark run yet; run `camzoo bench --out {store.directory}` first")
-    return runs[-1]
-
-
-def find_run(store: ResultsStore, run_id: str) -> dict[str, Any]:
-    """The run of that id in the store, or a clear error listing the runs there."""
-    run = next((r for r in store.runs() if r["run_id"] == run_id), None)
-    if run is None:
-        raise ValueError(f"no run {run_id!r} in {store.path}; runs: {', '.join(r['run_id'] for r in store.runs())}")
-    return run
 
 
 def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
@@ -141,29 +128,53 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
     return path
 
 
-def write_report(directory: str | Path, run_id: str | None = None) -> dict[str, Path]:
-    """Write summary.md/.csv/.tex and the plots for a run (default: the latest) into the directory."""
+FORMATS = ("md", "csv", "tex")
+
+
+def write_report(directory: str | Path, run_id: str | None = None, formats: tuple[str, ...] = FORMATS,
+                 html: bool = False) -> dict[str, Path]:
+    """Write summary.md/.csv/.tex (``formats``; csv adds pairwise.csv and long.csv.gz, the
+    per-image table of camzoo.bench.load) and the plots for a run (default: the latest) into the directory;
+    ``html``: also report.html (camzoo.bench.html)."""
     directory = Path(directory)
-    if not (directory / "results.sqlite").is_file():
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown report format(s) {sorted(unknown)}; valid: {', '.join(FORMATS)}")
+    if not (directory / "results.sqlite").is_file() and not shard_paths(directory):
         raise FileNotFoundError(f"{directory} holds no results store (results.sqlite); run `camzoo bench --out {directory}`")
     with ResultsStore(directory) as store:
+        merge_shards(directory, store)  # a distributed run's shards, finished or not (exactly once)
         run = find_run(store, run_id) if run_id else latest_run(store)
+        if not any(cell.method not in ("model", "gallery") for cell in store.cells(run["run_id"])):
+            raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet (it stopped "
+                             f"before its first explanation); rerun `camzoo bench --out {directory}` to resume it")
         summary = summarise(store, run)
         frame, pairwise = summary.frame, summary.pairwise
         if frame.empty:
             raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet")
         files: dict[str, Path] = {}
         evaluation = run["config"]["eval"]
-        markdown = ("# camzoo benchmark\n\n" + "\n".join(_provenance_lines(store, run)) + "\n\n"
-                    + markdown_tables(frame, evaluation, summary.agreement) + "\n")
-        files["summary.md"] = atomic_write_text(directory / "summary.md", markdown)
-        files["summary.csv"] = atomic_write_text(directory / "summary.csv", frame.to_csv(index=False))
-        files["pairwise.csv"] = atomic_write_text(directory / "pairwise.csv", pairwise.to_csv(index=False))
-        files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame, evaluation))
+        provenance = _provenance_lines(store, run)
+        if "md" in formats:
+            markdown = ("# camzoo benchmark\n\n" + "\n".join(provenance) + "\n\n"
+                        + markdown_tables(frame, evaluation, summary.agreement) + "\n")
+            files["summary.md"] = atomic_write_text(directory / "summary.md", markdown)
+        if "csv" in formats:
+            files["summary.csv"] = atomic_write_text(directory / "summary.csv", frame.to_csv(index=False))
+            files["pairwise.csv"] = atomic_write_text(directory / "pairwise.csv", pairwise.to_csv(index=False))
+            long = load(directory, run["run_id"]).long  # gzip: ~10 MB of text for the quick preset
+            files["long.csv.gz"] = atomic_write(
+                directory / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
+        if "tex" in formats:
+            files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame, evaluation))
         for (dataset, backbone), _ in frame.groupby(["dataset", "backbone"], sort=False):
             stem = f"{dataset}_{backbone}"
             for kind, plot in (("curves", curves_plot), ("gallery", gallery_plot)):
                 written = plot(store, run["run_id"], dataset, backbone, directory / f"{kind}_{stem}.png")
                 if written is not None:
                     files[written.name] = written
+        if html:
+            from .html import write_html
+
+            files["report.html"] = write_html(directory, store, run, summary, provenance)
         return files

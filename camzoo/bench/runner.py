@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,10 @@ import torch
 from .._version import __version__
 from ..modelutil import describe_device, resolve_device, synchronize
 from .config import applicable_methods, run_id, variants
+from .cost import PEAK_METRIC, PeakMemory
+from .shards import ShardedStore, Worker, merge_shards
 from .store import ALL_SEEDS, CellKey, ResultsStore
+from .validate import load_split, methods_for, train_config, validate
 
 MODEL_CELL = "model"
 GALLERY_CELL = "gallery"
@@ -60,14 +63,6 @@ class ModelJob:
         return f"{self.dataset['name']}/{self.backbone}/{self.kind}{variant}/seed{self.seed}"
 
 
-def _load_split(dataset: Mapping[str, Any], split: str):
-    from .. import data
-
-    options = {k: v for k, v in dataset["options"].items() if k not in ("train", "test")}
-    options.update(dataset["options"].get(split, {}))
-    return data.load(dataset["name"], split, root=dataset["root"] or None, image_size=dataset["image_size"], **options)
-
-
 def load_eval_set(test_split, count: int, device: torch.device) -> EvalSet:
     from ..data import loader
 
@@ -87,49 +82,98 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def explain_all(model, eval_set: EvalSet, method: str, batch_size: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Maps of every evaluation image for its true class, and the median seconds per image.
+def explain_all(model, eval_set: EvalSet, method: str, batch_size: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Maps of every evaluation image for its true class, the raw maps at the layer's resolution
+    (what ``lfi_compat`` stability reads), and the median seconds per image."""
+    explained, seconds = explain_group(model, eval_set, [method], batch_size, device)
+    maps, raw = explained[method]
+    return maps, raw, seconds
 
-    The method class is called directly: the evaluation images are already a validated,
-    normalised batch on the device, so ``camzoo.explain``'s input handling would only repeat work.
-    Timing: one untimed call on the first batch's shape (layer detection, lazy initialisation and
-    allocator warm-up are not per-image costs), then the median over batches of seconds per image,
-    so a small evaluation set is not dominated by one slow call.
+
+def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: int,
+                  device: torch.device) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """``explain_all`` for several methods at once: ``{method: (maps, raw maps)}`` and the median
+    seconds per image of the whole group.
+
+    The gradient family (``methods.multi.shares_one_pass``) shares one forward and one backward per
+    batch (``methods.multi.explain_many``); other methods run one after the other. The evaluation
+    images are already a validated, normalised batch on the device, so ``camzoo.explain``'s input
+    handling would only repeat work. Timing: one untimed call on the first batch's shape (layer
+    detection, lazy initialisation and allocator warm-up are not per-image costs), then the median
+    over batches of seconds per image, so a small evaluation set is not dominated by one slow call.
     """
-    from ..methods import get_method
+    from ..methods.multi import explain_many
 
-    explainer = get_method(method)(model)
     truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
 
     def chunk(start: int, stop: int):
         ground_truth = {k: v[start:stop] for k, v in truth.items() if v is not None}
-        return explainer(eval_set.images[start:stop], eval_set.labels[start:stop], ground_truth=ground_truth or None)
+        return explain_many(model, eval_set.images[start:stop], list(methods), target=eval_set.labels[start:stop],
+                            ground_truth=ground_truth or None)
 
     chunk(0, batch_size)
-    maps, per_image_seconds = [], []
+    parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {m: ([], []) for m in methods}
+    per_image_seconds = []
     for start in range(0, eval_set.images.shape[0], batch_size):
         synchronize(device)
         begin = time.perf_counter()
-        result = chunk(start, start + batch_size)
+        results = chunk(start, start + batch_size)
         synchronize(device)
-        per_image_seconds.append((time.perf_counter() - begin) / result.maps.shape[0])
-        maps.append(result.maps)
-    return torch.cat(maps), float(np.median(per_image_seconds))
+        count = min(start + batch_size, eval_set.images.shape[0]) - start
+        per_image_seconds.append((time.perf_counter() - begin) / count)
+        for name, result in results.items():
+            parts[name][0].append(result.maps)
+            parts[name][1].append(result.raw)
+    explained = {name: (torch.cat(maps), torch.cat(raw)) for name, (maps, raw) in parts.items()}
+    return explained, float(np.median(per_image_seconds))
+
+
+def one_pass_groups(methods: Sequence[str]) -> list[list[str]]:
+    """The methods in groups explained together: every gradient-family method in one group (one
+    forward and backward per batch), every other method alone; in the order given."""
+    from ..methods import get_method
+    from ..methods.multi import shares_one_pass
+
+    shared = [m for m in methods if shares_one_pass(get_method(m))]
+    groups: list[list[str]] = []
+    for method in methods:
+        if method not in shared:
+            groups.append([method])
+        elif method == shared[0]:
+            groups.append(shared)
+    return groups
 
 
 class BenchRunner:
     """Drives one config into one results directory; safe to rerun (finished cells are skipped)."""
 
     def __init__(self, config: Mapping[str, Any], out_dir: str | Path, device: str | None = None,
-                 progress: bool = True, echo: Callable[[str], None] = print):
+                 progress: bool = True, echo: Callable[[str], None] = print, worker: Worker | None = None):
         self.config = dict(config)
         self.out_dir = Path(out_dir)
         self.device = resolve_device(device or config["device"])
         self.run_id = run_id(config)
         self.progress = progress
         self.echo = echo
-        self.store = ResultsStore(self.out_dir)
+        self.worker = worker or Worker()
+        self._store: ResultsStore | ShardedStore | None = None
         self.device_label = describe_device(self.device)
+
+    @property
+    def store(self) -> ResultsStore | ShardedStore:
+        """Opened on first use, so that a config that fails validation leaves nothing on disk. One of
+        several ranks writes its own shard (camzoo.bench.shards), a single process the results store."""
+        if self._store is None:
+            single = self.worker.world_size == 1
+            self._store = ResultsStore(self.out_dir) if single else ShardedStore(self.out_dir, self.worker)
+        return self._store
+
+    def use_store(self, store: ResultsStore | ShardedStore) -> None:
+        """Write to another store from now on (rank 0 turns to the merged store for stability cells)."""
+        if self._store is not None and self._store is not store:
+            self._store.close()
+        self._store = store
 
     # --- the grid -------------------------------------------------------------------------------
     def jobs(self) -> Iterator[ModelJob]:
@@ -144,12 +188,23 @@ class BenchRunner:
         return [(d, b, k) for d in self.config["datasets"] for b in self.config["backbones"] for k in self.config["kinds"]]
 
     def run(self) -> None:
+        """Validate the whole config (nothing is written if it fails), then every model job, then the
+        stability cells. A distributed run splits these steps over ranks (camzoo.bench.distributed)."""
+        validate(self.config, str(self.device))
+        if isinstance(self.store, ResultsStore):
+            merge_shards(self.out_dir, self.store)  # cells an earlier distributed attempt finished
+        self.record_run()
+        self.run_models(list(self.jobs()))
+        self.run_stability()
+
+    def record_run(self) -> None:
+        self.store.record_run(self.run_id, self.config, self._provenance())
+
+    def run_models(self, jobs: list[ModelJob]) -> None:
+        """Train (or reuse) each model and write its model and method cells; finished cells are skipped."""
         from tqdm.auto import tqdm
 
-        jobs = list(self.jobs())
-        groups = self.stability_groups()
-        self.store.record_run(self.run_id, self.config, self._provenance())
-        bar = tqdm(total=len(jobs) + len(groups), desc="camzoo bench", unit="job", disable=not self.progress,
+        bar = tqdm(total=len(jobs), desc=f"camzoo bench{self._rank_label()}", unit="job", disable=not self.progress,
                    dynamic_ncols=True)
         try:
             splits: dict[str, tuple[Any, Any, EvalSet]] = {}
@@ -161,21 +216,23 @@ class BenchRunner:
                         splits[name] = self._load_dataset(job.dataset)
                     self._run_model_job(job, *splits[name])
                 bar.update(1)
-            for dataset, backbone, kind in groups:
-                bar.set_postfix_str(f"{dataset['name']}/{backbone}/{kind}: stability")
-                self._run_stability(dataset, backbone, kind)
-                bar.update(1)
         finally:
             bar.close()
 
-    def _methods(self, job: ModelJob) -> list[str]:
-        """The config's methods that apply to this model kind and this dataset (the oracle control
-        needs ground truth: masks or boxes)."""
-        from ..data import info
-        from ..methods import get_method
+    def run_stability(self) -> None:
+        """One stability cell per (dataset, backbone, kind, method): needs the maps of every seed."""
+        for dataset, backbone, kind in self.stability_groups():
+            self._run_stability(dataset, backbone, kind)
 
-        annotated = bool(info(job.dataset["name"]).annotations)
-        return [m for m in applicable_methods(self.config, job.kind) if annotated or not get_method(m).needs_ground_truth]
+    def pending_jobs(self) -> list[ModelJob]:
+        """The grid's model jobs that still lack a cell, in grid order."""
+        return [job for job in self.jobs() if not self._job_done(job)]
+
+    def _rank_label(self) -> str:
+        return f" [rank {self.worker.rank}/{self.worker.world_size}]" if self.worker.world_size > 1 else ""
+
+    def _methods(self, job: ModelJob) -> list[str]:
+        return methods_for(self.config, job.dataset["name"], job.kind)
 
     def _job_done(self, job: ModelJob) -> bool:
         needed = [MODEL_CELL, *self._methods(job)]
@@ -187,17 +244,18 @@ class BenchRunner:
         return {
             "camzoo": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version(), "device": self.device_label, "host": socket.gethostname(),
-            "run_id": self.run_id,
+            "run_id": self.run_id, "world_size": self.worker.world_size,
         }
 
     def _write(self, key: CellKey, metrics: Mapping[str, tuple[float | None, np.ndarray | None]],
                arrays: Mapping[str, np.ndarray] | None = None) -> None:
-        self.store.write_cell(self.run_id, key, metrics, arrays, code_version=__version__, device=self.device_label)
+        self.store.write_cell(self.run_id, key, metrics, arrays, code_version=__version__, device=self.device_label,
+                              worker=self.worker.label)
 
     # --- one dataset ----------------------------------------------------------------------------
     def _load_dataset(self, dataset: Mapping[str, Any]):
-        train_split = _load_split(dataset, "train")
-        test_split = _load_split(dataset, "test")
+        train_split = load_split(dataset, "train")
+        test_split = load_split(dataset, "test")
         eval_set = load_eval_set(test_split, self.config["eval"]["images"], self.device)
         gallery_key = CellKey(dataset["name"], "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
         if not self.store.is_done(self.run_id, gallery_key):
@@ -209,6 +267,11 @@ class BenchRunner:
                 "labels": eval_set.labels[:count].cpu().numpy(),
                 "class_names": np.array(eval_set.classes),
                 "fingerprint": np.array(fingerprint(eval_set.images, eval_set.labels)),
+                # every evaluation image and its ground truth, for report.html's per-image browser
+                "eval_images": to_display_images(eval_set.images, eval_set.mean, eval_set.std),
+                "eval_labels": eval_set.labels.cpu().numpy(),
+                **{f"eval_{name}": truth.cpu().numpy() for name, truth in
+                   (("masks", eval_set.masks), ("boxes", eval_set.boxes)) if truth is not None},
             }
             metrics = {"eval_images": (float(eval_set.images.shape[0]), None)}
             self._write(gallery_key, metrics, arrays)
@@ -220,18 +283,10 @@ class BenchRunner:
         return self.out_dir / "models" / f"{job.label.replace('/', '-')}-{digest}"
 
     def _train(self, job: ModelJob, train_split):
-        from ..train import TrainConfig, train
+        from ..train import train
 
-        settings = {**self.config["train"], **job.variant.get("train", {})}
-        model_options = {**settings.pop("model_options", {}), **job.variant.get("model", {})}
-        if "milestones" in settings:
-            settings["milestones"] = tuple(settings["milestones"])
-        try:
-            train_config = TrainConfig(kind=job.kind, backbone=job.backbone, seed=job.seed, device=str(self.device),
-                                       model_options=model_options, progress=False, **settings)
-        except TypeError as err:
-            raise ValueError(f"[train] in the benchmark config: {err}") from err
-        return train(train_config, train_split, self._checkpoint_dir(job, train_config))
+        config = train_config(self.config, job.kind, job.backbone, job.seed, job.variant, str(self.device))
+        return train(config, train_split, self._checkpoint_dir(job, config))
 
     def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
         from .. import metrics
@@ -246,16 +301,21 @@ class BenchRunner:
             cell["top1"] = (float(scores["top1"]), scores["correct"].float().cpu().numpy())
             cell["train_seconds"] = (result.total_train_time_s, None)
             cell["train_loss"] = (result.train_loss, None)
-            self._write(job.key(MODEL_CELL), cell)
-        for method in self._methods(job):
-            key = job.key(method)
-            if self.store.is_done(self.run_id, key):
-                continue
-            maps, seconds = explain_all(model, eval_set, method, self.config["eval"]["batch_size"], self.device)
-            cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks, eval_set.boxes,
-                                      self._settings(method))
-            cell["ms_per_image"] = (1000.0 * seconds, None)
-            self._write(key, cell, {"maps": maps.half().cpu().numpy()})
+            # the evaluation images are the first N of the test split: their logits, for report.html
+            self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
+        pending = [m for m in self._methods(job) if not self.store.is_done(self.run_id, job.key(m))]
+        for group in one_pass_groups(pending):
+            # a shared pass's time and peak memory are recorded for each of its methods: its forward
+            # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
+            with PeakMemory(self.device) as peak:
+                explained, seconds = explain_group(model, eval_set, group, self.config["eval"]["batch_size"], self.device)
+            for method in group:
+                maps, raw = explained.pop(method)
+                cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks,
+                                          eval_set.boxes, self._settings(method))
+                cell["ms_per_image"] = (1000.0 * seconds, None)
+                cell[PEAK_METRIC] = (peak.megabytes, None)
+                self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})
 
     def _settings(self, method: str) -> dict[str, Any]:
         """The eval settings a method's cell is scored with. Controls skip the MoRF/LeRF substrates:
@@ -269,6 +329,21 @@ class BenchRunner:
         return settings
 
     # --- across seeds ---------------------------------------------------------------------------
+    def _lfi_script_sets(self, dataset: Mapping[str, Any], backbone: str, kind: str, method: str,
+                         maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the official LFI-CAM IoU script reads, per seed: the raw maps resized, not re-normalised
+        (``metrics.lfi_script_maps``). Stores written before raw maps were kept fall back to ``maps``."""
+        from .. import metrics
+        from ..methods import get_method
+
+        raw_sets = [raw for _, raw in self.store.arrays(
+            self.run_id, "raw_maps", dataset=dataset["name"], backbone=backbone, kind=kind, method=method)]
+        if len(raw_sets) != len(maps):
+            return maps
+        unit_scale = bool(getattr(get_method(method), "raw_unit_scale", False))
+        size = tuple(maps[0].shape[-2:])
+        return [metrics.lfi_script_maps(torch.from_numpy(raw).to(self.device), size, unit_scale) for raw in raw_sets]
+
     def _run_stability(self, dataset: Mapping[str, Any], backbone: str, kind: str) -> None:
         from .. import metrics
 
@@ -284,7 +359,7 @@ class BenchRunner:
                 continue  # one model only: nothing to compare
             sets = [torch.from_numpy(m.astype(np.float32)).to(self.device) for m in map_sets]
             standard = metrics.pairwise_stability(sets)
-            compat = metrics.pairwise_stability(sets, lfi_compat=True)
+            compat = metrics.pairwise_stability(self._lfi_script_sets(dataset, backbone, kind, method, sets), lfi_compat=True)
             # per-image values of every pair (pairs, images): CIs resample pairs, then images
             cell = {
                 f"stability_{name}": (float(standard["mean"][name]), standard["per_image"][name].cpu().numpy())

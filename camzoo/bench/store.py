@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS cells (
     run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
     variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL,
-    device TEXT NOT NULL, finished_at TEXT NOT NULL,
+    device TEXT NOT NULL, finished_at TEXT NOT NULL, worker TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS arrays (
 
 # seed value of cells that span all seeds (cross-seed stability)
 ALL_SEEDS = -1
+_KEY_COLUMNS = "run_id, dataset, backbone, kind, variant, seed, method"
+_CELL_COLUMNS = _KEY_COLUMNS + ", device, finished_at, worker"
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,10 @@ class ResultsStore:
     ``timeout`` seconds, and reports a store still locked after that as busy, never as corrupt.
     """
 
-    def __init__(self, directory: str | Path, timeout: float = 60.0):
+    def __init__(self, directory: str | Path, timeout: float = 60.0, name: str = STORE_NAME):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / STORE_NAME
+        self.path = self.directory / name
         self.timeout = float(timeout)
         deadline = time.monotonic() + self.timeout
         delay = 0.005
@@ -144,6 +146,9 @@ class ResultsStore:
             try:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     connection.execute(statement)
+                columns = {row[1] for row in connection.execute("PRAGMA table_info(cells)")}
+                if "worker" not in columns:  # a store from before per-cell workers: same schema otherwise
+                    connection.execute("ALTER TABLE cells ADD COLUMN worker TEXT NOT NULL DEFAULT ''")
                 connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 connection.execute("COMMIT")
             except BaseException:
@@ -209,8 +214,10 @@ class ResultsStore:
         *,
         code_version: str,
         device: str,
+        worker: str = "",
     ) -> None:
-        """Commit a finished cell: its metric rows, its arrays and its done-marker, in one transaction."""
+        """Commit a finished cell: its metric rows, its arrays and its done-marker, in one transaction.
+        ``worker`` ("host:rank") says which process computed it, so a store shows how work was spread."""
         now = _now()
         with self.transaction() as db:
             for metric, (value, per_image) in metrics.items():
@@ -225,14 +232,49 @@ class ResultsStore:
                     (run_id, *key.as_tuple(), name, encode_array(array)),
                 )
             db.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, *key.as_tuple(), device, now),
+                f"INSERT OR REPLACE INTO cells ({_CELL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, *key.as_tuple(), device, now, worker),
             )
 
     def cells(self, run_id: str | None = None) -> list[CellKey]:
         query = "SELECT dataset, backbone, kind, variant, seed, method FROM cells"
         rows = self._connection.execute(query + (" WHERE run_id=?" if run_id else ""), (run_id,) if run_id else ())
         return [CellKey(*row) for row in rows]
+
+    def workers(self, run_id: str) -> dict[CellKey, str]:
+        """Which process ("host:rank") computed each cell of a run ("" in stores older than the column)."""
+        rows = self._connection.execute(
+            "SELECT dataset, backbone, kind, variant, seed, method, worker FROM cells WHERE run_id=?", (run_id,))
+        return {CellKey(*row[:6]): row[6] for row in rows}
+
+    def merge_from(self, path: str | Path) -> int:
+        """Copy into this store every cell of another store (a rank's shard) that this one lacks, with
+        its results and arrays, in one transaction; cells already here are left alone (exactly once:
+        merging twice, or a shard and a rerun that both hold a cell, never duplicates it).
+        Returns the number of cells copied."""
+        db = self._connection
+        db.execute("ATTACH DATABASE ? AS shard", (str(path),))
+        try:
+            columns = [row[1] for row in db.execute("PRAGMA shard.table_info(cells)")]
+            if "worker" not in columns:
+                raise ValueError(f"{path} is not a camzoo results store with cells")
+            with self.transaction():
+                db.execute("INSERT OR IGNORE INTO main.runs SELECT * FROM shard.runs")
+                db.execute("DROP TABLE IF EXISTS temp.fresh")
+                db.execute(
+                    f"CREATE TEMP TABLE fresh AS SELECT {_CELL_COLUMNS} FROM shard.cells AS s WHERE NOT EXISTS "
+                    "(SELECT 1 FROM main.cells AS m WHERE " +
+                    " AND ".join(f"m.{c} = s.{c}" for c in _KEY_COLUMNS.split(", ")) + ")")
+                joined = " AND ".join(f"t.{c} = f.{c}" for c in _KEY_COLUMNS.split(", "))
+                for table in ("results", "arrays"):
+                    db.execute(f"INSERT OR REPLACE INTO main.{table} SELECT t.* FROM shard.{table} AS t "
+                               f"JOIN temp.fresh AS f ON {joined}")
+                db.execute(f"INSERT INTO main.cells ({_CELL_COLUMNS}) SELECT {_CELL_COLUMNS} FROM temp.fresh")
+                copied = db.execute("SELECT COUNT(*) FROM temp.fresh").fetchone()[0]
+                db.execute("DROP TABLE temp.fresh")
+        finally:
+            db.execute("DETACH DATABASE shard")
+        return int(copied)
 
     # --- reading ------------------------------------------------------------------------------
     def results(self, run_id: str | None = None, with_per_image: bool = False) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import cost, stats  # noqa: F401 (importing cost registers the peak-memory column)
 from .store import ALL_SEEDS, ResultsStore
 
 RESAMPLES = 2000

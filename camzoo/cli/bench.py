@@ -20,8 +20,14 @@ def register(group: click.Group) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Overrides the config's device (default auto).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--html/--no-html", default=True, show_default=True,
+              help="Also write report.html (tables, curves, every map of every image; one self-contained file).")
+@click.option("--check", is_flag=True,
+              help="Validate the whole config (datasets, models, training, eval, device), print the plan and exit.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this node (one device each): relaunches the command under torchrun.")
 def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
-                  print_config: bool, no_progress: bool) -> None:
+                  print_config: bool, no_progress: bool, html: bool, check: bool, nproc: int) -> None:
     """Train or load every model of the grid, explain, score, and write tables and plots.
 
     Every finished cell is committed to DIR/results.sqlite at once: rerunning the same command after
@@ -36,28 +42,52 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     if print_config:
         click.echo(to_toml(config), nl=False)
         return
-    from ..bench.report import write_report
-    from ..bench.runner import BenchRunner
+    from ..bench.validate import ConfigError, validate
 
     out_dir = out_dir or Path("results") / config["preset"]
+    if check:
+        try:
+            click.echo(validate(config, world_size=nproc).text())
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+        return
+    from ..bench.distributed import launch, run_distributed, world_from_env
+
+    worker = world_from_env()
+    if nproc > 1 and worker is None:
+        arguments = ["bench", "--preset", preset, "--out", str(out_dir), "--html" if html else "--no-html"]
+        arguments += (["--config", str(config_file)] if config_file else []) + (["--device", device] if device else [])
+        raise SystemExit(launch(nproc, arguments + (["--no-progress"] if no_progress else [])))
+    from ..bench.report import write_report
+    from ..bench.runner import BenchRunner
     from ..bench.store import StoreBusyError
 
     try:
-        runner = BenchRunner(config, out_dir, progress=not no_progress, echo=click.echo)
+        if worker is None:
+            runner = BenchRunner(config, out_dir, progress=not no_progress, echo=click.echo)
+            click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, "
+                       f"out {out_dir}")
     except StoreBusyError as err:  # a runtime condition, not a usage error
         raise click.ClickException(str(err)) from err
     except ValueError as err:
         raise click.UsageError(str(err)) from err
-    click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, out {out_dir}")
     try:
-        runner.run()
+        if worker is None:
+            runner.run()
+        else:
+            runner = run_distributed(config, out_dir, worker, progress=not no_progress, echo=click.echo)
+            if worker.rank != 0:
+                return  # rank 0 merged the shards and writes the report
+    except ConfigError as err:
+        raise click.ClickException(f"{err}\nCells finished before are kept in {out_dir}: fix the config and rerun "
+                                   "to resume.") from err
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished cells are kept in {out_dir / 'results.sqlite'} and trained models in "
                    f"{out_dir / 'models'}; rerun the same command to resume", err=True)
         raise SystemExit(130) from None
     except (ValueError, FileNotFoundError) as err:  # bad data roots, configs the trainer refuses, ...
         raise click.ClickException(f"{err}\nFinished cells are kept in {out_dir}; rerun to resume.") from err
-    files = write_report(out_dir, runner.run_id)
+    files = write_report(out_dir, runner.run_id, html=html)
     click.echo((out_dir / "summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
 
@@ -65,13 +95,18 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 @click.command("report")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--run", "run_id", help="Run id to report (default: the latest run in the store).")
-def report_command(directory: Path, run_id: str | None) -> None:
+@click.option("--format", "formats", type=click.Choice(["md", "csv", "tex"]), multiple=True,
+              help="Tables to write (repeatable; default: all three). csv: summary.csv, pairwise.csv and long.csv.gz "
+                   "(one row per cell, metric and image).")
+@click.option("--html", is_flag=True, help="Also write report.html: one self-contained page to explore the run.")
+def report_command(directory: Path, run_id: str | None, formats: tuple[str, ...], html: bool) -> None:
     """Rebuild summary.md/.csv/.tex and the plots of DIRECTORY from its results store alone."""
-    from ..bench.report import write_report
+    from ..bench.report import FORMATS, write_report
 
     try:
-        files = write_report(directory, run_id)
+        files = write_report(directory, run_id, formats or FORMATS, html=html)
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from err
-    click.echo((directory / "summary.md").read_text(encoding="utf-8"))
+    if "summary.md" in files:
+        click.echo((directory / "summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(directory / name) for name in files))

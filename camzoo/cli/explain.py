@@ -102,6 +102,8 @@ def methods_command() -> None:
     click.echo("methods:")
     for name in method_names(reference=False):
         click.echo(line(name))
+    click.echo(f"  {'captum:<Name>':{width}s}any captum.attr attribution (IntegratedGradients, Saliency, Occlusion, "
+               "LayerGradCam, ...), reduced to one map per image [Kokhlikyan et al. 2020]")
     click.echo("\nreference methods (controls for benchmark tables, not explanations):")
     for name in method_names(reference=True):
         click.echo(line(name))
@@ -144,12 +146,13 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
     not a feature map) — before any file is read."""
     import torch
 
-    from ..methods.base import check_logits, run_model
+    from ..methods.base import run_model
 
     blank = torch.zeros(1, 3, *size, device=device)
     try:
         with torch.no_grad():
-            outputs = int(check_logits(run_model(model.eval(), blank), model).shape[1])
+            selector = explainers[0].output if explainers else None
+            outputs = int(run_model(model.eval(), blank, selector).shape[1])
     except (ValueError, TypeError, MemoryError) as err:
         raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
     for explainer in explainers:
@@ -173,7 +176,11 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
               help="CAM method, see `camzoo methods`; repeat for several.")
 @click.option("--target", "targets", multiple=True,
               help="Class index or name to explain (default: the predicted class); once for all images, or once per image.")
-@click.option("--layer", help="Dotted module name to explain (default: the final conv feature map).")
+@click.option("--layer", "layers", multiple=True,
+              help="Dotted module name to explain; repeat to fuse several (default: chosen per model family).")
+@click.option("--output", "output",
+              help="Where the model's output holds the logits: an index (tuple) or a key/attribute name "
+                   "(default: a tensor itself, a tuple's first item, a dict's 'logits').")
 @click.option("--image-size", type=click.IntRange(min=1), help="Side the model sees (default: the model's input size).")
 @click.option("--max-size", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Longest side kept of each photo (larger ones are downscaled, aspect kept); 0: no limit.")
@@ -184,7 +191,8 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--save-maps", is_flag=True, help="Also write each map as float16 .npy at the photo's size.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | None, checkpoint: Path | None,
-                    num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layer: str | None,
+                    num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layers: tuple[str, ...],
+                    output: str | None,
                     image_size: int | None, max_size: int, batch_size: int, device: str, alpha: float, colormap: str,
                     save_maps: bool, progress: bool | None) -> None:
     """Explain INPUTS (image files, folders searched recursively, glob patterns) and write one
@@ -192,6 +200,7 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     from ..explanation import colormap_function
     from ..inputs import collect_image_files, output_names
     from ..methods import get_method
+    from ..methods.outputs import model_class_names
     from ..modelutil import model_input_size
 
     try:
@@ -220,11 +229,16 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     if size is None:
         raise click.UsageError("the model does not say its input size; pass --image-size")
     try:
-        explainers = [cls(model, layer=layer) for cls in classes]
+        layer = None if not layers else layers[0] if len(layers) == 1 else list(layers)
+        selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
+        options = {"output": selector} if selector is not None else {}
+        explainers = [cls(model, layer=layer, **options) for cls in classes]
+    except TypeError as err:
+        raise click.BadParameter(f"a --method does not accept --output: {err}", param_hint="--output") from err
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--layer" if layer else "--method") from err
     num_outputs = _probe(model, explainers, size, torch_device)
-    per_image_targets = _parse_targets(targets, len(files), getattr(model, "class_names", None), num_outputs)
+    per_image_targets = _parse_targets(targets, len(files), model_class_names(model), num_outputs)
     _run(files, output_names(files), explainers, model, size, per_image_targets, out_dir,
          max_size=max_size or None, batch_size=batch_size, alpha=alpha, colormap=colormap, save_maps=save_maps,
          progress=sys.stderr.isatty() if progress is None else progress)

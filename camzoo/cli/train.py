@@ -51,7 +51,12 @@ def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]
 def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, seed, epochs, batch_size, lr,
                   weight_decay, schedule, warmup, nesterov, augment, device, num_workers, threads, model_options,
                   dataset_options, do_eval, resume, progress) -> None:
-    """Train a model; writes OUT/model.pt (load with camzoo.models.load_model)."""
+    """Train a model; writes OUT/model.pt (load with camzoo.models.load_model).
+
+    Under torchrun (``torchrun --nproc-per-node N -m camzoo train ...``) one model trains on N
+    processes with DistributedDataParallel (one GPU each, or the CPU with gloo); --batch-size is
+    the global batch, rank 0 writes the checkpoints, and a run resumes on any number of processes.
+    """
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
 
@@ -59,24 +64,29 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
 
     if kind not in kind_names():
         raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
-    device = str(resolve_device_option(device))
+    from ..train.ddp import init_from_env, world
+
+    device = init_from_env(str(resolve_device_option(device)))  # under torchrun: this rank's device, DDP
+    rank, world_size = world()
     check_writable(Path(out_dir), "--out", is_dir=True)
     options = dict(_parse_option(text) for text in model_options)
     data_options = dict(_parse_option(text, "--dataset-option") for text in dataset_options)
     config = TrainConfig(
         kind=kind, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule, warmup=warmup, nesterov=nesterov, seed=seed, augment=augment, device=device, num_workers=num_workers, num_threads=threads,
-        model_options=options, progress=progress,
+        model_options=options, progress=progress if rank == 0 else False,
     )
     try:
         train_set = load(dataset_name, "train", root=data_root, image_size=image_size, **data_options)
         eval_set = load(dataset_name, "test", root=data_root, image_size=image_size, **data_options) if do_eval else None
-        result = train(config, train_set, out_dir, eval_dataset=eval_set, resume=resume)
+        result = train(config, train_set, out_dir, eval_dataset=eval_set, resume=resume, distributed=world_size > 1)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         raise click.ClickException(str(err)) from err
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {_kept(Path(out_dir), epochs)}", err=True)
         raise SystemExit(130) from None
+    if rank != 0:
+        return  # rank 0 reports
     line = (f"{kind}/{backbone} seed {seed}: train loss {result.train_loss:.4f}, "
             f"train acc {result.train_accuracy:.4f}")
     if result.eval_accuracy is not None:

@@ -159,9 +159,15 @@ class BatchLoader:
                 images, labels = images.to(self.device), labels.to(self.device)  # whole set on the GPU once
             self.tensors = (images, labels)
 
-    def epoch(self, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False) -> EpochBatches:
-        """The batches of one epoch; order and the dataset's augmentation come from (seed, epoch)."""
+    def epoch(self, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
+              rank: int = 0, world_size: int = 1) -> EpochBatches:
+        """The batches of one epoch; order and the dataset's augmentation come from (seed, epoch).
+        With ``world_size`` > 1 (distributed training) rank r gets rows r, r+W, ... of every batch:
+        the ranks together see each batch exactly once, in the order one process would (equal shares
+        need ``drop_last`` and a batch size divisible by ``world_size``, as the trainer ensures)."""
         batches = index_batches(len(self.dataset), self.batch_size, shuffle, seed, epoch, drop_last)
+        if world_size > 1:
+            batches = [b[rank::world_size] for b in batches]
         if self.get_batch is not None:
             return EpochBatches(batches, lambda b: self._from_get_batch(b, seed, epoch))
         if self.tensors is not None:

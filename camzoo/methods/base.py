@@ -13,9 +13,8 @@ regions, and every other method ignores it.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-from typing import ClassVar, Iterator, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +25,26 @@ from ..modelutil import model_normalisation
 from ..maps import minmax_normalise
 from ..groundtruth import check_boxes, check_masks
 from ..modelutil import eval_mode
-from .layers import get_layer, resolve_layer
+from .capture import LayerCapture, capture_layers, fuse_layer_maps
+from .layers import LayerSpec, resolve_layers
+from .outputs import (  # noqa: F401  (re-exported: methods and the CLI import them from here)
+    _OUT_OF_MEMORY,
+    OutputSelector,
+    check_logits,
+    model_class_names,
+    model_errors,
+    run_model,
+    select_targets,
+)
+from .reshape import Reshape
 
-TargetSpec = int | str | Sequence[int | str] | torch.Tensor | None
+# None: the predicted class; an int or class name, or one per image; or a function of the (B,K) logits
+# returning (B,) class indices (e.g. ``lambda logits: logits.topk(2).indices[:, 1]``, the runner-up).
+TargetSpec = int | str | Sequence[int | str] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 # {"mask": (B,H,W) bool, "boxes": (B,K,4) float x0,y0,x1,y1 pixel edges, rows of NaN as padding};
 # either key may be absent or None.
 GroundTruth = Mapping[str, torch.Tensor | None]
 GROUND_TRUTH_KEYS = ("mask", "boxes")
-_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda only
 
 
 def upsample_and_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -56,11 +67,12 @@ def _class_index(name: str, class_names: Sequence[str] | None) -> int:
     raise ValueError(f"target {name!r} is not one of the model's class names.{hint} Classes: {shown}")
 
 
-def expand_targets(target: TargetSpec, batch: int, class_names: Sequence[str] | None = None) -> torch.Tensor | None:
+def expand_targets(target: TargetSpec, batch: int, class_names: Sequence[str] | None = None
+                   ) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None:
     """Long (B,) targets from an int, a class name, a sequence of those, or a tensor (None stays None:
     predicted class). One target applies to every image; otherwise give exactly one per image."""
-    if target is None:
-        return None
+    if target is None or callable(target):
+        return target  # a function of the logits is applied chunk by chunk (outputs.select_targets)
     if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
         items = [target] if isinstance(target, str) else list(target)
         target = [_class_index(t, class_names) if isinstance(t, str) else t for t in items]
@@ -79,22 +91,6 @@ def expand_targets(target: TargetSpec, batch: int, class_names: Sequence[str] | 
     return targets.contiguous()
 
 
-def check_logits(logits: object, model: nn.Module | None = None) -> torch.Tensor:
-    """The model's output must be (B, num_classes) logits with at least one class.
-
-    Why: a headless model (timm ``num_classes=0``) returns pooled features, and explaining their
-    argmax would report a feature index as a "class".
-    """
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"the model returned {type(logits).__name__}, not a logits tensor (B, num_classes)")
-    if logits.ndim != 2 or logits.shape[1] == 0:
-        raise ValueError(f"the model returned shape {tuple(logits.shape)}; CAM methods need (B, num_classes) logits")
-    if model is not None and getattr(model, "num_classes", None) == 0:
-        raise ValueError("the model has no classifier head (num_classes=0): its outputs are features, not class "
-                         "logits; build it with num_classes >= 1")
-    return logits
-
-
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Probability of each target: softmax over the classes; for a one-logit model, its sigmoid
     (softmax over a single class would always give 1.0)."""
@@ -102,43 +98,6 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0])
     return logits.softmax(dim=1).gather(1, targets[:, None].to(logits.device))[:, 0]
-
-
-@contextlib.contextmanager
-def model_errors(images: torch.Tensor) -> Iterator[None]:
-    """Turn torch's failures while running the model on ``images`` into one line that says what to
-    change (torch's own messages run to many lines of C++ context)."""
-    try:
-        yield
-    except _OUT_OF_MEMORY as err:
-        raise MemoryError(f"out of memory running the model on a batch of shape {tuple(images.shape)}; lower the "
-                          "batch size, image_size or max_size") from err
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = first if len(first) <= 200 else first[:197] + "..."
-        raise ValueError(f"the model failed on a batch of shape {tuple(images.shape)} (is the image large enough "
-                         f"for this model?): {first}") from err
-
-
-def run_model(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``model(images)`` with torch's failures as one clear line (see :func:`model_errors`)."""
-    with model_errors(images):
-        return model(images)
-
-
-def select_targets(targets: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """The predicted class where ``targets`` is None; else the given classes, range-checked."""
-    num_classes = check_logits(logits).shape[1]
-    if targets is None:
-        return logits.argmax(dim=1)
-    targets = targets.to(logits.device)
-    low, high = int(targets.min()), int(targets.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"target {bad} is out of range for a model with {num_classes} classes (valid: 0..{num_classes - 1})"
-        )
-    return targets
 
 
 def check_ground_truth(ground_truth: GroundTruth | None, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -207,15 +166,21 @@ class CAMMethod:
         the benchmark asks before it schedules a (kind, method) cell. Post-hoc methods: always."""
         return True
 
-    def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, batch_size: int | None = None):
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, batch_size: int | None = None, *,
+                 output: OutputSelector = None, reshape: Reshape | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None; got {batch_size}")
         self.model = model
         self.batch_size = batch_size
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape must be a callable (layer output -> (B,C,h,w)) or None; got {type(reshape).__name__}")
+        self.output = output  # which part of the model's output holds the logits (outputs.select_output)
+        self.reshape = reshape  # the user's layout rule for the layer's output (reshape.to_feature_map)
         self._layer_spec = layer
-        self.layer: str | None = resolve_layer(model, layer) if layer is not None else None
+        self.layers: list[str] | None = resolve_layers(model, layer) if layer is not None else None
+        self.layer: str | None = "+".join(self.layers) if self.layers else None
 
     # --- what subclasses provide -------------------------------------------------------------
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
@@ -229,81 +194,32 @@ class CAMMethod:
 
         A method with ``needs_ground_truth`` also receives ``ground_truth=`` (this chunk's, validated).
         """
-        logits, targets, activations, gradients = self.layer_outputs(images, targets)
-        with torch.no_grad():
-            raw = self.compute(activations, gradients)
-        return logits, targets, raw
+        captured = self.capture(images, targets)
+        with torch.no_grad():  # several layers: one map each, fused by capture.fuse_layer_maps
+            raw = fuse_layer_maps([self.compute(a, g) for a, g in zip(captured.activations, captured.gradients)])
+        return captured.logits, captured.targets, raw
 
     def layer_outputs(
         self, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One chunk's (logits, targets, activations (B,C,h,w), gradients or None), all detached.
+        """One chunk's (logits, targets, activations (B,C,h,w), gradients or None), detached, float32.
 
         Separate from :meth:`raw_maps` for methods that need the layer's output together with
         something :meth:`compute` does not see (the ``random`` control keys its noise on the images).
+        Such methods explain one layer; several (``layer=[...]``) go through :meth:`capture`.
         """
-        with model_errors(images[:1]):
-            layer = self._layer_name(images)  # may probe the model with one image
-        with self._capture(get_layer(self.model, layer)) as captured:
-            grad_was_enabled = torch.is_grad_enabled()
-            try:
-                torch.set_grad_enabled(False)  # the hook switches autograd on at the layer
-                logits = check_logits(run_model(self.model, images), self.model)
-            finally:
-                torch.set_grad_enabled(grad_was_enabled)
-        if "activations" not in captured:
-            raise RuntimeError(f"layer {layer!r} was not called during the forward pass; choose another layer")
-        activations = captured["activations"]
-        if activations.ndim != 4:
-            raise ValueError(
-                f"layer {layer!r} outputs shape {tuple(activations.shape)}; CAM methods need a (B,C,h,w) "
-                "feature map — choose a convolutional layer"
-            )
-        targets = select_targets(targets, logits.detach())
-        gradients = None
-        if self.uses_gradients:
-            if not logits.requires_grad:
-                raise RuntimeError(f"the logits do not depend on layer {layer!r}; choose a layer the output uses")
-            selected = logits.gather(1, targets[:, None]).sum()
-            (gradients,) = torch.autograd.grad(selected, activations)
-        for name, tensor in (("activations", activations), ("gradients", gradients)):
-            if tensor is not None and not torch.isfinite(tensor).all():
-                raise FloatingPointError(
-                    f"the {name} of layer {layer!r} contain NaN or infinite values; check the model's "
-                    "weights and the input for NaN/inf"
-                )
-        return logits.detach(), targets, activations.detach(), gradients
+        captured = self.capture(images, targets)
+        if len(captured.activations) != 1:
+            raise ValueError(f"method {self.name!r} explains one layer at a time; got layer={self.layers}")
+        return captured.logits, captured.targets, captured.activations[0], captured.gradients[0]
 
-    # --- shared machinery ------------------------------------------------------------------
-    def _layer_name(self, images: torch.Tensor) -> str:
-        if self.layer is None:
-            self.layer = resolve_layer(self.model, self._layer_spec, probe=images[:1])
-        return self.layer
-
-    @contextlib.contextmanager
-    def _capture(self, module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-        """Record the module's output for the block; the hook is removed even if the block raises."""
-        captured: dict[str, torch.Tensor] = {}
-        with_grad = self.uses_gradients
-
-        def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor | None:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"layer {self.layer!r} returns {type(output).__name__}, not a tensor; choose another layer"
-                )
-            if not with_grad:
-                captured["activations"] = output.detach()
-                return None
-            torch.set_grad_enabled(True)
-            activations = output.detach().requires_grad_(True)
-            captured["activations"] = activations
-            return activations.clone()  # a non-leaf, so in-place ops after the layer stay legal
-
-        handle = module.register_forward_hook(hook)
-        try:
-            yield captured
-        finally:
-            handle.remove()
+    def capture(self, images: torch.Tensor, targets: torch.Tensor | None) -> LayerCapture:
+        """One forward (and backward, for gradient methods) capturing every explained layer."""
+        with model_errors(images[:1]):  # the automatic choice may probe the model with one image
+            self.layers = resolve_layers(self.model, self._layer_spec, probe=images[:1])
+        self.layer = "+".join(self.layers)
+        return capture_layers(self.model, images, self.layers, targets, with_grad=self.uses_gradients,
+                              output=self.output, reshape=self.reshape)
 
     def __call__(
         self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None
@@ -314,12 +230,18 @@ class CAMMethod:
         (boxes as x0,y0,x1,y1 pixel edges, NaN-padded). Always validated against the batch; passed
         on, chunk by chunk, only to methods with ``needs_ground_truth``.
         """
+        logits, targets, raw = self.run(images, target, ground_truth)
+        return self.explanation(images, logits, targets, raw)
+
+    def run(
+        self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The checked, chunked pass behind :meth:`__call__`: (logits, targets, raw maps) of the batch."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (B,3,H,W); got {tuple(images.shape)}")
         batch = images.shape[0]
         chunk = self.batch_size or batch
-        names = getattr(self.model, "class_names", None)
-        targets = expand_targets(target, batch, names)
+        targets = expand_targets(target, batch, model_class_names(self.model))
         truth = check_ground_truth(ground_truth, images)
         if self.needs_ground_truth and truth is None:
             raise ValueError(
@@ -330,7 +252,7 @@ class CAMMethod:
 
         def chunk_of(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             stop = start + chunk
-            chunk_targets = None if targets is None else targets[start:stop]
+            chunk_targets = targets if targets is None or callable(targets) else targets[start:stop]
             if not self.needs_ground_truth:
                 return self.raw_maps(images[start:stop], chunk_targets)
             assert truth is not None
@@ -342,9 +264,22 @@ class CAMMethod:
         logits = torch.cat([r[0] for r in results])
         targets = torch.cat([r[1] for r in results])
         raw = torch.cat([r[2] for r in results]).float()
+        return logits, targets, raw
+
+    def explanation(
+        self, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, raw: torch.Tensor,
+        method: str | None = None,
+    ) -> Explanation:
+        """Raw maps (B,h,w) of a whole batch -> the :class:`Explanation` (upsampled, normalised, scored).
+
+        Separate from :meth:`__call__` so the one-pass multi-method run (``methods/multi.py``) builds
+        each method's result exactly as a single-method call does. ``method``: the name to record.
+        """
+        name = method or self.name
+        names = model_class_names(self.model)
         if not torch.isfinite(raw).all():
             raise FloatingPointError(
-                f"{self.name} produced NaN or infinite values (layer {self.layer!r}); check the model's "
+                f"{name} produced NaN or infinite values (layer {self.layer!r}); check the model's "
                 "weights and the input for NaN/inf"
             )
         maps = upsample_and_normalise(raw, tuple(images.shape[-2:]))
@@ -355,7 +290,7 @@ class CAMMethod:
             raw=raw,
             targets=targets,
             scores=scores,
-            method=self.name,
+            method=name,
             layer=self.layer,
             inputs=images,
             mean=mean,

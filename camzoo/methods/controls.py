@@ -18,12 +18,14 @@ ignore it. All four still run the model once, for the targets and scores an Expl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..groundtruth import boxes_to_masks
-from .base import CAMMethod, select_targets
+from .base import CAMMethod, OutputSelector, run_model, select_targets
 from .registry import register
 
 _MASK32 = 0xFFFFFFFF
@@ -128,10 +130,11 @@ class RandomMap(CAMMethod):
         layer: nn.Module | str | None = None,
         batch_size: int | None = None,
         seed: int = 0,
+        **options: Any,
     ):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
-        super().__init__(model, layer, batch_size)
+        super().__init__(model, layer, batch_size, **options)  # output=, reshape= (CAMMethod)
         self.seed = seed
 
     def raw_maps(
@@ -150,13 +153,14 @@ class InputControl(CAMMethod):
     input's resolution, so the shared bilinear resize leaves it unchanged and only min-max applies.
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, batch_size: int | None = None):
+    def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, batch_size: int | None = None, *,
+                 output: OutputSelector = None):
         if layer is not None:
             raise ValueError(
                 f"method {self.name!r} is computed from the input image, not a layer; drop layer=... "
                 "(only 'random' among the controls explains a layer)"
             )
-        super().__init__(model, None, batch_size)
+        super().__init__(model, None, batch_size, output=output)
 
     def input_map(self, images: torch.Tensor, ground_truth: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """(B,3,H,W) normalised images -> (B,H,W) raw map at input resolution."""
@@ -169,7 +173,7 @@ class InputControl(CAMMethod):
         ground_truth: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            logits = self.model(images)
+            logits = run_model(self.model, images, self.output)
             raw = self.input_map(images, ground_truth)
         return logits, select_targets(targets, logits), raw
 

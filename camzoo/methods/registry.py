@@ -45,9 +45,17 @@ def _normalise(name: str) -> str:
 
 
 def get_method(name: str) -> type[CAMMethod]:
-    """The class registered as ``name``; case, '-' and '_' are ignored ("Grad-CAM" finds "gradcam")."""
+    """The class registered as ``name``; case, '-' and '_' are ignored ("Grad-CAM" finds "gradcam").
+
+    ``captum:<Attribution>`` (e.g. ``captum:IntegratedGradients``) is any ``captum.attr`` class
+    through camzoo's pipeline (:mod:`camzoo.methods.captum_adapter`); it is not in the registry's list.
+    """
     if not isinstance(name, str):
         raise TypeError(f"method must be a name (str); got {type(name).__name__}")
+    if name[:7].lower() == "captum:":
+        from .captum_adapter import captum_method
+
+        return captum_method(name[7:])
     if name in _METHODS:
         return _METHODS[name]
     key = _normalise(name)

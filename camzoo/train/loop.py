@@ -28,6 +28,7 @@ from ..data.transforms import augment_batch
 from ..inference import evaluate
 from ..models import build_model
 from ..models.checkpoint import save_model
+from . import ddp
 from .config import TrainConfig, TrainResult
 from .schedule import learning_rate
 from .state import (CHECKPOINT_NAME, MODEL_NAME, finished_result, restore, runtime_settings, save_resume_state,
@@ -35,14 +36,17 @@ from .state import (CHECKPOINT_NAME, MODEL_NAME, finished_result, restore, runti
 
 
 def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=None, resume: bool = True,
-          callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+          callback: Callable[[int, dict[str, float]], None] | None = None, distributed: bool = False) -> TrainResult:
     """Train one model; checkpoint every epoch into ``out_dir``; return a :class:`TrainResult`.
 
     ``train_dataset`` items are ``(image, label, target)`` (data contract; ``target`` unused) or
     ``(image, label)``. With ``resume`` (default) an interrupted run in ``out_dir`` continues
     from its last finished epoch and a finished one is returned without training; a run there
     with a different config is an error. ``callback(epoch, stats)`` runs after each epoch's
-    checkpoint is written. ``TrainResult.model`` is the trained model, in eval mode.
+    checkpoint is written. ``TrainResult.model`` is the trained model, in eval mode. ``distributed``:
+    train one model over the initialised process group with DDP (camzoo.train.ddp; every rank calls
+    this with the same arguments, ``batch_size`` is the global batch), as `camzoo train` does under
+    torchrun; off by default, since a distributed benchmark trains different models on its ranks.
     """
     start_time = time.perf_counter()
     config.validate()
@@ -60,6 +64,10 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     num_classes = config.num_classes or len(getattr(train_dataset, "classes", None) or [])
     if num_classes < 2:
         raise ValueError("set TrainConfig.num_classes, or give a dataset with a .classes list of at least 2 names")
+    rank, world_size = ddp.world() if distributed else (0, 1)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be divisible by the "
+                         f"{world_size} processes")
 
     finished = finished_result(config, out_dir, start_time, device) if resume else None
     if finished is not None:
@@ -77,6 +85,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     data = BatchLoader(train_dataset, config.batch_size, device, num_classes=num_classes,
                        num_workers=config.num_workers, fast_path=config.fast_path)
+    step_model = ddp.wrap(model, device) if world_size > 1 else model
 
     start_epoch, history, past_time = 0, [], 0.0
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -95,11 +104,13 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
             model.train()
-            aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch, AUGMENT_STREAM))
+            # each rank draws its own augmentations (rank 0's are those of a single process)
+            aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch, AUGMENT_STREAM) + rank)
             loss_sum = torch.zeros((), device=device)
             hits = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            batches = data.epoch(shuffle=True, seed=config.seed, epoch=epoch, drop_last=True)
+            batches = data.epoch(shuffle=True, seed=config.seed, epoch=epoch, drop_last=True, rank=rank,
+                                 world_size=world_size)
             for i, (x, y, _) in enumerate(batches):
                 step = epoch * steps_per_epoch + i
                 lr = learning_rate(config, step, total_steps)
@@ -108,7 +119,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                 x = augment_batch(x, config.augment, aug_gen)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                loss, logits = train_step(model, optimizer, scaler, x, y, autocast)
+                loss, logits = train_step(step_model, optimizer, scaler, x, y, autocast)
                 loss_sum += loss.float() * y.shape[0]
                 hits += (logits.argmax(1) == y).sum()
                 seen += y.shape[0]
@@ -116,6 +127,10 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                     bar.update(1)
                     if (i + 1) % config.log_every == 0:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / seen:.4f}", acc=f"{hits.item() / seen:.3f}")
+            if world_size > 1:  # the epoch's numbers over every rank's share
+                counts = torch.tensor(seen, device=device)
+                ddp.all_sum(loss_sum, hits, counts)
+                seen = int(counts.item())
             stats = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_accuracy": hits.item() / seen,
                      "lr": lr, "seconds": time.perf_counter() - epoch_start, "steps": len(batches)}
             if not math.isfinite(stats["train_loss"]):
@@ -127,18 +142,23 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
             if bar is not None:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.4f}", acc=f"{stats['train_accuracy']:.3f}")
             past_time += stats["seconds"]
-            save_resume_state(ckpt_path, config, model, optimizer, scaler, epoch + 1, history, past_time)
-            write_log(out_dir, config, history, finished=False)
+            if rank == 0:  # one writer; the checkpoint holds nothing rank-specific
+                save_resume_state(ckpt_path, config, model, optimizer, scaler, epoch + 1, history, past_time)
+                write_log(out_dir, config, history, finished=False)
             if callback is not None:
                 callback(epoch + 1, stats)
         result_stats = {}
         if eval_dataset is not None:
-            result_stats = evaluate(model, eval_dataset, config.eval_batch_size, device, amp=amp, num_classes=num_classes)
+            evaluation = ddp.evaluate_sharded if world_size > 1 else evaluate  # sharded by image index
+            result_stats = evaluation(model, eval_dataset, config.eval_batch_size, device, amp=amp, num_classes=num_classes)
     summary = {"config": config.fingerprint(), "history": history, "total_train_time_s": past_time,
                "eval": result_stats or None, "finished": True}
-    model_path = save_model(model, out_dir / MODEL_NAME, train_summary=summary)
-    write_log(out_dir, config, history, finished=True, eval_stats=result_stats)
-    ckpt_path.unlink(missing_ok=True)
+    model_path = out_dir / MODEL_NAME
+    if rank == 0:
+        model_path = save_model(model, model_path, train_summary=summary)
+        write_log(out_dir, config, history, finished=True, eval_stats=result_stats)
+        ckpt_path.unlink(missing_ok=True)
+    ddp.barrier()  # every rank returns a checkpoint that exists
     last = history[-1]
     # The same tensors the checkpoint holds, in the layout a loaded checkpoint has.
     model = model.to(memory_format=torch.contiguous_format).eval()

@@ -1,0 +1,125 @@
+"""A benchmark grid spread over processes with torch.distributed (launched by torchrun).
+
+Why torch.distributed and not a scheduler of our own: torchrun already starts one process per
+device on one or many nodes, restarts or tears down the group when one dies, and gives every
+process its rank; all the benchmark adds is who computes which cell and where it is written:
+
+1. every rank validates the config (a failure on any rank stops all, before any cell);
+2. rank 0 merges the shards of earlier attempts into results.sqlite and sends every rank the list
+   of finished cells (no other rank opens results.sqlite, which may sit on a network share);
+3. the model jobs that still lack a cell are dealt round-robin (rank r takes r, r+W, ...); each rank
+   trains and explains its models on its own device (cuda:LOCAL_RANK with NCCL, else the CPU with
+   gloo) and writes its cells to its own shard (camzoo.bench.shards); barrier;
+4. rank 0 merges the shards and computes the stability cells (they compare the maps of every seed).
+
+A rank killed at any point loses at most the cell it was computing: rerunning the same command
+(on any number of ranks) merges what was finished and deals out the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .runner import BenchRunner
+from .shards import ShardedStore, Worker, merge_shards
+from .store import CellKey, ResultsStore
+from .validate import ConfigError, validate
+
+# Ranks wait at the barriers for the slowest rank's models: hours on a large grid.
+BARRIER_TIMEOUT = timedelta(hours=int(os.environ.get("CAMZOO_DIST_TIMEOUT_HOURS", "48")))
+
+
+def world_from_env() -> Worker | None:
+    """This process's place in a torchrun group (RANK/WORLD_SIZE), or None when not launched by one."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise ConfigError(f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not integers") from None
+    return Worker(rank, size) if size > 1 else None
+
+
+def rank_device(requested: str) -> str:
+    """One device per rank: "auto"/"cuda" -> cuda:LOCAL_RANK where CUDA exists; "cpu" stays the CPU."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if requested.startswith("cuda:"):
+        return requested  # the user pinned one device (e.g. one rank per node)
+    return f"cuda:{local}"
+
+
+def launch(nproc: int, arguments: Sequence[str]) -> int:
+    """``camzoo bench --nproc N``: run ``torchrun --standalone --nproc-per-node N -m camzoo ARGS`` on this
+    node; the exit status of the group. Multi-node runs call torchrun themselves (docs/benchmark.md)."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "camzoo", *arguments]
+    return subprocess.call(command)
+
+
+def _all_ok(ok: bool, device: str) -> bool:
+    """True when every rank says ok (one all-reduce of a flag)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if ok else 1], device=device if device.startswith("cuda") else "cpu")
+    dist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def _barrier(device: str) -> None:
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        dist.barrier(device_ids=[torch.device(device).index or 0])
+    else:
+        dist.barrier()
+
+
+def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Worker, device: str | None = None,
+                    progress: bool = True, echo: Callable[[str], None] = print) -> BenchRunner:
+    """This rank's share of the grid (see the module docstring); returns its runner (rank 0's holds
+    the merged store). Call it in every process of a torchrun group."""
+    import torch.distributed as dist
+
+    device = rank_device(device or config["device"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
+    try:
+        error = None
+        try:
+            validate(config, device, worker.world_size)
+        except ValueError as err:
+            error = err
+        if not _all_ok(error is None, device):
+            raise error or ConfigError(f"rank {worker.rank}: another rank found the config invalid (see its message)")
+        runner = BenchRunner(config, out_dir, device=device, progress=progress, echo=echo, worker=worker)
+        done = [None]
+        if worker.rank == 0:  # the only rank that opens results.sqlite before the end
+            with ResultsStore(out_dir) as merged:
+                merge_shards(out_dir, merged)
+                done = [[key.as_tuple() for key in merged.cells(runner.run_id)]]
+        dist.broadcast_object_list(done, src=0)
+        runner.use_store(ShardedStore(out_dir, worker, (CellKey(*key) for key in done[0])))
+        mine = runner.pending_jobs()[worker.rank::worker.world_size]
+        runner.record_run()
+        runner.run_models(mine)
+        _barrier(device)
+        if worker.rank == 0:
+            merged = ResultsStore(out_dir)
+            merge_shards(out_dir, merged)
+            runner.use_store(merged)
+            runner.run_stability()
+        return runner
+    finally:
+        dist.destroy_process_group()

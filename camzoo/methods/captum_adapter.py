@@ -1,0 +1,126 @@
+"""Any Captum attribution as a camzoo method: ``method="captum:IntegratedGradients"``.
+
+Why: the benchmark scores maps, whatever made them; with this adapter pixel attributions
+(Integrated Gradients, Saliency, Guided Backprop, Occlusion, ...) are scored next to the CAMs by
+the same metrics, through the same :class:`~camzoo.explanation.Explanation`.
+
+The map rule: Captum returns an attribution shaped like what it attributes to, (B,3,H,W) for the
+input, (B,C,h,w) or (B,1,h,w) for a layer. One channel is already a map and is kept as it is
+(signed); several channels are reduced by ``reduce`` (default ``"abs_sum"``: the absolute value
+summed over channels). The (B,h,w) result then goes through the shared pipeline: bilinear
+upsampling to the input (the identity for input attributions) and per-image min-max.
+Options are split by name between the attribution's constructor (``multiply_by_inputs``, ...) and
+its ``attribute`` call (``n_steps``, ``baselines``, ``sliding_window_shapes``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .base import CAMMethod, run_model, select_targets
+from .layers import get_layer, resolve_layers
+
+PREFIX = "captum:"
+REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "abs_sum": lambda a: a.abs().sum(1),
+    "abs_max": lambda a: a.abs().amax(1),
+    "sum": lambda a: a.sum(1),
+    "positive_sum": lambda a: a.clamp_min(0).sum(1),
+    "l2": lambda a: a.norm(dim=1),
+}
+_SET_BY_CAMZOO = {"self", "inputs", "target", "forward_func", "model", "layer", "attribution_method",
+                  "return_convergence_delta", "additional_forward_args"}
+_CLASSES: dict[str, type["CaptumMethod"]] = {}
+
+
+def _parameters(function: Callable) -> set[str]:
+    return {name for name, p in inspect.signature(function).parameters.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - _SET_BY_CAMZOO
+
+
+class CaptumMethod(CAMMethod):
+    """Base of the generated ``captum:<Attribution>`` classes (see the module docstring)."""
+
+    attribution_class: ClassVar[type]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None,
+                 *, reduce: str = "abs_sum", **options: Any) -> None:
+        cls = self.attribution_class
+        self.is_layer_method = "layer" in inspect.signature(cls.__init__).parameters
+        if layer is not None and not self.is_layer_method:
+            raise ValueError(f"{self.name} attributes to the input pixels; layer= applies only to Captum's layer "
+                             "methods (LayerGradCam, GuidedGradCam, LayerConductance, ...)")
+        base_names = set(inspect.signature(CAMMethod.__init__).parameters) - {"self", "model", "layer", "batch_size"}
+        base_options = {k: options.pop(k) for k in list(options) if k in base_names}
+        super().__init__(model, layer=layer, batch_size=batch_size, **base_options)
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
+        self.reduce = reduce
+        init_names, call_names = _parameters(cls.__init__), _parameters(cls.attribute)
+        unknown = sorted(set(options) - init_names - call_names)
+        if unknown:
+            raise ValueError(f"{self.name} does not take option(s) {unknown}; its options: "
+                             f"{', '.join(sorted(init_names | call_names)) or 'none'}, and camzoo's reduce=")
+        self.init_options = {k: v for k, v in options.items() if k in init_names}
+        self.call_options = {k: v for k, v in options.items() if k in call_names and k not in init_names}
+
+    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            logits = run_model(self.model, images, self.output)
+        targets = select_targets(targets, logits)
+        if self.is_layer_method:
+            self.layers = resolve_layers(self.model, self._layer_spec, probe=images[:1])
+            if len(self.layers) != 1:
+                raise ValueError(f"{self.name} explains one layer; got layer={self.layers}")
+            self.layer = self.layers[0]
+            layer = get_layer(self.model, self.layer)
+            attribution = self.attribution_class(self.model, layer, **self.init_options)
+        else:
+            attribution = self.attribution_class(self.model, **self.init_options)
+        with torch.enable_grad():  # a leaf that requires grad: Captum would otherwise warn and set it
+            inputs = images.detach().clone().requires_grad_(True)
+            result = attribution.attribute(inputs, target=targets, **self.call_options)
+        result = result[0] if isinstance(result, tuple) else result
+        result = result.detach().float()
+        if result.ndim == 4:
+            raw = result[:, 0] if result.shape[1] == 1 else REDUCTIONS[self.reduce](result)
+        elif result.ndim == 3:
+            raw = result
+        else:
+            raise ValueError(f"{self.name} returned attributions of shape {tuple(result.shape)}; camzoo maps need "
+                             "(B,C,H,W), (B,1,h,w) or (B,h,w)")
+        return logits.detach(), targets, raw
+
+
+def captum_method(attribution: str) -> type[CaptumMethod]:
+    """The camzoo method class for ``captum.attr.<attribution>`` (made once, then reused)."""
+    if attribution in _CLASSES:
+        return _CLASSES[attribution]
+    try:
+        import captum.attr
+    except ImportError as err:
+        raise ImportError("captum: methods need Captum; pip install captum") from err
+    available = sorted(name for name, value in vars(captum.attr).items()
+                       if isinstance(value, type) and issubclass(value, captum.attr.Attribution)
+                       and hasattr(value, "attribute") and not inspect.isabstract(value))
+    if attribution not in available:
+        close = difflib.get_close_matches(attribution, available, n=3)
+        hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
+        raise ValueError(f"unknown Captum attribution {attribution!r}.{hint} Available: {', '.join(available)}")
+    target = getattr(captum.attr, attribution)
+    cls = type(f"Captum{attribution}", (CaptumMethod,), {
+        "name": PREFIX + attribution,
+        "attribution_class": target,
+        "summary": f"Captum's {attribution}, reduced to one map per image",
+        "__doc__": f"``captum.attr.{attribution}`` through camzoo's pipeline (see camzoo.methods.captum_adapter).",
+        "__module__": __name__,
+    })
+    _CLASSES[attribution] = cls
+    return cls

@@ -1,0 +1,125 @@
+"""DistributedDataParallel training under torchrun, for one model on several devices.
+
+Why this shape: the trainer stays one loop. Under an initialised process group it wraps the model
+in DDP (gradients averaged over ranks in the backward), feeds each rank its share of every global
+batch (``BatchLoader.epoch(rank=, world_size=)``: the same shuffled order on every rank, split by
+position, so W ranks see exactly the images one process would), sums the epoch statistics over
+ranks, and lets rank 0 alone write checkpoints (atomically, as always). A checkpoint holds nothing
+rank-specific, so a run resumes on any number of processes. Batch statistics of BatchNorm are per
+rank (DDP's default), the one reason W ranks differ slightly from one process. Evaluation is
+sharded by image index (rank r predicts images r, r+W, ...; no sampler padding, so no duplicates)
+and the logits are gathered back into index order: exactly the numbers of one process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of an initialised process group; (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(device: str) -> str:
+    """Under torchrun (WORLD_SIZE > 1): join the group (NCCL on CUDA, else gloo) and return this
+    rank's device (cuda:LOCAL_RANK for "cuda"/"auto" with CUDA). Without torchrun: ``device`` as is."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    elif device == "auto":
+        device = "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+class _TrainForward(nn.Module):
+    """DDP calls ``forward``; training needs ``forward_train`` (logits and the attention map)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model.forward_train(x)
+
+
+class DistributedModel(DistributedDataParallel):
+    """A camzoo model in DDP that ``train_step`` can drive like the model itself."""
+
+    def forward_train(self, x: torch.Tensor) -> Any:
+        return self(x)
+
+    def loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        return self.module.model.loss(out, y)
+
+
+def wrap(model: nn.Module, device: torch.device) -> DistributedModel:
+    return DistributedModel(_TrainForward(model), device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+
+def all_sum(*tensors: torch.Tensor) -> None:
+    """Sum tensors over ranks, in place (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
+@torch.no_grad()
+def predict_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device, amp: bool = False,
+                    num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``camzoo.inference.predict`` over the ranks: each predicts its images, all gather by index.
+    Every rank first takes rank 0's buffers (BatchNorm's running statistics are updated per rank in
+    training), so all shards are predicted by the one model rank 0 saves."""
+    import torch.distributed as dist
+
+    from ..inference import predict
+
+    rank, size = world()
+    if size == 1:
+        return predict(model, dataset, batch_size, device, amp, num_classes)
+    for buffer in model.buffers():  # BatchNorm's running statistics differ per rank (DDP keeps the weights equal)
+        dist.broadcast(buffer.data, src=0)
+    mine = list(range(rank, len(dataset), size))
+    logits, labels = predict(model, torch.utils.data.Subset(dataset, mine), batch_size, device, amp, num_classes) \
+        if mine else (torch.empty(0, 0), torch.empty(0, dtype=torch.long))
+    shares: list[Any] = [None] * size
+    dist.all_gather_object(shares, (mine, logits.cpu(), labels.cpu()))
+    width = max(share[1].shape[1] for share in shares if share[0])
+    all_logits, all_labels = torch.empty(len(dataset), width), torch.empty(len(dataset), dtype=torch.long)
+    for indices, part_logits, part_labels in shares:
+        if indices:
+            all_logits[indices], all_labels[indices] = part_logits, part_labels
+    return all_logits.to(device), all_labels.to(device)
+
+
+def evaluate_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device, amp: bool = False,
+                     num_classes: int | None = None) -> dict[str, float]:
+    """``camzoo.inference.evaluate``'s numbers (accuracy, loss, n) from :func:`predict_sharded`."""
+    from ..inference import scores
+
+    logits, labels = predict_sharded(model, dataset, batch_size, device, amp, num_classes)
+    return scores(logits, labels)

@@ -1,0 +1,122 @@
+"""The benchmark spread over ranks: shards merge exactly once, a rerun after a lost rank finishes the
+grid, and 2 gloo processes on the CPU give the table of 1 process, with each cell's worker recorded."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from camzoo.bench.config import resolve_config
+from camzoo.bench.runner import BenchRunner
+from camzoo.bench.shards import SHARD_DIR, Worker, merge_shards, shard_paths
+from camzoo.bench.store import CellKey, ResultsStore
+from camzoo.bench.validate import validate
+
+TINY = """
+preset = "custom"
+seeds = [0, 1]
+kinds = ["baseline"]
+backbones = ["resnet8"]
+methods = ["gradcam", "random"]
+device = "cpu"
+
+[[datasets]]
+name = "shapes"
+root = "{cache}"
+image_size = 32
+options = {{num_classes = 4, train = {{num_images = 64}}, test = {{num_images = 16}}}}
+
+[train]
+epochs = 1
+batch_size = 32
+
+[eval]
+images = 8
+batch_size = 8
+deletion_steps = 4
+substrates = ["zeros"]
+chunk_size = 32
+gallery_images = 1
+"""
+KEY = ["dataset", "backbone", "kind", "variant", "seed", "method"]
+
+
+def cells(out: Path) -> pd.DataFrame:
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return pd.read_sql("SELECT * FROM cells", db)
+
+
+def test_merging_shards_copies_each_cell_once(tmp_path):
+    def key(seed: int, method: str) -> CellKey:
+        return CellKey("shapes", "resnet8", "baseline", "default", seed, method)
+
+    def write(store: ResultsStore, cell: CellKey, value: float, worker: str) -> None:
+        store.write_cell("r", cell, {"deletion": (value, np.full(3, value))}, {"maps": np.full((3, 2, 2), value)},
+                         code_version="0", device="cpu", worker=worker)
+
+    shards = tmp_path / SHARD_DIR
+    with ResultsStore(shards, name="rank-a-0.sqlite") as a, ResultsStore(shards, name="rank-b-1.sqlite") as b, \
+            ResultsStore(tmp_path) as merged:
+        for store in (a, b, merged):
+            store.record_run("r", {"seeds": [0, 1]}, {"device": "cpu"})
+        write(merged, key(0, "gradcam"), 0.5, "a:0")  # finished before: the shard's copy must not replace it
+        write(a, key(0, "gradcam"), 0.9, "a:0")
+        write(a, key(0, "random"), 0.1, "a:0")
+        write(b, key(1, "gradcam"), 0.2, "b:1")
+        assert merge_shards(tmp_path, merged) == 2
+        assert merge_shards(tmp_path, merged) == 0  # idempotent
+        assert merged.workers("r") == {key(0, "gradcam"): "a:0", key(0, "random"): "a:0", key(1, "gradcam"): "b:1"}
+        values = {(r["seed"], r["method"]): r["value"] for r in merged.results("r")}
+        assert values == {(0, "gradcam"): 0.5, (0, "random"): 0.1, (1, "gradcam"): 0.2}
+        assert merged.array("r", key(1, "gradcam"), "maps").tolist() == np.full((3, 2, 2), 0.2).tolist()
+        assert len(merged.runs()) == 1
+    assert len(shard_paths(tmp_path)) == 2  # kept: they record how the work was spread
+
+
+def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
+    config = resolve_config(None, config_path)
+    planned = validate(config).cells
+
+    # One process, after a rank that was lost part-way: its shard holds seed 1's cells only. The rerun
+    # merges the shard, computes the rest, and every cell is there once (seed 1's from the lost rank).
+    one = tmp_path / "one"
+    lost = BenchRunner(config, one, progress=False, worker=Worker(1, 2, host="lost-node"))
+    lost.record_run()
+    lost.run_models([job for job in lost.jobs() if job.seed == 1])
+    lost.store.close()
+    BenchRunner(config, one, progress=False).run()
+    found = cells(one)
+    assert len(found) == planned and not found.duplicated(KEY).any()
+    assert set(found[found["seed"] == 1]["worker"]) == {"lost-node:1"}
+    assert set(found[found["seed"] == 0]["worker"]) == {f"{socket.gethostname()}:0"}  # the gallery: lost-node
+
+    # Two gloo processes through the --nproc shortcut (torchrun)
+    two = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config_path), "--out", str(two), "--nproc", "2",
+               "--no-progress", "--no-html"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    found = cells(two)
+    assert len(found) == planned and not found.duplicated(KEY).any()
+    host = socket.gethostname()
+    assert set(found[found["seed"] == 0]["worker"]) - {f"{host}:0"} == set()  # seed 0 (and stability) on rank 0
+    assert set(found[found["seed"] == 1]["worker"]) == {f"{host}:1"}
+    assert len(shard_paths(two)) == 2
+
+    from camzoo.bench.report import write_report
+
+    write_report(one, formats=("csv",))
+    tables = [pd.read_csv(out / "summary.csv") for out in (one, two)]
+    timing = [c for c in tables[0] if c.startswith(("ms_per_image", "peak_memory_mb"))]
+    assert timing, "the cost columns are in the table"
+    pd.testing.assert_frame_equal(tables[0].drop(columns=timing), tables[1].drop(columns=timing))

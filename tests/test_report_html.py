@@ -1,0 +1,169 @@
+"""report.html: self-contained, the summary's own numbers, and a page that works in a real browser.
+
+The browser test drives headless Chromium with selenium (Debian: ``apt-get install chromium
+chromium-driver``; .ci/run installs them). It is skipped, saying why, only where neither can be found.
+Set CAMZOO_UPDATE_DOCS_IMG=1 to write its screenshot to docs/img/report.png (docs/results.md shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_bench_explore import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = re.compile(r"const DATA = (.*?);\n", re.S)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory)
+
+
+def page_data(path: Path) -> dict:
+    return json.loads(DATA.search(path.read_text(encoding="utf-8")).group(1))
+
+
+def test_report_html_is_one_file_with_the_summarys_numbers(run_dir):
+    page = run_dir / "report.html"  # camzoo bench writes it by default
+    text = page.read_text(encoding="utf-8")
+    # nothing to fetch: no external scripts, styles, images or requests (the SVG namespace is a name, not a URL)
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
+    assert "fetch(" not in text and "XMLHttpRequest" not in text and "@import" not in text
+    assert text.replace("http://www.w3.org/2000/svg", "").count("http") == 0
+    assert page.stat().st_size < 2_000_000
+
+    data = page_data(page)
+    (group,) = data["groups"]
+    summary = pd.read_csv(run_dir / "summary.csv")
+    markdown = (run_dir / "summary.md").read_text(encoding="utf-8")
+    main = next(t for t in group["tables"] if t["name"] == "main")
+    assert [(r["kind"], r["method"]) for r in main["rows"]] == list(zip(summary["kind"], summary["method"]))
+    start = markdown.index("### shapes / resnet8\n")  # summary.md's main table, row by row
+    lines = markdown[start:].split("\n\n")[1].splitlines()[2:]
+    table = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        table[(cells[0], cells[1].replace("*", ""))] = cells[2:]
+    assert len(table) == len(main["rows"])
+    for row in main["rows"]:  # every cell reads as in summary.md, bold there is the flag here
+        cells = table[(row["kind"], row["label"])]
+        assert [c["text"] for c in row["cells"]] == [c.strip("*") for c in cells]
+        assert [c["best"] for c in row["cells"]] == [c.startswith("**") for c in cells]
+    assert any(c["best"] or c["tie"] for r in main["rows"] for c in r["cells"])
+
+    (deletion, _) = group["curves"]
+    assert len(deletion["x"]) == 5 and {len(m) for s in deletion["series"] for m in s["models"]} == {5}
+    browser = group["browser"]
+    assert browser["count"] == 8 and len(browser["maps"]) == len(browser["rows"]) * 2  # every seed of every row
+    assert set(browser["predictions"]) == {m["key"] for m in browser["models"]}
+    assert all(uri.startswith("data:image/png;base64,") for uri in browser["maps"].values())
+    assert {"images", "labels", "masks", "boxes"} <= set(browser["truth"]) and len(browser["truth"]["boxes"]) == 8
+    pointing = next(m for m in browser["metrics"] if m["metric"] == "pointing_game")
+    assert set(pointing["values"]["lfi|attention"]) == {"lfi|default|0", "lfi|default|1"}
+    assert all(v in (0, 1) for v in pointing["values"]["lfi|attention"]["lfi|default|0"])
+
+
+def _browser_paths() -> tuple[str | None, str | None]:
+    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+    return found, shutil.which("chromedriver")
+
+
+def _driver(binary: str, chromedriver: str, profile: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    # no network here: without these, Chromium stalls on updates, sync and QUIC probes
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1280,1400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
+def _wait(condition, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("the page did not get there within %.0f s" % timeout)
+
+
+def test_report_html_in_headless_chromium(run_dir, tmp_path):
+    binary, chromedriver = _browser_paths()
+    if binary is None or chromedriver is None:
+        pytest.skip("no Chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    from selenium.webdriver.common.by import By
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    with tempfile.TemporaryDirectory() as profile:
+        driver = _driver(binary, chromedriver, profile)
+        try:
+            driver.get((run_dir / "report.html").as_uri())
+            detail = driver.find_element(By.ID, "detail-0")
+            _wait(lambda: detail.get_attribute("data-shown-image") == "0")  # the first image, drawn
+
+            rows = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=main] tbody tr")
+            keys = [(r.get_attribute("data-kind"), r.get_attribute("data-method")) for r in rows]
+            assert keys == list(zip(summary["kind"], summary["method"]))  # one row per (kind, method)
+
+            # clicking a header sorts by it, ascending then descending (rows without a value last)
+            column = 3  # deletion
+            header = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=main] th")[column]
+            values = lambda: [float(v) for v in driver.execute_script(
+                "return Array.from(document.querySelectorAll('table.summary[data-name=main] tbody tr'))"
+                f".map(r => r.cells[{column}].dataset.value)")]
+            before = values()
+            header.click()
+            assert values() == sorted(before) and header.get_attribute("aria-sort") == "ascending"
+            header.click()
+            assert values() == sorted(before, reverse=True)
+
+            # choosing an image shows every method's map of that image for every seed
+            driver.find_element(By.CSS_SELECTOR, ".thumb[data-image='5']").click()
+            _wait(lambda: detail.get_attribute("data-shown-image") == "5")
+            maps = driver.find_elements(By.CSS_SELECTOR, "#detail-0 canvas.map")
+            assert len(maps) == len(summary) * 2 and {m.get_attribute("data-image") for m in maps} == {"5"}
+            spread = driver.execute_script(  # a drawn map is not a blank canvas
+                "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                "let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
+                "return hi - lo;", maps[0])
+            assert spread > 20
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#detail-0 [data-prediction]")) == 4
+
+            # sort and filter images by a per-image metric: where does LFI-CAM's attention miss the pointing game?
+            driver.execute_script(
+                "const b = document.getElementById('browser-0'), pick = (sel, test) => {"
+                " const s = b.querySelector(sel); s.value = Array.from(s.options).find(o => test(o.text)).value;"
+                " s.dispatchEvent(new Event('change')); };"
+                "pick('.sort-metric', t => t.startsWith('Pointing game')); pick('.sort-row', t => t === 'lfi / attention');"
+                "const hi = b.querySelector('.filter-max'); hi.value = '0'; hi.dispatchEvent(new Event('change'));")
+            data = page_data(run_dir / "report.html")["groups"][0]["browser"]
+            values_ = next(m for m in data["metrics"] if m["metric"] == "pointing_game")["values"]["lfi|attention"]
+            misses = [i for i in range(8) if sum(v[i] for v in values_.values()) == 0]
+            shown = lambda: sorted(int(t.get_attribute("data-image"))
+                                   for t in driver.find_elements(By.CSS_SELECTOR, "#browser-0 .thumb"))
+            _wait(lambda: shown() == misses)
+
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, errors
+            assert driver.find_element(By.ID, "error").text == ""
+            shot = ROOT / "docs" / "img" / "report.png" if os.environ.get("CAMZOO_UPDATE_DOCS_IMG") else tmp_path / "report.png"
+            driver.execute_script("document.getElementById('browser-0').scrollIntoView()")
+            assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        finally:
+            driver.quit()
