@@ -242,6 +242,15 @@ def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
     assert list(summary["method"]) == ["gradcam", "random"] and summary["deletion_mean"].notna().all()
 
 
+def test_the_gpu_presets_run_the_whole_zoo():
+    from camzoo.bench.config import ZOO_METHODS
+    from camzoo.methods.registry import method_names
+
+    assert sorted(ZOO_METHODS) == method_names()  # a newly registered method joins the GPU presets
+    for preset in ("standard", "paper"):
+        assert resolve_config(preset)["methods"] == ZOO_METHODS
+
+
 def test_committed_configs_resolve():
     for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.toml")):
         config = resolve_config(None, path)

@@ -47,6 +47,12 @@ _BASE: dict[str, Any] = {
     },
 }
 
+# The whole zoo, for the GPU presets: every registered CAM method (the gradient family shares one
+# pass), Score-CAM and Ablation-CAM, the trainable kinds' own maps, then the controls.
+# tests/test_bench.py checks it names every registered method.
+ZOO_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
+               "scorecam", "ablationcam", "attention", "random", "centre", "edges", "oracle"]
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a 2-core CPU, a few minutes, numbers that mean something.
     "quick": {
@@ -70,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preset": "standard",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet56", "resnet18"],
+        "methods": ZOO_METHODS,
         "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}}],
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
         "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
@@ -79,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preset": "paper",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet110"],
+        "methods": ZOO_METHODS,
         "datasets": [{"name": "cifar10", "root": "data/cifar-10-batches-py", "image_size": 32, "options": {}}],
         "train": {
             "epochs": 300, "batch_size": 64, "lr": 0.1, "schedule": "step", "milestones": [0.5, 0.75],
