@@ -256,6 +256,16 @@ def test_augmenting_twice_is_an_error_and_the_result_carries_the_checkpointed_mo
     assert again.resumed_from_epoch == 1 and _same_weights(
         {k: v.detach().cpu() for k, v in again.model.state_dict().items()}, saved)
 
+    def conv_format(model) -> bool:
+        return all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+
+    # a loaded finished run is in the memory format training leaves, so a resumed bench scores alike
+    assert conv_format(result.model) and conv_format(again.model)
+    plain = train(_config(kind="lfi", epochs=1, channels_last=False), Squares(32), tmp_path / "plain")
+    plain_again = train(_config(kind="lfi", epochs=1, channels_last=False), Squares(32), tmp_path / "plain")
+    assert not conv_format(plain.model) and not conv_format(plain_again.model)
+
 
 def test_the_trainer_and_the_dataset_share_one_augmentation():
     # TrainConfig.augment="flip" and a dataset's augment=True flip the same images for the same draws

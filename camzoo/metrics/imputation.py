@@ -107,15 +107,21 @@ def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch
     S is the diagonal of each pixel's in-image neighbour weight, W the neighbour sum; every
     (image, channel) pair is its own system with its own step sizes (reductions over H,W only).
     Systems that have converged (or cannot be solved) are frozen, so float32 round-off cannot
-    drift them afterwards.
+    drift them afterwards; at each convergence check, images whose systems have all converged
+    leave the working batch (why: the removed areas of a MoRF/LeRF batch range from none to the
+    largest hole, and the small ones converge many iterations earlier; measured on 1,024 32-px
+    inputs with 0-20 % removed, one thread: 2.30 -> 1.47 s solved at once, 1.05 -> 0.73 s in
+    chunks of 256, unchanged at 0.56 s in the bench's chunks of 64).
     """
-    def operator(v: torch.Tensor) -> torch.Tensor:
-        return (total_weight * v - _neighbour_sum(v)) * unknown
+    def operator(v: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        return (total_weight * v - _neighbour_sum(v)) * holes
 
     tiny = torch.finfo(known.dtype).tiny
+    result = start.clone()
+    rows = torch.arange(known.shape[0], device=known.device)  # images still in the working batch
     active = solvable.expand(-1, known.shape[1], -1, -1).clone()  # (N,C,1,1)
     solution = start
-    residual = (_neighbour_sum(known) * unknown - operator(solution)) * active
+    residual = (_neighbour_sum(known) * unknown - operator(solution, unknown)) * active
     preconditioned = residual / total_weight
     direction = preconditioned
     rz = (residual * preconditioned).sum((2, 3), keepdim=True)
@@ -124,11 +130,17 @@ def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch
         if iteration % _CHECK_EVERY == 0 or iteration == max_iter:
             defect = (residual.abs() / total_weight).amax((2, 3), keepdim=True)  # |x_i - mean of nbrs|
             active &= defect > tol
-            if not bool(active.any()):
-                return solution
+            live = active.flatten(1).any(1)
+            if not bool(live.all()):
+                result[rows[~live]] = solution[~live]
+                keep = live.nonzero()[:, 0]
+                if keep.numel() == 0:
+                    return result
+                rows, solution, residual, direction = rows[keep], solution[keep], residual[keep], direction[keep]
+                rz, active, unknown, tol, defect = rz[keep], active[keep], unknown[keep], tol[keep], defect[keep]
             if iteration == max_iter:
                 break
-        product = operator(direction)
+        product = operator(direction, unknown)
         curvature = (direction * product).sum((2, 3), keepdim=True)
         step = torch.where(active & (curvature > 0), rz / curvature.clamp(min=tiny), 0.0)
         solution = solution + step * direction
@@ -137,6 +149,7 @@ def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch
         rz_next = (residual * preconditioned).sum((2, 3), keepdim=True)
         direction = preconditioned + torch.where(rz > 0, rz_next / rz.clamp(min=tiny), 0.0) * direction
         rz = rz_next
+    result[rows] = solution
     worst = float((defect / tol).amax())
     warnings.warn(
         f"linear imputation stopped after max_iter={max_iter} iterations at {worst:.3g} x the requested "
@@ -144,7 +157,7 @@ def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch
         RuntimeWarning,
         stacklevel=3,
     )
-    return solution
+    return result
 
 
 def _check_imputation_inputs(images: object, removed: object) -> tuple[torch.Tensor, torch.Tensor]:
