@@ -103,6 +103,20 @@ def _wait(condition, timeout: float = 10.0):
     raise AssertionError("the page did not get there within %.0f s" % timeout)
 
 
+def test_camzoo_report_html_rebuilds_the_page_from_the_store_alone(run_dir, tmp_path):
+    """`camzoo report DIR --html` on a directory holding nothing but results.sqlite."""
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+
+    alone = tmp_path / "store_only"
+    alone.mkdir()
+    shutil.copy(run_dir / "results.sqlite", alone / "results.sqlite")
+    result = CliRunner().invoke(main, ["report", str(alone), "--html"])
+    assert result.exit_code == 0, result.output
+    assert page_data(alone / "report.html") == page_data(run_dir / "report.html")
+
+
 def test_report_html_in_headless_chromium(run_dir, tmp_path):
     binary, chromedriver = _browser_paths()
     if binary is None or chromedriver is None:

@@ -191,11 +191,21 @@ class BenchRunner:
         """Validate the whole config (nothing is written if it fails), then every model job, then the
         stability cells. A distributed run splits these steps over ranks (camzoo.bench.distributed)."""
         validate(self.config, str(self.device))
-        if isinstance(self.store, ResultsStore):
-            merge_shards(self.out_dir, self.store)  # cells an earlier distributed attempt finished
-        self.record_run()
-        self.run_models(list(self.jobs()))
-        self.run_stability()
+        try:
+            if isinstance(self.store, ResultsStore):
+                merge_shards(self.out_dir, self.store)  # cells an earlier distributed attempt finished
+            self.record_run()
+            self.run_models(list(self.jobs()))
+            self.run_stability()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the store (SQLite folds its write-ahead log into results.sqlite once the last
+        connection closes, so the file alone then holds every cell); ``store`` reopens it on use."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def record_run(self) -> None:
         self.store.record_run(self.run_id, self.config, self._provenance())
