@@ -4,14 +4,17 @@ grid, and 2 gloo processes on the CPU give the table of 1 process, with each cel
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.runner import BenchRunner
@@ -120,3 +123,68 @@ def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
     timing = [c for c in tables[0] if c.startswith(("ms_per_image", "peak_memory_mb"))]
     assert timing, "the cost columns are in the table"
     pd.testing.assert_frame_equal(tables[0].drop(columns=timing), tables[1].drop(columns=timing))
+
+
+def _rank_pid(out: Path, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` for the run writing to ``out`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and "TORCHELASTIC_RUN_ID".encode() in b"\0".join(environ) \
+                and str(out).encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def _shard_cells(out: Path, rank: int) -> int:
+    paths = [p for p in shard_paths(out) if p.name.endswith(f"-{rank}.sqlite")]
+    if not paths:
+        return 0
+    try:
+        with sqlite3.connect(f"file:{paths[0]}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT count(*) FROM cells").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc (Linux)")
+def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
+    """A rank killed with SIGKILL after its first finished cells: torchrun stops the group, and the same
+    command run again completes the grid, keeping the dead rank's finished cells, each cell once."""
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY.format(cache=tmp_path / "cache").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]"),
+                           encoding="utf-8")
+    planned = validate(resolve_config(None, config_path)).cells
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config_path), "--out", str(out), "--nproc", "2",
+               "--no-progress", "--no-html"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while _shard_cells(out, 1) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = _rank_pid(out, 1)
+        assert pid is not None and first.poll() is None, "rank 1 finished or vanished before it could be killed"
+        os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0  # the group stopped with the lost rank
+    killed_rank_cells = _shard_cells(out, 1)
+    assert 0 < killed_rank_cells
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[:6000]
+    found = cells(out)
+    assert len(found) == planned and not found.duplicated(KEY).any()
+    with sqlite3.connect(out / "results.sqlite") as db:
+        metrics = pd.read_sql("SELECT * FROM results", db)
+    assert not metrics.duplicated([*KEY, "metric"]).any()
+    assert (found["worker"] == f"{socket.gethostname()}:1").sum() >= killed_rank_cells  # its finished work was kept

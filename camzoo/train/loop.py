@@ -158,7 +158,11 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
         model_path = save_model(model, model_path, train_summary=summary)
         write_log(out_dir, config, history, finished=True, eval_stats=result_stats)
         ckpt_path.unlink(missing_ok=True)
-    ddp.barrier()  # every rank returns a checkpoint that exists
+    # Every rank returns a checkpoint that exists. Only when this run is itself distributed: the ranks
+    # of a distributed benchmark train different models, and a barrier here would pair with another
+    # rank's unrelated collective (found by the kill -9 test: a rerun with uneven jobs failed).
+    if world_size > 1:
+        ddp.barrier()
     last = history[-1]
     # The same tensors the checkpoint holds, in the layout a loaded finished run gets too
     # (state._as_trained): channels_last unless turned off, for the benchmark's many forwards.
