@@ -28,7 +28,8 @@ from ..io import atomic_write_text
 from .explore import Results, load
 from .store import ALL_SEEDS, ResultsStore
 from .summary import Summary, row_rank
-from .tables import _normalised_columns, _number, agreement_text, cell_text, header, method_label, present_columns
+from .tables import (agreement_text, cell_text, format_number, header, method_label, normalised_columns,
+                     present_columns)
 
 TEMPLATE = "report_template.html"
 PLACEHOLDER = "/*CAMZOO_DATA*/null"
@@ -98,7 +99,7 @@ def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
             ("main", "", present_columns(frame), False),
             ("faithfulness", "faithfulness across substrates (SRG = LeRF − MoRF AUC)",
              present_columns(frame, "faithfulness"), False),
-            ("normalised", "normalised (0 = random, 1 = oracle)", _normalised_columns(frame), True)):
+            ("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(frame), True)):
         if not columns:
             continue
         rows = []
@@ -110,7 +111,7 @@ def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
             cells = []
             for c in columns:
                 value = row[f"{c.metric}_norm" if normalised else f"{c.metric}_mean"]
-                text = _number(value, 2) if normalised else cell_text(row, c, ("", ""), "±", ("[", "]"))
+                text = format_number(value, 2) if normalised else cell_text(row, c, ("", ""), "±", ("[", "]"))
                 cells.append({"text": text, "value": float(value),
                               "best": bool(not normalised and row.get(f"{c.metric}_best", False)),
                               "tie": bool(not normalised and row.get(f"{c.metric}_tie", False))})

@@ -22,7 +22,8 @@ def present_columns(frame: pd.DataFrame, group: str | None = "main") -> list[Col
             and f"{c.metric}_mean" in frame and frame[f"{c.metric}_mean"].notna().any()]
 
 
-def _number(value: float, digits: int) -> str:
+def format_number(value: float, digits: int) -> str:
+    """A table number at ``digits`` decimals; NaN (no value) as an en dash."""
     return f"{value:.{digits}f}" if value == value else "–"
 
 
@@ -31,10 +32,10 @@ def cell_text(row: pd.Series, column: Column, bold: tuple[str, str], pm: str, in
     mean, std = row[f"{name}_mean"], row[f"{name}_std"]
     if mean != mean:
         return "–"
-    text = _number(mean, digits) + (f" {pm} {_number(std, digits)}" if std == std else "")
+    text = format_number(mean, digits) + (f" {pm} {format_number(std, digits)}" if std == std else "")
     low, high = row.get(f"{name}_ci_low", float("nan")), row.get(f"{name}_ci_high", float("nan"))
     if low == low:
-        text += f" {interval[0]}{_number(low, digits)}, {_number(high, digits)}{interval[1]}"
+        text += f" {interval[0]}{format_number(low, digits)}, {format_number(high, digits)}{interval[1]}"
     if row.get(f"{name}_best", False):
         return f"{bold[0]}{text}{bold[1]}"
     return text + (f" {TIE}" if row.get(f"{name}_tie", False) else "")
@@ -66,7 +67,7 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
         tables = (("", present_columns(group), False),
                   (" — faithfulness across substrates (SRG = LeRF − MoRF AUC)", present_columns(group, "faithfulness"), False),
-                  (" — normalised (0 = random, 1 = oracle)", _normalised_columns(group), True))
+                  (" — normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
         for title, columns, normalised in tables:
             if not columns:
                 continue
@@ -79,7 +80,7 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
                 if all(row[f"{c.metric}_mean"] != row[f"{c.metric}_mean"] for c in columns):
                     continue  # nothing in this table for the row (controls skip the substrates)
                 cells = [str(row["kind"]), method_label(row, ("*", "*"))]
-                cells += [_number(row[f"{c.metric}_norm"], 2) if normalised else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
+                cells += [format_number(row[f"{c.metric}_norm"], 2) if normalised else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
                           for c in columns]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
@@ -95,7 +96,8 @@ def agreement_text(found: Mapping[str, Any]) -> str:
             f"1 = the same ranking, -1 = reversed): {pairs}; mean {found['mean_tau']:.2f}.")
 
 
-def _normalised_columns(frame: pd.DataFrame) -> list[Column]:
+def normalised_columns(frame: pd.DataFrame) -> list[Column]:
+    """The columns that have normalised scores (controls present and apart) in this frame."""
     return [c for c in present_columns(frame) if f"{c.metric}_norm" in frame and frame[f"{c.metric}_norm"].notna().any()]
 
 
