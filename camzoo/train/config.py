@@ -50,6 +50,11 @@ class TrainConfig:
     log_every: int = 50  # steps between progress-bar updates (each one host sync)
     eval_batch_size: int = 256
 
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether training (and so the returned or reloaded model) uses channels_last: on unless False."""
+        return self.channels_last is not False
+
     def validate(self) -> None:
         from ..models import kind_names
 
