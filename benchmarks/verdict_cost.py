@@ -1,24 +1,31 @@
-"""What the verdict machinery costs: one benchmark cell scored with the old quick settings against the
-new ones, per metric, on the same model and images; and the report's statistics (bootstrap CIs,
-paired tests) against the rest of the report.
+"""What the verdict machinery costs: the budget of a finished run (controls, bootstrap CIs and paired
+tests against everything else), and one benchmark cell scored with the old quick settings against the
+run's own, per metric, on the same model and images.
 
     python benchmarks/verdict_cost.py results/quick            # a finished quick-preset directory
 
-The model is the directory's first baseline checkpoint; the images are the run's evaluation images;
-"new" is the run's own eval settings with the three default substrates. Times are wall-clock seconds in this process (one thread unless OMP_NUM_THREADS says more).
+The budget reads the cells' finish times from the store (so the run must have trained its models
+itself for the total to include training) and times the report here: its bootstrap (summarise with
+2,000 resamples against 1), its paired tests (the time inside ``stats.significant_best``) and the
+whole ``write_report`` (it rewrites the directory's report files, with the same content). The cell
+comparison uses the directory's first baseline checkpoint and the run's evaluation images; "new" is
+the run's own eval settings. Times are wall-clock seconds in this process (torch's default threads
+unless OMP_NUM_THREADS says otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from camzoo.bench.config import resolve_config
-from camzoo.bench.report import latest_run
+from camzoo.bench import summary as summary_module
+from camzoo.bench.config import CONTROLS, resolve_config
+from camzoo.bench.report import latest_run, write_report
 from camzoo.bench.runner import explain_all, load_eval_set
 from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
@@ -44,11 +51,77 @@ def cell_costs(model, eval_set, settings: dict) -> dict[str, float]:
     return costs
 
 
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+
+
+def cell_seconds(store: ResultsStore, run: dict) -> dict[str, float]:
+    """Seconds per kind of cell, each cell charged the time since the previous one finished (the
+    first since the run began): training (model cells), methods, controls, stability, bookkeeping."""
+    totals = {"training": 0.0, "methods": 0.0, "controls": 0.0, "stability": 0.0, "bookkeeping": 0.0}
+    previous = _time(run["created_at"])
+    for cell, finished in store.finish_times(run["run_id"]).items():
+        seconds, previous = (_time(finished) - previous).total_seconds(), _time(finished)
+        kind = ("bookkeeping" if cell.method == "gallery" else "training" if cell.method == "model"
+                else "stability" if cell.seed == -1 else "controls" if cell.method in CONTROLS else "methods")
+        totals[kind] += seconds
+    return totals
+
+
+def statistics_seconds(store: ResultsStore, run: dict) -> dict[str, float]:
+    """The report's bootstrap and paired tests: summarise with the run's resamples against one resample,
+    and the time spent in the tests (stats.significant_best) during the full summary."""
+    spent = [0.0]
+    original = summary_module.stats.significant_best
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    summary_module.stats.significant_best = timed
+    try:
+        start = time.perf_counter()
+        summarise(store, run, resamples=2000)
+        full = time.perf_counter() - start
+    finally:
+        summary_module.stats.significant_best = original
+    start = time.perf_counter()
+    summarise(store, run, resamples=1)
+    one = time.perf_counter() - start
+    return {"bootstrap": full - one, "tests": spent[0]}
+
+
+def budget(directory: Path) -> str:
+    """The issue's budget: controls + bootstrap + tests against the rest of the run (training included)."""
+    with ResultsStore(directory) as store:
+        run = latest_run(store)
+        cells = cell_seconds(store, run)
+        statistics = statistics_seconds(store, run)
+    start = time.perf_counter()
+    write_report(directory, run["run_id"], html=True)
+    report = time.perf_counter() - start
+    total = sum(cells.values()) + report
+    verdict = cells["controls"] + statistics["bootstrap"] + statistics["tests"]
+    lines = [f"run {run['run_id']}: cells {sum(cells.values()):.0f} s + report {report:.1f} s = {total:.0f} s"]
+    lines += [f"  {name:12s} {seconds:7.1f} s" for name, seconds in cells.items()]
+    lines += [f"  report       {report:7.1f} s, of which bootstrap {statistics['bootstrap']:.1f} s and "
+              f"tests {statistics['tests']:.1f} s"]
+    lines.append(f"controls + bootstrap + tests = {verdict:.1f} s, {100 * verdict / (total - verdict):.1f} % added "
+                 f"to the rest ({total - verdict:.0f} s)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path)
     parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--no-budget", action="store_true", help="skip the run's budget (only the cell comparison)")
     args = parser.parse_args(argv)
+    if not args.no_budget:
+        print(budget(args.directory))
     with ResultsStore(args.directory) as store:
         run = latest_run(store)
     config = resolve_config(overrides={k: v for k, v in run["config"].items() if k != "preset"}, preset="custom")
@@ -62,14 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in new:
         print(f"{name:28s} {old.get(name, 0.0):8.2f} {new[name]:8.2f}")
     print(f"{'total':28s} {sum(old.values()):8.2f} {sum(new.values()):8.2f}")
-    with ResultsStore(args.directory) as store:
-        start = time.perf_counter()
-        summarise(store, run, resamples=2000)
-        with_statistics = time.perf_counter() - start
-        start = time.perf_counter()
-        summarise(store, run, resamples=1)
-        without = time.perf_counter() - start
-    print(f"report statistics: summarise {with_statistics:.2f} s with 2,000 resamples, {without:.2f} s with 1")
     return 0
 
 

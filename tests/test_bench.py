@@ -251,6 +251,15 @@ def test_the_gpu_presets_run_the_whole_zoo():
         assert resolve_config(preset)["methods"] == ZOO_METHODS
 
 
+def test_the_quick_preset_runs_the_gradient_family_in_one_pass():
+    from camzoo.bench.config import CONTROLS, GRADIENT_FAMILY
+    from camzoo.bench.runner import one_pass_groups
+
+    methods = resolve_config("quick")["methods"]
+    assert set(GRADIENT_FAMILY) | set(CONTROLS) | {"attention"} == set(methods)
+    assert GRADIENT_FAMILY in one_pass_groups(methods)  # one forward and one backward for all seven
+
+
 def test_committed_configs_resolve():
     for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.toml")):
         config = resolve_config(None, path)

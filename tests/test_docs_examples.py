@@ -35,3 +35,16 @@ def test_runnable_examples(path: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, f"{path.name}: an example failed\n{done.stderr[-3000:]}"
+
+
+def test_the_benchmark_config_example_resolves(tmp_path: Path) -> None:
+    """docs/benchmark.md's annotated TOML is a config `camzoo bench --config` accepts, as printed."""
+    from camzoo.bench.config import resolve_config
+
+    (block,) = re.findall(r"^```toml\n(.*?)^```", (ROOT / "docs" / "benchmark.md").read_text(encoding="utf-8"),
+                          re.S | re.M)
+    path = tmp_path / "example.toml"
+    path.write_text(block, encoding="utf-8")
+    config = resolve_config(None, path)
+    assert config["eval"]["game_images"] == 48 and config["variants"][0]["name"] == "fin16"
+    assert config["methods"] == resolve_config("quick")["methods"]  # the example shows the quick preset's

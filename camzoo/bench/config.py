@@ -39,6 +39,10 @@ _BASE: dict[str, Any] = {
         # MoRF/LeRF (SRG) with these substrates, same steps and pixel fraction; the report gives the
         # rank agreement between them (Kendall's tau). [] skips them.
         "substrates": ["zeros", "blur", "road"],
+        # The perturbation games (deletion/insertion, MoRF/LeRF) cost a few dozen forwards per image,
+        # the other metrics none or one: they may play on the first N evaluation images only ("all":
+        # every one). Every row of a column is scored on the same images, so rows stay paired.
+        "game_images": "all",
         "chunk_size": 64,  # images per model forward inside deletion/insertion
         "gallery_images": 4,  # test images shown in the gallery plot
         # The pointing game's 15-px tolerance (TorchRay) refers to ~224-px images; it is scaled to ours.
@@ -48,10 +52,11 @@ _BASE: dict[str, Any] = {
 }
 
 # The whole zoo, for the GPU presets: every registered CAM method (the gradient family shares one
-# pass), Score-CAM and Ablation-CAM, the trainable kinds' own maps, then the controls.
+# pass), Score-CAM, Ablation-CAM and Opti-CAM, the trainable kinds' own maps, then the controls.
 # tests/test_bench.py checks it names every registered method.
-ZOO_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
-               "scorecam", "ablationcam", "attention", "random", "centre", "edges", "oracle"]
+GRADIENT_FAMILY = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam"]
+CONTROLS = ["random", "centre", "edges", "oracle"]
+ZOO_METHODS = [*GRADIENT_FAMILY, "scorecam", "ablationcam", "opticam", "attention", *CONTROLS]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a 2-core CPU, a few minutes, numbers that mean something.
@@ -67,9 +72,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "epochs": 5, "batch_size": 64, "lr": 0.2, "nesterov": True, "weight_decay": 5e-4,
             "warmup": 0.25, "augment": "flip",
         },
+        # The gradient family from one pass per model, the kinds' own maps, the controls.
+        "methods": [*GRADIENT_FAMILY, "attention", *CONTROLS],
         # 20 steps over the first 20 % of the pixels: ~10 px per step, 9 % of the mean object (115 px),
-        # where 16 steps over all pixels removed 55 % of it in one step (docs/metrics.md).
-        "eval": {"images": 160, "deletion_steps": 20, "deletion_fraction": 0.2},
+        # where 16 steps over all pixels removed 55 % of it in one step (docs/metrics.md). Maps,
+        # localization and stability use all 160 images; the games (~160 forwards per image and
+        # method) the first 48, which keeps the grid within minutes (docs/performance.md).
+        "eval": {"images": 160, "game_images": 48, "deletion_steps": 20, "deletion_fraction": 0.2},
     },
     # A GPU: larger images and a deeper CIFAR ResNet plus an ImageNet-style ResNet-18.
     "standard": {
@@ -168,6 +177,9 @@ def _validate(config: dict[str, Any]) -> None:
     substrates = evaluation["substrates"]
     if not isinstance(substrates, list) or set(substrates) - set(SUBSTRATES) or len(set(substrates)) != len(substrates):
         fail(f"eval.substrates must be a list of distinct names from {SUBSTRATES}, got {substrates!r}")
+    games = evaluation["game_images"]
+    if games != "all" and (isinstance(games, bool) or not isinstance(games, int) or games < 1):
+        fail(f"eval.game_images must be a positive integer or \"all\", got {games!r}")
     fraction = evaluation["deletion_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         fail(f"eval.deletion_fraction must be a number in (0, 1], got {fraction!r}")

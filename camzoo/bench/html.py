@@ -28,7 +28,7 @@ from ..io import atomic_write_text
 from .explore import Results, load
 from .store import ALL_SEEDS, ResultsStore
 from .summary import Summary, row_rank
-from .tables import (agreement_text, cell_text, format_number, header, method_label, normalised_columns,
+from .tables import (agreement_text, cell_text, format_number, game_images_note, header, method_label, normalised_columns,
                      present_columns)
 
 TEMPLATE = "report_template.html"
@@ -97,7 +97,7 @@ def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
     tables = []
     for name, title, columns, normalised in (
             ("main", "", present_columns(frame), False),
-            ("faithfulness", "faithfulness across substrates (SRG = LeRF − MoRF AUC)",
+            ("faithfulness", f"faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(evaluation)})",
              present_columns(frame, "faithfulness"), False),
             ("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(frame), True)):
         if not columns:

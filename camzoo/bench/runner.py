@@ -249,10 +249,14 @@ class BenchRunner:
         return all(self.store.is_done(self.run_id, job.key(m)) for m in needed)
 
     def _provenance(self) -> dict[str, Any]:
-        import timm
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:  # the installed version, without importing timm (4.5 s here; the CIFAR grids never use it)
+            timm_version = version("timm")
+        except PackageNotFoundError:
+            timm_version = "not installed"
         return {
-            "camzoo": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "camzoo": __version__, "torch": torch.__version__, "timm": timm_version,
             "python": platform.python_version(), "device": self.device_label, "host": socket.gethostname(),
             "run_id": self.run_id, "world_size": self.worker.world_size,
         }

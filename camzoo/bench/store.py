@@ -247,6 +247,14 @@ class ResultsStore:
             "SELECT dataset, backbone, kind, variant, seed, method, worker FROM cells WHERE run_id=?", (run_id,))
         return {CellKey(*row[:6]): row[6] for row in rows}
 
+    def finish_times(self, run_id: str) -> dict[CellKey, str]:
+        """When each cell of a run was committed (ISO 8601, seconds), in that order: what a run's
+        time was spent on (benchmarks/verdict_cost.py)."""
+        rows = self._connection.execute(
+            "SELECT dataset, backbone, kind, variant, seed, method, finished_at FROM cells WHERE run_id=? "
+            "ORDER BY finished_at, rowid", (run_id,))
+        return {CellKey(*row[:6]): row[6] for row in rows}
+
     def merge_from(self, path: str | Path) -> int:
         """Copy into this store every cell of another store (a rank's shard) that this one lacks, with
         its results and arrays, in one transaction; cells already here are left alone (exactly once:

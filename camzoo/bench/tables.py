@@ -54,6 +54,10 @@ def header(column: Column, eval_settings: Mapping[str, Any]) -> str:
 
 
 def causal_description(eval_settings: Mapping[str, Any]) -> str:
+    return _causal_rule(eval_settings) + game_images_note(eval_settings)
+
+
+def _causal_rule(eval_settings: Mapping[str, Any]) -> str:
     if eval_settings.get("protocol") == "rise":
         return "RISE protocol: 28 steps, predicted class"
     fraction = float(eval_settings.get("deletion_fraction", 1.0))
@@ -61,12 +65,21 @@ def causal_description(eval_settings: Mapping[str, Any]) -> str:
     return f"{eval_settings.get('deletion_target', 'label')}, {eval_settings['deletion_steps']} steps{span}"
 
 
+def game_images_note(eval_settings: Mapping[str, Any]) -> str:
+    """", first N images" when the perturbation games play on fewer images than the other metrics."""
+    games, images = eval_settings.get("game_images", "all"), eval_settings.get("images")
+    if games == "all" or images is None or int(games) >= int(images):
+        return ""
+    return f", first {int(games)} images"
+
+
 def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
                     agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> str:
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
+        faithfulness = f" — faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)})"
         tables = (("", present_columns(group), False),
-                  (" — faithfulness across substrates (SRG = LeRF − MoRF AUC)", present_columns(group, "faithfulness"), False),
+                  (faithfulness, present_columns(group, "faithfulness"), False),
                   (" — normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
         for title, columns, normalised in tables:
             if not columns:

@@ -1,6 +1,6 @@
-"""Average Drop and Increase in Confidence (Chattopadhyay et al., Grad-CAM++, 2018): how much of the
-target's score survives when the image is multiplied by its map. One extra forward pass per image,
-batched on the model's device.
+"""Average Drop and Increase in Confidence (Chattopadhyay et al., Grad-CAM++, 2018) and Average Gain
+(Zhang et al., Opti-CAM, 2024): how much of the target's score survives, or is gained, when the image
+is multiplied by its map. One extra forward pass per image, batched on the model's device.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def average_drop_increase(
     target's softmax score on x and O the score on the explanation map:
 
     - ``average_drop`` = 100 * mean(max(0, Y - O) / Y), in [0, 100], lower is better;
-    - ``increase_in_confidence`` = 100 * mean(O > Y), in [0, 100], higher is better.
+    - ``increase_in_confidence`` = 100 * mean(O > Y), in [0, 100], higher is better;
+    - ``average_gain`` = 100 * mean(max(0, O - Y) / (1 - Y)), in [0, 100], higher is better: the
+      Opti-CAM paper's complement to Average Drop, which a map can game by keeping the whole image.
 
-    Per-image values come back too (``drop`` in [0,1], ``increase`` bool, ``score`` Y,
+    Per-image values come back too (``drop`` and ``gain`` in [0,1], ``increase`` bool, ``score`` Y,
     ``explanation_score`` O) so that results can be pooled over batches.
     """
     maps = check_maps(maps)
@@ -57,12 +59,16 @@ def average_drop_increase(
             full[part] = target_probabilities(model, x, t, softmax, autocast, all_targets=first)
             explanation = baseline + m * (x - baseline)
             masked[part] = target_probabilities(model, explanation, t, softmax, autocast)
-    drop = (full - masked).clamp(min=0) / full.clamp(min=torch.finfo(full.dtype).tiny)
+    tiny = torch.finfo(full.dtype).tiny
+    drop = (full - masked).clamp(min=0) / full.clamp(min=tiny)
+    gain = (masked - full).clamp(min=0) / (1 - full).clamp(min=tiny)  # Y = 1 leaves no gain: 0 / tiny
     increase = masked > full
     return {
         "average_drop": 100 * drop.mean(),
         "increase_in_confidence": 100 * increase.float().mean(),
+        "average_gain": 100 * gain.mean(),
         "drop": drop,
+        "gain": gain,
         "increase": increase,
         "score": full,
         "explanation_score": masked,

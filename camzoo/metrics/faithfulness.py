@@ -70,6 +70,7 @@ def morf_lerf(
     road_noise: float | torch.Tensor | Sequence[float] = ROAD_NOISE,
     seed: int = 0,
     road_tol: float = ROAD_TOL,
+    morf_curve: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """MoRF and LeRF pixel-removal curves, their AUCs and SRG = AUC(LeRF) - AUC(MoRF), batched.
 
@@ -114,6 +115,10 @@ def morf_lerf(
         autocast: mixed precision forwards (float16 on CUDA, bfloat16 on CPU).
         road_noise, seed, road_tol: the "road" substrate's noise (number or per channel), noise seed
             and solver tolerance; ignored by the other substrates.
+        morf_curve: (B, steps+1) the MoRF curve when it has already been played, e.g. RISE's deletion
+            game with the zero substrate on the same targets, steps and ``fraction`` (it is the same
+            game): only LeRF is played, and its first point (and last, when ``fraction == 1``) is taken
+            from this curve. The caller vouches that it is that game.
 
     Returns:
         ``morf`` (↓), ``lerf`` (↑), ``srg`` (↑, in [-1,1]): per image (B,); ``morf_curve`` and
@@ -139,17 +144,24 @@ def morf_lerf(
         scale = noise_scale(road_noise, channels, device, images.dtype)
         noise = noise_field(images.shape, scale, seed) if bool((scale > 0).any()) else None
 
+    if morf_curve is not None:
+        morf_curve = torch.as_tensor(morf_curve)
+        if morf_curve.shape != (batch, steps + 1):
+            raise ValueError(f"morf_curve must be (B, steps+1) = {(batch, steps + 1)}; got {tuple(morf_curve.shape)}")
+        morf_curve = morf_curve.to(device=device, dtype=torch.float32)
+
     # (order, image, pixel) -> rank; order 0 = MoRF, 1 = LeRF (same tie rule, see the docstring).
     ranks = torch.stack([saliency_rank(maps), saliency_rank(-maps)]).int()
     counts = torch.arange(steps + 1, device=device) * evaluated // steps
     shared_end = evaluated == pixels  # both orders end on the fully removed image
     lerf_points = list(range(1, steps if shared_end else steps + 1))
-    orders = [0] * (steps + 1) + [1] * len(lerf_points)
-    points = list(range(steps + 1)) + lerf_points
+    morf_points = [] if morf_curve is not None else list(range(steps + 1))
+    orders = [0] * len(morf_points) + [1] * len(lerf_points)
+    points = morf_points + lerf_points
     per_image = len(orders)
     job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
-    job_order = torch.tensor(orders, device=device).repeat(batch)
-    job_count = counts[torch.tensor(points, device=device)].repeat(batch).int()
+    job_order = torch.tensor(orders, dtype=torch.long, device=device).repeat(batch)
+    job_count = counts[torch.tensor(points, dtype=torch.long, device=device)].repeat(batch).int()
     means = images.mean((2, 3), keepdim=True) if substrate == "mean" else None
     scores = torch.empty(batch * per_image, device=device)
 
@@ -177,10 +189,11 @@ def morf_lerf(
                                                       all_targets=targets if start == 0 else None)
 
     scores = scores.view(batch, per_image)
-    morf_curve = scores[:, : steps + 1]
-    lerf_parts = [scores[:, :1], scores[:, steps + 1:]]
+    if morf_curve is None:
+        morf_curve = scores[:, : steps + 1]
+    lerf_parts = [morf_curve[:, :1], scores[:, len(morf_points):]]
     if shared_end:
-        lerf_parts.append(scores[:, steps:steps + 1])
+        lerf_parts.append(morf_curve[:, steps:steps + 1])
     lerf_curve = torch.cat(lerf_parts, dim=1)
     morf, lerf = auc(morf_curve), auc(lerf_curve)
     return {

@@ -42,6 +42,14 @@ class ScoringContext:
             self._memo[key] = compute()
         return self._memo[key]
 
+    @property
+    def games(self) -> slice:
+        """The images the perturbation games play on: the first ``settings["game_images"]`` ("all" or
+        absent: every image). Why: a game costs dozens of forwards per image, the other metrics one
+        or none, so a CPU budget may cap the games alone; every row of a column gets the same images."""
+        count = self.settings.get("game_images", "all")
+        return slice(None) if count == "all" else slice(0, int(count))
+
     def has(self, need: str) -> bool:
         if need == "model":
             return True
@@ -109,8 +117,10 @@ def causal_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     def play() -> dict[str, torch.Tensor]:
         options = causal_settings(ctx.settings)
-        targets = None if options.pop("predicted", True) else ctx.labels
-        return causal.deletion_insertion(ctx.model, ctx.images, ctx.maps, targets, chunk_size=ctx.settings["chunk_size"],
+        games = ctx.games
+        targets = None if options.pop("predicted", True) else ctx.labels[games]
+        return causal.deletion_insertion(ctx.model, ctx.images[games], ctx.maps[games], targets,
+                                         chunk_size=ctx.settings["chunk_size"],
                                          autocast=ctx.images.device.type == "cuda", **options)
 
     return ctx.cached("causal", play)
@@ -132,13 +142,25 @@ def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
             return None
         # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
         road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
+        games = ctx.games
         result = faithfulness.morf_lerf(
-            ctx.model, ctx.images, ctx.maps, ctx.labels, substrate=substrate, steps=ctx.settings["deletion_steps"],
-            fraction=ctx.settings.get("deletion_fraction", 1.0), chunk_size=ctx.settings["chunk_size"],
-            autocast=ctx.images.device.type == "cuda", road_noise=road_noise)
+            ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
+            steps=ctx.settings["deletion_steps"], fraction=ctx.settings.get("deletion_fraction", 1.0),
+            chunk_size=ctx.settings["chunk_size"], autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
+            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None)
         return _row(result["srg"].mean(), result["srg"])
 
     return compute
+
+
+def _deletion_as_morf(ctx: ScoringContext) -> torch.Tensor | None:
+    """The deletion curve when it *is* the zero substrate's MoRF curve (the default protocol scoring the
+    labels: same images, targets, order, steps, pixel span and substrate), so that it is not played
+    twice; None otherwise (RISE's protocol scores the prediction)."""
+    options = causal_settings(ctx.settings)
+    if options["protocol"] != "default" or options["predicted"]:
+        return None
+    return _causal(ctx)["deletion_curve"]
 
 
 def _pointing(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -206,6 +228,9 @@ _ENTRIES = (
     _info("increase_in_confidence", True, 0, 100, "average_drop_increase",
           "share (%) of images whose score rises on image x map", needs=("model",),
           compute=lambda c: _row(_drop(c)["increase_in_confidence"], _drop(c)["increase"].float() * 100)),
+    _info("average_gain", True, 0, 100, "average_drop_increase",
+          "mean relative gain (%) of the target's score on image x map, of the room left (Opti-CAM's)",
+          needs=("model",), compute=lambda c: _row(_drop(c)["average_gain"], _drop(c)["gain"] * 100)),
     _info("pointing_game", True, 0, 1, "pointing_game",
           "share of maps whose maximum lies within the tolerance of the object", needs=("annotations",),
           column="Pointing game", compute=lambda c: _row(_pointing(c)["pointing_game"], _pointing(c)["hits"].float())),

@@ -174,30 +174,47 @@ def _contour_boxes_scipy(foreground: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _contour_boxes_opencv(foreground: np.ndarray) -> tuple[np.ndarray, ...]:
-    """What ``_contour_boxes_scipy`` computes, by running the reference's own OpenCV calls per slice
-    (``findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``, ``contourArea``, ``boundingRect``): the same
-    boxes (tested), about 50 times faster on smooth maps."""
+    """What ``_contour_boxes_scipy`` computes, with the reference's own OpenCV call
+    (``findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``): the same boxes (tested), several times faster.
+
+    Why one call for all slices: a per-slice loop spends most of its time in Python (16,000 slices of
+    32 px per benchmark cell). The slices are stacked into one tall image with a zero row between
+    them, so no region or contour crosses from one slice to the next and each slice keeps its own
+    raster order; every contour is then assigned to the slice its first point lies in. Boxes are the
+    contour points' extremes (``cv2.boundingRect``), areas the shoelace formula on the same points
+    (``cv2.contourArea``, kept doubled: exact in integers), and V1 takes the largest area, the first
+    listed on ties, as ``np.argmax`` over the reference's list does. Measured on smooth 32 px maps:
+    9 ms against 24 ms for 400 slices; tested equal to the per-slice calls on random, smooth and
+    border-touching slices.
+    """
     import cv2
 
     images = np.ascontiguousarray(foreground, dtype=np.uint8)
-    v1_slice, v1_boxes, v2_slice, v2_boxes = [], [], [], []
-    for index, image in enumerate(images):
-        contours = cv2.findContours(image, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]  # OpenCV 3/4/5
-        if not contours:
-            continue
-        rects = np.array([cv2.boundingRect(contour) for contour in contours], dtype=np.int64)
-        boxes = np.stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2] - 1,
-                          rects[:, 1] + rects[:, 3] - 1], 1)
-        largest = int(np.argmax([cv2.contourArea(contour) for contour in contours]))  # first of ties
-        v1_slice.append(index)
-        v1_boxes.append(boxes[largest])
-        v2_slice.append(np.full(len(boxes), index))
-        v2_boxes.append(boxes)
-    if not v1_slice:
+    count, height, width = images.shape
+    pitch = height + 1  # one zero row after each slice
+    canvas = np.zeros((count, pitch, width), dtype=np.uint8)
+    canvas[:, :height] = images
+    contours = cv2.findContours(canvas.reshape(count * pitch, width), cv2.RETR_TREE,
+                                cv2.CHAIN_APPROX_SIMPLE)[-2]  # OpenCV 3/4/5
+    if not contours:
         empty = np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.int64)
         return empty + empty
-    return (np.array(v1_slice, dtype=np.int64), np.stack(v1_boxes), np.concatenate(v2_slice),
-            np.concatenate(v2_boxes))
+    lengths = np.array([len(contour) for contour in contours])
+    points = np.concatenate(contours)[:, 0].astype(np.int64)  # (M, 2): x, y on the canvas
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    slice_of = points[starts, 1] // pitch
+    x, y = points[:, 0], points[:, 1] - np.repeat(slice_of, lengths) * pitch
+    boxes = np.stack([np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts),
+                      np.maximum.reduceat(x, starts), np.maximum.reduceat(y, starts)], 1)
+    following = np.arange(len(points)) + 1  # the next point of each contour, the last wrapping round
+    following[starts + lengths - 1] = starts
+    doubled_area = np.abs(np.add.reduceat(x * y[following] - x[following] * y, starts))
+    listed = np.argsort(slice_of, kind="stable")  # grouped by slice, the reference's order within
+    by_slice = slice_of[listed]
+    ranked = np.lexsort((np.arange(len(listed)), -doubled_area[listed], by_slice))
+    first = np.r_[True, by_slice[ranked][1:] != by_slice[ranked][:-1]]
+    largest = listed[ranked[first]]
+    return slice_of[largest], boxes[largest], by_slice, boxes[listed]
 
 
 def _contour_backend(backend: str) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
@@ -259,7 +276,8 @@ def max_box_acc(maps: torch.Tensor, boxes: torch.Tensor | None = None, masks: to
     IoU of every (image, threshold) ``iou_v1`` / ``iou_v2`` (B,T) float64; and for pooling over batches
     ``hits_v1`` (B,T) and ``hits_v2`` (len(iou_thresholds),B,T) bool, ``cam_thresholds`` (T,).
 
-    ``backend``: ``"opencv"`` runs the reference's OpenCV calls per (image, threshold); ``"scipy"``
+    ``backend``: ``"opencv"`` runs the reference's OpenCV call (on all (image, threshold) slices of a
+    chunk at once, separated by zero rows); ``"scipy"``
     computes the same contours' boxes and areas from connected components, without OpenCV (both tested
     equal to OpenCV, ties included); ``"auto"`` (default) takes OpenCV when it is installed, as it is
     several times faster (about 50 ms against 250 ms per 224 px map on 2 CPU cores). ``chunk_size``

@@ -1,0 +1,89 @@
+"""The perturbation games on the first N evaluation images (eval.game_images), and the zero
+substrate's MoRF curve taken from the deletion game instead of being played twice."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from camzoo.bench.config import resolve_config
+from camzoo.bench.tables import causal_description, markdown_tables
+from camzoo.metrics import faithfulness
+from camzoo.metrics.table import score_maps
+from camzoo.models import build_model
+
+SETTINGS = {"protocol": "default", "deletion_steps": 5, "deletion_fraction": 0.5, "deletion_target": "label",
+            "substrates": ["zeros", "blur", "road"], "chunk_size": 16, "pointing_tolerance": 15.0,
+            "pointing_reference_size": 224, "images": 10}
+
+
+@pytest.fixture(scope="module")
+def scored():
+    torch.manual_seed(0)
+    model = build_model("baseline", "resnet8", num_classes=4).eval()
+    images = torch.randn(10, 3, 32, 32)
+    # maps with structure and plateaus (ties), not noise: a blob per image, quantised
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    centres = torch.rand(10, 2) * 24 + 4
+    maps = torch.exp(-((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2) / 40)
+    maps = (maps * 8).round() / 8
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    masks = maps > 0.5
+    full = score_maps(model, images, maps, labels, masks, None, {**SETTINGS, "game_images": "all"})
+    capped = score_maps(model, images, maps, labels, masks, None, {**SETTINGS, "game_images": 4})
+    return model, images, maps, labels, full, capped
+
+
+def test_games_play_on_the_first_images_and_give_their_values(scored):
+    *_, full, capped = scored
+    for name in ("deletion", "insertion", "deletion_curve", "srg_zeros", "srg_blur", "srg_road"):
+        assert capped[name][1].shape[0] == 4, name
+        torch.testing.assert_close(torch.as_tensor(capped[name][1]), torch.as_tensor(full[name][1])[:4],
+                                   atol=1e-6, rtol=0)
+        assert capped[name][0] == pytest.approx(float(torch.as_tensor(capped[name][1]).float().mean()), abs=1e-6)
+    # the metrics that need no games keep every image
+    for name in ("pointing_game", "average_drop", "energy_pointing_game_mask", "pxap"):
+        assert capped[name][1].shape[0] == 10, name
+        torch.testing.assert_close(torch.as_tensor(capped[name][1]), torch.as_tensor(full[name][1]))
+    assert full["deletion"][1].shape[0] == 10
+
+
+def test_zero_substrate_morf_is_the_deletion_game(scored):
+    """SRG zeros reuses the deletion curve (the same game); the numbers equal a MoRF played afresh."""
+    model, images, maps, labels, full, _ = scored
+    fresh = faithfulness.morf_lerf(model, images, maps, labels, substrate="zeros", steps=5, fraction=0.5)
+    torch.testing.assert_close(torch.as_tensor(full["srg_zeros"][1]), fresh["srg"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.as_tensor(full["deletion_curve"][1]), fresh["morf_curve"], atol=1e-6, rtol=0)
+
+
+def test_a_given_morf_curve_is_not_played_again_and_must_fit():
+    torch.manual_seed(1)
+    model = build_model("baseline", "resnet8", num_classes=3).eval()
+    images, maps, labels = torch.randn(3, 3, 32, 32), torch.rand(3, 32, 32), torch.tensor([0, 1, 2])
+    fresh = faithfulness.morf_lerf(model, images, maps, labels, substrate="zeros", steps=4, fraction=1.0)
+    calls = []
+    handle = model.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    try:
+        reused = faithfulness.morf_lerf(model, images, maps, labels, substrate="zeros", steps=4, fraction=1.0,
+                                        morf_curve=fresh["morf_curve"])
+    finally:
+        handle.remove()
+    assert sum(calls) == 3 * 3  # LeRF's inner points only (its ends are MoRF's first and last)
+    torch.testing.assert_close(reused["lerf_curve"], fresh["lerf_curve"])
+    with pytest.raises(ValueError, match=r"morf_curve must be \(B, steps\+1\)"):
+        faithfulness.morf_lerf(model, images, maps, labels, substrate="zeros", steps=4, morf_curve=torch.zeros(3, 4))
+
+
+def test_game_images_setting_is_validated_and_shown():
+    with pytest.raises(ValueError, match="eval.game_images must be a positive integer or \"all\""):
+        resolve_config("quick", overrides={"eval": {"game_images": 0}})
+    with pytest.raises(ValueError, match="eval.game_images"):
+        resolve_config("quick", overrides={"eval": {"game_images": "some"}})
+    quick = resolve_config("quick")["eval"]
+    assert causal_description(quick) == "label, 20 steps over first 20% px, first 48 images"
+    assert causal_description({**quick, "game_images": "all"}) == "label, 20 steps over first 20% px"
+    assert causal_description({**quick, "game_images": 500}) == "label, 20 steps over first 20% px"
+    frame = pd.DataFrame([{"dataset": "d", "backbone": "b", "kind": "baseline", "method": "gradcam",
+                           "reference": False, "srg_zeros_mean": 0.1, "srg_zeros_std": 0.0}])
+    assert "(SRG = LeRF − MoRF AUC, first 48 images)" in markdown_tables(frame, quick)
