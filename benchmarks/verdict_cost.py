@@ -34,7 +34,7 @@ from camzoo.metrics import METRICS
 from camzoo.metrics.table import ScoringContext
 from camzoo.models import load_model
 
-OLD_SETTINGS = {"deletion_steps": 16, "deletion_fraction": 1.0, "substrates": []}  # before issue 10
+OLD_SETTINGS = {"deletion_steps": 16, "deletion_fraction": 1.0, "substrates": [], "game_images": "all"}  # before issue 10
 
 
 def cell_costs(model, eval_set, settings: dict) -> dict[str, float]:

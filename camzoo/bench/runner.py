@@ -13,7 +13,7 @@ import hashlib
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -44,6 +44,9 @@ class EvalSet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str]
+    # results of map-only metrics by the maps' content, shared by every model on these images (the
+    # centre, edges and oracle controls' maps are the same for every model; metrics.score_maps)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -318,6 +321,7 @@ class BenchRunner:
             # the evaluation images are the first N of the test split: their logits, for report.html
             self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
         pending = [m for m in self._methods(job) if not self.store.is_done(self.run_id, job.key(m))]
+        games: dict = {}  # this model's perturbation games by the maps' pixel order (metrics.score_maps)
         for group in one_pass_groups(pending):
             # a shared pass's time and peak memory are recorded for each of its methods: its forward
             # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
@@ -326,7 +330,8 @@ class BenchRunner:
             for method in group:
                 maps, raw = explained.pop(method)
                 cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks,
-                                          eval_set.boxes, self._settings(method))
+                                          eval_set.boxes, self._settings(method), game_memo=games,
+                                          map_memo=eval_set.memo)
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})
