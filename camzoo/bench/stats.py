@@ -18,10 +18,11 @@ Everything here is a pure function of numpy arrays; nothing reads the store or k
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from itertools import combinations
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -54,6 +55,40 @@ def _as_seed_image(values: ArrayLike, name: str = "values") -> np.ndarray:
     return array
 
 
+def _draw_chunks(n_seeds: int, n_images: int, resamples: int, seed: int | None,
+                 chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first resample, (r, S, N) flat indices into the raveled (S, N) array) per chunk of resamples:
+    the seed draws of all resamples first (R, S), then the image draws chunk by chunk from the same
+    Generator (numpy's integer draws do not depend on how a request is split into chunks).
+
+    Why cached: a seeded bootstrap draws the same indices for every array of the same shape, and a
+    report bootstraps hundreds of cells of a few shapes; drawing them once per shape took the quick
+    preset's bootstrap from 8 s to about 3 s. ``seed=None`` (fresh entropy) is never cached.
+    """
+    if seed is None:
+        yield from _draws(n_seeds, n_images, resamples, None, chunk)
+    else:
+        yield from _cached_draws(n_seeds, n_images, resamples, seed, chunk)
+
+
+def _draws(n_seeds: int, n_images: int, resamples: int, seed: int | None, chunk: int):
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
+        stop = min(resamples, start + chunk)
+        image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
+        yield start, seed_draws[start:stop, :, None] * n_images + image_draws
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_draws(n_seeds: int, n_images: int, resamples: int, seed: int, chunk: int
+                  ) -> tuple[tuple[int, np.ndarray], ...]:
+    drawn = tuple(_draws(n_seeds, n_images, resamples, seed, chunk))
+    for _, flat in drawn:
+        flat.setflags(write=False)  # shared by every caller
+    return drawn
+
+
 def hierarchical_bootstrap_ci(
     values: ArrayLike, resamples: int = 2000, level: float = 0.95, seed: int | None = 0
 ) -> tuple[float, float]:
@@ -80,14 +115,10 @@ def hierarchical_bootstrap_ci(
     filled = np.where(valid, array, 0.0).ravel()
     counts = None if valid.all() else valid.ravel().astype(np.float64)
 
-    rng = np.random.default_rng(seed)
-    seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
     means = np.empty(resamples, dtype=np.float64)
     chunk = max(1, _CHUNK_BYTES // (_BYTES_PER_DRAW * n_seeds * n_images))
-    for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
-        stop = min(resamples, start + chunk)
-        image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
-        flat = seed_draws[start:stop, :, None] * n_images + image_draws  # index into the raveled array
+    for start, flat in _draw_chunks(n_seeds, n_images, resamples, seed, chunk):
+        stop = start + flat.shape[0]
         total = filled[flat].sum(axis=(1, 2))
         count = np.full(stop - start, float(n_seeds * n_images)) if counts is None else counts[flat].sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -121,17 +152,14 @@ def hierarchical_bootstrap_ci_of(
     n_seeds, n_images = array.shape[:2]
     cells, table_shape = n_seeds * n_images, array.shape[2:]
     flat_values = array.reshape(cells, -1)
-    rng = np.random.default_rng(seed)
-    seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
     results = np.empty(resamples, dtype=np.float64)
     # A resample's mean table is (how often it drew each (seed, image)) @ (the tables) / (S*N): one
     # matrix product per chunk instead of gathering S*N tables per resample (measured: 0.5 s -> 0.02 s
     # for 2,000 resamples of 480 MaxBoxAcc tables of 300 cells).
     chunk = max(1, _CHUNK_BYTES // (8 * (2 * cells + flat_values.shape[1]) + _BYTES_PER_DRAW * cells))
-    for start in range(0, resamples, chunk):  # loops over memory chunks, not over resamples
-        stop = min(resamples, start + chunk)
-        image_draws = rng.integers(0, n_images, size=(stop - start, n_seeds, n_images))
-        flat = (seed_draws[start:stop, :, None] * n_images + image_draws).reshape(stop - start, cells)
+    for start, flat in _draw_chunks(n_seeds, n_images, resamples, seed, chunk):
+        stop = start + flat.shape[0]
+        flat = flat.reshape(stop - start, cells)
         rows = (np.arange(stop - start)[:, None] * cells + flat).ravel()
         counts = np.bincount(rows, minlength=(stop - start) * cells).reshape(stop - start, cells)
         means = (counts.astype(np.float64) @ flat_values) / cells
