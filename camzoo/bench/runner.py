@@ -321,7 +321,6 @@ class BenchRunner:
             # the evaluation images are the first N of the test split: their logits, for report.html
             self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
         pending = [m for m in self._methods(job) if not self.store.is_done(self.run_id, job.key(m))]
-        games: dict = {}  # this model's perturbation games by the maps' pixel order (metrics.score_maps)
         for group in one_pass_groups(pending):
             # a shared pass's time and peak memory are recorded for each of its methods: its forward
             # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
@@ -330,8 +329,7 @@ class BenchRunner:
             for method in group:
                 maps, raw = explained.pop(method)
                 cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks,
-                                          eval_set.boxes, self._settings(method), game_memo=games,
-                                          map_memo=eval_set.memo)
+                                          eval_set.boxes, self._settings(method), map_memo=eval_set.memo)
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})

@@ -36,9 +36,7 @@ class ScoringContext:
     masks: torch.Tensor | None  # (N,H,W) bool
     boxes: torch.Tensor | None  # (N,K,4) NaN-padded
     settings: Mapping[str, Any]  # the benchmark's eval settings (steps, chunk size, tolerances)
-    # Results shared across cells (see score_maps): the games of one model, by the maps' pixel order
-    # on the game images; map-only metrics of one image set, by the maps' content.
-    game_memo: dict | None = None
+    # map-only results shared by the cells of one image set, by the maps' content (see score_maps)
     map_memo: dict | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
 
@@ -47,18 +45,14 @@ class ScoringContext:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def shared(self, scope: str, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per cell, and once per identical input across the cells that share a memo:
-        ``scope="games"`` keys on the order of the game images' pixels (every game depends on the
-        map through that order only, ties broken by index), ``"maps"`` on the maps' values."""
-        memo = self.game_memo if scope == "games" else self.map_memo
-        if memo is None:
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per cell, and once per identical maps across the cells that share
+        ``map_memo`` (for metrics that read nothing but the maps and the image set's ground truth)."""
+        if self.map_memo is None:
             return self.cached(key, compute)
-        digest = self.cached(f"digest:{scope}", lambda: _digest(
-            causal.saliency_rank(self.maps[self.games]) if scope == "games" else self.maps,
-            self.settings if scope == "games" else None))
-        return self.cached(key, lambda: memo[(key, digest)] if (key, digest) in memo
-                           else memo.setdefault((key, digest), compute()))
+        digest = self.cached("digest", lambda: _digest(self.maps))
+        return self.cached(key, lambda: self.map_memo[(key, digest)] if (key, digest) in self.map_memo
+                           else self.map_memo.setdefault((key, digest), compute()))
 
     @property
     def games(self) -> slice:
@@ -116,12 +110,10 @@ class MetricInfo:
         return pick(candidates, key=lambda item: item[0])[1]
 
 
-def _digest(tensor: torch.Tensor, settings: Mapping[str, Any] | None) -> str:
-    """A content key: the tensor's bytes (and the settings, which the games also depend on)."""
+def _digest(tensor: torch.Tensor) -> str:
+    """A content key: the tensor's shape and bytes."""
     digest = hashlib.blake2b(tensor.detach().contiguous().cpu().numpy().tobytes(), digest_size=16)
     digest.update(str(tuple(tensor.shape)).encode())
-    if settings is not None:
-        digest.update(repr(sorted(settings.items())).encode())
     return digest.hexdigest()
 
 
@@ -150,7 +142,7 @@ def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
                                          chunk_size=ctx.settings["chunk_size"],
                                          autocast=ctx.images.device.type == "cuda", **options)
 
-    return ctx.shared("games", "causal", play)
+    return ctx.cached("causal", play)
 
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -158,7 +150,7 @@ def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
 
 
 def _boxes(ctx: ScoringContext) -> dict[str, torch.Tensor]:
-    return ctx.shared("maps", "max_box_acc", lambda: wsol.max_box_acc(ctx.maps, boxes=ctx.boxes, masks=ctx.masks))
+    return ctx.shared("max_box_acc", lambda: wsol.max_box_acc(ctx.maps, boxes=ctx.boxes, masks=ctx.masks))
 
 
 def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
@@ -170,11 +162,11 @@ def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
         # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
         road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
         games = ctx.games
-        result = ctx.shared("games", f"srg_{substrate}", lambda: faithfulness.morf_lerf(
+        result = faithfulness.morf_lerf(
             ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
             steps=ctx.settings["deletion_steps"], fraction=ctx.settings.get("deletion_fraction", 1.0),
             chunk_size=ctx.settings["chunk_size"], autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
-            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None))
+            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None)
         return _row(result["srg"].mean(), result["srg"])
 
     return compute
@@ -336,17 +328,15 @@ def table_columns() -> list[MetricInfo]:
 
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
                masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: Mapping[str, Any],
-               game_memo: dict | None = None, map_memo: dict | None = None) -> dict[str, Row]:
+               map_memo: dict | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
-    Exact reuse across cells (the benchmark passes both): ``game_memo``, one dict per model, returns
-    the perturbation games of a map whose pixel order on the game images equals an earlier one's
-    (Grad-CAM, XGrad-CAM and HiResCAM coincide at a layer followed by global pooling and a linear
-    head); ``map_memo``, one dict per image set (same images, labels and ground truth), returns
-    MaxBoxAcc for identical maps (the centre, edges and oracle controls' maps do not depend on the
-    model). A memo must not outlive its model or image set.
+    ``map_memo`` (the benchmark passes one dict per image set: same images, labels and ground truth,
+    never reused for another) returns MaxBoxAcc, the costliest metric that reads only the maps, for
+    maps identical to earlier ones: the centre, edges and oracle controls' maps do not depend on the
+    model, so nine models share three computations. Exact (tested against computing afresh).
     """
-    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, game_memo, map_memo)
+    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo)
     scored = {info.name: info.compute(ctx) for info in METRICS.values()
               if info.compute is not None and all(ctx.has(need) for need in info.needs)}
     return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings
