@@ -308,6 +308,7 @@ class BenchRunner:
     def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
         from .. import metrics
         from ..inference import predict
+        from ..methods import get_method
 
         result = self._train(job, train_split)
         model = result.model
@@ -328,8 +329,11 @@ class BenchRunner:
                 explained, seconds = explain_group(model, eval_set, group, self.config["eval"]["batch_size"], self.device)
             for method in group:
                 maps, raw = explained.pop(method)
+                # controls only: their maps repeat across models, a method's never do (and the memo
+                # keeps each entry's per-image tables for the whole run)
+                memo = eval_set.memo if get_method(method).reference else None
                 cell = metrics.score_maps(model, eval_set.images, maps, eval_set.labels, eval_set.masks,
-                                          eval_set.boxes, self._settings(method), map_memo=eval_set.memo)
+                                          eval_set.boxes, self._settings(method), map_memo=memo)
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})
