@@ -304,3 +304,17 @@ def test_pooled_bootstrap_uses_the_same_draws_and_recomputes_the_statistic():
     assert low <= hits.mean((0, 1)).max() <= high and high - low < 0.3
     with pytest.raises(ValueError, match="NaN"):
         stats.hierarchical_bootstrap_ci_of(np.full((2, 3, 2), np.nan), lambda m: m.max(-1))
+
+
+def test_reused_draws_give_the_bootstrap_of_fresh_draws(monkeypatch):
+    """The seeded draws kept per shape give exactly the CIs of drawing afresh, for both bootstraps."""
+    rng = np.random.default_rng(5)
+    values, tables = rng.random((3, 40)), (rng.random((3, 40, 2, 7)) < 0.5).astype(float)
+    pooled = lambda means: means.max(-1).mean(-1)  # noqa: E731
+    kept = [stats.hierarchical_bootstrap_ci(values, 500), stats.hierarchical_bootstrap_ci(values * 2, 500),
+            stats.hierarchical_bootstrap_ci_of(tables, pooled, 500)]
+    monkeypatch.setattr(stats, "_CACHE_BYTES", 0)
+    fresh = [stats.hierarchical_bootstrap_ci(values, 500), stats.hierarchical_bootstrap_ci(values * 2, 500),
+             stats.hierarchical_bootstrap_ci_of(tables, pooled, 500)]
+    assert kept == fresh
+    assert kept[1] == (2 * kept[0][0], 2 * kept[0][1])  # the same draws for every array of one shape
