@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from camzoo.bench import summary as summary_module
-from camzoo.bench.config import CONTROLS, resolve_config
+from camzoo.bench.config import resolve_config
 from camzoo.bench.report import latest_run, write_report
 from camzoo.bench.runner import explain_all, load_eval_set
 from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
 from camzoo.bench.validate import load_split
+from camzoo.methods import get_method
 from camzoo.metrics import METRICS
 from camzoo.metrics.table import ScoringContext
 from camzoo.models import load_model
@@ -63,7 +64,7 @@ def cell_seconds(store: ResultsStore, run: dict) -> dict[str, float]:
     for cell, finished in store.finish_times(run["run_id"]).items():
         seconds, previous = (_time(finished) - previous).total_seconds(), _time(finished)
         kind = ("bookkeeping" if cell.method == "gallery" else "training" if cell.method == "model"
-                else "stability" if cell.seed == -1 else "controls" if cell.method in CONTROLS else "methods")
+                else "stability" if cell.seed == -1 else "controls" if get_method(cell.method).reference else "methods")
         totals[kind] += seconds
     return totals
 

@@ -255,8 +255,11 @@ def test_the_quick_preset_runs_the_gradient_family_in_one_pass():
     from camzoo.bench.config import CONTROLS, GRADIENT_FAMILY
     from camzoo.bench.runner import one_pass_groups
 
+    from camzoo.methods import reference_method_names
+
     methods = resolve_config("quick")["methods"]
     assert set(GRADIENT_FAMILY) | set(CONTROLS) | {"attention"} == set(methods)
+    assert sorted(CONTROLS) == reference_method_names()  # the presets' list is the registry's controls
     assert GRADIENT_FAMILY in one_pass_groups(methods)  # one forward and one backward for all seven
 
 

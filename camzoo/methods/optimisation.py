@@ -52,10 +52,16 @@ class OptiCAM(CAMMethod):
         self.lr = float(lr)
 
     @staticmethod
-    def mask(features: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """S(u): the softmax-weighted sum of the channels, upsampled and min-max normalised: (B,H,W)."""
-        combined = (weights.softmax(dim=1)[:, :, None, None] * features).sum(dim=1)
-        upsampled = F.interpolate(combined[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    def combine(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k softmax(u)_k ReLU(A_k) at the layer's resolution: (B,h,w). Multiply-and-sum in the
+        official code's order: Adam turns rounding-level gradients into full steps (docs/methods.md)."""
+        return (weights.softmax(dim=1)[:, :, None, None] * features).sum(dim=1)
+
+    @classmethod
+    def mask(cls, features: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """S(u): the combined channels, upsampled and min-max normalised: (B,H,W)."""
+        upsampled = F.interpolate(cls.combine(features, weights)[:, None], size=size, mode="bilinear",
+                                  align_corners=False)[:, 0]
         return minmax_normalise(upsampled)
 
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
@@ -75,5 +81,5 @@ class OptiCAM(CAMMethod):
                 weights.grad = gradient
                 optimiser.step()
         with torch.no_grad():
-            raw = (weights.softmax(dim=1)[:, :, None, None] * features).sum(dim=1)
+            raw = self.combine(features, weights)
         return logits, targets, raw

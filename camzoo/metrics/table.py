@@ -50,9 +50,14 @@ class ScoringContext:
         ``map_memo`` (for metrics that read nothing but the maps and the image set's ground truth)."""
         if self.map_memo is None:
             return self.cached(key, compute)
-        digest = self.cached("digest", lambda: _digest(self.maps))
-        return self.cached(key, lambda: self.map_memo[(key, digest)] if (key, digest) in self.map_memo
-                           else self.map_memo.setdefault((key, digest), compute()))
+        memo, entry = self.map_memo, (key, self.cached("digest", lambda: _digest(self.maps)))
+
+        def lookup() -> Any:
+            if entry not in memo:
+                memo[entry] = compute()
+            return memo[entry]
+
+        return self.cached(key, lookup)
 
     @property
     def games(self) -> slice:
