@@ -40,6 +40,9 @@ def test_report_html_is_one_file_with_the_summarys_numbers(run_dir):
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
     assert "fetch(" not in text and "XMLHttpRequest" not in text and "@import" not in text
     assert text.replace("http://www.w3.org/2000/svg", "").count("http") == 0
+    from camzoo.methods import reference_method_names
+
+    assert page_data(page)["controls"] == reference_method_names()  # the page marks the registry's controls
     assert page.stat().st_size < 2_000_000
 
     data = page_data(page)

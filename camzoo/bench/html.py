@@ -85,7 +85,10 @@ def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, pro
             "curves": curve_data(results, run["config"], dataset, backbone),
             "browser": browser_data(store, run, results, dataset, backbone, max_images, thumb),
         })
+    from ..methods import reference_method_names
+
     return {"run_id": run["run_id"], "created_at": run["created_at"], "preset": run["config"].get("preset"),
+            "controls": reference_method_names(),  # the registry's control rows (dashed curves, "(control)")
             "provenance_html": [inline_markdown(line[2:] if line.startswith("- ") else line) for line in provenance],
             "provenance": dict(run["provenance"]), "config": run["config"], "groups": groups}
 
