@@ -19,8 +19,12 @@ $(VENV)/.installed: setup.cfg setup.py
 test: install
 	$(BIN)/python -m pytest -q
 
+# Two processes of one thread each score faster than one of two threads on a small CPU model
+# (docs/performance.md); BENCH_NPROC=1 runs a single process.
+BENCH_NPROC ?= 2
+
 bench: install
-	$(BIN)/camzoo bench --preset quick --out results/quick
+	$(BIN)/camzoo bench --preset quick --nproc $(BENCH_NPROC) --out results/quick
 
 # The GPU path: CUDA tests, speed scripts with --device cuda, the standard preset; numbers to
 # docs/gpu-check.md with the GPU named. Without CUDA it runs the (skipping) tests and says so.

@@ -1,5 +1,6 @@
-"""The perturbation games on the first N evaluation images (eval.game_images), and the zero
-substrate's MoRF curve taken from the deletion game instead of being played twice."""
+"""The perturbation games on the first N evaluation images (eval.game_images), the zero substrate's
+MoRF curve taken from the deletion game instead of being played twice, and the unperturbed images'
+scores computed once per model."""
 
 from __future__ import annotations
 
@@ -112,10 +113,57 @@ def test_identical_maps_share_max_box_acc_and_nothing_else(scored, monkeypatch):
         handle.remove()
     assert len(shared_maps) == 1 and len(calls) == 1
     np.testing.assert_array_equal(again["max_box_acc_v2"][1], first["max_box_acc_v2"][1])
-    assert sum(forwards) == 10 * (1 + 2 * 5) + 2 * 10  # deletion + insertion and Average Drop, again
+    # again: the unperturbed images once (deletion's and Average Drop's reference), deletion +
+    # insertion, Average Drop's masked images
+    assert sum(forwards) == 10 + 10 * 2 * 5 + 10
     flipped = score_maps(model, images, maps.flip(-1), labels, masks, None, settings, shared_maps)
     fresh = score_maps(model, images, maps.flip(-1), labels, masks, None, settings)
     assert len(shared_maps) == 2 and len(calls) == 3  # a new map, and the call without a memo
     for name in ("max_box_acc_v1", "max_box_acc_v2", "deletion"):
         torch.testing.assert_close(torch.as_tensor(flipped[name][1]), torch.as_tensor(fresh[name][1]))
     torch.testing.assert_close(torch.as_tensor(first["max_box_acc_v2"][1]), torch.as_tensor(full["max_box_acc_v2"][1]))
+
+
+def test_the_cells_of_one_model_share_its_unperturbed_scores(scored):
+    """With ``model_memo`` the unperturbed images go through the model once per model, not once per
+    cell, and every metric equals what a cell computes on its own."""
+    model, images, maps, labels, _, _ = scored
+    settings = {**SETTINGS, "game_images": 6}
+    alone = score_maps(model, images, maps, labels, maps > 0.5, None, settings)
+    shared: dict = {}
+    score_maps(model, images, maps.flip(-1), labels, maps > 0.5, None, settings, model_memo=shared)
+    assert list(shared) == ["unperturbed_scores"] and shared["unperturbed_scores"].shape[0] == images.shape[0]
+    forwards = []
+    handle = model.register_forward_hook(lambda _m, inputs, _o: forwards.append(inputs[0].shape[0]))
+    try:
+        second = score_maps(model, images, maps, labels, maps > 0.5, None, settings, model_memo=shared)
+    finally:
+        handle.remove()
+    per_image = 2 * 5 + 5 + 2 * 5 + 2 * 5  # deletion + insertion; LeRF (zeros); blur and road MoRF/LeRF from point 1
+    assert sum(forwards) == 6 * per_image + images.shape[0]  # + Average Drop's masked images, no unperturbed
+    for name, (value, per_image_values) in alone.items():
+        assert second[name][0] == pytest.approx(value, abs=1e-6), name
+        if per_image_values is not None:
+            np.testing.assert_allclose(second[name][1], per_image_values, atol=1e-6, err_msg=name)
+
+
+def test_metrics_take_the_unperturbed_scores_instead_of_a_forward(scored):
+    model, images, maps, labels, _, _ = scored
+    with torch.no_grad():
+        given = model(images).softmax(1)
+    from camzoo.metrics import average_drop_increase, deletion_insertion, morf_lerf
+
+    calls = [
+        lambda **k: deletion_insertion(model, images, maps, labels, steps=4, fraction=0.5, **k),
+        lambda **k: deletion_insertion(model, images, maps, None, steps=4, protocol="rise", **k),
+        lambda **k: morf_lerf(model, images, maps, labels, substrate="blur", steps=4, fraction=0.5, **k),
+        lambda **k: average_drop_increase(model, images, maps, labels, **k),
+    ]
+    for call in calls:
+        played, read = call(), call(original_scores=given)
+        for key, value in played.items():
+            torch.testing.assert_close(read[key], value, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="original_scores must be a"):
+        deletion_insertion(model, images, maps, labels, steps=4, original_scores=given[:3])
+    with pytest.raises(ValueError, match="targets reach class 7"):
+        average_drop_increase(model, images, maps, torch.full((10,), 7), original_scores=given)

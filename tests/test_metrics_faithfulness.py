@@ -16,7 +16,7 @@ from torch import nn
 
 from camzoo.metrics.causal import deletion_insertion, rise_blur
 from camzoo.metrics.faithfulness import morf_lerf, substrate_agreement
-from camzoo.metrics.imputation import linear_imputation, road_impute
+from camzoo.metrics.imputation import DIRECT_MAX, linear_imputation, road_impute
 
 SIZE = 16
 REGION = (slice(3, 9), slice(5, 11))  # 6 x 6 = 36 pixels of 256
@@ -326,22 +326,45 @@ def imputation_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
             for m in (scattered, disc, corner)]
 
 
+@pytest.mark.parametrize("solver", ["iterative", "direct", "default"])
 @pytest.mark.parametrize("case", range(3))
-def test_linear_imputation_matches_an_exact_sparse_solve(case):
+def test_linear_imputation_matches_an_exact_sparse_solve(case, solver):
     images, removed = imputation_cases()[case]
     tol = 1e-6
-    result = linear_imputation(images, removed, tol=tol)
-    # Tolerance: the solver stops once every removed pixel is within tol * max|image| of its
-    # neighbours' weighted mean; by the maximum principle the error is then at most that times the
-    # largest expected exit time of the averaging walk (computed exactly), doubled for float32
-    # drift of the recursive residual, plus float32 rounding of the stored values.
-    bound = 2 * tol * images.abs().max().item() * exit_time_bound(removed[0].numpy()) + 1e-6
+    direct_max = {"iterative": 0, "direct": 10**6, "default": DIRECT_MAX}[solver]
+    result = linear_imputation(images, removed, tol=tol, direct_max=direct_max)
+    unknowns = int(removed[0].sum())
+    # Tolerance of the iterative solver: it stops once every removed pixel is within tol * max|image|
+    # of its neighbours' weighted mean; by the maximum principle the error is then at most that times
+    # the largest expected exit time of the averaging walk (computed exactly), doubled for float32
+    # drift of the recursive residual, plus float32 rounding of the stored values. The direct solver
+    # has no tolerance: float32 rounding alone (the disc's 314 unknowns are the worst conditioned).
+    if direct_max >= unknowns:
+        bound = 2e-5 * images.abs().max().item()
+    else:
+        bound = 2 * tol * images.abs().max().item() * exit_time_bound(removed[0].numpy()) + 1e-6
     for b in range(2):
         exact = spsolve_imputation(images[b].double().numpy(), removed[b].numpy())
         error = np.abs(result[b].double().numpy() - exact).max()
         assert error <= bound
         assert error < 1e-4
     assert torch.equal(result[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)])
+
+
+def test_linear_imputation_solves_a_mixed_batch_as_each_image_alone():
+    """Small holes go to the direct solver, large ones to the iterative one, in one call: each image
+    must get what it gets alone (the split and the size-sorted groups put every result back)."""
+    generator = torch.Generator().manual_seed(13)
+    images = torch.randn(21, 3, 24, 24, generator=generator)
+    order = torch.rand(21, 24 * 24, generator=generator).argsort(1).argsort(1)
+    sizes = torch.tensor([0, 576, *torch.linspace(5, 500, 19).long().tolist()])  # none, all, 5..500 removed
+    removed = (order < sizes[:, None]).view(21, 24, 24)
+    together = linear_imputation(images, removed)
+    for b in range(21):
+        alone = linear_imputation(images[b:b + 1], removed[b:b + 1])
+        torch.testing.assert_close(together[b:b + 1], alone, atol=1e-5, rtol=0)
+    assert torch.equal(together[0], images[0])
+    torch.testing.assert_close(together[1], images[1].mean((1, 2), keepdim=True).expand(3, 24, 24))
 
 
 def test_linear_imputation_of_a_fully_removed_image_is_its_mean_colour():

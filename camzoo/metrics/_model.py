@@ -59,3 +59,29 @@ def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.
             f"targets reach class {int(all_targets.max())} but the model has {scores.shape[1]} outputs"
         )
     return scores.gather(1, targets[:, None])[:, 0]
+
+
+def unperturbed_scores(model: nn.Module, images: torch.Tensor, softmax: bool, autocast: bool, chunk_size: int,
+                       given: torch.Tensor | None = None) -> torch.Tensor:
+    """All class scores (B,num_classes) of the unperturbed images: ``given`` when the caller already
+    has them (checked), else one forward per chunk. The caller holds ``no_grad`` and ``eval_mode``.
+
+    Why a parameter: every cell of one model scores the same images unperturbed (deletion's first
+    point, MoRF's first point, Average Drop's reference), so the benchmark computes them once per
+    model and passes them to each metric.
+    """
+    batch = images.shape[0]
+    if given is not None:
+        if not isinstance(given, torch.Tensor) or given.dim() != 2 or given.shape[0] != batch:
+            raise ValueError(f"original_scores must be a (B,num_classes) tensor with B={batch}; got "
+                             f"{tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__}")
+        return given.to(images.device, torch.float32)
+    parts = [class_scores(model, images[start:start + chunk_size], softmax, autocast)
+             for start in range(0, batch, chunk_size)]
+    return torch.cat(parts) if parts else torch.empty(0, 0, device=images.device)
+
+
+def check_targets_in_range(targets: torch.Tensor, scores: torch.Tensor) -> None:
+    """Targets must index the model's outputs (one host read, before any loop over chunks)."""
+    if targets.numel() and int(targets.max()) >= scores.shape[1]:
+        raise ValueError(f"targets reach class {int(targets.max())} but the model has {scores.shape[1]} outputs")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, class_scores, eval_mode, target_probabilities
+from ._model import check_same_device, check_targets_in_range, eval_mode, target_probabilities, unperturbed_scores
 
 Substrate = Union[float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -201,6 +201,7 @@ def deletion_insertion(
     modes: Sequence[str] = ("deletion", "insertion"),
     protocol: str | CausalProtocol = "default",
     fraction: float = 1.0,
+    original_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """RISE's deletion and insertion games for a batch, as batched forwards.
 
@@ -234,6 +235,8 @@ def deletion_insertion(
             x in [0,1] spanning that range): point k has ``floor(k * round(fraction*H*W) / steps)``
             pixels changed. On small objects a full game spends most steps after the object is gone;
             a partial one resolves it (docs/metrics.md). 1.0 = the full game (RISE).
+        original_scores: (B, num_classes) the model's scores on the unperturbed images (probabilities
+            or raw outputs, as ``softmax``), when the caller has them: saves their forward.
 
     Returns:
         ``deletion`` / ``insertion``: AUC per image (B,) in [0,1] — lower deletion and higher insertion
@@ -278,20 +281,12 @@ def deletion_insertion(
     with torch.no_grad(), eval_mode(model):
         # The unperturbed images first: deletion's first point, insertion's last, and (when the
         # target is the prediction) the classes to track — one forward per image for all three.
-        original = torch.empty(batch, device=device)
-        chosen_targets = torch.empty(batch, dtype=torch.long, device=device)
-        for start in range(0, batch, chunk_size):
-            part = slice(start, min(start + chunk_size, batch))
-            scores_all = class_scores(model, images[part], softmax, autocast)
-            if predicted:
-                chosen_targets[part] = scores_all.argmax(1)  # RISE: np.argmax of the probabilities
-            else:
-                if start == 0 and int(targets.max()) >= scores_all.shape[1]:
-                    raise ValueError(f"targets reach class {int(targets.max())} but the model has "
-                                     f"{scores_all.shape[1]} outputs")
-                chosen_targets[part] = targets[part]
-            original[part] = scores_all.gather(1, chosen_targets[part, None])[:, 0]
-        targets = chosen_targets
+        scores_all = unperturbed_scores(model, images, softmax, autocast, chunk_size, original_scores)
+        if predicted:
+            targets = scores_all.argmax(1)  # RISE: np.argmax of the probabilities
+        else:
+            check_targets_in_range(targets, scores_all)
+        original = scores_all.gather(1, targets[:, None])[:, 0]
 
         # Then one job per perturbed input: deletion points 1..steps, insertion points 0..steps-1.
         kinds: list[int] = []  # 0 = deletion, 1 = insertion

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, eval_mode, target_probabilities
+from ._model import check_same_device, check_targets_in_range, eval_mode, target_probabilities, unperturbed_scores
 
 
 def average_drop_increase(
@@ -23,6 +23,7 @@ def average_drop_increase(
     chunk_size: int = 64,
     autocast: bool = False,
     softmax: bool = True,
+    original_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Average Drop and Increase in Confidence (Chattopadhyay et al., Grad-CAM++, 2018).
 
@@ -36,7 +37,8 @@ def average_drop_increase(
       Opti-CAM paper's complement to Average Drop, which a map can game by keeping the whole image.
 
     Per-image values come back too (``drop`` and ``gain`` in [0,1], ``increase`` bool, ``score`` Y,
-    ``explanation_score`` O) so that results can be pooled over batches.
+    ``explanation_score`` O) so that results can be pooled over batches. ``original_scores`` (B, K),
+    the model's scores on the unperturbed images (as ``softmax``), saves their forward when given.
     """
     maps = check_maps(maps)
     images = check_images(images, maps)
@@ -49,14 +51,14 @@ def average_drop_increase(
         baseline = baseline.to(images.device, images.dtype)
         if baseline.dim() == 1:
             baseline = baseline[:, None, None]
-    full = torch.empty(batch, device=images.device)
     masked = torch.empty(batch, device=images.device)
     with torch.no_grad(), eval_mode(model):
+        scores = unperturbed_scores(model, images, softmax, autocast, int(chunk_size), original_scores)
+        check_targets_in_range(targets, scores)
+        full = scores.gather(1, targets[:, None])[:, 0]
         for start in range(0, batch, int(chunk_size)):
             part = slice(start, min(start + int(chunk_size), batch))
             x, m, t = images[part], maps[part, None], targets[part]
-            first = targets if start == 0 else None
-            full[part] = target_probabilities(model, x, t, softmax, autocast, all_targets=first)
             explanation = baseline + m * (x - baseline)
             masked[part] = target_probabilities(model, explanation, t, softmax, autocast)
     tiny = torch.finfo(full.dtype).tiny

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, eval_mode, target_probabilities
+from ._model import check_same_device, check_targets_in_range, eval_mode, target_probabilities, unperturbed_scores
 from .causal import auc, rise_blur, saliency_rank
 from .imputation import ROAD_NOISE, ROAD_TOL, noise_field, noise_scale, linear_imputation
 
@@ -71,6 +71,7 @@ def morf_lerf(
     seed: int = 0,
     road_tol: float = ROAD_TOL,
     morf_curve: torch.Tensor | None = None,
+    original_scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """MoRF and LeRF pixel-removal curves, their AUCs and SRG = AUC(LeRF) - AUC(MoRF), batched.
 
@@ -119,6 +120,8 @@ def morf_lerf(
             game with the zero substrate on the same targets, steps and ``fraction`` (it is the same
             game): only LeRF is played, and its first point (and last, when ``fraction == 1``) is taken
             from this curve. The caller vouches that it is that game.
+        original_scores: (B, K) the model's softmax probabilities on the unperturbed images, when the
+            caller has them: point 0 of both curves is then read from them instead of played.
 
     Returns:
         ``morf`` (↓), ``lerf`` (↑), ``srg`` (↑, in [-1,1]): per image (B,); ``morf_curve`` and
@@ -155,7 +158,9 @@ def morf_lerf(
     counts = torch.arange(steps + 1, device=device) * evaluated // steps
     shared_end = evaluated == pixels  # both orders end on the fully removed image
     lerf_points = list(range(1, steps if shared_end else steps + 1))
-    morf_points = [] if morf_curve is not None else list(range(steps + 1))
+    # point 0 (nothing removed) is the unperturbed image: played with MoRF unless its scores are given
+    first_point = 1 if original_scores is not None else 0
+    morf_points = [] if morf_curve is not None else list(range(first_point, steps + 1))
     orders = [0] * len(morf_points) + [1] * len(lerf_points)
     points = morf_points + lerf_points
     per_image = len(orders)
@@ -190,7 +195,12 @@ def morf_lerf(
 
     scores = scores.view(batch, per_image)
     if morf_curve is None:
-        morf_curve = scores[:, : steps + 1]
+        morf_curve = scores[:, : len(morf_points)]
+        if first_point:
+            with torch.no_grad():
+                given = unperturbed_scores(model, images, True, autocast, chunk_size, original_scores)
+            check_targets_in_range(targets, given)
+            morf_curve = torch.cat([given.gather(1, targets[:, None]), morf_curve], dim=1)
     lerf_parts = [morf_curve[:, :1], scores[:, len(morf_points):]]
     if shared_end:
         lerf_parts.append(morf_curve[:, steps:steps + 1])

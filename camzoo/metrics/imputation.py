@@ -2,8 +2,9 @@
 of their in-image 8-neighbours (1/6 direct, 1/12 diagonal; known pixels fixed), plus seeded noise.
 
 Why its own module: the MoRF/LeRF substrate "road" depends on which pixels are removed, so it is
-solved for every perturbed input — a batched Jacobi-preconditioned conjugate gradient on the
-device, with no loop per image. Tested against scipy.sparse.linalg.spsolve.
+solved for every perturbed input — small holes by batched dense Cholesky solves, large ones by a
+batched Jacobi-preconditioned conjugate gradient, on the device, with no loop per image. Tested
+against scipy.sparse.linalg.spsolve.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ ROAD_NOISE = 0.01  # ROAD's NoisyLinearImputer(noise=0.01), in the images' units
 ROAD_TOL = 1e-6
 
 _CHECK_EVERY = 16  # solver iterations between convergence checks (each check is one host sync)
+# Systems with at most this many removed pixels are solved directly (dense Cholesky). Measured on one
+# CPU thread, 64 inputs of 32 px: at 205 unknowns 4x faster than the iterative solver, at 410 about
+# even, at 512 three times slower (the dense work grows with the cube of the unknowns, the iterative
+# one with the image's area times the hole's diameter).
+DIRECT_MAX = 256
+_DIRECT_GROUP = 16  # systems per dense solve, grouped by size so that padding costs little
+# ROAD's neighbour weights: (row offset, column offset, weight); _neighbour_sum applies the same ones.
+_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
+               (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
 
 
 # --------------------------------------------------------------------------- ROAD imputation
@@ -41,19 +51,23 @@ def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = ROAD_TOL,
-                      max_iter: int | None = None) -> torch.Tensor:
+                      max_iter: int | None = None, direct_max: int = DIRECT_MAX) -> torch.Tensor:
     """ROAD's linear imputation without noise: every removed pixel = weighted mean of its neighbours.
 
     For each image and channel, the removed pixels solve the sparse linear system that ROAD's
     ``NoisyLinearImputer`` builds and hands to ``scipy.sparse.linalg.spsolve``: for a removed pixel i,
     ``sum_j w_j (x_i - x_j) = 0`` over its in-image 8-neighbours j (w = 1/6 direct, 1/12 diagonal),
     with known pixels fixed. The matrix is symmetric positive definite as soon as the image keeps
-    one known pixel, so all (image, channel) systems are solved at once by a Jacobi-preconditioned
-    conjugate gradient whose matrix-vector product is one 3x3 neighbour sum: no Python loop over
-    images, no host round trip except a convergence check every few iterations.
+    one known pixel. Small systems (at most ``direct_max`` removed pixels; the channels share the
+    matrix) are solved by a batched dense Cholesky factorisation, in groups of similar size: exact up
+    to rounding (about 1e-5 in float32 on 32 px images, below the iterative solver's tolerance). The
+    others are solved all at once by a Jacobi-preconditioned conjugate gradient whose matrix-vector
+    product is one 3x3 neighbour sum: no Python loop over images, no host round trip except a
+    convergence check every few iterations. ``direct_max=0`` sends every system to the iterative
+    solver.
 
-    Stopping rule: a system stops once every removed pixel differs from the weighted mean of its
-    neighbours by at most ``tol * max|known pixel|`` (checked every 16 iterations); a warning names
+    Iterative stopping rule: a system stops once every removed pixel differs from the weighted mean
+    of its neighbours by at most ``tol * max|known pixel|`` (checked every 16 iterations); a warning names
     the reached defect if ``max_iter`` (default ``10 * max(H, W) + 100``) comes first. The error is
     at most the defect times the walk's expected exit time (maximum principle), which grows with the
     hole's area; measured against a float64 solve, the default ``tol=1e-6`` leaves errors of 1e-5 to
@@ -70,8 +84,9 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = 
         images: (N,C,H,W) images; the values at removed pixels are ignored (except for the mean of a
             fully removed image).
         removed: (N,H,W) bool, True = pixel to impute.
-        tol: relative defect at which a system counts as solved.
-        max_iter: iteration cap.
+        tol: relative defect at which an iteratively solved system counts as solved.
+        max_iter: iteration cap of the iterative solver.
+        direct_max: the most removed pixels of a system solved directly (``DIRECT_MAX``).
 
     Returns:
         (N,C,H,W): the images with removed pixels imputed, known pixels unchanged (bit for bit).
@@ -83,6 +98,8 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = 
     max_iter = 10 * max(h, w) + 100 if max_iter is None else int(max_iter)
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0; got {max_iter}")
+    if isinstance(direct_max, bool) or not isinstance(direct_max, int) or direct_max < 0:
+        raise ValueError(f"direct_max must be an integer >= 0 (0: always the iterative solver); got {direct_max!r}")
     work = images if images.dtype == torch.float64 else images.float()
     unknown = removed[:, None].to(work.dtype)  # (N,1,H,W), 1 = removed
     known = work * (1 - unknown)
@@ -94,9 +111,61 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = 
     solution = start_mean * unknown
     if bool(removed.any()) and bool(solvable.any()):
         total_weight = _neighbour_sum(torch.ones(1, 1, h, w, dtype=work.dtype, device=work.device))
-        scale = known.abs().amax((1, 2, 3), keepdim=True).clamp(min=torch.finfo(work.dtype).tiny)
-        solution = _conjugate_gradient(known, unknown, solution, total_weight, solvable, tol * scale, max_iter)
+        sizes = removed.flatten(1).sum(1)
+        direct = solvable.view(-1) & (sizes > 0) & (sizes <= direct_max)
+        if bool(direct.any()):
+            rows = direct.nonzero()[:, 0]
+            solution[rows] = _direct_solve(known[rows], removed[rows], sizes[rows], total_weight)
+        iterative = solvable & ~direct.view(-1, 1, 1, 1) & (sizes > 0).view(-1, 1, 1, 1)
+        if bool(iterative.any()):
+            scale = known.abs().amax((1, 2, 3), keepdim=True).clamp(min=torch.finfo(work.dtype).tiny)
+            solution = _conjugate_gradient(known, unknown, solution, total_weight, iterative, tol * scale, max_iter)
     return torch.where(removed[:, None], solution.to(images.dtype), images)
+
+
+def _direct_solve(known: torch.Tensor, removed: torch.Tensor, sizes: torch.Tensor,
+                  total_weight: torch.Tensor) -> torch.Tensor:
+    """The removed pixels of each image solved exactly: ``(S - W) u = W known`` as a dense system.
+
+    Images are taken in order of their number of removed pixels, ``_DIRECT_GROUP`` at a time; each
+    group's systems are padded to its largest (padding rows are the identity) and factorised by one
+    batched Cholesky call in the images' dtype, with the channels as right-hand sides.
+
+    Args: ``known`` (N,C,H,W) with removed pixels zeroed; ``removed`` (N,H,W) bool, every image with
+    at least one known pixel; ``sizes`` (N,) removed pixels per image; ``total_weight`` (1,1,H,W).
+    Returns: (N,C,H,W) the solution on the removed pixels, zero elsewhere.
+    """
+    n, c, h, w = known.shape
+    device = known.device
+    right_side = _neighbour_sum(known).flatten(2)  # W known, (N,C,H*W)
+    diagonal = total_weight.flatten()
+    offsets = torch.tensor([(dy, dx) for dy, dx, _ in _NEIGHBOURS], device=device)
+    weights = torch.tensor([weight for *_, weight in _NEIGHBOURS], dtype=known.dtype, device=device)
+    result = torch.zeros(n, c, h * w, dtype=known.dtype, device=device)
+    order = torch.argsort(sizes)
+    group_sizes = sizes[order].tolist()
+    for start in range(0, n, _DIRECT_GROUP):
+        members = order[start:start + _DIRECT_GROUP]
+        count, unknowns = members.shape[0], int(group_sizes[min(start + _DIRECT_GROUP, n) - 1])
+        flat = removed[members].flatten(1)
+        # slot -> pixel: the removed pixels first (raster order), then known pixels as padding
+        pixel = torch.argsort((~flat).to(torch.uint8), dim=1, stable=True)[:, :unknowns]
+        valid = torch.arange(unknowns, device=device) < sizes[members, None]
+        slot = torch.full((count, h * w + 1), unknowns, dtype=torch.long, device=device)  # pixel -> slot
+        slot.scatter_(1, torch.where(valid, pixel, h * w), torch.arange(unknowns, device=device).expand(count, -1))
+        slot[:, h * w] = unknowns  # known, padding and outside pixels all map to the spare column
+        row, col = (pixel // w)[..., None] + offsets[:, 0], (pixel % w)[..., None] + offsets[:, 1]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        neighbour = slot.gather(1, torch.where(inside, row * w + col, h * w).flatten(1)).view(count, unknowns, -1)
+        matrix = torch.zeros(count, unknowns, unknowns + 1, dtype=known.dtype, device=device)
+        matrix.scatter_add_(2, neighbour, (-weights * valid[..., None]).expand(count, unknowns, -1).contiguous())
+        matrix = matrix[..., :unknowns]
+        matrix.diagonal(dim1=1, dim2=2).copy_(torch.where(valid, diagonal[pixel], 1.0))
+        rhs = right_side[members].gather(2, pixel[:, None].expand(-1, c, -1)) * valid[:, None]
+        values = torch.cholesky_solve(rhs.transpose(1, 2), torch.linalg.cholesky(matrix))
+        values = values.transpose(1, 2) * valid[:, None]  # (count, C, unknowns)
+        result[members] = result[members].scatter(2, pixel[:, None].expand(-1, c, -1), values)
+    return result.view(n, c, h, w)
 
 
 def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch.Tensor,
@@ -217,4 +286,4 @@ def road_impute(images: torch.Tensor, removed: torch.Tensor,
     return filled + noise_field(images.shape, scale, seed) * removed[:, None]
 
 
-__all__ = ["ROAD_NOISE", "ROAD_TOL", "linear_imputation", "road_impute"]
+__all__ = ["DIRECT_MAX", "ROAD_NOISE", "ROAD_TOL", "linear_imputation", "road_impute"]

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modelutil import model_normalisation
+from ..modelutil import eval_mode, model_normalisation
 from . import causal, confidence, faithfulness, localization, wsol
+from ._model import unperturbed_scores
 
 Row = tuple[float, np.ndarray | None]
 
@@ -38,6 +39,8 @@ class ScoringContext:
     settings: Mapping[str, Any]  # the benchmark's eval settings (steps, chunk size, tolerances)
     # map-only results shared by the cells of one image set, by the maps' content (see score_maps)
     map_memo: dict | None = None
+    # results that depend on the model and images only, shared by the cells of one model (see score_maps)
+    model_memo: dict | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -58,6 +61,17 @@ class ScoringContext:
             return memo[entry]
 
         return self.cached(key, lookup)
+
+    def unperturbed_scores(self) -> torch.Tensor:
+        """Softmax scores (N, classes) of the unperturbed images, which deletion, MoRF and Average
+        Drop all start from: once per cell, or once per model when the cells share ``model_memo``.
+        Like every forward of a cell, under autocast on CUDA."""
+        memo = self._memo if self.model_memo is None else self.model_memo
+        if "unperturbed_scores" not in memo:
+            with torch.no_grad(), eval_mode(self.model):
+                memo["unperturbed_scores"] = unperturbed_scores(
+                    self.model, self.images, True, self.images.device.type == "cuda", self.settings["chunk_size"])
+        return memo["unperturbed_scores"]
 
     @property
     def games(self) -> slice:
@@ -143,15 +157,20 @@ def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
         options = causal_settings(ctx.settings)
         games = ctx.games
         targets = None if options.pop("predicted", True) else ctx.labels[games]
+        softmax = causal.causal_protocol(options["protocol"]).softmax
         return causal.deletion_insertion(ctx.model, ctx.images[games], ctx.maps[games], targets,
                                          chunk_size=ctx.settings["chunk_size"],
-                                         autocast=ctx.images.device.type == "cuda", **options)
+                                         autocast=ctx.images.device.type == "cuda",
+                                         original_scores=ctx.unperturbed_scores()[games] if softmax else None,
+                                         **options)
 
     return ctx.cached("causal", play)
 
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
-    return ctx.cached("drop", lambda: confidence.average_drop_increase(ctx.model, ctx.images, ctx.maps, ctx.labels))
+    return ctx.cached("drop", lambda: confidence.average_drop_increase(
+        ctx.model, ctx.images, ctx.maps, ctx.labels, chunk_size=ctx.settings["chunk_size"],
+        autocast=ctx.images.device.type == "cuda", original_scores=ctx.unperturbed_scores()))
 
 
 def _boxes(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -171,7 +190,8 @@ def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
             ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
             steps=ctx.settings["deletion_steps"], fraction=ctx.settings.get("deletion_fraction", 1.0),
             chunk_size=ctx.settings["chunk_size"], autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
-            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None)
+            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None,
+            original_scores=ctx.unperturbed_scores()[games])
         return _row(result["srg"].mean(), result["srg"])
 
     return compute
@@ -333,15 +353,17 @@ def table_columns() -> list[MetricInfo]:
 
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
                masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: Mapping[str, Any],
-               map_memo: dict | None = None) -> dict[str, Row]:
+               map_memo: dict | None = None, model_memo: dict | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
     ``map_memo`` (the benchmark passes one dict per image set: same images, labels and ground truth,
     never reused for another) returns MaxBoxAcc, the costliest metric that reads only the maps, for
     maps identical to earlier ones: the centre, edges and oracle controls' maps do not depend on the
     model, so nine models share three computations. Exact (tested against computing afresh).
+    ``model_memo`` (one dict per model and image set) returns the model's scores on the unperturbed
+    images, which every cell of that model needs: one forward over the images per model, not per cell.
     """
-    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo)
+    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo)
     scored = {info.name: info.compute(ctx) for info in METRICS.values()
               if info.compute is not None and all(ctx.has(need) for need in info.needs)}
     return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings
