@@ -11,14 +11,6 @@ from camzoo.batchnorm_folding import count_batchnorms, fold_batchnorm
 from camzoo.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trained_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     """Running statistics and affine parameters far from their init, so folding changes the weights."""
     generator = torch.Generator().manual_seed(seed)

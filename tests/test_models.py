@@ -19,16 +19,6 @@ KINDS = ("baseline", "abn", "lfi")
 BACKBONES = [("resnet8", 32, 16, 8), ("resnet18", 64, 4, 4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    waiting on each other make every call several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model(kind: str, backbone: str, seed: int = 0, **options) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(kind, backbone, 5, **options)

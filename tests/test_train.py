@@ -16,15 +16,6 @@ from camzoo.train import TrainConfig, augment_batch, learning_rate, train, train
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads; on a shared 2-core machine they only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Squares(torch.utils.data.Dataset):
     """In-memory data-contract dataset: a bright square in one of four quadrants is the class."""
 

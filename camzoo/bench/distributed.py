@@ -7,9 +7,10 @@ process its rank; all the benchmark adds is who computes which cell and where it
 1. every rank validates the config (a failure on any rank stops all, before any cell);
 2. rank 0 merges the shards of earlier attempts into results.sqlite and sends every rank the list
    of finished cells (no other rank opens results.sqlite, which may sit on a network share);
-3. the model jobs that still lack a cell are dealt round-robin (rank r takes r, r+W, ...); each rank
-   trains and explains its models on its own device (cuda:LOCAL_RANK with NCCL, else the CPU with
-   gloo) and writes its cells to its own shard (camzoo.bench.shards); barrier;
+3. the model jobs that still lack a cell go, in grid order, each to the first rank that asks for
+   one (a counter in torchrun's store), so a rank whose models were quick takes the next instead of
+   idling; each rank trains and explains its models on its own device (cuda:LOCAL_RANK with NCCL,
+   else the CPU with gloo) and writes its cells to its own shard (camzoo.bench.shards); barrier;
 4. rank 0 merges the shards and computes the stability cells (they compare the maps of every seed).
 
 A rank killed at any point loses at most the cell it was computing: rerunning the same command
@@ -23,11 +24,11 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .runner import BenchRunner
+from .runner import BenchRunner, ModelJob
 from .shards import ShardedStore, Worker, merge_shards
 from .store import CellKey, ResultsStore
 from .validate import ConfigError, validate
@@ -65,6 +66,28 @@ def launch(nproc: int, arguments: Sequence[str]) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "camzoo", *arguments]
     return subprocess.call(command)
+
+
+def claimed_jobs(jobs: Sequence[ModelJob], run_id: str, worker: Worker, store: Any = None) -> Iterator[ModelJob]:
+    """The jobs this rank takes: each job, in order, goes to the first rank that asks for one.
+
+    Why not a fixed share: model jobs differ in cost (an ABN or LFI-CAM model scores slower than a
+    baseline) and a grid rarely divides evenly, so fixed shares left one of two CPU processes idle for
+    the last ~40 s of the quick preset's grid. The counter is an atomic ``add`` in the store torchrun
+    gives the process group (one per launch and restart, hence the restart count in the key), or in
+    ``store``; a torch without that store falls back to the fixed round-robin share.
+    """
+    import torch.distributed as dist
+
+    if store is None:
+        get_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+        if get_store is None:
+            yield from jobs[worker.rank::worker.world_size]
+            return
+        store = get_store()
+    key = f"camzoo-bench/{run_id}/next-job/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    while (index := store.add(key, 1) - 1) < len(jobs):
+        yield jobs[index]
 
 
 def _all_ok(ok: bool, device: str) -> bool:
@@ -111,9 +134,9 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
                 done = [[key.as_tuple() for key in merged.cells(runner.run_id)]]
         dist.broadcast_object_list(done, src=0)
         runner.use_store(ShardedStore(out_dir, worker, (CellKey(*key) for key in done[0])))
-        mine = runner.pending_jobs()[worker.rank::worker.world_size]
+        jobs = runner.pending_jobs()  # the same list on every rank (from the broadcast cells)
         runner.record_run()
-        runner.run_models(mine)
+        runner.run_models(claimed_jobs(jobs, runner.run_id, worker))
         _barrier(device)
         if worker.rank == 0:
             merged = ResultsStore(out_dir)

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
@@ -213,11 +213,13 @@ class BenchRunner:
     def record_run(self) -> None:
         self.store.record_run(self.run_id, self.config, self._provenance())
 
-    def run_models(self, jobs: list[ModelJob]) -> None:
-        """Train (or reuse) each model and write its model and method cells; finished cells are skipped."""
+    def run_models(self, jobs: Iterable[ModelJob]) -> None:
+        """Train (or reuse) each model and write its model and method cells; finished cells are skipped.
+        ``jobs`` may be a list or an iterator that hands out jobs as they are claimed (several ranks)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"camzoo bench{self._rank_label()}", unit="job", disable=not self.progress,
+        total = len(jobs) if isinstance(jobs, Sized) else None
+        bar = tqdm(total=total, desc=f"camzoo bench{self._rank_label()}", unit="job", disable=not self.progress,
                    dynamic_ncols=True)
         try:
             splits: dict[str, tuple[Any, Any, EvalSet]] = {}
