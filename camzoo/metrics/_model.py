@@ -54,10 +54,8 @@ def target_probabilities(model: nn.Module, images: torch.Tensor, targets: torch.
     against the number of outputs reads from the device, and later calls must not wait on the host.
     """
     scores = class_scores(model, images, softmax, autocast)
-    if all_targets is not None and int(all_targets.max()) >= scores.shape[1]:
-        raise ValueError(
-            f"targets reach class {int(all_targets.max())} but the model has {scores.shape[1]} outputs"
-        )
+    if all_targets is not None:
+        check_targets_in_range(all_targets, scores)
     return scores.gather(1, targets[:, None])[:, 0]
 
 

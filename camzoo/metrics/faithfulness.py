@@ -159,8 +159,11 @@ def morf_lerf(
     shared_end = evaluated == pixels  # both orders end on the fully removed image
     lerf_points = list(range(1, steps if shared_end else steps + 1))
     # point 0 (nothing removed) is the unperturbed image: played with MoRF unless its scores are given
-    first_point = 1 if original_scores is not None else 0
-    morf_points = [] if morf_curve is not None else list(range(first_point, steps + 1))
+    given = None
+    if original_scores is not None:
+        given = unperturbed_scores(model, images, True, autocast, chunk_size, original_scores)  # checked
+        check_targets_in_range(targets, given)
+    morf_points = [] if morf_curve is not None else list(range(0 if given is None else 1, steps + 1))
     orders = [0] * len(morf_points) + [1] * len(lerf_points)
     points = morf_points + lerf_points
     per_image = len(orders)
@@ -196,10 +199,7 @@ def morf_lerf(
     scores = scores.view(batch, per_image)
     if morf_curve is None:
         morf_curve = scores[:, : len(morf_points)]
-        if first_point:
-            with torch.no_grad():
-                given = unperturbed_scores(model, images, True, autocast, chunk_size, original_scores)
-            check_targets_in_range(targets, given)
+        if given is not None:
             morf_curve = torch.cat([given.gather(1, targets[:, None]), morf_curve], dim=1)
     lerf_parts = [morf_curve[:, :1], scores[:, len(morf_points):]]
     if shared_end:
