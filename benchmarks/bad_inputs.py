@@ -1,9 +1,11 @@
 """Feed camzoo bad and unusual inputs, as a new user would, and print a table: input -> outcome.
 
 Outcomes: ``ok`` (it worked and a check of the result passed), ``error`` (one clear line: the
-expected exception type, or a CLI exit code 1/2 without a traceback), ``SILENT`` (it "worked" but
-the check shows the result is wrong), ``TRACEBACK`` (an internal error, or a torch message of many
-lines), ``MEMORY`` (the huge image took more than --max-gib). Exits 1 unless every row is ok/error.
+expected exception type, or a CLI exit code 1/2/130 without a traceback), ``SILENT`` (it "worked" but
+the check shows the result is wrong, or the error blames the wrong cause), ``TRACEBACK`` (an internal
+error, or a torch message of many lines), ``HANG`` (no answer within --hang-s seconds), ``MEMORY``
+(the huge image took more than --max-gib). Exits 1 unless every row is ok/error. The full-disk cases
+run in a child process whose file-size limit (RLIMIT_FSIZE) makes writes fail as on a full disk.
 
     python benchmarks/bad_inputs.py                   # the 10000 x 10000 px image of issue 13
     python benchmarks/bad_inputs.py --huge-side 1500  # quick (the test suite runs this)
@@ -13,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import pickle
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +43,25 @@ from camzoo.models.checkpoint import save_model
 from camzoo.models.loading import load_any_model
 
 CLEAR_ERRORS = (ValueError, TypeError, FileNotFoundError, IndexError, MemoryError, FloatingPointError)
+HANG_S = 60
+
+
+class Hang(BaseException):
+    """Raised by the alarm when a case runs longer than HANG_S (a BaseException: nothing catches it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    def ring(*_: Any) -> None:
+        raise Hang()
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 class NoCfg(nn.Module):
@@ -50,16 +76,22 @@ class NoCfg(nn.Module):
         return self.fc(self.conv(x).relu().mean((2, 3)))
 
 
-def api(fn: Callable[[], Any], check: Callable[[Any], bool] | None = None) -> tuple[str, str]:
-    """Run a Python call; classify its outcome."""
+def api(fn: Callable[[], Any], check: Callable[[Any], bool] | None = None, expect: str | None = None,
+        errors: tuple[type[BaseException], ...] = CLEAR_ERRORS) -> tuple[str, str]:
+    """Run a Python call; classify its outcome (``expect``: words the error must hold, or it blames
+    the wrong cause: SILENT)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), deadline(HANG_S):
             warnings.simplefilter("ignore")
             value = fn()
-    except CLEAR_ERRORS as err:
+    except Hang:
+        return "HANG", f"no answer within {HANG_S} s"
+    except errors as err:
         text = str(err)
         if "\n" in text.strip() or len(text) > 400:
             return "TRACEBACK", f"{type(err).__name__} of {len(text)} chars / {text.count(chr(10)) + 1} lines"
+        if expect is not None and expect not in text:
+            return "SILENT", f"the error does not say {expect!r}: {text[:200]}"
         return "error", f"{type(err).__name__}: {text}"
     except Exception as err:  # anything else is an internal error a user would see as a traceback
         return "TRACEBACK", f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
@@ -68,10 +100,16 @@ def api(fn: Callable[[], Any], check: Callable[[Any], bool] | None = None) -> tu
     return "ok", ""
 
 
-def command(args: list[Any], check: Callable[[Any], bool] | None = None) -> tuple[str, str]:
-    """Run a CLI command in-process; classify its outcome."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+def command(args: list[Any], check: Callable[[Any], bool] | None = None, expect: str | None = None) -> tuple[str, str]:
+    """Run a CLI command in-process; classify its outcome (``expect``: words its output must hold)."""
+    try:
+        with deadline(HANG_S):
+            result = CliRunner().invoke(cli, [a if isinstance(a, (str, bytes)) else os.fspath(a) for a in args])
+    except Hang:
+        return "HANG", f"no answer within {HANG_S} s"
     last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
+    if expect is not None and expect not in result.output:
+        return "SILENT", f"the output does not say {expect!r}: {last[:200]}"
     if result.exception is not None and not isinstance(result.exception, SystemExit) or "Traceback" in result.output:
         return "TRACEBACK", f"{type(result.exception).__name__}: {str(result.exception)[:200]}"
     if result.exit_code != 0:
@@ -231,7 +269,217 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
         ("cli: explain with a torchvision: model", command(["explain", good, "--model", "torchvision:resnet18", "--image-size", "32",
                                                             "--out", out / "tv"], lambda r: (out / "tv" / "good_gradcam.png").is_file())),
     ]
-    return rows
+    return rows + round_two(tmp, ckpt, plain)
+
+
+def full_disk_child(case: str, folder: str) -> None:
+    """In a fresh process whose files may not grow past 64 KiB (writes then fail as on a full disk):
+    run one case and print its outcome as ``outcome<TAB>detail``."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    tmp = Path(folder)
+    named = camzoo.build_model("baseline", "resnet8", num_classes=3, image_size=32).eval()
+    old = save_model(named, tmp / "model.pt")  # before the limit: the finished file a failed save must keep
+    photo = picture(tmp / "big" / "photo.png", size=(400, 300))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    if case == "maps":
+        outcome = command(["explain", photo, "--checkpoint", old, "--save-maps", "--out", tmp / "maps"],
+                          expect="cannot write")
+        if outcome[0] == "error" and not (tmp / "maps" / "manifest.csv").is_file():
+            outcome = ("SILENT", "the manifest of the stopped run is missing")
+    else:
+        wide = camzoo.build_model("baseline", "resnet20", num_classes=3, image_size=32).eval()
+        outcome = api(lambda: save_model(wide, old), expect="model.pt", errors=CLEAR_ERRORS + (OSError,))
+        if load_any_model(None, old).config["backbone"] != "resnet8":
+            outcome = ("SILENT", "the finished model.pt was damaged by the failed save")
+    print(f"{outcome[0]}\t{outcome[1]}")
+
+
+def full_disk_case(tmp: Path, case: str) -> tuple[str, str]:
+    folder = tmp / f"disk-{case}"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__, "--full-disk-child", case, str(folder)], capture_output=True,
+                          text=True, env=env, timeout=HANG_S * 3)
+    if proc.returncode != 0 or "\t" not in proc.stdout:
+        return "TRACEBACK", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    outcome, detail = proc.stdout.strip().splitlines()[-1].split("\t", 1)
+    return outcome, detail
+
+
+def interrupted_start(tmp: Path) -> tuple[str, str]:
+    """Ctrl-C one second into `camzoo explain` (while torch is imported): exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "camzoo", "explain", str(tmp / "good.png"), "--model", "resnet10t",
+                             "--out", str(tmp / "int")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=HANG_S)
+    if "Traceback" in err or "Aborted!" in err:
+        return "TRACEBACK", (err.strip().splitlines() or [""])[-1]
+    return ("error", f"exit 130: {err.strip()[-100:]}") if proc.returncode == 130 else ("SILENT", f"exit {proc.returncode}")
+
+
+def second_bench_waits(tmp: Path) -> tuple[str, str]:
+    """A process holds the bench lock of a directory for 2 s; run_lock here must wait for it, saying so."""
+    from camzoo.bench.lock import run_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from camzoo.bench.lock import run_lock\n"
+                               "with run_lock(sys.argv[1], echo=lambda m: None):\n print('held', flush=True)\n"
+                               " time.sleep(2)", str(tmp / "bench")], stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()
+    said: list[str] = []
+    start = time.monotonic()
+    with deadline(HANG_S), run_lock(tmp / "bench", echo=said.append):
+        waited = time.monotonic() - start
+    holder.wait()
+    if waited < 1.0 or not said or "waiting" not in said[0]:
+        return "SILENT", f"did not wait for the running bench (waited {waited:.1f} s, said {said})"
+    return "ok", f"waited {waited:.1f} s: {said[0][:100]}"
+
+
+def read_only_store(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
+    """A store whose directory cannot be written (simulated: the write probe answers EROFS, as a
+    read-only mount would): it loads, and a write says read-only (not "corrupt")."""
+    import camzoo.bench.store as store_module
+    from camzoo.bench.store import CellKey, ResultsStore
+
+    directory = tmp / "store"
+    with ResultsStore(directory) as store:
+        store.record_run("r1", {"preset": "x"}, {})
+        store.write_cell("r1", CellKey("d", "b", "k", "v", 0, "gradcam"), {"m": (0.5, np.ones(3))},
+                         code_version="t", device="cpu")
+    real = store_module.write_problem
+    store_module.write_problem = lambda d, p: OSError(errno.EROFS, "Read-only file system: read it, do not write", str(p))
+    try:
+        read = api(lambda: ResultsStore(directory).results("r1"), lambda rows: len(rows) == 1 and rows[0]["value"] == 0.5)
+        write = api(lambda: ResultsStore(directory).record_run("r2", {}, {}), expect="Read-only",
+                    errors=CLEAR_ERRORS + (OSError,))
+    finally:
+        store_module.write_problem = real
+    return [("store: results store in a read-only place, read", read), ("store: the same, written", write)]
+
+
+def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[str, str]]]:
+    """The cases of issue 24 (a new user on real folders, full disks and unusual models)."""
+    import timm
+
+    photos = tmp / "photos"
+    for i in range(3):
+        picture(photos / f"p{i}.png", seed=i)
+    first = command(["explain", photos, "--checkpoint", ckpt, "--out", photos / "maps"])
+    again = command(["explain", photos, "--checkpoint", ckpt, "--out", photos / "maps"],
+                    lambda r: not (photos / "maps" / "maps").exists() and "explained 3 of 3" in r.output)
+    looped = tmp / "looped"
+    picture(looped / "sub" / "a.png")
+    os.symlink(".", looped / "loop")
+    os.symlink("..", looped / "sub" / "up")
+    latin = tmp / "latin"
+    picture(latin / "x.png")
+    os.rename(latin / "x.png", os.fsdecode(os.fsencode(str(latin)) + b"/caf\xe9.png"))
+    frames = [Image.new("RGB", (24, 16), colour) for colour in ("red", "lime", "blue")]
+    frames[0].save(tmp / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp / "pages.tif", save_all=True, append_images=frames[1:])
+
+    def warns_of_frames(path: Path) -> Callable[[], Any]:
+        def run() -> Any:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_image(path)
+            return caught
+        return run
+
+    with torch.device("meta"):
+        meta = NoCfg()
+    squeezer = Squeezer().eval()
+    one_logit = NoCfg(outputs=1).eval()
+    x = torch.randn(1, 3, 16, 16)
+    gray_model = timm.create_model("resnet10t", pretrained=False, in_chans=1, num_classes=3).eval()
+    torch.save(gray_model.state_dict(), tmp / "gray.pth")
+    gray_png = tmp / "gray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40), np.uint8)).save(gray_png)
+    odd = tmp / "odd"
+    picture(odd / "a.png")
+    picture(odd / ".hidden" / "h.png")
+    os.symlink("gone.png", odd / "dangling.png")
+    os.mkfifo(odd / "pipe.png")
+    avifs = tmp / "avifs"
+    avifs.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(avifs / "a.avif")
+    gray_args = ["--model", "resnet10t", "--checkpoint", tmp / "gray.pth", "--image-size", "32"]
+    return [
+        ("cli: --out inside the input folder, 1st run", first),
+        ("cli: --out inside the input folder, 2nd run", again),
+        ("cli: --out is the input folder", command(["explain", photos, "--checkpoint", ckpt, "--out", photos],
+                                                   expect="input folder")),
+        ("cli: quoted '**' glob over a symlink loop", command(["explain", f"{looped}/**/*.png", "--checkpoint", ckpt,
+                                                               "--out", tmp / "lo"], lambda r: "explained 1 of 1" in r.output)),
+        ("cli: a Latin-1 (non-UTF-8) file name", command(["explain", latin, "--checkpoint", ckpt, "--out", tmp / "la"],
+                                                         lambda r: (tmp / "la" / "manifest.csv").read_bytes().count(b"caf\xe9") == 2)),
+        ("load: animated GIF says only its first frame is explained", api(warns_of_frames(tmp / "anim.gif"),
+                                                                           lambda w: any("3 frames" in str(m.message) for m in w))),
+        ("load: multi-page TIFF says only its first page is explained", api(warns_of_frames(tmp / "pages.tif"),
+                                                                             lambda w: any("3 frames" in str(m.message) for m in w))),
+        ("cli: animated GIF", command(["explain", tmp / "anim.gif", "--checkpoint", ckpt, "--out", tmp / "gif"],
+                                      expect="only the first is explained")),
+        ("cli: explain --save-maps on a full disk", full_disk_case(tmp, "maps")),
+        ("model: save_model over model.pt on a full disk", full_disk_case(tmp, "checkpoint")),
+        *read_only_store(tmp),
+        ("explain: model on the meta device", api(ex_(meta, x), expect="meta")),
+        ("explain: model that squeezes the batch axis, 1 image", api(ex_(squeezer, x), lambda r: int(r.targets[0]) == int(
+            squeezer(x).argmax()))),
+        ("explain: one-logit model that squeezes, 1 image", api(ex_(one_logit, x, model_wraps=True), lambda r: torch.allclose(
+            r.scores, torch.sigmoid(one_logit(x)[:, 0].detach())))),
+        ("explain: one-logit model that squeezes, 2 images", api(ex_(one_logit, torch.randn(2, 3, 16, 16), model_wraps=True),
+                                                                 expect="one value per image")),
+        ("explain: 1-channel timm model, grayscale PNG", api(ex_(gray_model, gray_png, image_size=32),
+                                                             lambda r: tuple(r.inputs.shape) == (1, 1, 32, 32))),
+        ("cli: explain with a 1-channel timm model", command(["explain", gray_png, *gray_args, "--out", tmp / "g1"],
+                                                             lambda r: (tmp / "g1" / "gray_gradcam.png").is_file())),
+        ("cli: captum:Occlusion --method-option sliding_window_shapes=(3,4,4)", command(
+            ["explain", tmp / "good.png", "--checkpoint", ckpt, "--method", "captum:Occlusion", "--method-option",
+             "sliding_window_shapes=(3,4,4)", "--out", tmp / "occ"], lambda r: "explained 1 of 1" in r.output)),
+        ("cli: captum:Occlusion without its option", command(["explain", tmp / "good.png", "--checkpoint", ckpt, "--method",
+                                                             "captum:Occlusion", "--out", tmp / "occ"], expect="--method-option")),
+        ("cli: --method-option nonsense=1", command(["explain", tmp / "good.png", "--checkpoint", ckpt, "--method",
+                                                    "captum:Occlusion", "--method-option", "nonsense=1", "--out", tmp / "occ"],
+                                                   expect="nonsense")),
+        ("cli: --method-option without =", command(["explain", tmp / "good.png", "--checkpoint", ckpt, "--method-option",
+                                                   "sliding", "--out", tmp / "occ"], expect="KEY=VALUE")),
+        ("bench: a second bench on one --out waits for the first", second_bench_waits(tmp)),
+        ("cli: a folder of .avif files", command(["explain", avifs, "--checkpoint", ckpt, "--out", tmp / "av"],
+                                                 lambda r: "explained 1 of 1" in r.output)),
+        ("cli: folder with a dangling link, a pipe, a hidden folder", command(
+            ["explain", odd, "--checkpoint", ckpt, "--out", tmp / "od"], expect="dangling.png: is a symbolic link")),
+        ("cli: ... and the hidden folder was not read", api(lambda: (tmp / "od" / "manifest.csv").read_text(),
+                                                            lambda text: ".hidden" not in text and "a.png" in text)),
+        ("cli: a named pipe given as the input", command(["explain", odd / "pipe.png", "--checkpoint", ckpt, "--out", tmp / "od"],
+                                                         expect="named pipe")),
+        ("cli: Ctrl-C during start-up", interrupted_start(tmp)),
+        ("model: model.pt records the camzoo version", api(lambda: torch.load(ckpt, weights_only=True),
+                                                           lambda c: c.get("camzoo_version") == camzoo.__version__)),
+        ("explain: a URL string", api(ex_(plain, "http://example.com/a.jpg"), expect="http://example.com/a.jpg")),
+    ]
+
+
+class Squeezer(nn.Module):
+    """A classifier whose forward ends in ``.squeeze()``: (C,) logits for one image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = NoCfg()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).squeeze()
+
+
+def ex_(model: nn.Module, img: Any, model_wraps: bool = False, **kw: Any) -> Callable[[], Any]:
+    """camzoo.explain(model, img) as a case; ``model_wraps``: wrap the model in a squeezer first."""
+    return lambda: camzoo.explain(_squeezed(model) if model_wraps else model, img, **kw)
+
+
+def _squeezed(model: nn.Module) -> nn.Module:
+    wrapper = Squeezer()
+    wrapper.inner = model
+    return wrapper.eval()
 
 
 def _with_limit(fn: Callable[[Path], Any], path: Path, pixels: int) -> Any:
@@ -243,8 +491,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--huge-side", type=int, default=10000, help="Side of the huge PNG (issue 13: 10000).")
     parser.add_argument("--max-gib", type=float, default=4.0, help="Peak memory allowed for the huge image.")
+    parser.add_argument("--hang-s", type=int, default=HANG_S, help="Seconds after which a case counts as a hang.")
     parser.add_argument("--huge-child", help=argparse.SUPPRESS)
+    parser.add_argument("--full-disk-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    globals()["HANG_S"] = args.hang_s
+    if args.full_disk_child:
+        full_disk_child(*args.full_disk_child)
+        return 0
     if args.huge_child:
         huge_image_child(args.huge_child, args.max_gib)
         return 0
@@ -253,9 +507,10 @@ def main() -> int:
     width = max(len(name) for name, _ in rows)
     for name, (outcome, detail) in rows:
         print(f"{name:<{width}}  {outcome:<9}  {detail[:160]}")
-    counts = {kind: sum(outcome == kind for _, (outcome, _) in rows) for kind in ("ok", "error", "SILENT", "TRACEBACK", "MEMORY")}
+    counts = {kind: sum(outcome == kind for _, (outcome, _) in rows)
+              for kind in ("ok", "error", "SILENT", "TRACEBACK", "HANG", "MEMORY")}
     print(f"\n{len(rows)} inputs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    return 0 if counts["SILENT"] == counts["TRACEBACK"] == counts["MEMORY"] == 0 else 1
+    return 0 if counts["SILENT"] == counts["TRACEBACK"] == counts["HANG"] == counts["MEMORY"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,14 +32,15 @@ from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
 from camzoo.bench.validate import load_split
 from camzoo.methods import get_method
-from camzoo.metrics import METRICS
+from camzoo.metrics import METRICS, EvalSettings
 from camzoo.metrics.table import ScoringContext
 from camzoo.models import load_model
 
-OLD_SETTINGS = {"deletion_steps": 16, "deletion_fraction": 1.0, "substrates": [], "game_images": "all"}  # before issue 10
+# the quick preset's scoring before its games were capped and given substrates
+OLD_SETTINGS = {"deletion_steps": 16, "deletion_fraction": 1.0, "substrates": (), "game_images": None}
 
 
-def cell_costs(model, eval_set, settings: dict) -> dict[str, float]:
+def cell_costs(model, eval_set, settings: EvalSettings) -> dict[str, float]:
     """Seconds per metric of one gradcam cell (metrics sharing a computation are charged once)."""
     maps, _, _ = explain_all(model, eval_set, "gradcam", 128, torch.device("cpu"))
     context = ScoringContext(model, eval_set.images, maps, eval_set.labels, eval_set.masks, eval_set.boxes, settings)
@@ -129,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_set = load_eval_set(load_split(config["datasets"][0], "test"), args.images, torch.device("cpu"))
     checkpoint = sorted(args.directory.glob("models/*baseline*/model.pt"))[0]
     model = load_model(checkpoint)
-    old = cell_costs(model, eval_set, {**config["eval"], **OLD_SETTINGS})
-    new = cell_costs(model, eval_set, {**config["eval"], "substrates": ["zeros", "blur", "road"]})
+    settings = EvalSettings.from_config(config["eval"])
+    old = cell_costs(model, eval_set, replace(settings, **OLD_SETTINGS))
+    new = cell_costs(model, eval_set, replace(settings, substrates=("zeros", "blur", "road")))
     print(f"one gradcam cell, {eval_set.images.shape[0]} images, {torch.get_num_threads()} thread(s); seconds")
     print(f"{'metric':28s} {'old':>8s} {'new':>8s}")
     for name in new:

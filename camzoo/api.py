@@ -47,6 +47,17 @@ def explain(
     LayerCAM, HiResCAM, Eigen-CAM, EigenGrad-CAM) share one forward and one backward.
     method_options: keyword options of the method (e.g. ``{"memory_mb": 256}`` for Score-CAM, Captum's
     ``{"n_steps": 16}``); with a list of methods, keyed by method name (``{"scorecam": {...}}``).
+    Checked against the method's declared options (``CAMMethod.option_parameters``, listed by
+    ``camzoo methods --options``): an unknown name raises ValueError, a value of the wrong simple
+    type TypeError, each naming the options the method takes.
+
+    Returns:
+        an :class:`~camzoo.explanation.Explanation` (maps (B,H,W) in [0,1], raw maps, targets, scores,
+        layer), or ``{name: Explanation}`` for a list of methods.
+
+    Raises:
+        ValueError / TypeError: an unknown method, layer, option or target, or images of the wrong
+        shape, each with a message that says what to change.
 
     img: a normalised tensor (3,H,W) or (B,3,H,W) (resized to ``image_size`` when given); a PIL
     image, an HxWx3 uint8 array or a path (resized to ``image_size`` or the model's input size and
@@ -73,13 +84,7 @@ def explain(
         images = prepare_images(img, model, image_size=image_size, max_size=max_size)
         return explain_many(model, images, method, target, layer, batch_size, ground_truth, method_options, **options)
     method_class = get_method(method)
-    options.update(method_options or {})
-    try:
-        explainer = method_class(model, layer=layer, batch_size=batch_size, **options)
-    except TypeError as err:
-        if options and "unexpected keyword argument" in str(err):
-            raise TypeError(f"method {method_class.name!r} does not accept "
-                            f"{' or '.join(f'{k}=' for k in options)}; drop it for this method") from err
-        raise
+    options.update(method_class.check_options(method_options))
+    explainer = method_class(model, layer=layer, batch_size=batch_size, **options)
     images = prepare_images(img, model, image_size=image_size, max_size=max_size)
     return explainer(images, target, ground_truth=ground_truth)

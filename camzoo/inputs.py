@@ -1,17 +1,25 @@
-"""Turn what a user hands to ``explain`` into a normalised (B,3,H,W) batch on the model's device.
+"""Turn what a user hands to ``explain`` into a normalised (B,C,H,W) batch on the model's device
+(C: the channels the model's first convolution takes, 3 for colour models, 1 for grayscale ones).
 
 Why here and not in each method: every method must see exactly the same pixels, and every input
 form (tensor, PIL image, uint8 array, path, or a list of those) must fail with the same clear errors.
 Why the care in :func:`load_image`: a file must mean what it shows — EXIF orientation applied, a
 16-bit file scaled by its bit depth (not clipped to white) — and no single file may exhaust memory
 (the longest side is capped at ``max_size``; PIL's decompression-bomb limit stays on).
+Why the bounded walk in :func:`collect_image_files`: a folder or ``**`` glob may hold symlink loops,
+hidden folders, dangling links and pipes; each real folder is listed once, and what cannot be read is
+reported instead of hanging or being dropped without a word.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
+import re
+import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,26 +29,73 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from .io import Problems, display_path, glob_files, special_file_problem, walk_files
 from .modelutil import model_device, model_input_size, model_normalisation
 
 ImageInput = Any  # torch.Tensor | Image.Image | np.ndarray | str | os.PathLike | Sequence of these
 Size = int | tuple[int, int]
 
+
+class FrameWarning(UserWarning):
+    """An animated or multi-page file: only its first frame is explained (the CLI prints it as a note)."""
+
+
 # Longest side (px) an input may have when it runs at its own size; larger inputs are downscaled
 # (aspect kept) with a warning. 1024 px keeps one image's forward pass within a few hundred MB on a
 # ResNet-50; a 10000 x 10000 image at its own size needs more than 8 GiB.
 DEFAULT_MAX_SIZE = 1024
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".avif")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _TIFF_BITS_PER_SAMPLE = 258
 _EXIF_ORIENTATION = 0x0112
 
 
+def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std for ``channels`` channels. A grayscale model whose config still lists RGB statistics
+    (timm keeps them with ``in_chans=1``) gets their averages: the statistics of the gray image."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) == channels and len(std) == channels:
+        return mean, std
+    if channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    if len(mean) == 1 and len(std) == 1:
+        return mean * channels, std * channels
+    raise ValueError(f"the model takes {channels}-channel images but its normalisation has {len(mean)} values; "
+                     "pass a normalised tensor (B,C,H,W) instead of pixels")
+
+
 def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo normalisation of (B,3,H,W) images; return (B,H,W,3) uint8 for pictures."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    """Undo normalisation of (B,C,H,W) images; return (B,H,W,3) uint8 for pictures (one channel as gray)."""
+    channels = images.shape[1]
+    mean, std = channel_stats(mean, std, channels)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, channels, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, channels, 1, 1)
     pixels = (images.detach().float() * std_t + mean_t).clamp(0, 1) * 255.0
+    if channels == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    elif channels != 3:
+        pixels = pixels[:, :3] if channels > 3 else pixels[:, :1].expand(-1, 3, -1, -1)
     return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def model_in_channels(model: nn.Module) -> int:
+    """The channel count the model's first convolution takes (3 where the model has none).
+
+    Why from the layer: a grayscale classifier (timm ``in_chans=1``) keeps RGB values in its config."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return 3
+
+
+def check_model_device(model: nn.Module) -> torch.device:
+    """The model's device; a clear error for the ``meta`` device, whose tensors hold no values."""
+    device = model_device(model)
+    if device.type == "meta":
+        raise ValueError("the model's weights are on the 'meta' device (shapes only, no values: built under "
+                         "torch.device('meta') or with empty weights); load real weights first, e.g. "
+                         "model.to_empty(device='cpu') then model.load_state_dict(...)")
+    return device
 
 
 def check_size(value: Any, name: str, allow_pair: bool = True) -> tuple[int, int] | None:
@@ -96,11 +151,20 @@ def fit_within(image: Image.Image, max_size: int | None) -> Image.Image:
 
 def open_image(path: str | os.PathLike, max_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """:func:`load_image`, plus the file's own upright (H, W) before any ``max_size`` cap."""
+    text = os.fspath(path)
+    if isinstance(text, str) and _URL.match(text):
+        raise ValueError(f"{text!r} is a URL; camzoo reads local files only and never downloads: save the image "
+                         "and pass its path")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist (or is not a file)")
+        problem = special_file_problem(path)
+        raise FileNotFoundError(f"image {display_path(path)!r} {problem or 'does not exist'}")
     try:
         with Image.open(path) as image:
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > 1:
+                warnings.warn(f"{display_path(path)} has {frames} frames (an animation or a multi-page file); only "
+                              "the first is explained", FrameWarning, stacklevel=3)
             width, height = image.size
             if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
                 width, height = height, width
@@ -110,13 +174,16 @@ def open_image(path: str | os.PathLike, max_size: int | None = None) -> tuple[Im
             upright = ImageOps.exif_transpose(image)
             return fit_within(to_rgb8(upright), max_size), (height, width)
     except Image.DecompressionBombError as err:
-        raise ValueError(f"cannot read image {str(path)!r}: {err} (PIL's decompression-bomb limit)") from err
+        raise ValueError(f"cannot read image {display_path(path)!r}: {err} (PIL's decompression-bomb limit)") from err
+    except PermissionError as err:
+        raise ValueError(f"cannot read image {display_path(path)!r}: permission denied; make it readable "
+                         "(chmod) or leave it out") from err
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {str(path)!r}: not a readable image file ({err})") from err
+        raise ValueError(f"cannot read image {display_path(path)!r}: not a readable image file ({err})") from err
     except ValueError as err:
-        raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
+        raise ValueError(f"cannot read image {display_path(path)!r}: {err}") from err
     except Exception as err:  # PIL raises several other types for truncated or hostile files
-        raise ValueError(f"cannot read image {str(path)!r} ({type(err).__name__}: {err})") from err
+        raise ValueError(f"cannot read image {display_path(path)!r} ({type(err).__name__}: {err})") from err
 
 
 def load_image(path: str | os.PathLike, max_size: int | None = None) -> Image.Image:
@@ -128,28 +195,47 @@ def load_image(path: str | os.PathLike, max_size: int | None = None) -> Image.Im
     return open_image(path, max_size)[0]
 
 
-def collect_image_files(specs: Sequence[str | os.PathLike]) -> list[Path]:
+def collect_image_files(specs: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = (),
+                        skipped: Problems | None = None) -> list[Path]:
     """Files named, folders (searched recursively for image extensions) and glob patterns -> one
     list: the specs in the order given, each folder's or pattern's files sorted, a file named twice
-    kept once. Raises FileNotFoundError naming the first spec that is neither an existing path nor
-    a folder or pattern holding an image file."""
+    kept once. Hidden files and folders are skipped; each real folder is walked once (symlink loops
+    end); folders in ``exclude`` (e.g. the output folder) are not entered. Image-named entries that
+    are not regular files (dangling links, pipes) and folders that cannot be listed are appended to
+    ``skipped`` as (path, reason). Raises FileNotFoundError naming the first spec that is neither an
+    existing file nor a folder or pattern holding an image file."""
     found: list[Path] = []
     for spec in specs:
-        path = Path(spec)
+        path, text = Path(spec), os.fspath(spec)
         if path.is_file():
             found.append(path)
             continue
+        problems: Problems = []
         if path.is_dir():
-            candidates = sorted(p for p in path.rglob("*") if p.is_file())
-        elif glob.has_magic(str(spec)):
-            candidates = sorted(Path(p) for p in glob.glob(str(spec), recursive=True))
-            candidates = sorted({q for p in candidates for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file()})
+            candidates = [path.joinpath(*names) for names, _ in walk_files(path, problems, exclude=exclude)]
+            what = "folder"
+        elif glob.has_magic(text):
+            candidates, what = glob_files(text, problems, exclude=exclude), "pattern"
         else:
-            raise FileNotFoundError(f"{str(spec)!r} does not exist (not a file, a folder or a glob pattern)")
-        images = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+            problem = special_file_problem(path)
+            raise FileNotFoundError(f"{display_path(text)!r} {problem}" if problem else
+                                    f"{display_path(text)!r} does not exist (not a file, a folder or a glob pattern)")
+        images = []
+        for candidate in sorted(candidates):
+            if candidate.suffix.lower() not in IMAGE_EXTENSIONS or candidate.name.startswith("."):
+                continue
+            problem = None if candidate.is_file() else special_file_problem(candidate)
+            if problem:
+                problems.append((candidate, problem))
+            elif candidate.is_file():
+                images.append(candidate)
+        if skipped is not None:
+            skipped.extend(problems)
         if not images:
-            what = "folder" if path.is_dir() else "pattern"
-            raise FileNotFoundError(f"{what} {str(spec)!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            unreadable = f"; {len(problems)} entries could not be read, e.g. {display_path(problems[0][0])!r} " \
+                         f"{problems[0][1]}" if problems else ""
+            raise FileNotFoundError(f"{what} {display_path(text)!r} holds no image files "
+                                    f"({', '.join(IMAGE_EXTENSIONS)}){unreadable}")
         found.extend(images)
     seen: set[Path] = set()
     unique = []
@@ -210,13 +296,13 @@ def _to_uint8_array(item: Any, max_size: int | None) -> tuple[np.ndarray, tuple[
     )
 
 
-def _check_tensor(images: torch.Tensor) -> torch.Tensor:
+def _check_tensor(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[1] != 3:
+    if images.ndim != 4 or images.shape[1] != channels:
         raise ValueError(
-            f"image tensor must have shape (3,H,W) or (B,3,H,W) with 3 colour channels; got "
-            f"{tuple(images.shape)}"
+            f"image tensor must have shape ({channels},H,W) or (B,{channels},H,W): this model takes {channels} "
+            f"channel{'s' if channels != 1 else ''} (its first convolution's in_channels); got {tuple(images.shape)}"
         )
     if not images.is_floating_point():
         raise ValueError(
@@ -239,7 +325,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _cap(images: torch.Tensor, max_size: int | None) -> torch.Tensor:
-    """Downscale a (B,3,H,W) batch whose longest side exceeds ``max_size`` (aspect kept), with a warning."""
+    """Downscale a (B,C,H,W) batch whose longest side exceeds ``max_size`` (aspect kept), with a warning."""
     height, width = images.shape[-2:]
     if max_size is None or max(height, width) <= max_size:
         return images
@@ -253,7 +339,7 @@ def _cap(images: torch.Tensor, max_size: int | None) -> torch.Tensor:
 def prepare_images(
     images: ImageInput, model: nn.Module, image_size: Size | None = None, max_size: int | None = DEFAULT_MAX_SIZE
 ) -> torch.Tensor:
-    """Return a normalised float (B,3,H,W) batch on the model's device.
+    """Return a normalised float (B,C,H,W) batch on the model's device (C: :func:`model_in_channels`).
 
     Tensors are taken as already normalised; with ``image_size`` they are resized to it (bilinear,
     antialiased), else used at their own size (a list of tensors must then share one size).
@@ -262,19 +348,21 @@ def prepare_images(
     size), and normalised with the model's mean/std. Whatever runs at its own size is first capped
     at ``max_size`` px on its longest side (aspect kept, with a warning; None: no cap), so no single
     input can exhaust memory. Pixel inputs larger than ``max_size`` are also pre-shrunk before a
-    resize, so a huge file never becomes a full-resolution float tensor.
+    resize, so a huge file never becomes a full-resolution float tensor. For a grayscale model
+    (C = 1) pixels become their luma (ITU-R 601, PIL's "L"), normalised with the averaged mean/std.
     """
     size = check_size(image_size, "image_size")
     check_size(max_size, "max_size", allow_pair=False)
-    device = model_device(model)
+    device = check_model_device(model)
+    channels = model_in_channels(model)
     if isinstance(images, torch.Tensor):
-        batch = _check_tensor(images).float()
+        batch = _check_tensor(images, channels).float()
         return (_resize(batch, size) if size else _cap(batch, max_size)).to(device)
     items: Sequence[Any] = images if isinstance(images, (list, tuple)) else [images]
     if len(items) == 0:
         raise ValueError("no images given")
     if all(isinstance(item, torch.Tensor) for item in items):
-        tensors = [_check_tensor(t).float() for t in items]
+        tensors = [_check_tensor(t, channels).float() for t in items]
         if size:
             tensors = [_resize(t, size) for t in tensors]
         shapes = sorted({tuple(t.shape[-2:]) for t in tensors})
@@ -295,8 +383,13 @@ def prepare_images(
     shapes = sorted({tuple(t.shape[-2:]) for t in batch})
     if len(shapes) > 1:
         raise ValueError(f"images have different sizes {shapes}; pass image_size=... to resize them to one size")
-    mean, std = model_normalisation(model)
+    if channels not in (1, 3):
+        raise ValueError(f"the model takes {channels}-channel images; camzoo converts pixels to 1 or 3 channels "
+                         f"only: pass a normalised tensor (B,{channels},H,W)")
+    mean, std = channel_stats(*model_normalisation(model), channels)
     stacked = torch.cat(batch).to(device)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    if channels == 1:
+        stacked = (stacked * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    mean_t = torch.tensor(mean, device=device).view(1, channels, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, channels, 1, 1)
     return (stacked - mean_t) / std_t

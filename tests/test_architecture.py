@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camzoo"
 
 # Lower layers first; a module may import only from its own layer or below.
 LAYERS = [
-    {"camzoo._version", "camzoo.io", "camzoo.maps", "camzoo.modelutil", "camzoo.batchnorm_folding", "camzoo.groundtruth"},
+    {"camzoo._version", "camzoo.io", "camzoo.maps", "camzoo.modelutil", "camzoo.batchnorm_folding", "camzoo.groundtruth",
+     "camzoo.registry"},
     {"camzoo.inputs", "camzoo.explanation"},
     {"camzoo.data"},
     {"camzoo.models"},
@@ -130,3 +131,24 @@ def test_the_checker_finds_a_cycle_and_a_climb(tmp_path, monkeypatch):
     edges = graph()
     assert "camzoo.data.b" in edges["camzoo.data.a"] and "camzoo.data.a" in edges["camzoo.data.b"]
     assert layer_of("camzoo.bench") > layer_of("camzoo.data.b") and "camzoo.bench" in edges["camzoo.data.b"]
+
+
+def test_no_list_of_method_names_is_kept_outside_the_methods_registry():
+    """Presets and scripts select methods by their declared facts (camzoo.methods.select_methods): a
+    literal list, tuple or set naming three or more registered methods anywhere in camzoo/ (outside
+    camzoo/methods/) or benchmarks/ is a list someone must remember to update."""
+    from camzoo.methods import method_names
+
+    names = set(method_names())
+    roots = [PACKAGE, PACKAGE.parent / "benchmarks"]
+    found = []
+    for root in roots:
+        for path in root.rglob("*.py"):
+            if PACKAGE / "methods" in path.parents:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                    named = {e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in names}
+                    if len(named) >= 3:
+                        found.append(f"{path.name}:{node.lineno} {sorted(named)}")
+    assert not found, found

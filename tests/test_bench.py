@@ -17,9 +17,11 @@ from click.testing import CliRunner
 
 from camzoo.bench.config import PRESETS, resolve_config, run_id
 from camzoo.bench.report import write_report
+from camzoo.bench.plan import build_plan
 from camzoo.bench.runner import BenchRunner
 from camzoo.bench.store import ResultsStore
 from camzoo.cli import main
+from camzoo.methods import method_names, reference_method_names
 from camzoo.metrics import lfi_script_maps, pairwise_stability
 
 TINY = """
@@ -212,8 +214,10 @@ def test_config_errors_are_clear(tmp_path):
         resolve_config("quick", bad)
     with pytest.raises(ValueError, match="unknown method"):
         resolve_config("quick", overrides={"methods": ["gradcam", "magic"]})
+    with pytest.raises(ValueError, match="unknown method selector '@magic'"):
+        resolve_config("quick", overrides={"methods": ["@magic"]})
     with pytest.raises(ValueError, match="train.seed is set by the grid"):
-        resolve_config("quick", overrides={"train": {"seed": 3}})
+        build_plan(resolve_config("quick", overrides={"train": {"seed": 3}}))
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -236,31 +240,29 @@ def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
         "eval": {"images": 8, "batch_size": 8, "deletion_steps": 4, "substrates": ["zeros"], "gallery_images": 1},
     })
     out = tmp_path / "out"
-    BenchRunner(tiny, out, device="cpu", progress=False).run()
+    BenchRunner(build_plan(tiny, "cpu"), out, progress=False).run()
     assert {"summary.md", "summary.csv", "pairwise.csv"} <= set(write_report(out))
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["method"]) == ["gradcam", "random"] and summary["deletion_mean"].notna().all()
 
 
 def test_the_gpu_presets_run_the_whole_zoo():
-    from camzoo.bench.config import ZOO_METHODS
     from camzoo.methods.registry import method_names
 
-    assert sorted(ZOO_METHODS) == method_names()  # a newly registered method joins the GPU presets
-    for preset in ("standard", "paper"):
-        assert resolve_config(preset)["methods"] == ZOO_METHODS
+    for preset in ("standard", "paper"):  # every registered method, controls last
+        methods = resolve_config(preset)["methods"]
+        assert sorted(methods) == method_names() and len(methods) == len(method_names())
+        assert {m for m in methods[-4:]} == set(reference_method_names())
 
 
 def test_the_quick_preset_runs_the_gradient_family_in_one_pass():
-    from camzoo.bench.config import CONTROLS, GRADIENT_FAMILY
-    from camzoo.bench.runner import one_pass_groups
-
-    from camzoo.methods import reference_method_names
+    from camzoo.methods import get_method, one_pass_groups, shares_one_pass
 
     methods = resolve_config("quick")["methods"]
-    assert set(GRADIENT_FAMILY) | set(CONTROLS) | {"attention"} == set(methods)
-    assert sorted(CONTROLS) == reference_method_names()  # the presets' list is the registry's controls
-    assert GRADIENT_FAMILY in one_pass_groups(methods)  # one forward and one backward for all seven
+    one_pass = [m for m in method_names() if shares_one_pass(get_method(m))]
+    assert {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam"} <= set(one_pass)
+    assert set(one_pass) | set(reference_method_names()) | {"attention"} == set(methods)
+    assert [m for m in methods if m in one_pass] in one_pass_groups(methods)  # one forward and backward for all
 
 
 def test_committed_configs_resolve():
@@ -285,12 +287,14 @@ def test_missing_dataset_root_is_a_clear_error(tmp_path):
     config.write_text(f'preset = "paper"\n[[datasets]]\nname = "cifar10"\nroot = "{tmp_path / "nowhere"}"\n', encoding="utf-8")
     result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code != 0
-    assert "does not exist" in result.output and "rerun to resume" in result.output
+    assert "does not exist" in result.output and "nothing was run or written" in result.output
+    assert "fix the config and rerun" in result.output
 
 
 def test_the_bench_explains_the_gradient_family_in_one_pass():
     """One forward per batch for every gradient-family method of a job, the same maps as one at a time."""
-    from camzoo.bench.runner import EvalSet, explain_all, explain_group, one_pass_groups
+    from camzoo.bench.runner import EvalSet, explain_all, explain_group
+    from camzoo.methods import one_pass_groups
     from camzoo.models import build_model
 
     assert one_pass_groups(["gradcam", "random", "eigencam", "attention", "gradcampp"]) == [

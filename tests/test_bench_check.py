@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from camzoo.bench.config import resolve_config
 from camzoo.bench.report import write_report
 from camzoo.bench.store import ALL_SEEDS, CellKey, ResultsStore
-from camzoo.bench.validate import ConfigError, validate
+from camzoo.bench.plan import ConfigError, build_plan
 from camzoo.cli import main
 
 TINY = """
@@ -77,7 +77,7 @@ def test_every_problem_is_listed_at_once():
         "backbones": ["resnet8", "nope"], "train": {"epochs": 0}, "device": "cuda:99",
         "datasets": [{"name": "shapes", "options": {"num_classes": 1}}, {"name": "cifar10", "root": "/nowhere"}]})
     with pytest.raises(ConfigError) as caught:
-        validate(config)
+        build_plan(config)
     text = str(caught.value)
     for part in ("device 'cuda:99'", "num_classes must be an int in 2..30", "dataset root '/nowhere' does not exist",
                  "epochs must be", "unknown backbone 'nope'"):

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from camzoo.bench.config import resolve_config
+from camzoo.bench.plan import build_plan
 from camzoo.bench.runner import BenchRunner
 from camzoo.bench.shards import SHARD_DIR, Worker, merge_shards, shard_paths
 from camzoo.bench.store import CellKey, ResultsStore
-from camzoo.bench.validate import validate
 
 TINY = """
 preset = "custom"
@@ -87,16 +87,17 @@ def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
     config = resolve_config(None, config_path)
-    planned = validate(config).cells
+    plan = build_plan(config)
+    planned = plan.cells
 
     # One process, after a rank that was lost part-way: its shard holds seed 1's cells only. The rerun
     # merges the shard, computes the rest, and every cell is there once (seed 1's from the lost rank).
     one = tmp_path / "one"
-    lost = BenchRunner(config, one, progress=False, worker=Worker(1, 2, host="lost-node"))
+    lost = BenchRunner(plan, one, progress=False, worker=Worker(1, 2, host="lost-node"))
     lost.record_run()
-    lost.run_models([job for job in lost.jobs() if job.seed == 1])
+    lost.run_models([job for job in plan.jobs if job.seed == 1])
     lost.store.close()
-    BenchRunner(config, one, progress=False).run()
+    BenchRunner(plan, one, progress=False).run()
     found = cells(one)
     assert len(found) == planned and not found.duplicated(KEY).any()
     assert set(found[found["seed"] == 1]["worker"]) == {"lost-node:1"}
@@ -163,7 +164,7 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY.format(cache=tmp_path / "cache").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]"),
                            encoding="utf-8")
-    planned = validate(resolve_config(None, config_path)).cells
+    planned = build_plan(resolve_config(None, config_path)).cells
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config_path), "--out", str(out), "--nproc", "2",

@@ -9,15 +9,19 @@ import pandas as pd
 import pytest
 import torch
 
+from dataclasses import replace
+
 from camzoo.bench.config import resolve_config
+from camzoo.bench.plan import build_plan
 from camzoo.bench.tables import causal_description, markdown_tables
 from camzoo.metrics import faithfulness
+from camzoo.metrics import EvalSettings
 from camzoo.metrics.table import score_maps
 from camzoo.models import build_model
 
-SETTINGS = {"protocol": "default", "deletion_steps": 5, "deletion_fraction": 0.5, "deletion_target": "label",
-            "substrates": ["zeros", "blur", "road"], "chunk_size": 16, "pointing_tolerance": 15.0,
-            "pointing_reference_size": 224, "images": 10}
+SETTINGS = EvalSettings(protocol="default", deletion_steps=5, deletion_fraction=0.5, deletion_target="label",
+                        substrates=("zeros", "blur", "road"), chunk_size=16, pointing_tolerance=15.0,
+                        pointing_reference_size=224)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,8 @@ def scored():
     maps = (maps * 8).round() / 8
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
     masks = maps > 0.5
-    full = score_maps(model, images, maps, labels, masks, None, {**SETTINGS, "game_images": "all"})
-    capped = score_maps(model, images, maps, labels, masks, None, {**SETTINGS, "game_images": 4})
+    full = score_maps(model, images, maps, labels, masks, None, replace(SETTINGS, game_images=None))
+    capped = score_maps(model, images, maps, labels, masks, None, replace(SETTINGS, game_images=4))
     return model, images, maps, labels, full, capped
 
 
@@ -79,9 +83,9 @@ def test_a_given_morf_curve_is_not_played_again_and_must_fit():
 
 def test_game_images_setting_is_validated_and_shown():
     with pytest.raises(ValueError, match="eval.game_images must be a positive integer or \"all\""):
-        resolve_config("quick", overrides={"eval": {"game_images": 0}})
+        build_plan(resolve_config("quick", overrides={"eval": {"game_images": 0}}))
     with pytest.raises(ValueError, match="eval.game_images"):
-        resolve_config("quick", overrides={"eval": {"game_images": "some"}})
+        build_plan(resolve_config("quick", overrides={"eval": {"game_images": "some"}}))
     quick = resolve_config("quick")["eval"]
     assert causal_description(quick) == "label, 20 steps over first 20% px, first 48 images"
     assert causal_description({**quick, "game_images": "all"}) == "label, 20 steps over first 20% px"
@@ -97,7 +101,7 @@ def test_identical_maps_share_max_box_acc_and_nothing_else(scored, monkeypatch):
     model-dependent metric is always computed."""
     model, images, maps, labels, full, _ = scored
     masks = maps > 0.5
-    settings = {**SETTINGS, "game_images": "all", "substrates": []}
+    settings = replace(SETTINGS, game_images=None, substrates=())
     shared_maps, calls = {}, []
     from camzoo.metrics import table
 
@@ -128,7 +132,7 @@ def test_the_cells_of_one_model_share_its_unperturbed_scores(scored):
     """With ``model_memo`` the unperturbed images go through the model once per model, not once per
     cell, and every metric equals what a cell computes on its own."""
     model, images, maps, labels, _, _ = scored
-    settings = {**SETTINGS, "game_images": 6}
+    settings = replace(SETTINGS, game_images=6)
     alone = score_maps(model, images, maps, labels, maps > 0.5, None, settings)
     shared: dict = {}
     score_maps(model, images, maps.flip(-1), labels, maps > 0.5, None, settings, model_memo=shared)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
-OUTCOME = re.compile(r"^(?P<name>.+?)\s{2,}(?P<outcome>ok|error|SILENT|TRACEBACK|MEMORY)\b(?P<detail>.*)$")
+OUTCOME = re.compile(r"^(?P<name>.+?)\s{2,}(?P<outcome>ok|error|SILENT|TRACEBACK|HANG|MEMORY)\b(?P<detail>.*)$")
 
 
 def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_memory():
@@ -21,9 +21,14 @@ def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_mem
     assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr
     table, summary = proc.stdout.strip().rsplit("\n\n", 1)
     rows = [OUTCOME.match(line) for line in table.splitlines()]
-    assert all(rows) and len(rows) >= 50, proc.stdout
+    assert all(rows) and len(rows) >= 80, proc.stdout
+    names = {row.group("name") for row in rows}
+    for case in ("symlink loop", "Latin-1", "animated GIF", "multi-page TIFF", "full disk", "read-only place",
+                 "meta device", "squeezes", "1-channel timm model", "--method-option", "second bench",
+                 ".avif", "dangling link", "Ctrl-C during start-up", "camzoo version", "URL", "--out inside the input"):
+        assert any(case in name for name in names), f"issue 24's case {case!r} is not tried"
     wrong = [row.group(0) for row in rows if row.group("outcome") not in ("ok", "error")]
     assert not wrong, "\n".join(wrong)
-    assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 MEMORY") and proc.returncode == 0, summary
+    assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 HANG, 0 MEMORY") and proc.returncode == 0, summary
     huge = next(row for row in rows if "1200x1200 PNG" in row.group("name"))
     assert huge.group("outcome") == "ok" and "map (1, 1024, 1024)" in huge.group("detail")  # capped at max_size

@@ -99,7 +99,7 @@ def test_a_partial_game_is_the_prefix_of_a_full_game_and_resolves_the_object():
     # 8 px per step = 1/8 of the 64-px object: the curve falls step by step to the floor
     deleted = [sigmoid(SHARPNESS * max(0.0, 1 - 8 * k / AREA)) for k in range(9)]
     torch.testing.assert_close(part["deletion"], torch.full((2,), trapezoid_auc(deleted)))
-    with pytest.raises(ValueError, match="fraction must be in"):
+    with pytest.raises(ValueError, match="fraction must be a number in"):
         deletion_insertion(ObjectFractionModel(), object_images(), object_map(), [0, 0], fraction=0)
 
 

@@ -20,8 +20,10 @@ _BASE: dict[str, Any] = {
     "kinds": None,  # None: every registered model kind (camzoo.models.kind_names())
     "backbones": ["resnet20"],
     # Explanation methods, then the reference (control) methods every table carries: what noise,
-    # a centre prior, image edges and the ground truth score through the very same pipeline.
-    "methods": ["gradcam", "eigencam", "attention", "random", "centre", "edges", "oracle"],
+    # a centre prior, image edges and the ground truth score through the very same pipeline. Names or
+    # selectors by the methods' declared facts (camzoo.methods.SELECTORS): "@one-pass" = every method
+    # that shares one forward and backward, "@controls", "@family:NAME", "@cost:CLASS", "@all".
+    "methods": ["@one-pass", "attention", "@controls"],
     "datasets": [{"name": "shapes", "root": "", "image_size": 32, "options": {}}],
     # Training; any field of camzoo.train.TrainConfig except kind/backbone/seed.
     "train": {"epochs": 10, "batch_size": 128, "lr": 0.1},
@@ -51,13 +53,6 @@ _BASE: dict[str, Any] = {
     },
 }
 
-# The whole zoo, for the GPU presets: every registered CAM method (the gradient family shares one
-# pass), Score-CAM, Ablation-CAM and Opti-CAM, the trainable kinds' own maps, then the controls.
-# tests/test_bench.py checks it names every registered method.
-GRADIENT_FAMILY = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam"]
-CONTROLS = ["random", "centre", "edges", "oracle"]
-ZOO_METHODS = [*GRADIENT_FAMILY, "scorecam", "ablationcam", "opticam", "attention", *CONTROLS]
-
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a 2-core CPU, a few minutes, numbers that mean something.
     "quick": {
@@ -73,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup": 0.25, "augment": "flip",
         },
         # The gradient family from one pass per model, the kinds' own maps, the controls.
-        "methods": [*GRADIENT_FAMILY, "attention", *CONTROLS],
+        "methods": ["@one-pass", "attention", "@controls"],
         # 20 steps over the first 20 % of the pixels: ~10 px per step, 9 % of the mean object (115 px),
         # where 16 steps over all pixels removed 55 % of it in one step (docs/metrics.md). Maps,
         # localization and stability use all 160 images; the games (~160 forwards per image and
@@ -85,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preset": "standard",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet56", "resnet18"],
-        "methods": ZOO_METHODS,
+        "methods": ["@all"],  # the whole zoo: every registered method and control
         "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}}],
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
         "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
@@ -95,7 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preset": "paper",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet110"],
-        "methods": ZOO_METHODS,
+        "methods": ["@all"],  # the whole zoo: every registered method and control
         "datasets": [{"name": "cifar10", "root": "data/cifar-10-batches-py", "image_size": 32, "options": {}}],
         "train": {
             "epochs": 300, "batch_size": 64, "lr": 0.1, "schedule": "step", "milestones": [0.5, 0.75],
@@ -124,77 +119,14 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str = "") -
     return merged
 
 
-def _validate(config: dict[str, Any]) -> None:
-    def fail(message: str) -> None:
-        raise ValueError(f"invalid benchmark config: {message}")
-
-    if not config["seeds"] or not all(isinstance(s, int) and s >= 0 for s in config["seeds"]):
-        fail(f"seeds must be a non-empty list of integers >= 0, got {config['seeds']!r}")
-    if len(set(config["seeds"])) != len(config["seeds"]):
-        fail(f"seeds must be distinct, got {config['seeds']!r}")
-    from ..models import kind_names
-
-    kinds = kind_names()
-    if not config["kinds"] or set(config["kinds"]) - set(kinds):
-        fail(f"kinds must be a non-empty subset of {kinds}, got {config['kinds']!r}")
-    if not config["backbones"] or not all(isinstance(b, str) for b in config["backbones"]):
-        fail(f"backbones must be a non-empty list of names, got {config['backbones']!r}")
-    from ..methods import method_names
-
-    unknown_methods = set(config["methods"]) - set(method_names())
-    if not config["methods"] or unknown_methods:
-        fail(f"unknown method(s) {sorted(unknown_methods)}; available: {', '.join(method_names())}")
-    if not config["datasets"]:
-        fail("datasets must name at least one dataset")
-    for dataset in config["datasets"]:
-        if not isinstance(dataset, Mapping) or "name" not in dataset:
-            fail(f"each dataset needs a name, got {dataset!r}")
-        extra = set(dataset) - {"name", "root", "image_size", "options"}
-        if extra:
-            fail(f"dataset {dataset['name']!r} has unknown keys {sorted(extra)} (valid: name, root, image_size, options)")
-    for key in ("kind", "backbone", "seed"):
-        if key in config["train"]:
-            fail(f"train.{key} is set by the grid (kinds/backbones/seeds), not in [train]")
-    names = [v.get("name") for v in config["variants"]]
-    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
-        fail(f"every variant needs a distinct non-empty name, got {names!r}")
-    for variant in config["variants"]:
-        extra = set(variant) - {"name", "train", "model"}
-        if extra:
-            fail(f"variant {variant['name']!r} has unknown keys {sorted(extra)} (valid: name, train, model)")
-    evaluation = config["eval"]
-    for key in ("images", "batch_size", "deletion_steps", "chunk_size", "pointing_reference_size"):
-        if not isinstance(evaluation[key], int) or evaluation[key] < 1:
-            fail(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
-    from ..metrics import PROTOCOLS
-
-    if evaluation["protocol"] not in PROTOCOLS:
-        fail(f"eval.protocol must be one of {sorted(PROTOCOLS)}, got {evaluation['protocol']!r}")
-    if evaluation["deletion_target"] not in ("label", "prediction"):
-        fail(f"eval.deletion_target must be 'label' or 'prediction', got {evaluation['deletion_target']!r}")
-    from ..metrics import SUBSTRATES
-
-    substrates = evaluation["substrates"]
-    if not isinstance(substrates, list) or set(substrates) - set(SUBSTRATES) or len(set(substrates)) != len(substrates):
-        fail(f"eval.substrates must be a list of distinct names from {SUBSTRATES}, got {substrates!r}")
-    games = evaluation["game_images"]
-    if games != "all" and (isinstance(games, bool) or not isinstance(games, int) or games < 1):
-        fail(f"eval.game_images must be a positive integer or \"all\", got {games!r}")
-    fraction = evaluation["deletion_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        fail(f"eval.deletion_fraction must be a number in (0, 1], got {fraction!r}")
-    if not isinstance(evaluation["pointing_tolerance"], (int, float)) or evaluation["pointing_tolerance"] < 0:
-        fail(f"eval.pointing_tolerance must be a number >= 0, got {evaluation['pointing_tolerance']!r}")
-    if not isinstance(evaluation["gallery_images"], int) or evaluation["gallery_images"] < 0:
-        fail(f"eval.gallery_images must be an integer >= 0, got {evaluation['gallery_images']!r}")
-    if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith("cuda:"):
-        fail(f"device must be auto, cpu or cuda, got {config['device']!r}")
-
-
 def resolve_config(
     preset: str | None = "quick", file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Preset (or the file's ``preset`` key), then the TOML file, then ``overrides``; validated."""
+    """Preset (or the file's ``preset`` key), then the TOML file, then ``overrides``, merged.
+
+    Method selectors become method names here (so the run's identity, ``--print-config`` and the
+    stored config say exactly what runs); everything else is checked by ``camzoo.bench.plan.build_plan``.
+    """
     from_file: dict[str, Any] = {}
     if file is not None:
         path = Path(file)
@@ -215,10 +147,17 @@ def resolve_config(
 
         config["kinds"] = kind_names()
     for dataset in config["datasets"]:
-        dataset.setdefault("root", "")
-        dataset.setdefault("image_size", 32)
-        dataset.setdefault("options", {})
-    _validate(config)
+        if isinstance(dataset, dict):
+            dataset.setdefault("root", "")
+            dataset.setdefault("image_size", 32)
+            dataset.setdefault("options", {})
+    if isinstance(config["methods"], list):
+        from ..methods import select_methods
+
+        try:
+            config["methods"] = select_methods(config["methods"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"invalid benchmark config: methods: {err}") from None
     return config
 
 
@@ -230,21 +169,6 @@ def run_id(config: Mapping[str, Any]) -> str:
     identity["train"] = {k: v for k, v in config["train"].items() if k not in RUNTIME_FIELDS}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12]
-
-
-def variants(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The hyper-parameter variants; a config without any has one, named "default"."""
-    return [dict(v) for v in config["variants"]] or [{"name": "default", "train": {}, "model": {}}]
-
-
-def applicable_methods(config: Mapping[str, Any], kind: str) -> list[str]:
-    """The config's methods that apply to models of ``kind`` (each method asks the kind's class:
-    e.g. "attention" needs a kind that produces its own map)."""
-    from ..methods import get_method
-    from ..models import get_kind
-
-    model_class = get_kind(kind)
-    return [m for m in config["methods"] if get_method(m).applies_to(model_class)]
 
 
 def to_toml(config: Mapping[str, Any]) -> str:

@@ -15,17 +15,9 @@ import sys
 from pathlib import Path
 import torch
 
-from ..metrics import METRICS, MetricInfo, register_metric
-
-PEAK_METRIC = "peak_memory_mb"
+PEAK_METRIC = "peak_memory_mb"  # its entry in the metrics table (camzoo.metrics.table)
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-if PEAK_METRIC not in METRICS:
-    register_metric(MetricInfo(
-        PEAK_METRIC, False, 0, float("inf"), "",
-        "peak memory while explaining the evaluation images, MB above the cell's start (CUDA: tensors "
-        "allocated; CPU: the resident set's peak, reset per cell on Linux)", scope="cost", column="Peak MB", digits=1))
 
 
 def _status_kb(field: str) -> int | None:

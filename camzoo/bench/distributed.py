@@ -4,7 +4,8 @@ Why torch.distributed and not a scheduler of our own: torchrun already starts on
 device on one or many nodes, restarts or tears down the group when one dies, and gives every
 process its rank; all the benchmark adds is who computes which cell and where it is written:
 
-1. every rank validates the config (a failure on any rank stops all, before any cell);
+1. every rank builds the run's plan from the config on its own device, which validates it (a
+   failure on any rank stops all, before any cell); the plan is what each rank then executes;
 2. rank 0 merges the shards of earlier attempts into results.sqlite and sends every rank the list
    of finished cells (no other rank opens results.sqlite, which may sit on a network share);
 3. the model jobs that still lack a cell go, in grid order, each to the first rank that asks for
@@ -28,10 +29,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .runner import BenchRunner, ModelJob
+from .plan import BenchPlan, ConfigError, ModelJob, build_plan
+from .runner import BenchRunner
 from .shards import ShardedStore, Worker, merge_shards
 from .store import CellKey, ResultsStore
-from .validate import ConfigError, validate
 
 # Ranks wait at the barriers for the slowest rank's models: hours on a large grid.
 BARRIER_TIMEOUT = timedelta(hours=int(os.environ.get("CAMZOO_DIST_TIMEOUT_HOURS", "48")))
@@ -119,14 +120,15 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
     try:
-        error = None
+        error, plan = None, None
         try:
-            validate(config, device, worker.world_size)
+            plan = build_plan(config, device, worker.world_size)
         except ValueError as err:
             error = err
         if not _all_ok(error is None, device):
             raise error or ConfigError(f"rank {worker.rank}: another rank found the config invalid (see its message)")
-        runner = BenchRunner(config, out_dir, device=device, progress=progress, echo=echo, worker=worker)
+        assert isinstance(plan, BenchPlan)
+        runner = BenchRunner(plan, out_dir, progress=progress, echo=echo, worker=worker)
         done = [None]
         if worker.rank == 0:  # the only rank that opens results.sqlite before the end
             with ResultsStore(out_dir) as merged:

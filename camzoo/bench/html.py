@@ -38,14 +38,17 @@ THUMB = 48  # longest side of a map thumbnail, in pixels
 
 
 def write_html(directory: str | Path, store: ResultsStore, run: Mapping[str, Any], summary: Summary,
-               provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB) -> Path:
-    """Write ``directory/report.html`` for ``run`` and return its path."""
+               provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
+               out: str | Path | None = None) -> Path:
+    """Write ``report.html`` for ``run`` of the store in ``directory`` into ``out`` (default: the
+    directory; elsewhere for a store in a read-only place) and return its path."""
     results = load(directory, run["run_id"])
     data = page_data(store, run, summary, provenance, results, max_images, thumb)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")
-    return atomic_write_text(Path(directory) / "report.html", template.replace(PLACEHOLDER, _script_json(data)))
+    target = Path(out) if out is not None else Path(directory)
+    return atomic_write_text(target / "report.html", template.replace(PLACEHOLDER, _script_json(data)))
 
 
 def _script_json(data: Any) -> str:

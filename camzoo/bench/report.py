@@ -143,18 +143,26 @@ FORMATS = ("md", "csv", "tex")
 
 
 def write_report(directory: str | Path, run_id: str | None = None, formats: tuple[str, ...] = FORMATS,
-                 html: bool = False) -> dict[str, Path]:
+                 html: bool = False, out: str | Path | None = None) -> dict[str, Path]:
     """Write summary.md/.csv/.tex (``formats``; csv adds pairwise.csv and long.csv.gz, the
-    per-image table of camzoo.bench.load) and the plots for a run (default: the latest) into the directory;
-    ``html``: also report.html (camzoo.bench.html)."""
+    per-image table of camzoo.bench.load) and the plots for a run (default: the latest) into ``out``
+    (default: the directory itself); ``html``: also report.html (camzoo.bench.html).
+
+    A store in a read-only place is read as it is (a distributed run's unmerged shards cannot be
+    merged into it); its tables then need ``out``, else an OSError says the place is read-only."""
     directory = Path(directory)
+    target = Path(out) if out is not None else directory
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown report format(s) {sorted(unknown)}; valid: {', '.join(FORMATS)}")
     if not (directory / "results.sqlite").is_file() and not shard_paths(directory):
         raise FileNotFoundError(f"{directory} holds no results store (results.sqlite); run `camzoo bench --out {directory}`")
     with ResultsStore(directory) as store:
-        merge_shards(directory, store)  # a distributed run's shards, finished or not (exactly once)
+        if store.read_only_reason is not None and out is None:
+            raise store.read_only_reason
+        if not store.read_only:
+            merge_shards(directory, store)  # a distributed run's shards, finished or not (exactly once)
+        target.mkdir(parents=True, exist_ok=True)
         run = find_run(store, run_id) if run_id else latest_run(store)
         if not any(cell.method not in ("model", "gallery") for cell in store.cells(run["run_id"])):
             raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet (it stopped "
@@ -169,23 +177,23 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if "md" in formats:
             markdown = ("# camzoo benchmark\n\n" + "\n".join(provenance) + "\n\n"
                         + markdown_tables(frame, evaluation, summary.agreement) + "\n")
-            files["summary.md"] = atomic_write_text(directory / "summary.md", markdown)
+            files["summary.md"] = atomic_write_text(target / "summary.md", markdown)
         if "csv" in formats:
-            files["summary.csv"] = atomic_write_text(directory / "summary.csv", frame.to_csv(index=False))
-            files["pairwise.csv"] = atomic_write_text(directory / "pairwise.csv", pairwise.to_csv(index=False))
+            files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
+            files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
             long = load(directory, run["run_id"]).long  # gzip: ~10 MB of text for the quick preset
             files["long.csv.gz"] = atomic_write(
-                directory / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
+                target / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
         if "tex" in formats:
-            files["summary.tex"] = atomic_write_text(directory / "summary.tex", latex_tables(frame, evaluation))
+            files["summary.tex"] = atomic_write_text(target / "summary.tex", latex_tables(frame, evaluation))
         for (dataset, backbone), _ in frame.groupby(["dataset", "backbone"], sort=False):
             stem = f"{dataset}_{backbone}"
             for kind, plot in (("curves", curves_plot), ("gallery", gallery_plot)):
-                written = plot(store, run["run_id"], dataset, backbone, directory / f"{kind}_{stem}.png")
+                written = plot(store, run["run_id"], dataset, backbone, target / f"{kind}_{stem}.png")
                 if written is not None:
                     files[written.name] = written
         if html:
             from .html import write_html
 
-            files["report.html"] = write_html(directory, store, run, summary, provenance)
+            files["report.html"] = write_html(directory, store, run, summary, provenance, out=target)
         return files

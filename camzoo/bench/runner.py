@@ -15,22 +15,17 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from typing import Any, Callable, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
 
 from .._version import __version__
-from ..modelutil import describe_device, resolve_device, synchronize
-from .config import applicable_methods, run_id, variants
+from ..modelutil import resolve_device, synchronize
 from .cost import PEAK_METRIC, PeakMemory
+from .plan import MODEL_CELL, BenchPlan, DatasetSpec, ModelJob, StabilityGroup
 from .shards import ShardedStore, Worker, merge_shards
-from .store import ALL_SEEDS, CellKey, ResultsStore
-from .validate import load_split, methods_for, train_config, validate
-
-MODEL_CELL = "model"
-GALLERY_CELL = "gallery"
-ALL_VARIANTS = "*"
+from .store import CellKey, ResultsStore
 
 
 @dataclass
@@ -47,23 +42,6 @@ class EvalSet:
     # results of map-only metrics by the maps' content, shared by every model on these images (the
     # centre, edges and oracle controls' maps are the same for every model; metrics.score_maps)
     memo: dict = field(default_factory=dict, repr=False, compare=False)
-
-
-@dataclass
-class ModelJob:
-    dataset: Mapping[str, Any]
-    backbone: str
-    kind: str
-    variant: Mapping[str, Any]
-    seed: int
-
-    def key(self, method: str) -> CellKey:
-        return CellKey(self.dataset["name"], self.backbone, self.kind, self.variant["name"], self.seed, method)
-
-    @property
-    def label(self) -> str:
-        variant = "" if self.variant["name"] == "default" else f"/{self.variant['name']}"
-        return f"{self.dataset['name']}/{self.backbone}/{self.kind}{variant}/seed{self.seed}"
 
 
 def load_eval_set(test_split, count: int, device: torch.device) -> EvalSet:
@@ -132,36 +110,24 @@ def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
     return explained, float(np.median(per_image_seconds))
 
 
-def one_pass_groups(methods: Sequence[str]) -> list[list[str]]:
-    """The methods in groups explained together: every gradient-family method in one group (one
-    forward and backward per batch), every other method alone; in the order given."""
-    from ..methods import get_method
-    from ..methods.multi import shares_one_pass
-
-    shared = [m for m in methods if shares_one_pass(get_method(m))]
-    groups: list[list[str]] = []
-    for method in methods:
-        if method not in shared:
-            groups.append([method])
-        elif method == shared[0]:
-            groups.append(shared)
-    return groups
-
-
 class BenchRunner:
-    """Drives one config into one results directory; safe to rerun (finished cells are skipped)."""
+    """Executes a :class:`~camzoo.bench.plan.BenchPlan` into one results directory; safe to rerun
+    (finished cells are skipped). The grid is the plan's: the runner keeps no list of its own."""
 
-    def __init__(self, config: Mapping[str, Any], out_dir: str | Path, device: str | None = None,
-                 progress: bool = True, echo: Callable[[str], None] = print, worker: Worker | None = None):
-        self.config = dict(config)
+    def __init__(self, plan: BenchPlan, out_dir: str | Path, progress: bool = True,
+                 echo: Callable[[str], None] = print, worker: Worker | None = None):
+        if not isinstance(plan, BenchPlan):
+            raise TypeError("BenchRunner runs a plan: BenchRunner(camzoo.bench.build_plan(config), out_dir); "
+                            f"got {type(plan).__name__}")
+        self.plan = plan
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(device or config["device"])
-        self.run_id = run_id(config)
+        self.device = resolve_device(plan.device)
+        self.run_id = plan.run_id
+        self.device_label = plan.device_label
         self.progress = progress
         self.echo = echo
         self.worker = worker or Worker()
         self._store: ResultsStore | ShardedStore | None = None
-        self.device_label = describe_device(self.device)
 
     @property
     def store(self) -> ResultsStore | ShardedStore:
@@ -178,27 +144,14 @@ class BenchRunner:
             self._store.close()
         self._store = store
 
-    # --- the grid -------------------------------------------------------------------------------
-    def jobs(self) -> Iterator[ModelJob]:
-        for dataset in self.config["datasets"]:
-            for backbone in self.config["backbones"]:
-                for kind in self.config["kinds"]:
-                    for variant in variants(self.config):
-                        for seed in self.config["seeds"]:
-                            yield ModelJob(dataset, backbone, kind, variant, seed)
-
-    def stability_groups(self) -> list[tuple[Mapping[str, Any], str, str]]:
-        return [(d, b, k) for d in self.config["datasets"] for b in self.config["backbones"] for k in self.config["kinds"]]
-
     def run(self) -> None:
-        """Validate the whole config (nothing is written if it fails), then every model job, then the
-        stability cells. A distributed run splits these steps over ranks (camzoo.bench.distributed)."""
-        validate(self.config, str(self.device))
+        """Every model job, then the stability cells (the plan was validated when it was built). A
+        distributed run splits these steps over ranks (camzoo.bench.distributed)."""
         try:
             if isinstance(self.store, ResultsStore):
                 merge_shards(self.out_dir, self.store)  # cells an earlier distributed attempt finished
             self.record_run()
-            self.run_models(list(self.jobs()))
+            self.run_models(self.plan.jobs)
             self.run_stability()
         finally:
             self.close()
@@ -211,7 +164,7 @@ class BenchRunner:
             self._store = None
 
     def record_run(self) -> None:
-        self.store.record_run(self.run_id, self.config, self._provenance())
+        self.store.record_run(self.run_id, dict(self.plan.config), self._provenance())
 
     def run_models(self, jobs: Iterable[ModelJob]) -> None:
         """Train (or reuse) each model and write its model and method cells; finished cells are skipped.
@@ -225,7 +178,7 @@ class BenchRunner:
             splits: dict[str, tuple[Any, Any, EvalSet]] = {}
             for job in jobs:
                 bar.set_postfix_str(job.label)
-                name = job.dataset["name"]
+                name = job.dataset.name
                 if not self._job_done(job):
                     if name not in splits:
                         splits[name] = self._load_dataset(job.dataset)
@@ -236,22 +189,18 @@ class BenchRunner:
 
     def run_stability(self) -> None:
         """One stability cell per (dataset, backbone, kind, method): needs the maps of every seed."""
-        for dataset, backbone, kind in self.stability_groups():
-            self._run_stability(dataset, backbone, kind)
+        for group in self.plan.stability:
+            self._run_stability(group)
 
     def pending_jobs(self) -> list[ModelJob]:
-        """The grid's model jobs that still lack a cell, in grid order."""
-        return [job for job in self.jobs() if not self._job_done(job)]
+        """The plan's model jobs that still lack a cell, in plan order."""
+        return [job for job in self.plan.jobs if not self._job_done(job)]
 
     def _rank_label(self) -> str:
         return f" [rank {self.worker.rank}/{self.worker.world_size}]" if self.worker.world_size > 1 else ""
 
-    def _methods(self, job: ModelJob) -> list[str]:
-        return methods_for(self.config, job.dataset["name"], job.kind)
-
     def _job_done(self, job: ModelJob) -> bool:
-        needed = [MODEL_CELL, *self._methods(job)]
-        return all(self.store.is_done(self.run_id, job.key(m)) for m in needed)
+        return all(self.store.is_done(self.run_id, job.key(m)) for m in job.cells)
 
     def _provenance(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -268,19 +217,26 @@ class BenchRunner:
 
     def _write(self, key: CellKey, metrics: Mapping[str, tuple[float | None, np.ndarray | None]],
                arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        """Commit one cell. Every number must be an entry of the metrics table (camzoo.metrics.METRICS),
+        so that the report knows its meaning, direction and range."""
+        from ..metrics import METRICS
+
+        unregistered = sorted(name for name in metrics if name not in METRICS)
+        if unregistered:
+            raise ValueError(f"cell {key.as_tuple()} holds numbers that are not in the metrics table: "
+                             f"{unregistered}; register them with camzoo.metrics.register_metric")
         self.store.write_cell(self.run_id, key, metrics, arrays, code_version=__version__, device=self.device_label,
                               worker=self.worker.label)
 
     # --- one dataset ----------------------------------------------------------------------------
-    def _load_dataset(self, dataset: Mapping[str, Any]):
-        train_split = load_split(dataset, "train")
-        test_split = load_split(dataset, "test")
-        eval_set = load_eval_set(test_split, self.config["eval"]["images"], self.device)
-        gallery_key = CellKey(dataset["name"], "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
-        if not self.store.is_done(self.run_id, gallery_key):
+    def _load_dataset(self, dataset: DatasetSpec):
+        train_split = dataset.load("train")
+        test_split = dataset.load("test")
+        eval_set = load_eval_set(test_split, self.plan.eval_images, self.device)
+        if not self.store.is_done(self.run_id, dataset.gallery_key):
             from ..inputs import to_display_images
 
-            count = self.config["eval"]["gallery_images"]
+            count = self.plan.gallery_images
             arrays = {
                 "images": to_display_images(eval_set.images[:count], eval_set.mean, eval_set.std),
                 "labels": eval_set.labels[:count].cpu().numpy(),
@@ -293,30 +249,25 @@ class BenchRunner:
                    (("masks", eval_set.masks), ("boxes", eval_set.boxes)) if truth is not None},
             }
             metrics = {"eval_images": (float(eval_set.images.shape[0]), None)}
-            self._write(gallery_key, metrics, arrays)
+            self._write(dataset.gallery_key, metrics, arrays)
         return train_split, test_split, eval_set
 
     # --- one model ------------------------------------------------------------------------------
-    def _checkpoint_dir(self, job: ModelJob, train_config) -> Path:
-        digest = hashlib.sha256(repr(sorted(train_config.fingerprint().items())).encode()).hexdigest()[:10]
+    def _checkpoint_dir(self, job: ModelJob) -> Path:
+        digest = hashlib.sha256(repr(sorted(job.train.fingerprint().items())).encode()).hexdigest()[:10]
         return self.out_dir / "models" / f"{job.label.replace('/', '-')}-{digest}"
-
-    def _train(self, job: ModelJob, train_split):
-        from ..train import train
-
-        config = train_config(self.config, job.kind, job.backbone, job.seed, job.variant, str(self.device))
-        return train(config, train_split, self._checkpoint_dir(job, config))
 
     def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
         from .. import metrics
         from ..batchnorm_folding import fold_batchnorm
         from ..inference import predict
         from ..methods import get_method
+        from ..train import train
 
-        result = self._train(job, train_split)
+        result = train(job.train, train_split, self._checkpoint_dir(job))
         model = result.model
         if not self.store.is_done(self.run_id, job.key(MODEL_CELL)):
-            logits, labels = predict(model, test_split, self.config["eval"]["batch_size"], self.device)
+            logits, labels = predict(model, test_split, self.plan.batch_size, self.device)
             scores = metrics.accuracy(logits, labels)
             cell = {name: (float(scores[name]), None) for name in ("top1", "top5") if name in scores}
             cell["top1"] = (float(scores["top1"]), scores["correct"].float().cpu().numpy())
@@ -324,70 +275,63 @@ class BenchRunner:
             cell["train_loss"] = (result.train_loss, None)
             # the evaluation images are the first N of the test split: their logits, for report.html
             self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
-        pending = [m for m in self._methods(job) if not self.store.is_done(self.run_id, job.key(m))]
+        pending = {m for m in job.methods if not self.store.is_done(self.run_id, job.key(m))}
         # the games' forwards run on a copy with BatchNorm folded into the convolutions (docs/benchmark.md)
         scorer = fold_batchnorm(model) if pending else model
         model_memo: dict = {}  # what every cell of this model shares (its scores on the unperturbed images)
-        for group in one_pass_groups(pending):
+        for group in job.groups:
+            group = [m for m in group if m in pending]
+            if not group:
+                continue
             # a shared pass's time and peak memory are recorded for each of its methods: its forward
             # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
             with PeakMemory(self.device) as peak:
-                explained, seconds = explain_group(model, eval_set, group, self.config["eval"]["batch_size"], self.device)
+                explained, seconds = explain_group(model, eval_set, group, self.plan.batch_size, self.device)
             for method in group:
                 maps, raw = explained.pop(method)
                 # controls only: their maps repeat across models, a method's never do (and the memo
                 # keeps each entry's per-image tables for the whole run)
                 memo = eval_set.memo if get_method(method).reference else None
                 cell = metrics.score_maps(scorer, eval_set.images, maps, eval_set.labels, eval_set.masks,
-                                          eval_set.boxes, self._settings(method), map_memo=memo,
+                                          eval_set.boxes, self.plan.settings_for(method), map_memo=memo,
                                           model_memo=model_memo)
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})
 
-    def _settings(self, method: str) -> dict[str, Any]:
-        """The eval settings a method's cell is scored with. Controls skip the MoRF/LeRF substrates:
-        those columns exist to rank explanation methods across substrates (Kendall's tau), and on
-        the quick preset they were two thirds of a cell's cost."""
-        from ..methods import get_method
-
-        settings = dict(self.config["eval"])
-        if get_method(method).reference:
-            settings["substrates"] = []
-        return settings
-
     # --- across seeds ---------------------------------------------------------------------------
-    def _lfi_script_sets(self, dataset: Mapping[str, Any], backbone: str, kind: str, method: str,
-                         maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _lfi_script_sets(self, group: StabilityGroup, method: str, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """What the official LFI-CAM IoU script reads, per seed: the raw maps resized, not re-normalised
         (``metrics.lfi_script_maps``). Stores written before raw maps were kept fall back to ``maps``."""
         from .. import metrics
         from ..methods import get_method
 
         raw_sets = [raw for _, raw in self.store.arrays(
-            self.run_id, "raw_maps", dataset=dataset["name"], backbone=backbone, kind=kind, method=method)]
+            self.run_id, "raw_maps", dataset=group.dataset.name, backbone=group.backbone, kind=group.kind,
+            method=method)]
         if len(raw_sets) != len(maps):
             return maps
         unit_scale = bool(getattr(get_method(method), "raw_unit_scale", False))
         size = tuple(maps[0].shape[-2:])
         return [metrics.lfi_script_maps(torch.from_numpy(raw).to(self.device), size, unit_scale) for raw in raw_sets]
 
-    def _run_stability(self, dataset: Mapping[str, Any], backbone: str, kind: str) -> None:
+    def _run_stability(self, group: StabilityGroup) -> None:
         from .. import metrics
 
-        for method in applicable_methods(self.config, kind):
-            key = CellKey(dataset["name"], backbone, kind, ALL_VARIANTS, ALL_SEEDS, method)
+        for method in group.methods:
+            key = group.key(method)
             if self.store.is_done(self.run_id, key):
                 continue
             map_sets = [
                 maps for _, maps in self.store.arrays(
-                    self.run_id, "maps", dataset=dataset["name"], backbone=backbone, kind=kind, method=method)
+                    self.run_id, "maps", dataset=group.dataset.name, backbone=group.backbone, kind=group.kind,
+                    method=method)
             ]
             if len(map_sets) < 2:
                 continue  # one model only: nothing to compare
             sets = [torch.from_numpy(m.astype(np.float32)).to(self.device) for m in map_sets]
             standard = metrics.pairwise_stability(sets)
-            compat = metrics.pairwise_stability(self._lfi_script_sets(dataset, backbone, kind, method, sets), lfi_compat=True)
+            compat = metrics.pairwise_stability(self._lfi_script_sets(group, method, sets), lfi_compat=True)
             # per-image values of every pair (pairs, images): CIs resample pairs, then images
             cell = {
                 f"stability_{name}": (float(standard["mean"][name]), standard["per_image"][name].cpu().numpy())

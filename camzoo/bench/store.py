@@ -4,20 +4,26 @@ Why SQLite: a crash or Ctrl-C can only lose the cell being computed (each cell c
 a rerun asks the store what is finished, two processes can write to one store safely (WAL mode,
 immediate transactions, primary keys), and `camzoo report` rebuilds every table and plot from this
 file alone. Per-image values and maps are kept as ``.npy`` blobs (loaded with allow_pickle=False),
-so new aggregations and paired tests never need a rerun.
+so new aggregations and paired tests never need a rerun. A store in a read-only place is opened
+read-only (reading and reporting work; a write says the place is read-only); ``camzoo.bench.lock``
+makes a second ``camzoo bench`` on one directory wait for the first instead of redoing its work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import os
 import random
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import quote
 
 import numpy as np
 
@@ -74,6 +80,20 @@ class CellKey:
         return (self.dataset, self.backbone, self.kind, self.variant, self.seed, self.method)
 
 
+def _canonical_names() -> dict[str, Callable[[str], str]]:
+    """Old name -> current name, per stored field, from the registries' aliases (unknown names and
+    the harness's own cell names, such as "model" and "gallery", stay as they are)."""
+    from ..methods import METHODS
+    from ..metrics import METRICS
+    from ..models.kinds import KINDS
+
+    def rename(registry: Any) -> Callable[[str], str]:
+        aliases = registry.aliases()
+        return lambda name: aliases.get(name, name)
+
+    return {"method": rename(METHODS), "kind": rename(KINDS), "metric": rename(METRICS)}
+
+
 def encode_array(array: np.ndarray | None) -> bytes | None:
     if array is None:
         return None
@@ -101,6 +121,22 @@ def _is_busy(err: sqlite3.Error) -> bool:
     return isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err))
 
 
+def write_problem(directory: Path, path: Path) -> OSError | None:
+    """Why this process cannot write the store ``path`` in ``directory`` (read-only file system, no
+    permission), as an OSError naming the place; None when it can. Tried, not guessed from mode bits
+    (root ignores them, a read-only mount does not show in them)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    except OSError as err:
+        code = err.errno if err.errno is not None else errno.EACCES
+        return type(err)(code, f"{os.strerror(code)}: the results store there can be read and reported "
+                               "(camzoo report DIR --out ELSEWHERE), not written", str(path))
+    return None
+
+
 class ResultsStore:
     """Read and write one benchmark directory's ``results.sqlite``.
 
@@ -115,12 +151,29 @@ class ResultsStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / name
         self.timeout = float(timeout)
+        self.read_only_reason = write_problem(self.directory, self.path)
+        if self.read_only_reason is not None:
+            if not self.path.is_file():
+                raise self.read_only_reason
+            self._connection, version = self._open_read_only()
+        else:
+            self._connection, version = self._open_with_retries()
+        if int(version) != SCHEMA_VERSION:
+            self._connection.close()
+            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}: "
+                             "rerun the benchmark into a new directory")
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store lies in a place this process cannot write (it is then only read)."""
+        return self.read_only_reason is not None
+
+    def _open_with_retries(self) -> tuple[sqlite3.Connection, str]:
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while True:
             try:
-                self._connection, version = self._open()
-                break
+                return self._open()
             except sqlite3.Error as err:
                 if not _is_busy(err):
                     raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {err}") from err
@@ -130,10 +183,24 @@ class ResultsStore:
                         "not damaged: retry when the other run has finished") from err
                 time.sleep(delay * (1.0 + random.random()))  # jitter, so racing openers fall out of step
                 delay = min(delay * 2.0, 0.25)
-        if int(version) != SCHEMA_VERSION:
-            self._connection.close()
-            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}: "
-                             "rerun the benchmark into a new directory")
+
+    def _open_read_only(self) -> tuple[sqlite3.Connection, str]:
+        """Open without writing anything next to the file: ``mode=ro``, else (a WAL store whose ``-shm``
+        file cannot be created) ``immutable=1``, which is safe because nobody can write here either."""
+        uri = "file:" + quote(str(self.path.resolve()))
+        last: sqlite3.Error | None = None
+        for flags in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                connection = sqlite3.connect(uri + flags, uri=True, timeout=self.timeout, isolation_level=None)
+                try:
+                    return connection, connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+                except BaseException:
+                    connection.close()
+                    raise
+            except sqlite3.Error as err:
+                last = err
+        raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {last} (opened read-only: "
+                         f"{self.read_only_reason})")
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
         """One attempt: connect, switch to WAL (only if not already), create the schema; (connection, version)."""
@@ -173,6 +240,8 @@ class ResultsStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT: all of the block lands, or none of it."""
+        if self.read_only_reason is not None:
+            raise self.read_only_reason
         self._connection.execute("BEGIN IMMEDIATE")
         try:
             yield self._connection
@@ -293,8 +362,11 @@ class ResultsStore:
         cursor = self._connection.execute(query, (run_id,) if run_id else ())
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor]
-        if with_per_image:
-            for row in rows:
+        canonical = _canonical_names()
+        for row in rows:  # a method, kind or metric stored under an old name reports under its new one
+            for field in ("method", "kind", "metric"):
+                row[field] = canonical[field](row[field])
+            if with_per_image:
                 row["per_image"] = decode_array(row["per_image"])
         return rows
 

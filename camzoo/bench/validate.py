@@ -1,28 +1,108 @@
-"""Check a whole benchmark config before its first cell, and say what the run will do.
+"""Every check a benchmark config must pass before its first cell, in one place.
 
 Why: a grid runs for hours; a typo in its last dataset's options, an unknown backbone or a CUDA
 device that is not there must fail in seconds, before anything is trained or written (an aborted
-start used to leave an empty run in the store). Every check here does the real thing on the
-cheapest input: datasets are loaded (on-disk splits: their index; generated ones: one image with
-the same generator arguments), every (kind, backbone, model options) is built and runs one image
-of the configured size forward, every training config is built and validated.
-All problems are collected and reported together.
+start used to leave an empty run in the store). The config's shape is checked first (a wrong shape
+stops there); then every check does the real thing on the cheapest input: datasets are loaded
+(on-disk splits: their index; generated ones: one image with the same generator arguments), every
+(kind, backbone, model options) is built and runs one image of the configured size forward, every
+training config is built and validated. All problems are collected and reported together.
+``camzoo.bench.plan.build_plan`` calls these and is their only caller.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
-from .config import _validate, applicable_methods, variants
-
 SPLITS = ("train", "test")
+DATASET_KEYS = ("name", "root", "image_size", "options")
+VARIANT_KEYS = ("name", "train", "model")
+# [eval] keys that are the harness's own (how many images, batching, the gallery), not scoring settings
+HARNESS_EVAL_KEYS = ("images", "batch_size", "gallery_images")
 
 
 class ConfigError(ValueError):
     """A benchmark config that cannot run; raised before anything is trained or written."""
+
+
+def shape_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the config's shape: types, ranges and names, without loading anything."""
+    from ..methods import get_method
+    from ..models import kind_names
+
+    problems: list[str] = []
+    seeds = config["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        problems.append(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    elif len(set(seeds)) != len(seeds):
+        problems.append(f"seeds must be distinct, got {seeds!r}")
+    kinds = kind_names()
+    if not isinstance(config["kinds"], list) or not config["kinds"] or set(config["kinds"]) - set(kinds):
+        problems.append(f"kinds must be a non-empty subset of {kinds}, got {config['kinds']!r}")
+    backbones = config["backbones"]
+    if not isinstance(backbones, list) or not backbones or not all(isinstance(b, str) for b in backbones):
+        problems.append(f"backbones must be a non-empty list of names, got {backbones!r}")
+    methods = config["methods"]
+    if not isinstance(methods, list) or not methods:
+        problems.append(f"methods must be a non-empty list of method names or selectors, got {methods!r}")
+    else:
+        for method in methods:
+            try:
+                get_method(method)
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+    problems += _dataset_problems(config["datasets"])
+    for key in ("kind", "backbone", "seed"):
+        if key in config["train"]:
+            problems.append(f"train.{key} is set by the grid (kinds/backbones/seeds), not in [train]")
+    names = [v.get("name") if isinstance(v, Mapping) else None for v in config["variants"]]
+    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+        problems.append(f"every variant needs a distinct non-empty name, got {names!r}")
+    for variant in config["variants"]:
+        extra = set(variant) - set(VARIANT_KEYS) if isinstance(variant, Mapping) else set()
+        if extra:
+            problems.append(f"variant {variant['name']!r} has unknown keys {sorted(extra)} (valid: name, train, model)")
+    evaluation = config["eval"]
+    for key in ("images", "batch_size"):
+        if not isinstance(evaluation[key], int) or isinstance(evaluation[key], bool) or evaluation[key] < 1:
+            problems.append(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
+    gallery = evaluation["gallery_images"]
+    if not isinstance(gallery, int) or isinstance(gallery, bool) or gallery < 0:
+        problems.append(f"eval.gallery_images must be an integer >= 0, got {gallery!r}")
+    problems += _settings_problems(evaluation)
+    device = config["device"]
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        problems.append(f"device must be auto, cpu or cuda, got {device!r}")
+    return problems
+
+
+def _dataset_problems(datasets: object) -> list[str]:
+    if not isinstance(datasets, list) or not datasets:
+        return ["datasets must name at least one dataset"]
+    problems = []
+    for dataset in datasets:
+        if not isinstance(dataset, Mapping) or "name" not in dataset:
+            problems.append(f"each dataset needs a name, got {dataset!r}")
+            continue
+        extra = set(dataset) - set(DATASET_KEYS)
+        if extra:
+            problems.append(f"dataset {dataset['name']!r} has unknown keys {sorted(extra)} "
+                            "(valid: name, root, image_size, options)")
+    return problems
+
+
+def _settings_problems(evaluation: Mapping[str, Any]) -> list[str]:
+    """The scoring settings' own checks (camzoo.metrics.EvalSettings), with the config's key names."""
+    from ..metrics import EvalSettings
+
+    try:
+        EvalSettings.from_config(evaluation)
+    except (TypeError, ValueError) as err:
+        return str(err).split("; ")
+    return []
 
 
 def split_options(dataset: Mapping[str, Any], split: str) -> dict[str, Any]:
@@ -40,88 +120,7 @@ def load_split(dataset: Mapping[str, Any], split: str, **extra: Any):
                      **{**split_options(dataset, split), **extra})
 
 
-def methods_for(config: Mapping[str, Any], dataset: str, kind: str) -> list[str]:
-    """The config's methods that apply to this model kind and this dataset (the oracle control
-    needs ground truth: masks or boxes)."""
-    from ..data import info
-    from ..methods import get_method
-
-    annotated = bool(info(dataset).annotations)
-    return [m for m in applicable_methods(config, kind) if annotated or not get_method(m).needs_ground_truth]
-
-
-def train_config(config: Mapping[str, Any], kind: str, backbone: str, seed: int, variant: Mapping[str, Any],
-                 device: str):
-    """The TrainConfig of one model of the grid ([train], then the variant's train/model tables)."""
-    from ..train import TrainConfig
-
-    settings = {**config["train"], **variant.get("train", {})}
-    model_options = {**settings.pop("model_options", {}), **variant.get("model", {})}
-    if "milestones" in settings:
-        settings["milestones"] = tuple(settings["milestones"])
-    try:
-        return TrainConfig(kind=kind, backbone=backbone, seed=seed, device=device, model_options=model_options,
-                           progress=False, **settings)
-    except TypeError as err:
-        raise ValueError(f"[train] in the benchmark config: {err}") from err
-
-
-@dataclass
-class Plan:
-    """What a valid config will run: counts per cell type, for `camzoo bench --check`."""
-
-    device: str
-    datasets: list[str]
-    jobs: int
-    model_cells: int
-    method_cells: int
-    stability_cells: int
-    gallery_cells: int
-    per_rank: list[int] = field(default_factory=list)
-
-    @property
-    def cells(self) -> int:
-        return self.model_cells + self.method_cells + self.stability_cells + self.gallery_cells
-
-    def text(self) -> str:
-        lines = [
-            f"config OK: device {self.device}; datasets {', '.join(self.datasets)}",
-            f"{self.jobs} model jobs (train or reuse one model each), {self.cells} cells: {self.model_cells} model, "
-            f"{self.method_cells} method, {self.stability_cells} stability, {self.gallery_cells} gallery",
-        ]
-        if len(self.per_rank) > 1:
-            lines.append(f"{len(self.per_rank)} ranks: model jobs per rank {self.per_rank}; stability cells on rank 0 "
-                         "after all ranks finish")
-        return "\n".join(lines)
-
-
-def validate(config: Mapping[str, Any], device: str | None = None, world_size: int = 1) -> Plan:
-    """Check everything a run needs before its first cell; a :class:`ConfigError` lists every problem."""
-    from ..modelutil import describe_device, resolve_device
-
-    problems: list[str] = []
-    try:
-        _validate(dict(config))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None  # the config's shape is wrong: nothing else can be checked
-    resolved = None
-    try:
-        resolved = resolve_device(device or config["device"])
-    except ValueError as err:
-        problems.append(f"device: {err}")
-    shapes: dict[str, tuple[int, int]] = {}  # dataset -> (classes, image side)
-    for dataset in config["datasets"]:
-        try:
-            shapes[dataset["name"]] = _check_dataset(dataset)
-        except (ValueError, OSError) as err:
-            problems.append(f"dataset {dataset['name']!r}: {err}")
-    problems += _check_training(config, shapes)
-    if problems:
-        raise ConfigError("invalid benchmark config (nothing was run or written):\n  - " + "\n  - ".join(problems))
-    return _plan(config, describe_device(resolved), world_size)
-
-
-def _check_dataset(dataset: Mapping[str, Any]) -> tuple[int, int]:
+def dataset_shape(dataset: Mapping[str, Any]) -> tuple[int, int]:
     """Load what is cheap to load; (number of classes, image side) of the test split."""
     from ..data import info
 
@@ -141,14 +140,31 @@ def _check_dataset(dataset: Mapping[str, Any]) -> tuple[int, int]:
     return len(found.classes), int(image.shape[-1])
 
 
-def _check_training(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, int]]) -> list[str]:
+def train_config(config: Mapping[str, Any], kind: str, backbone: str, seed: int, variant: Mapping[str, Any],
+                 device: str):
+    """The TrainConfig of one model of the grid ([train], then the variant's train/model tables)."""
+    from ..train import TrainConfig
+
+    settings = {**config["train"], **variant.get("train", {})}
+    model_options = {**settings.pop("model_options", {}), **variant.get("model", {})}
+    if "milestones" in settings:
+        settings["milestones"] = tuple(settings["milestones"])
+    try:
+        return TrainConfig(kind=kind, backbone=backbone, seed=seed, device=device, model_options=model_options,
+                           progress=False, **settings)
+    except TypeError as err:
+        raise ValueError(f"[train] in the benchmark config: {err}") from err
+
+
+def model_problems(config: Mapping[str, Any], variants: list[Mapping[str, Any]],
+                   shapes: Mapping[str, tuple[int, int]]) -> list[str]:
     """Every model of the grid: its TrainConfig validates, and it builds and runs one image forward
     (at each dataset's classes and image size; 10 classes at 32 px where no dataset loaded)."""
     from ..models import build_model
 
     problems: list[str] = []
     built: set[tuple] = set()
-    for variant in variants(config):
+    for variant in variants:
         where = "" if variant["name"] == "default" else f" (variant {variant['name']!r})"
         for kind in config["kinds"]:
             for backbone in config["backbones"]:
@@ -171,20 +187,3 @@ def _check_training(config: Mapping[str, Any], shapes: Mapping[str, tuple[int, i
                     except (ValueError, RuntimeError, TypeError) as err:
                         problems.append(f"model {kind}/{backbone}{where} at {side} px: {err}")
     return list(dict.fromkeys(problems))
-
-
-def _plan(config: Mapping[str, Any], device: str, world_size: int) -> Plan:
-    models = len(config["seeds"]) * len(variants(config))
-    model_cells = method_cells = stability = 0
-    for dataset in config["datasets"]:
-        for kind in config["kinds"]:
-            methods = len(methods_for(config, dataset["name"], kind))
-            groups = len(config["backbones"])
-            model_cells += groups * models
-            method_cells += groups * models * methods
-            stability += groups * methods if models > 1 else 0
-    jobs = model_cells
-    per_rank = [len(range(rank, jobs, world_size)) for rank in range(world_size)]
-    return Plan(device, [d["name"] for d in config["datasets"]], jobs, model_cells, method_cells, stability,
-                len(config["datasets"]), per_rank)
-

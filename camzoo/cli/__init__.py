@@ -1,13 +1,42 @@
-"""The ``camzoo`` command: one click group; each sub-command lives in its own module here."""
+"""The ``camzoo`` command: one click group; each sub-command lives in its own module here.
+
+Why a group of our own: two failures can happen in any sub-command and must read the same everywhere
+— a write that fails because the disk is full or the place is read-only or forbidden (one line naming
+the file, the cause and what to do, exit 1; finished work is kept by each command's own atomic writes),
+and Ctrl-C (exit 130, never click's "Aborted!" with exit 1, nor a KeyboardInterrupt traceback).
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import click
 
 from .._version import __version__
 
+EXIT_INTERRUPTED = 130
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class CamzooGroup(click.Group):
+    """A click group that turns write failures (ENOSPC, EROFS, EACCES, ...) and Ctrl-C into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted (Ctrl-C); files written so far are kept", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as err:
+            from ..io import describe_os_error  # here: camzoo.io imports torch, and --help must stay fast
+
+            message = describe_os_error(err)
+            if message is None:
+                raise
+            raise click.ClickException(f"{message} (files written before are kept)") from err
+
+
+@click.group(cls=CamzooGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="camzoo")
 def main() -> None:
     """Class activation maps for CNN classifiers, and honest benchmarks of them."""

@@ -40,20 +40,29 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from err
     if print_config:
+        from ..bench.validate import shape_problems
+
+        problems = shape_problems(config)
+        if problems:
+            raise click.UsageError("invalid benchmark config: " + "; ".join(problems))
         click.echo(to_toml(config), nl=False)
         return
-    from ..bench.validate import ConfigError, validate
+    from ..bench.plan import ConfigError, build_plan
 
     out_dir = out_dir or Path("results") / config["preset"]
     if check:
         try:
-            click.echo(validate(config, world_size=nproc).text())
+            click.echo(build_plan(config, world_size=nproc).text())
         except ValueError as err:
             raise click.ClickException(str(err)) from err
         return
     from ..bench.distributed import launch, run_distributed, world_from_env
 
     worker = world_from_env()
+    if worker is None:  # one bench per --out: a second one waits, then resumes (docs/cli.md)
+        from ..bench.lock import run_lock
+
+        click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
     if nproc > 1 and worker is None:
         arguments = ["bench", "--preset", preset, "--out", str(out_dir), "--html" if html else "--no-html"]
         arguments += (["--config", str(config_file)] if config_file else []) + (["--device", device] if device else [])
@@ -64,11 +73,13 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
     try:
         if worker is None:
-            runner = BenchRunner(config, out_dir, progress=not no_progress, echo=click.echo)
+            runner = BenchRunner(build_plan(config), out_dir, progress=not no_progress, echo=click.echo)
             click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, "
                        f"out {out_dir}")
     except StoreBusyError as err:  # a runtime condition, not a usage error
         raise click.ClickException(str(err)) from err
+    except ConfigError as err:
+        raise click.ClickException(f"{err}\nfix the config and rerun.") from err
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     try:
@@ -99,14 +110,17 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
               help="Tables to write (repeatable; default: all three). csv: summary.csv, pairwise.csv and long.csv.gz "
                    "(one row per cell, metric and image).")
 @click.option("--html", is_flag=True, help="Also write report.html: one self-contained page to explore the run.")
-def report_command(directory: Path, run_id: str | None, formats: tuple[str, ...], html: bool) -> None:
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Write the tables and plots here (default: DIRECTORY; needed for a store in a read-only place).")
+def report_command(directory: Path, run_id: str | None, formats: tuple[str, ...], html: bool,
+                   out_dir: Path | None = None) -> None:
     """Rebuild summary.md/.csv/.tex and the plots of DIRECTORY from its results store alone."""
     from ..bench.report import FORMATS, write_report
 
     try:
-        files = write_report(directory, run_id, formats or FORMATS, html=html)
+        files = write_report(directory, run_id, formats or FORMATS, html=html, out=out_dir)
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from err
     if "summary.md" in files:
-        click.echo((directory / "summary.md").read_text(encoding="utf-8"))
-    click.echo("wrote " + ", ".join(str(directory / name) for name in files))
+        click.echo((out_dir or directory).joinpath("summary.md").read_text(encoding="utf-8"))
+    click.echo("wrote " + ", ".join(str(path) for path in files.values()))

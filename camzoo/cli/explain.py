@@ -140,15 +140,37 @@ def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] 
     return indices * count if len(indices) == 1 else indices
 
 
-def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any) -> int:
+def _parse_method_options(texts: Sequence[str]) -> dict[str, Any]:
+    """--method-option KEY=VALUE values -> {key: value}; a value is read as a Python literal
+    (``(3,4,4)``, ``16``, ``True``, ``'x'``), else kept as the plain string."""
+    import ast
+
+    options: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE (e.g. sliding_window_shapes=(3,8,8) or n_steps=16)",
+                                     param_hint="--method-option")
+        try:
+            options[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            options[key] = value.strip()
+    return options
+
+
+def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any,
+           method_options: dict[str, Any] | None = None) -> int:
     """Run the model and every method once on a blank image: the class count, or a usage error
     when the model cannot run at ``size`` or a method cannot explain it (e.g. a --layer that is
-    not a feature map) — before any file is read."""
+    not a feature map, or a --method-option it does not take) — before any file is read."""
     import torch
 
+    from ..api import explain
+    from ..inputs import model_in_channels
     from ..methods.base import run_model
 
-    blank = torch.zeros(1, 3, *size, device=device)
+    blank = torch.zeros(1, model_in_channels(model), *size, device=device)
     try:
         with torch.no_grad():
             selector = explainers[0].output if explainers else None
@@ -157,9 +179,18 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
         raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
     for explainer in explainers:
         try:
-            explainer(blank)
+            if method_options:  # camzoo.explain checks the options against the method's own
+                explain(model, blank, method=explainer.name, layer=explainer._layer_spec, method_options=method_options,
+                        **({"output": explainer.output} if explainer.output is not None else {}))
+            else:
+                explainer(blank)
         except (ValueError, TypeError, RuntimeError, FloatingPointError, MemoryError) as err:
-            raise click.UsageError(f"method {explainer.name!r} cannot explain this model: {err}") from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if method_options:
+                raise click.BadParameter(f"method {explainer.name!r} with {method_options}: {first}",
+                                         param_hint="--method-option") from err
+            hint = "; pass its options with --method-option KEY=VALUE" if "argument" in first else ""
+            raise click.UsageError(f"method {explainer.name!r} cannot explain this model: {first}{hint}") from err
     return outputs
 
 
@@ -190,11 +221,14 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--colormap", default="jet", show_default=True, help="jet, or a matplotlib colormap (viridis, inferno, ...).")
 @click.option("--save-maps", is_flag=True, help="Also write each map as float16 .npy at the photo's size.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--method-option", "method_option_texts", multiple=True, metavar="KEY=VALUE",
+              help="An option of the method(s), value read as a Python literal, e.g. sliding_window_shapes=(3,8,8); "
+                   "repeatable; applies to every --method.")
 def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | None, checkpoint: Path | None,
                     num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layers: tuple[str, ...],
                     output: str | None,
                     image_size: int | None, max_size: int, batch_size: int, device: str, alpha: float, colormap: str,
-                    save_maps: bool, progress: bool | None) -> None:
+                    save_maps: bool, progress: bool | None, method_option_texts: tuple[str, ...] = ()) -> None:
     """Explain INPUTS (image files, folders searched recursively, glob patterns) and write one
     overlay PNG per image and method to --out, mirroring the input tree, plus manifest.csv."""
     from ..explanation import colormap_function
@@ -215,8 +249,11 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
         colormap_function(colormap)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--colormap") from err
-    try:
-        files = collect_image_files(inputs)
+    method_options = _parse_method_options(method_option_texts)
+    _check_out_is_not_an_input(out_dir, inputs)
+    skipped: list[tuple[Path, str]] = []
+    try:  # the --out folder is never read: overlays of a previous run are not explained again
+        files = collect_image_files(inputs, exclude=[out_dir], skipped=skipped)
     except FileNotFoundError as err:
         raise click.UsageError(str(err)) from err
     check_writable(out_dir, "--out", is_dir=True)
@@ -232,30 +269,57 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
         layer = None if not layers else layers[0] if len(layers) == 1 else list(layers)
         selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
         options = {"output": selector} if selector is not None else {}
-        explainers = [cls(model, layer=layer, **options) for cls in classes]
+        explainers = [cls(model, layer=layer, **options, **method_options) for cls in classes]
     except TypeError as err:
+        if method_options:
+            raise click.BadParameter(f"{err}", param_hint="--method-option") from err
         raise click.BadParameter(f"a --method does not accept --output: {err}", param_hint="--output") from err
     except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--layer" if layer else "--method") from err
-    num_outputs = _probe(model, explainers, size, torch_device)
+        hint = "--method-option" if method_options and any(k in str(err) for k in method_options) else None
+        raise click.BadParameter(str(err), param_hint=hint or ("--layer" if layer else "--method")) from err
+    num_outputs = _probe(model, explainers, size, torch_device, method_options)
     per_image_targets = _parse_targets(targets, len(files), model_class_names(model), num_outputs)
     _run(files, output_names(files), explainers, model, size, per_image_targets, out_dir,
          max_size=max_size or None, batch_size=batch_size, alpha=alpha, colormap=colormap, save_maps=save_maps,
-         progress=sys.stderr.isatty() if progress is None else progress)
+         progress=sys.stderr.isatty() if progress is None else progress, skipped=skipped)
+
+
+def _check_out_is_not_an_input(out_dir: Path, inputs: Sequence[str]) -> None:
+    """--out may lie inside an input folder (it is then not read), not be one: the next run would
+    explain this run's overlays."""
+    import glob
+
+    from ..io import display_path
+
+    out = out_dir.resolve()
+    for spec in inputs:
+        path = Path(spec)
+        if glob.has_magic(spec) and not path.exists():
+            parts = path.parts
+            path = Path(*parts[:next(i for i, part in enumerate(parts) if glob.has_magic(part))] or ["."])
+        if path.is_dir() and path.resolve() == out:
+            raise click.BadParameter(f"{display_path(out_dir)!r} is also an input folder ({display_path(spec)!r}): the "
+                                     "next run would explain these overlays; give another --out, e.g. "
+                                     f"{display_path(out_dir / 'maps')!r}", param_hint="--out")
 
 
 def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any, size: tuple[int, int],
          targets: list[int] | None, out_dir: Path, *, max_size: int | None, batch_size: int, alpha: float,
-         colormap: str, save_maps: bool, progress: bool) -> None:
-    """Decode, explain and write ``files`` batch by batch; unreadable files are skipped and listed."""
+         colormap: str, save_maps: bool, progress: bool, skipped: Sequence[tuple[Path, str]] = ()) -> None:
+    """Decode, explain and write ``files`` batch by batch; unreadable files are skipped and listed.
+
+    Paths are printed through ``display_path`` (a file name that is not UTF-8 would otherwise stop the
+    run with UnicodeEncodeError after its overlay is written); the manifest keeps such names' raw bytes."""
+    import warnings
+
     import numpy as np
     from tqdm import tqdm
 
-    from ..inputs import open_image, prepare_images
-    from ..io import atomic_path, atomic_write, atomic_write_text
+    from ..inputs import FrameWarning, open_image, prepare_images
+    from ..io import atomic_write, describe_os_error, display_path, save_npy, write_bytes
 
     rows: list[dict[str, Any]] = []
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = list(skipped)
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress, desc="explain")
 
     def write_manifest() -> None:
@@ -263,18 +327,23 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
         writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(out_dir / MANIFEST_NAME, text.getvalue())
+        write_bytes(out_dir / MANIFEST_NAME, text.getvalue().encode("utf-8", "surrogateescape"))
 
     try:
         for start in range(0, len(files), batch_size):
             pictures, indices = [], []
             for k in range(start, min(start + batch_size, len(files))):
                 try:
-                    pictures.append(open_image(files[k], max_size)[0])
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", FrameWarning)
+                        pictures.append(open_image(files[k], max_size)[0])
                     indices.append(k)
+                    for warning in caught:
+                        if issubclass(warning.category, FrameWarning):
+                            bar.write(f"note: {warning.message}", file=sys.stderr)
                 except (ValueError, FileNotFoundError) as err:  # decoding files one by one: report, skip, go on
                     failed.append((files[k], str(err)))
-                    bar.write(f"skipped {files[k]}: {err}", file=sys.stderr)
+                    bar.write(f"skipped {display_path(files[k])}: {err}", file=sys.stderr)
             if pictures:
                 batch = prepare_images(pictures, model, image_size=size, max_size=max_size)
                 batch_targets = None if targets is None else [targets[k] for k in indices]
@@ -287,34 +356,39 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
                         map_name = ""
                         if save_maps:
                             map_path = overlay_path.with_suffix(".npy")
-                            with atomic_path(map_path) as tmp, open(tmp, "wb") as handle:
-                                np.save(handle, result.map_at(j, (picture.height, picture.width)).numpy().astype(np.float16))
+                            save_npy(map_path, result.map_at(j, (picture.height, picture.width)).numpy().astype(np.float16))
                             map_name = map_path.relative_to(out_dir).as_posix()
                         score = float(result.scores[j])
                         rows.append({"input": str(files[k]), "method": result.method, "layer": result.layer or "",
                                      "target": int(result.targets[j]), "target_name": result.label(j),
                                      "score": f"{score:.6g}", "width": picture.width, "height": picture.height,
                                      "overlay": overlay_path.relative_to(out_dir).as_posix(), "map": map_name})
-                        bar.write(f"{files[k]}: {result.method} class {result.label(j)} (p={score:.3f}) -> {overlay_path}",
-                                  file=sys.stdout)
+                        bar.write(f"{display_path(files[k])}: {result.method} class {result.label(j)} (p={score:.3f}) "
+                                  f"-> {display_path(overlay_path)}", file=sys.stdout)
             bar.update(min(start + batch_size, len(files)) - start)
     except KeyboardInterrupt:
         write_manifest()
-        click.echo(f"interrupted: {len(rows)} overlays written so far are kept in {out_dir} (listed in "
+        click.echo(f"interrupted: {len(rows)} overlays written so far are kept in {display_path(out_dir)} (listed in "
                    f"{MANIFEST_NAME}); rerun to redo the rest", err=True)
         raise SystemExit(130) from None
     except (ValueError, TypeError, MemoryError, FloatingPointError, OSError, RuntimeError) as err:
-        write_manifest()
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise click.ClickException(f"{first[:300]} (stopped; {len(rows)} overlays written so far are in {out_dir})") from err
+        disk = describe_os_error(err) if isinstance(err, OSError) else None
+        try:
+            write_manifest()
+            kept = f"{len(rows)} overlays written so far are in {display_path(out_dir)}, listed in {MANIFEST_NAME}"
+        except OSError:
+            kept = f"{len(rows)} overlays written so far are in {display_path(out_dir)}; {MANIFEST_NAME} could not be written"
+        first = disk or (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise click.ClickException(f"{first[:300]} (stopped; {kept}; rerunning rewrites the same files)") from err
     finally:
         bar.close()
     write_manifest()
-    done = len(files) - len(failed)
-    click.echo(f"explained {done} of {len(files)} images with {', '.join(e.name for e in explainers)}; "
-               f"{len(rows)} overlays{' and maps' if save_maps else ''} in {out_dir} (see {MANIFEST_NAME})")
+    total = len(files) + len(skipped)
+    done = total - len(failed)
+    click.echo(f"explained {done} of {total} images with {', '.join(e.name for e in explainers)}; "
+               f"{len(rows)} overlays{' and maps' if save_maps else ''} in {display_path(out_dir)} (see {MANIFEST_NAME})")
     if failed:
-        click.echo(f"{len(failed)} of {len(files)} images could not be read and were skipped:", err=True)
+        click.echo(f"{len(failed)} of {total} images could not be read and were skipped:", err=True)
         for path, reason in failed:
-            click.echo(f"  {path}: {reason}", err=True)
+            click.echo(f"  {display_path(path)}: {reason}", err=True)
         raise SystemExit(1)

@@ -6,6 +6,6 @@ from __future__ import annotations
 from .base import ArrayDataset, CamzooDataset
 from .errors import DatasetError
 from .loading import BatchLoader, collate, loader
-from .registry import DATASETS, info, load, names
+from .registry import DATASETS, DatasetInfo, info, load, names, register_dataset
 
-__all__ = ["ArrayDataset", "BatchLoader", "CamzooDataset", "DATASETS", "DatasetError", "collate", "info", "load", "loader", "names"]
+__all__ = ["ArrayDataset", "BatchLoader", "CamzooDataset", "DATASETS", "DatasetInfo", "DatasetError", "collate", "info", "load", "loader", "names", "register_dataset"]

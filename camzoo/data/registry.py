@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..registry import Registry
 from .base import CamzooDataset
 from .errors import DatasetError
 
@@ -45,11 +46,34 @@ def _lazy(module: str, function: str) -> Callable[..., CamzooDataset]:
     return build
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+
+def register_dataset(info: DatasetInfo, aliases: tuple[str, ...] = ()) -> DatasetInfo:
+    """Add a dataset: ``camzoo.data.load(name, ...)``, the CLI, the trainer and the benchmark config
+    then accept ``info.name`` (and ``aliases``, its old names).
+
+    Args:
+        info: its name, summary, on-disk layout, splits, annotations and ``build(split, root,
+            image_size, **options) -> CamzooDataset``; ``needs_root=False`` for generated datasets.
+        aliases: names results stores may hold from before a rename.
+
+    Returns:
+        ``info``.
+    """
+    if not isinstance(info, DatasetInfo):
+        raise TypeError(f"register_dataset takes a DatasetInfo; got {type(info).__name__}")
+    return DATASETS.add(info.name, info, aliases)
+
+
+for _entry in (
         DatasetInfo("shapes", "built-in: one class-defining shape among distractors on real textures",
                     "", ("train", "val", "test"), ("mask", "boxes"), _shapes, needs_root=False),
+        DatasetInfo("digits", "built-in: scikit-learn's 1,797 real 8x8 handwritten digits, upsampled (default 32 px)",
+                    "", ("train", "val", "test"), (),
+                    lambda split, root, image_size, **options: __import__(
+                        f"{__package__}.digits", fromlist=["load_digits"]).load_digits(
+                        split, root, image_size, **options), needs_root=False),
         DatasetInfo("cifar10", "CIFAR-10, official python pickle batches",
                     "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), (),
                     _cifar(10)),
@@ -69,8 +93,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("pets", "Oxford-IIIT Pet with trimaps as masks",
                     "{images/*.jpg, annotations/{list.txt,trainval.txt,test.txt,trimaps/*.png}}",
                     ("train", "test"), ("mask", "boxes"), _lazy("folders", "load_pets")),
-    )
-}
+):
+    register_dataset(_entry)
 
 
 def names() -> list[str]:
@@ -78,9 +102,8 @@ def names() -> list[str]:
 
 
 def info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(names())}")
-    return DATASETS[name]
+    """The registered dataset ``name`` (or an old name of it); a "did you mean" error otherwise."""
+    return DATASETS.lookup(name)
 
 
 def load(name: str, split: str, root: str | os.PathLike | None = None, image_size: int | None = None,

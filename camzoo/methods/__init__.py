@@ -1,15 +1,35 @@
-"""CAM methods behind one base class; importing this package registers every built-in method."""
+"""CAM methods behind one base class; importing this package registers every built-in method.
 
-from . import attention, controls, eigen, gradient, gradient_family, optimisation, perturbation  # noqa: F401  (registration)
-from .base import CAMMethod, GroundTruth, upsample_and_normalise
-from .registry import get_method, method_names, reference_method_names, register
+Registration order is the order presets list methods in (``select_methods``): the gradient family,
+Eigen-CAM, the perturbation and optimisation methods, the kinds' own maps, then the controls.
+"""
+
+from . import gradient, gradient_family, eigen, perturbation, optimisation, attention, controls  # noqa: F401  (registration)
+from .base import COST_CLASSES, CAMMethod, GroundTruth, upsample_and_normalise
+from .registry import (
+    METHODS,
+    SELECTORS,
+    get_method,
+    method_names,
+    one_pass_groups,
+    reference_method_names,
+    register,
+    select_methods,
+    shares_one_pass,
+)
 
 __all__ = [
     "CAMMethod",
+    "COST_CLASSES",
     "GroundTruth",
+    "METHODS",
+    "SELECTORS",
     "get_method",
     "method_names",
+    "one_pass_groups",
     "reference_method_names",
     "register",
+    "select_methods",
+    "shares_one_pass",
     "upsample_and_normalise",
 ]

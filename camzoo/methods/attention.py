@@ -13,6 +13,8 @@ class AttentionMap(CAMMethod):
     """Reads ``model.forward_with_attention(x) -> (logits, attention (B,1,h,w))``; no hooks, no gradients."""
 
     name = "attention"
+    family = "attention"
+    cost = "forward"
     paper = "ABN: Fukui et al., CVPR 2019; LFI-CAM: Lee et al., ICCV 2021"
     # the raw map is the model's own attention in [0,1] (ABN: a sigmoid; LFI-CAM: min-max), a fixed
     # scale the LFI-CAM script quantises as it is (metrics.lfi_script_maps)

@@ -14,6 +14,9 @@ regions, and every other method ignores it.
 from __future__ import annotations
 
 import difflib
+import inspect
+import types
+import typing
 from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
@@ -146,6 +149,44 @@ def check_ground_truth(ground_truth: GroundTruth | None, images: torch.Tensor) -
     return truth or None
 
 
+# what the base class's constructor takes (not a method option) and the cost classes, cheapest first
+_BASE_PARAMETERS = {"self", "model", "layer", "batch_size", "output", "reshape"}
+COST_CLASSES = ("free", "forward", "backward", "per-channel", "iterative")
+
+
+def _type_hints(function: Callable) -> dict[str, object]:
+    try:
+        return typing.get_type_hints(function)
+    except (NameError, TypeError):  # an annotation that does not resolve: leave it unchecked
+        return {}
+
+
+def _simple_type(annotation: object) -> tuple[type, ...] | None:
+    """(int,), (float, int), (bool,) or (str,) for those annotations (plus NoneType for ``X | None``);
+    None for anything else, which is left to the method's own checks."""
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    members = typing.get_args(annotation) if union else (annotation,)
+    simple = {int: (int,), float: (float, int), bool: (bool,), str: (str,)}
+    named = [m for m in members if m is not type(None)]
+    if len(named) != 1 or named[0] not in simple:
+        return None
+    return simple[named[0]] + ((type(None),) if len(named) < len(members) else ())
+
+
+def _is_instance(value: object, expected: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in expected:
+        return False  # True is an int to Python, not to a user who typed an iteration count
+    return isinstance(value, expected)
+
+
+def _describe_option(parameter: inspect.Parameter) -> str:
+    annotation = parameter.annotation
+    kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    default = "" if parameter.default is inspect.Parameter.empty else f" = {parameter.default!r}"
+    return f"{parameter.name} ({kind}{default})" if annotation is not inspect.Parameter.empty else \
+        f"{parameter.name}{default}"
+
+
 class CAMMethod:
     """Base class: subclasses set ``name`` and implement :meth:`raw_maps` (or :meth:`compute`).
 
@@ -159,6 +200,48 @@ class CAMMethod:
     uses_gradients: ClassVar[bool] = False
     reference: ClassVar[bool] = False
     needs_ground_truth: ClassVar[bool] = False
+    # Facts presets select by (``camzoo.methods.select_methods``), so no list of names is kept by hand:
+    # ``family``: "gradient", "activation", "perturbation", "optimisation", "attention", "control", ...;
+    # ``cost``: one of ``COST_CLASSES``, what one map costs in model passes.
+    family: ClassVar[str] = "other"
+    cost: ClassVar[str] = "backward"
+    # names this method was registered under before (a results store may hold them)
+    aliases: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The method's own keyword options (its constructors' parameters beyond the base class's), by
+        name: the typed signature that ``explain(method_options=...)`` is checked against."""
+        found: dict[str, inspect.Parameter] = {}
+        for klass in cls.__mro__:
+            if klass is CAMMethod:
+                break
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            hints = _type_hints(init)
+            for name, parameter in inspect.signature(init).parameters.items():
+                if name in _BASE_PARAMETERS or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                    continue
+                found.setdefault(name, parameter.replace(annotation=hints.get(name, parameter.annotation)))
+        return found
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, object] | None) -> dict[str, object]:
+        """``options`` checked against :meth:`option_parameters`: unknown names and values of the wrong
+        simple type (int, float, bool, str) fail with a message that lists what the method takes."""
+        options = dict(options or {})
+        accepted = cls.option_parameters()
+        unknown = sorted(set(options) - set(accepted) - _BASE_PARAMETERS)
+        if unknown:
+            listed = ", ".join(_describe_option(p) for p in accepted.values()) or "none"
+            raise ValueError(f"method {cls.name!r} does not take option(s) {', '.join(unknown)}; its options: {listed}")
+        for name, value in options.items():
+            expected = _simple_type(accepted[name].annotation) if name in accepted else None
+            if expected is not None and not _is_instance(value, expected):
+                raise TypeError(f"method {cls.name!r}: option {name} must be {' or '.join(t.__name__ for t in expected)}; "
+                                f"got {value!r}")
+        return options
 
     @classmethod
     def applies_to(cls, model_class: type) -> bool:
@@ -237,8 +320,8 @@ class CAMMethod:
         self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The checked, chunked pass behind :meth:`__call__`: (logits, targets, raw maps) of the batch."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape (B,3,H,W); got {tuple(images.shape)}")
+        if images.ndim != 4:  # any channel count: grayscale models (in_chans=1) take (B,1,H,W)
+            raise ValueError(f"images must have shape (B,C,H,W); got {tuple(images.shape)}")
         batch = images.shape[0]
         chunk = self.batch_size or batch
         targets = expand_targets(target, batch, model_class_names(self.model))

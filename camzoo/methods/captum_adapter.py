@@ -48,6 +48,19 @@ class CaptumMethod(CAMMethod):
 
     attribution_class: ClassVar[type]
     summary: ClassVar[str] = ""
+    family = "captum"
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """camzoo's ``reduce`` and the Captum class's own constructor and ``attribute`` keywords."""
+        found = {name: parameter for name, parameter in inspect.signature(CaptumMethod.__init__).parameters.items()
+                 if name == "reduce"}
+        for function in (cls.attribution_class.__init__, cls.attribution_class.attribute):
+            for name, parameter in inspect.signature(function).parameters.items():
+                if name not in _SET_BY_CAMZOO and parameter.kind not in (parameter.VAR_POSITIONAL,
+                                                                         parameter.VAR_KEYWORD):
+                    found.setdefault(name, parameter.replace(annotation=inspect.Parameter.empty))
+        return found
 
     def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None,
                  *, reduce: str = "abs_sum", **options: Any) -> None:
@@ -70,6 +83,14 @@ class CaptumMethod(CAMMethod):
         self.init_options = {k: v for k, v in options.items() if k in init_names}
         self.call_options = {k: v for k, v in options.items() if k in call_names and k not in init_names}
 
+    def _forward(self) -> Any:
+        """What Captum calls: the model itself where the attribution needs a module (GuidedBackprop),
+        else camzoo's run_model, so output= and a model that squeezes its batch axis work as for CAMs."""
+        first = next(iter(list(inspect.signature(self.attribution_class.__init__).parameters)[1:2]), "")
+        if first != "forward_func":
+            return self.model
+        return lambda inputs, *args: run_model(self.model, inputs, self.output)
+
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -81,12 +102,15 @@ class CaptumMethod(CAMMethod):
                 raise ValueError(f"{self.name} explains one layer; got layer={self.layers}")
             self.layer = self.layers[0]
             layer = get_layer(self.model, self.layer)
-            attribution = self.attribution_class(self.model, layer, **self.init_options)
+            attribution = self.attribution_class(self._forward(), layer, **self.init_options)
         else:
-            attribution = self.attribution_class(self.model, **self.init_options)
+            attribution = self.attribution_class(self._forward(), **self.init_options)
         with torch.enable_grad():  # a leaf that requires grad: Captum would otherwise warn and set it
             inputs = images.detach().clone().requires_grad_(True)
-            result = attribution.attribute(inputs, target=targets, **self.call_options)
+            try:
+                result = attribution.attribute(inputs, target=targets, **self.call_options)
+            except AssertionError as err:  # Captum checks its inputs with asserts (e.g. logits without a batch axis)
+                raise ValueError(f"{self.name}: Captum refused this model or these options: {err}") from err
         result = result[0] if isinstance(result, tuple) else result
         result = result.detach().float()
         if result.ndim == 4:

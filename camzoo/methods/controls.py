@@ -123,6 +123,8 @@ class RandomMap(CAMMethod):
 
     name = "random"
     reference = True
+    family = "control"
+    cost = "free"
 
     def __init__(
         self,
@@ -152,6 +154,9 @@ class InputControl(CAMMethod):
     The model runs once without hooks, only for the logits (targets and scores); the map has the
     input's resolution, so the shared bilinear resize leaves it unchanged and only min-max applies.
     """
+
+    family = "control"
+    cost = "free"
 
     def __init__(self, model: nn.Module, layer: nn.Module | str | None = None, batch_size: int | None = None, *,
                  output: OutputSelector = None):

@@ -40,6 +40,8 @@ class EigenCAM(CAMMethod):
     plus a sign fix pytorch-grad-cam lacks."""
 
     name = "eigencam"
+    family = "activation"
+    cost = "forward"
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         return first_component_projection(activations).clamp_min(0)

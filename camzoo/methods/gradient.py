@@ -16,6 +16,7 @@ class GradCAM(CAMMethod):
     """
 
     name = "gradcam"
+    family = "gradient"
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:

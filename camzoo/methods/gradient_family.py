@@ -33,6 +33,7 @@ class GradCAMPlusPlus(CAMMethod):
     """
 
     name = "gradcampp"
+    family = "gradient"
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
@@ -52,6 +53,7 @@ class XGradCAM(CAMMethod):
     """
 
     name = "xgradcam"
+    family = "gradient"
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
@@ -69,6 +71,7 @@ class LayerCAM(CAMMethod):
     """
 
     name = "layercam"
+    family = "gradient"
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
@@ -85,6 +88,7 @@ class HiResCAM(CAMMethod):
     """
 
     name = "hirescam"
+    family = "gradient"
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
@@ -102,6 +106,7 @@ class EigenGradCAM(CAMMethod):
     """
 
     name = "eigengradcam"
+    family = "gradient"
     summary = "EigenGrad-CAM: the first principal component of G * A (a class-specific Eigen-CAM), then ReLU"
     paper = "pytorch-grad-cam (Gildenblat et al. 2021), after Muhammad & Yeasin 2020"
     uses_gradients = True

@@ -19,14 +19,7 @@ from torch import nn
 from ..explanation import Explanation
 from .base import CAMMethod, GroundTruth, TargetSpec
 from .capture import fuse_layer_maps
-from .registry import get_method
-
-
-def shares_one_pass(cls: type[CAMMethod]) -> bool:
-    """Whether a method is pure ``compute(activations, gradients)`` on its layer (the base's own
-    ``raw_maps``), so one capture can serve it together with others."""
-    return (cls.raw_maps is CAMMethod.raw_maps and cls.compute is not CAMMethod.compute
-            and not cls.needs_ground_truth)
+from .registry import get_method, shares_one_pass  # noqa: F401  (shares_one_pass: re-exported)
 
 
 class _SharedPass(CAMMethod):
@@ -83,7 +76,7 @@ def explain_many(
         raise ValueError(f"method_options names {unknown}, which are not among the methods {[c.name for c in classes]}; "
                          "key the options by method name")
     instances = {cls.name: cls(model, layer=layer, batch_size=batch_size, **base_options,
-                               **options.get(cls.name, {})) for cls in classes}
+                               **cls.check_options(options.get(cls.name))) for cls in classes}
     shared = [instances[cls.name] for cls in classes if shares_one_pass(cls)]
     results: dict[str, Explanation] = {}
     if len(shared) > 1:

@@ -40,6 +40,8 @@ class OptiCAM(CAMMethod):
     """
 
     name = "opticam"
+    family = "optimisation"
+    cost = "iterative"
 
     def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None, *,
                  iterations: int = OPTICAM_ITERATIONS, lr: float = OPTICAM_LR, **options: Any) -> None:

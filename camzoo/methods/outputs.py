@@ -71,7 +71,7 @@ def select_output(output: object, selector: OutputSelector = None) -> object:
     return output
 
 
-def check_logits(logits: object, model: nn.Module | None = None) -> torch.Tensor:
+def check_logits(logits: object, model: nn.Module | None = None, batch: int | None = None) -> torch.Tensor:
     """The (selected) output must be (B, num_classes) logits with at least one class.
 
     Why: a headless model (timm ``num_classes=0``) returns pooled features, and explaining their
@@ -82,6 +82,10 @@ def check_logits(logits: object, model: nn.Module | None = None) -> torch.Tensor
         raise TypeError(f"the model returned {_describe(logits)}, not a logits tensor (B, num_classes); pass "
                         "output= (an index, a key or a callable) to select the logits")
     shape = tuple(logits.shape)
+    if logits.ndim == 1 and batch is not None and shape[0] != batch:
+        raise ValueError(f"the model returned shape {shape} for a batch of {batch} images: it drops the batch axis "
+                         "(e.g. a .squeeze() in forward); CAM methods need (B, num_classes) logits: remove the squeeze, "
+                         "or pass output=lambda out: out.reshape(B, -1)")
     if logits.ndim == 1:
         raise ValueError(f"the model returned shape {shape}: one value per image, no class axis; CAM methods need "
                          "(B, num_classes) logits (a one-logit model returns (B, 1))")
@@ -118,8 +122,15 @@ def run_model(model: nn.Module, images: torch.Tensor, output: OutputSelector = N
     Why float32: a half or bfloat16 model's logits feed softmax scores and CAM weights, whose
     arithmetic is done in float32; the cast is differentiable, so gradients still reach the layer.
     """
+    if images.device.type == "meta" or any(t.device.type == "meta" for t in model.parameters()):
+        raise ValueError("the model's weights are on the 'meta' device (shapes only, no values); load real weights "
+                         "first, e.g. model.to_empty(device='cpu') then model.load_state_dict(...)")
     with model_errors(images):
-        logits = check_logits(select_output(model(images.to(model_dtype(model))), output), model)
+        selected = select_output(model(images.to(model_dtype(model))), output)
+        if isinstance(selected, torch.Tensor) and images.shape[0] == 1 and (selected.ndim == 0 or (
+                selected.ndim == 1 and selected.shape[0] > 1)):
+            selected = selected.reshape(1, -1)  # (C,) or () for one image: the model squeezed its batch axis away
+        logits = check_logits(selected, model, batch=images.shape[0])
     return logits.float() if logits.is_floating_point() else logits
 
 

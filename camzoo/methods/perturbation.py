@@ -43,6 +43,8 @@ class PerturbationCAM(CAMMethod):
     """
 
     uses_gradients = False
+    family = "perturbation"
+    cost = "per-channel"
 
     def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None,
                  *, memory_mb: float = 1024.0, progress: bool | None = None, **base_options: Any) -> None:

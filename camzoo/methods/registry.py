@@ -7,32 +7,36 @@ apart, and a class's ``reference`` / ``needs_ground_truth`` flags say how to run
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
-from typing import NamedTuple, TypeVar
+from typing import Iterable, NamedTuple, TypeVar
 
-from .base import CAMMethod
+from ..registry import Registry
+from .base import COST_CLASSES, CAMMethod
 
-_METHODS: dict[str, type[CAMMethod]] = {}
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+METHODS: Registry[type[CAMMethod]] = Registry("method", normalise=_normalise)
 M = TypeVar("M", bound=type[CAMMethod])
 
 
 def register(cls: M) -> M:
-    """Class decorator adding a method under its ``name``."""
+    """Class decorator adding a method under its ``name`` (and its old names, ``aliases``)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"a method called {cls.name!r} is already registered")
-    _METHODS[cls.name] = cls
-    return cls
+    if cls.cost not in COST_CLASSES:
+        raise ValueError(f"method {cls.name!r}: cost must be one of {COST_CLASSES}, got {cls.cost!r}")
+    return METHODS.add(cls.name, cls, cls.aliases)
 
 
 def method_names(reference: bool | None = None) -> list[str]:
     """Sorted names: all methods (None), only the controls (True), or only the explanation methods (False)."""
     if reference is not None and not isinstance(reference, bool):
         raise TypeError(f"reference must be True, False or None; got {reference!r}")
-    return sorted(name for name, cls in _METHODS.items() if reference is None or cls.reference == reference)
+    return sorted(name for name, cls in METHODS.items() if reference is None or cls.reference == reference)
 
 
 def reference_method_names() -> list[str]:
@@ -40,12 +44,9 @@ def reference_method_names() -> list[str]:
     return method_names(reference=True)
 
 
-def _normalise(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
 def get_method(name: str) -> type[CAMMethod]:
-    """The class registered as ``name``; case, '-' and '_' are ignored ("Grad-CAM" finds "gradcam").
+    """The class registered as ``name`` (or an old name of it); case, '-' and '_' are ignored
+    ("Grad-CAM" finds "gradcam").
 
     ``captum:<Attribution>`` (e.g. ``captum:IntegratedGradients``) is any ``captum.attr`` class
     through camzoo's pipeline (:mod:`camzoo.methods.captum_adapter`); it is not in the registry's list.
@@ -56,15 +57,76 @@ def get_method(name: str) -> type[CAMMethod]:
         from .captum_adapter import captum_method
 
         return captum_method(name[7:])
-    if name in _METHODS:
-        return _METHODS[name]
-    key = _normalise(name)
-    matches = [cls for registered, cls in _METHODS.items() if _normalise(registered) == key]
-    if len(matches) == 1:
-        return matches[0]
-    close = difflib.get_close_matches(str(key), list(_METHODS), n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(method_names())}")
+    return METHODS.lookup(name)
+
+
+def shares_one_pass(cls: type[CAMMethod]) -> bool:
+    """Whether a method is pure ``compute(activations, gradients)`` on its layer (the base's own
+    ``raw_maps``), so one capture (one forward and one backward) serves it together with others."""
+    return (cls.raw_maps is CAMMethod.raw_maps and cls.compute is not CAMMethod.compute
+            and not cls.needs_ground_truth)
+
+
+def one_pass_groups(methods: Iterable[str]) -> list[list[str]]:
+    """The methods in groups explained together: every one-pass method in one group (one forward and
+    backward per batch), every other method alone; in the order given."""
+    methods = list(methods)
+    shared = [m for m in methods if shares_one_pass(get_method(m))]
+    groups: list[list[str]] = []
+    for method in methods:
+        if method not in shared:
+            groups.append([method])
+        elif method == shared[0]:
+            groups.append(shared)
+    return groups
+
+
+# Selectors a config's ``methods`` list may hold beside names; each expands to registered methods in
+# registration order (controls last), so a newly registered method joins every preset that selects it.
+SELECTORS = {
+    "@all": "every registered method, controls included",
+    "@controls": "every control (reference) row",
+    "@one-pass": "every method that shares one forward and backward (pure compute(activations, gradients))",
+    "@family:NAME": "every method of that family (gradient, activation, perturbation, optimisation, attention, ...)",
+    "@cost:CLASS": f"every method whose cost is at most CLASS ({', '.join(COST_CLASSES)})",
+}
+
+
+def _matches(selector: str, cls: type[CAMMethod]) -> bool:
+    if selector == "@all":
+        return True
+    if selector == "@controls":
+        return cls.reference
+    if selector == "@one-pass":
+        return shares_one_pass(cls)
+    kind, _, value = selector.partition(":")
+    if kind == "@family" and value:
+        return cls.family == value
+    if kind == "@cost" and value in COST_CLASSES:
+        return COST_CLASSES.index(cls.cost) <= COST_CLASSES.index(value)
+    raise ValueError(f"unknown method selector {selector!r}; selectors: {', '.join(SELECTORS)} "
+                     f"(cost classes: {', '.join(COST_CLASSES)})")
+
+
+def select_methods(items: Iterable[str]) -> list[str]:
+    """Method names and selectors (``SELECTORS``) -> canonical method names, each once, in order.
+
+    A selector lists explanation methods in registration order, then controls; a name is checked
+    (unknown names fail with a "did you mean"). Why: presets say *which kind* of method they run
+    ("every one-pass method, the kinds' own maps, every control") and never keep a list of names.
+    """
+    if isinstance(items, str):
+        items = [items]
+    ordered = sorted(METHODS.values(), key=lambda cls: cls.reference)  # stable: registration order within
+    chosen: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"methods must be names or selectors (str); got {item!r}")
+        if item.startswith("@"):
+            chosen += [cls.name for cls in ordered if _matches(item, cls)]
+        else:
+            chosen.append(get_method(item).name)
+    return list(dict.fromkeys(chosen))
 
 
 class MethodInfo(NamedTuple):

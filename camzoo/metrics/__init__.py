@@ -38,6 +38,7 @@ from .localization import (
 from .wsol import max_box_acc, max_box_acc_from_hits
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
+from .settings import EvalSettings
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, score_maps, table_columns
 
 
@@ -54,6 +55,7 @@ __all__ = [
     "causal_protocol",
     "pointing_game_class_mean",
     "METRICS",
+    "EvalSettings",
     "MetricInfo",
     "ScoringContext",
     "accuracy",

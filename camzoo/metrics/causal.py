@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, check_targets_in_range, eval_mode, target_probabilities, unperturbed_scores
+from ._model import check_same_device, check_targets_in_range, eval_mode, unperturbed_scores
+from .games import Curve, check_game_arguments, pixel_budget, play, point_counts
 
 Substrate = Union[float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -158,35 +159,6 @@ def _substrate_for(substrate: Substrate, images: torch.Tensor, lo: int, hi: int,
     return torch.full_like(chunk, float(substrate))
 
 
-class _SlidingSources:
-    """Per-image sources (original, substrates) for a window of images that only moves forward.
-
-    Chunks of jobs walk through the images in order and often share an image with the previous
-    chunk; each image's blur / substrate is computed once, in batches, and dropped once passed.
-    ``get`` returns a view (sources, images, C, H, W).
-    """
-
-    def __init__(self, makers: list[Callable[[int, int], torch.Tensor]]) -> None:
-        self.makers = makers
-        self.lo = self.hi = 0
-        self.stacked: torch.Tensor | None = None
-
-    def _make(self, lo: int, hi: int) -> torch.Tensor:
-        return torch.stack([make(lo, hi) for make in self.makers])
-
-    def get(self, lo: int, hi: int) -> torch.Tensor:
-        """Sources for images[lo:hi]; ``lo`` and ``hi`` never decrease between calls."""
-        if self.stacked is None or lo >= self.hi:  # nothing to reuse
-            self.stacked, self.hi = self._make(lo, hi), hi
-        else:
-            kept = self.stacked[:, lo - self.lo:]
-            if hi > self.hi:
-                kept, self.hi = torch.cat([kept, self._make(self.hi, hi)], dim=1), hi
-            self.stacked = kept
-        self.lo = lo  # invariant: self.stacked covers images[self.lo:self.hi]
-        return self.stacked[:, : hi - lo]
-
-
 def deletion_insertion(
     model: nn.Module,
     images: torch.Tensor,
@@ -260,14 +232,8 @@ def deletion_insertion(
     unknown = set(modes) - {"deletion", "insertion"}
     if not modes or unknown:
         raise ValueError(f"modes must be a non-empty subset of ('deletion', 'insertion'); got {modes}")
-    if not 0 < float(fraction) <= 1:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
-    budget = max(1, round(float(fraction) * pixels))  # pixels changed at the last point
-    if not 1 <= int(steps) <= budget:
-        raise ValueError(f"steps must be in [1, {budget}] (fraction x H x W pixels); got {steps}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-    steps, chunk_size = int(steps), int(chunk_size)
+    steps, fraction, chunk_size = check_game_arguments(steps, fraction, chunk_size, pixels)
+    budget = pixel_budget(fraction, pixels)  # pixels changed at the last point
     if callable(blur):
         blur_fn = blur
     else:
@@ -275,60 +241,30 @@ def deletion_insertion(
         blur_fn = lambda x: rise_blur(x, int(kernel_size), float(sigma))  # noqa: E731
 
     device = images.device
-    rank = saliency_rank(maps).int()  # int32 halves the bytes gathered per input
-    counts = torch.arange(steps + 1, device=device) * budget // steps  # pixels changed at point k
+    ranks = saliency_rank(maps).int()[None]  # int32 halves the bytes gathered per input
+    counts = point_counts(steps, budget, device)
 
     with torch.no_grad(), eval_mode(model):
         # The unperturbed images first: deletion's first point, insertion's last, and (when the
         # target is the prediction) the classes to track — one forward per image for all three.
         scores_all = unperturbed_scores(model, images, softmax, autocast, chunk_size, original_scores)
-        if predicted:
-            targets = scores_all.argmax(1)  # RISE: np.argmax of the probabilities
-        else:
-            check_targets_in_range(targets, scores_all)
-        original = scores_all.gather(1, targets[:, None])[:, 0]
+    if predicted:
+        targets = scores_all.argmax(1)  # RISE: np.argmax of the probabilities
+    else:
+        check_targets_in_range(targets, scores_all)
+    original = scores_all.gather(1, targets[:, None])[:, 0]
 
-        # Then one job per perturbed input: deletion points 1..steps, insertion points 0..steps-1.
-        kinds: list[int] = []  # 0 = deletion, 1 = insertion
-        points: list[int] = []
-        if "deletion" in modes:
-            kinds += [0] * steps
-            points += list(range(1, steps + 1))
-        if "insertion" in modes:
-            kinds += [1] * steps
-            points += list(range(steps))
-        per_image = len(kinds)
-        job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
-        job_kind = torch.tensor(kinds, device=device).repeat(batch)
-        job_count = counts[torch.tensor(points, device=device)].repeat(batch).int()
-        scores = torch.empty(batch * per_image, device=device)
+    # Sources: the originals, then deletion's substrate and insertion's blurred start, as played.
+    sources = [lambda lo, hi: images[lo:hi]]
+    curves = []
+    if "deletion" in modes:  # points 1..steps: original -> substrate
+        sources.append(lambda lo, hi: _substrate_for(substrate, images, lo, hi, "substrate"))
+        curves.append(Curve(order=0, start=0, end=len(sources) - 1, points=tuple(range(1, steps + 1))))
+    if "insertion" in modes:  # points 0..steps-1: blur -> original
+        sources.append(lambda lo, hi: _substrate_for(blur_fn, images, lo, hi, "blur"))
+        curves.append(Curve(order=0, start=len(sources) - 1, end=0, points=tuple(range(steps))))
+    scores = play(model, images, ranks, counts, curves, sources, targets, chunk_size, softmax, autocast)
 
-        makers = [lambda lo, hi: images[lo:hi]]
-        if "deletion" in modes:
-            makers.append(lambda lo, hi: _substrate_for(substrate, images, lo, hi, "substrate"))
-        if "insertion" in modes:
-            makers.append(lambda lo, hi: _substrate_for(blur_fn, images, lo, hi, "blur"))
-        source_cache = _SlidingSources(makers)
-
-        for start in range(0, batch * per_image, chunk_size):
-            stop = min(start + chunk_size, batch * per_image)
-            image_idx, kind, count = job_image[start:stop], job_kind[start:stop], job_count[start:stop]
-            # jobs are image-major, so a chunk touches a contiguous range of images (computed on the
-            # host: reading it from the device would stall the queue once per chunk)
-            lo, hi = start // per_image, (stop - 1) // per_image + 1
-            local = image_idx - lo
-            # The few images this chunk touches, with their substrates: (sources, images, C, H, W).
-            # Each input is then two gathers and one where, whatever its mix of games and steps.
-            sources = source_cache.get(lo, hi)
-            is_deletion = kind == 0
-            # deletion: original -> substrate (source 1); insertion: blur (last source) -> original
-            start_source = torch.where(is_deletion, 0, sources.shape[0] - 1)
-            end_source = torch.where(is_deletion, 1 if "deletion" in modes else 0, 0)
-            changed = (rank[image_idx] < count[:, None]).view(-1, 1, height, width)
-            inputs = torch.where(changed, sources[end_source, local], sources[start_source, local])
-            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], softmax, autocast)
-
-    scores = scores.view(batch, per_image)
     result: dict[str, torch.Tensor] = {"fraction": counts.float() / pixels, "targets": targets}
     offset = 0
     if "deletion" in modes:

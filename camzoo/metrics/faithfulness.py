@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -26,7 +25,8 @@ import torch
 from torch import nn
 
 from ._checks import check_images, check_maps, check_targets
-from ._model import check_same_device, check_targets_in_range, eval_mode, target_probabilities, unperturbed_scores
+from ._model import check_same_device, check_targets_in_range, unperturbed_scores
+from .games import Curve, check_game_arguments, pixel_budget, play, point_counts
 from .causal import auc, rise_blur, saliency_rank
 from .imputation import ROAD_NOISE, ROAD_TOL, noise_field, noise_scale, linear_imputation
 
@@ -37,14 +37,6 @@ SUBSTRATES = ("zeros", "mean", "blur", "road")
 # costs two forwards per image (and one linear solve per input with the "road" substrate).
 MORF_LERF_STEPS = 28
 # --------------------------------------------------------------------------- MoRF / LeRF
-
-
-def _check_fraction(fraction: object) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < float(fraction) <= 1:
-        raise ValueError(
-            f"fraction must be a number in (0, 1] (the share of pixels the curves cover); got {fraction!r}"
-        )
-    return float(fraction)
 
 
 def _check_substrate(substrate: object) -> SubstrateSpec:
@@ -128,7 +120,6 @@ def morf_lerf(
         ``lerf_curve``: (B, steps+1); ``fraction``: (steps+1,) share of all pixels removed at each point.
     """
     substrate = _check_substrate(substrate)
-    fraction = _check_fraction(fraction)
     maps = check_maps(maps, unit_range=False)
     images = check_images(images, maps)
     check_same_device(model, images)
@@ -136,12 +127,8 @@ def morf_lerf(
     pixels = height * width
     device = images.device
     targets = check_targets(targets, batch, device=device)
-    evaluated = max(1, round(fraction * pixels))
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= evaluated:
-        raise ValueError(f"steps must be an integer in [1, round(fraction * H*W) = {evaluated}]; got {steps!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
-    steps, chunk_size = int(steps), int(chunk_size)
+    steps, fraction, chunk_size = check_game_arguments(steps, fraction, chunk_size, pixels)
+    evaluated = pixel_budget(fraction, pixels)
     noise = None
     if substrate == "road":
         scale = noise_scale(road_noise, channels, device, images.dtype)
@@ -155,48 +142,22 @@ def morf_lerf(
 
     # (order, image, pixel) -> rank; order 0 = MoRF, 1 = LeRF (same tie rule, see the docstring).
     ranks = torch.stack([saliency_rank(maps), saliency_rank(-maps)]).int()
-    counts = torch.arange(steps + 1, device=device) * evaluated // steps
+    counts = point_counts(steps, evaluated, device)
     shared_end = evaluated == pixels  # both orders end on the fully removed image
     lerf_points = list(range(1, steps if shared_end else steps + 1))
     # point 0 (nothing removed) is the unperturbed image: played with MoRF unless its scores are given
     given = None
     if original_scores is not None:
-        given = unperturbed_scores(model, images, True, autocast, chunk_size, original_scores)  # checked
+        with torch.no_grad():
+            given = unperturbed_scores(model, images, True, autocast, chunk_size, original_scores)  # checked
         check_targets_in_range(targets, given)
     morf_points = [] if morf_curve is not None else list(range(0 if given is None else 1, steps + 1))
-    orders = [0] * len(morf_points) + [1] * len(lerf_points)
-    points = morf_points + lerf_points
-    per_image = len(orders)
-    job_image = torch.arange(batch, device=device).repeat_interleave(per_image)
-    job_order = torch.tensor(orders, dtype=torch.long, device=device).repeat(batch)
-    job_count = counts[torch.tensor(points, dtype=torch.long, device=device)].repeat(batch).int()
-    means = images.mean((2, 3), keepdim=True) if substrate == "mean" else None
-    scores = torch.empty(batch * per_image, device=device)
+    sources, impute = _removal_sources(substrate, images, noise, road_tol)
+    end = None if impute is not None else 1
+    curves = [Curve(order=0, start=0, end=end, points=tuple(morf_points)),
+              Curve(order=1, start=0, end=end, points=tuple(lerf_points))]
+    scores = play(model, images, ranks, counts, curves, sources, targets, chunk_size, True, autocast, impute)
 
-    with torch.no_grad(), eval_mode(model):
-        for start in range(0, batch * per_image, chunk_size):
-            stop = min(start + chunk_size, batch * per_image)
-            image_idx = job_image[start:stop]
-            removed = (ranks[job_order[start:stop], image_idx] < job_count[start:stop, None])
-            removed = removed.view(-1, height, width)
-            originals = images[image_idx]
-            if substrate == "road":
-                inputs = linear_imputation(originals, removed, tol=road_tol)
-                if noise is not None:
-                    inputs = inputs + noise[image_idx] * removed[:, None]
-            else:
-                if substrate == "zeros":
-                    fill = torch.zeros((), dtype=images.dtype, device=device)
-                elif substrate == "mean":
-                    fill = means[image_idx]
-                else:  # blur or a callable: made once per image this chunk touches (jobs are image-major)
-                    lo, hi = start // per_image, (stop - 1) // per_image + 1
-                    fill = _substrate_images(substrate, images[lo:hi])[image_idx - lo]
-                inputs = torch.where(removed[:, None], fill, originals)
-            scores[start:stop] = target_probabilities(model, inputs, targets[image_idx], True, autocast,
-                                                      all_targets=targets if start == 0 else None)
-
-    scores = scores.view(batch, per_image)
     if morf_curve is None:
         morf_curve = scores[:, : len(morf_points)]
         if given is not None:
@@ -214,6 +175,27 @@ def morf_lerf(
         "lerf_curve": lerf_curve,
         "fraction": counts.float() / pixels,
     }
+
+
+def _removal_sources(substrate: SubstrateSpec, images: torch.Tensor, noise: torch.Tensor | None,
+                     road_tol: float) -> tuple[list[Callable[[int, int], torch.Tensor]], Callable | None]:
+    """The game engine's sources for a substrate (originals, then what removed pixels become), or for
+    "road" the originals and an imputation of each input's removed pixels (it depends on the mask)."""
+    sources: list[Callable[[int, int], torch.Tensor]] = [lambda lo, hi: images[lo:hi]]
+    if substrate == "road":
+        def impute(originals: torch.Tensor, removed: torch.Tensor, image_idx: torch.Tensor) -> torch.Tensor:
+            inputs = linear_imputation(originals, removed, tol=road_tol)
+            return inputs if noise is None else inputs + noise[image_idx] * removed[:, None]
+
+        return sources, impute
+    if substrate == "zeros":
+        sources.append(lambda lo, hi: torch.zeros_like(images[lo:hi]))
+    elif substrate == "mean":
+        means = images.mean((2, 3), keepdim=True)
+        sources.append(lambda lo, hi: means[lo:hi].expand_as(images[lo:hi]))
+    else:  # blur or a callable: made once per image
+        sources.append(lambda lo, hi: _substrate_images(substrate, images[lo:hi]))
+    return sources, None
 
 
 def _substrate_images(substrate: SubstrateSpec, images: torch.Tensor) -> torch.Tensor:

@@ -10,87 +10,20 @@ adding a metric is one entry here (docs/contributing.md shows one).
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..modelutil import eval_mode, model_normalisation
+from ..modelutil import model_normalisation
+from ..registry import Registry
 from . import causal, confidence, faithfulness, localization, wsol
-from ._model import unperturbed_scores
+from .context import ScoringContext
+from .settings import EvalSettings
 
 Row = tuple[float, np.ndarray | None]
-
-
-@dataclass
-class ScoringContext:
-    """Everything a map metric may read, plus a memo so that metrics sharing one computation (deletion
-    and insertion, MaxBoxAccV1 and V2) run it once."""
-
-    model: nn.Module
-    images: torch.Tensor  # (N,3,H,W) normalised, on the model's device
-    maps: torch.Tensor  # (N,H,W) in [0,1]
-    labels: torch.Tensor  # (N,): the class every map explains
-    masks: torch.Tensor | None  # (N,H,W) bool
-    boxes: torch.Tensor | None  # (N,K,4) NaN-padded
-    settings: Mapping[str, Any]  # the benchmark's eval settings (steps, chunk size, tolerances)
-    # map-only results shared by the cells of one image set, by the maps' content (see score_maps)
-    map_memo: dict | None = None
-    # results that depend on the model and images only, shared by the cells of one model (see score_maps)
-    model_memo: dict | None = None
-    _memo: dict[str, Any] = field(default_factory=dict)
-
-    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per cell, and once per identical maps across the cells that share
-        ``map_memo`` (for metrics that read nothing but the maps and the image set's ground truth)."""
-        if self.map_memo is None:
-            return self.cached(key, compute)
-        memo, entry = self.map_memo, (key, self.cached("digest", lambda: _digest(self.maps)))
-
-        def lookup() -> Any:
-            if entry not in memo:
-                memo[entry] = compute()
-            return memo[entry]
-
-        return self.cached(key, lookup)
-
-    def unperturbed_scores(self) -> torch.Tensor:
-        """Softmax scores (N, classes) of the unperturbed images, which deletion, MoRF and Average
-        Drop all start from: once per cell, or once per model when the cells share ``model_memo``.
-        Like every forward of a cell, under autocast on CUDA."""
-        memo = self._memo if self.model_memo is None else self.model_memo
-        if "unperturbed_scores" not in memo:
-            with torch.no_grad(), eval_mode(self.model):
-                memo["unperturbed_scores"] = unperturbed_scores(
-                    self.model, self.images, True, self.images.device.type == "cuda", self.settings["chunk_size"])
-        return memo["unperturbed_scores"]
-
-    @property
-    def games(self) -> slice:
-        """The images the perturbation games play on: the first ``settings["game_images"]`` ("all" or
-        absent: every image). Why: a game costs dozens of forwards per image, the other metrics one
-        or none, so a CPU budget may cap the games alone; every row of a column gets the same images."""
-        count = self.settings.get("game_images", "all")
-        return slice(None) if count == "all" else slice(0, int(count))
-
-    def has(self, need: str) -> bool:
-        if need == "model":
-            return True
-        if need == "masks":
-            return self.masks is not None
-        if need == "boxes":
-            return self.boxes is not None
-        if need == "annotations":
-            return self.masks is not None or self.boxes is not None
-        raise ValueError(f"unknown metric requirement {need!r}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +36,7 @@ class MetricInfo:
     high: float
     function: str  # the public camzoo.metrics function behind it ("" for timings)
     description: str
-    scope: str = "map"  # "model" | "map" | "stability" | "cost"
+    scope: str = "map"  # "model" | "map" | "stability" | "cost" | "dataset" (once per image set)
     needs: tuple[str, ...] = ()
     column: str | None = None  # header in the summary tables; None: stored but not tabulated
     digits: int = 3
@@ -115,6 +48,7 @@ class MetricInfo:
     # (N, ...) into one paired-test value per image (N,).
     pooled: Callable[[np.ndarray], np.ndarray] | None = None
     per_image_score: Callable[[np.ndarray], np.ndarray] | None = None
+    aliases: tuple[str, ...] = ()  # names this metric was stored under before (old results stores)
 
     @property
     def arrow(self) -> str:
@@ -129,37 +63,28 @@ class MetricInfo:
         return pick(candidates, key=lambda item: item[0])[1]
 
 
-def _digest(tensor: torch.Tensor) -> str:
-    """A content key: the tensor's shape and bytes."""
-    digest = hashlib.blake2b(tensor.detach().contiguous().cpu().numpy().tobytes(), digest_size=16)
-    digest.update(str(tuple(tensor.shape)).encode())
-    return digest.hexdigest()
-
-
 def _row(value: Any, per_image: torch.Tensor | np.ndarray) -> Row:
     array = per_image.detach().float().cpu().numpy() if isinstance(per_image, torch.Tensor) else per_image
     return float(value), array
 
 
 # --- the shared computations ------------------------------------------------------------------
-def causal_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """deletion_insertion's arguments from the benchmark's eval settings: RISE's protocol exactly, or
-    the "default" game with the configured steps, pixel fraction and target rule."""
-    if settings.get("protocol", "default") == "rise":
+def causal_settings(settings: EvalSettings) -> dict[str, Any]:
+    """deletion_insertion's arguments from the eval settings: RISE's protocol exactly, or the
+    "default" game with the configured steps and pixel fraction."""
+    if settings.protocol == "rise":
         return {"protocol": "rise"}
-    return {"protocol": "default", "steps": settings["deletion_steps"],
-            "fraction": settings.get("deletion_fraction", 1.0),
-            "predicted": settings.get("deletion_target", "label") == "prediction"}
+    return {"protocol": "default", "steps": settings.deletion_steps, "fraction": settings.deletion_fraction}
 
 
 def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     def play() -> dict[str, torch.Tensor]:
         options = causal_settings(ctx.settings)
         games = ctx.games
-        targets = None if options.pop("predicted", True) else ctx.labels[games]
+        targets = None if ctx.settings.predicted_target else ctx.labels[games]
         softmax = causal.causal_protocol(options["protocol"]).softmax
         return causal.deletion_insertion(ctx.model, ctx.images[games], ctx.maps[games], targets,
-                                         chunk_size=ctx.settings["chunk_size"],
+                                         chunk_size=ctx.settings.chunk_size,
                                          autocast=ctx.images.device.type == "cuda",
                                          original_scores=ctx.unperturbed_scores()[games] if softmax else None,
                                          **options)
@@ -169,7 +94,7 @@ def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     return ctx.cached("drop", lambda: confidence.average_drop_increase(
-        ctx.model, ctx.images, ctx.maps, ctx.labels, chunk_size=ctx.settings["chunk_size"],
+        ctx.model, ctx.images, ctx.maps, ctx.labels, chunk_size=ctx.settings.chunk_size,
         autocast=ctx.images.device.type == "cuda", original_scores=ctx.unperturbed_scores()))
 
 
@@ -181,15 +106,15 @@ def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
     """SRG = AUC(LeRF) - AUC(MoRF) with one substrate, when the settings ask for it (eval.substrates)."""
 
     def compute(ctx: ScoringContext) -> Row | None:
-        if substrate not in ctx.settings.get("substrates", ()):
+        if substrate not in ctx.settings.substrates:
             return None
         # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
         road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
         games = ctx.games
         result = faithfulness.morf_lerf(
             ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
-            steps=ctx.settings["deletion_steps"], fraction=ctx.settings.get("deletion_fraction", 1.0),
-            chunk_size=ctx.settings["chunk_size"], autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
+            steps=ctx.settings.deletion_steps, fraction=ctx.settings.deletion_fraction,
+            chunk_size=ctx.settings.chunk_size, autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
             morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None,
             original_scores=ctx.unperturbed_scores()[games])
         return _row(result["srg"].mean(), result["srg"])
@@ -201,16 +126,15 @@ def _deletion_as_morf(ctx: ScoringContext) -> torch.Tensor | None:
     """The deletion curve when it *is* the zero substrate's MoRF curve (the default protocol scoring the
     labels: same images, targets, order, steps, pixel span and substrate), so that it is not played
     twice; None otherwise (RISE's protocol scores the prediction)."""
-    options = causal_settings(ctx.settings)
-    if options["protocol"] != "default" or options["predicted"]:
+    if ctx.settings.protocol != "default" or ctx.settings.predicted_target:
         return None
     return _causal(ctx)["deletion_curve"]
 
 
 def _pointing(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     return ctx.cached("pointing", lambda: localization.pointing_game(
-        ctx.maps, masks=ctx.masks, boxes=ctx.boxes, tolerance=ctx.settings["pointing_tolerance"],
-        original_size=ctx.settings["pointing_reference_size"], labels=ctx.labels))
+        ctx.maps, masks=ctx.masks, boxes=ctx.boxes, tolerance=ctx.settings.pointing_tolerance,
+        original_size=ctx.settings.pointing_reference_size, labels=ctx.labels))
 
 
 def _energy(variant: str) -> Callable[[ScoringContext], Row]:
@@ -318,18 +242,41 @@ _ENTRIES = (
           scope="stability"),
     _info("stability_iou_lfi_compat", True, 0, 1, "stability",
           "the LFI-CAM script's row-wise IoU of two seeds' maps", scope="stability"),
+    # -- stored with each trained model, each stability cell and each image set
+    _info("train_seconds", False, 0, float("inf"), "", "seconds spent training the model (0: reused)",
+          scope="model"),
+    _info("train_loss", False, 0, float("inf"), "", "training loss over the model's last epoch", scope="model"),
+    _info("stability_pairs", True, 0, float("inf"), "", "pairs of models the stability cell compared",
+          scope="stability", digits=0),
+    _info("eval_images", True, 0, float("inf"), "", "evaluation images every cell of the dataset explains",
+          scope="dataset", digits=0),
     # -- cost
     _info("ms_per_image", False, 0, float("inf"), "", "milliseconds per image to explain", scope="cost",
           column="ms/image", digits=2),
+    _info("peak_memory_mb", False, 0, float("inf"), "",
+          "peak memory while explaining the evaluation images, MB above the cell's start (CUDA: tensors "
+          "allocated; CPU: the resident set's peak, reset per cell on Linux)", scope="cost", column="Peak MB",
+          digits=1),
 )
 
-METRICS: dict[str, MetricInfo] = {}
-SCOPES = ("model", "map", "stability", "cost")
+METRICS: Registry[MetricInfo] = Registry("metric")
+SCOPES = ("model", "map", "stability", "cost", "dataset")
 NEEDS = ("model", "masks", "boxes", "annotations")
 
 
 def register_metric(info: MetricInfo) -> MetricInfo:
-    """Add a metric to the table (``compute`` makes the benchmark score it; ``column`` tabulates it)."""
+    """Add a metric to the table (``compute`` makes the benchmark score it; ``column`` tabulates it).
+
+    Args:
+        info: the metric's name, direction, range, scope, needs and ``compute``; its ``aliases`` let
+            results stored under an old name load and report under the new one.
+
+    Returns:
+        ``info``, now in ``METRICS``.
+
+    Raises:
+        ValueError: a taken or empty name, an unknown scope or need, a column without ``compute``.
+    """
     if not info.name or info.name in METRICS:
         raise ValueError(f"a metric needs a new, non-empty name; {info.name!r} is taken or empty")
     if info.scope not in SCOPES:
@@ -338,8 +285,7 @@ def register_metric(info: MetricInfo) -> MetricInfo:
         raise ValueError(f"metric {info.name!r}: needs must be among {NEEDS}, got {info.needs!r}")
     if info.scope == "map" and info.compute is None and info.column:
         raise ValueError(f"metric {info.name!r} has a table column but no compute(context) to fill it")
-    METRICS[info.name] = info
-    return info
+    return METRICS.add(info.name, info, info.aliases)
 
 
 for _entry in _ENTRIES:
@@ -352,9 +298,19 @@ def table_columns() -> list[MetricInfo]:
 
 
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
-               masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: Mapping[str, Any],
+               masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: EvalSettings | None = None,
                map_memo: dict | None = None, model_memo: dict | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
+
+    Args:
+        model: the classifier the maps explain (the games query it); images: (N,3,H,W) normalised, on
+            its device; maps: (N,H,W) in [0,1]; labels: (N,) the class each map explains; masks /
+            boxes: ground truth or None (metrics that need it are skipped without it); settings: how
+            to score (:class:`EvalSettings`; None: its defaults).
+
+    Returns:
+        ``{metric name: (value, per-image values or None)}`` for every metric whose needs are met and
+        that the settings ask for.
 
     ``map_memo`` (the benchmark passes one dict per image set: same images, labels and ground truth,
     never reused for another) returns MaxBoxAcc, the costliest metric that reads only the maps, for
@@ -363,6 +319,10 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     ``model_memo`` (one dict per model and image set) returns the model's scores on the unperturbed
     images, which every cell of that model needs: one forward over the images per model, not per cell.
     """
+    settings = EvalSettings() if settings is None else settings
+    if not isinstance(settings, EvalSettings):
+        raise TypeError(f"settings must be a camzoo.metrics.EvalSettings (e.g. EvalSettings(deletion_steps=8)); "
+                        f"got {type(settings).__name__}")
     ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo)
     scored = {info.name: info.compute(ctx) for info in METRICS.values()
               if info.compute is not None and all(ctx.has(need) for need in info.needs)}

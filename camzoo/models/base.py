@@ -29,6 +29,7 @@ class CamModel(nn.Module):
     """Backbone features -> (kind-specific attention) -> ``cam_hook`` -> GAP -> Linear."""
 
     kind: ClassVar[str] = "base"  # the registry name (camzoo.models.kinds)
+    kind_aliases: ClassVar[tuple[str, ...]] = ()  # names this kind was registered under before (old stores)
     options: ClassVar[tuple[str, ...]] = ()  # build options of this kind beyond build_model's common ones
     produces_attention: ClassVar[bool] = False  # True: forward_with_attention gives the model's own map
     #: dotted name of the module whose output is the final feature map feeding global pooling

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..io import load_torch, save_torch
 from .build import build_model
 
@@ -30,6 +31,7 @@ def model_checkpoint(model: nn.Module) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
+        "camzoo_version": __version__,  # which camzoo wrote it (files from before this entry lack it)
         "config": config,
         "class_names": model.class_names,
         "pretrained_cfg": dict(model.pretrained_cfg),
@@ -60,7 +62,9 @@ def validate_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
             "camzoo.models.load_model reads files written by camzoo's trainer or save_model()"
         )
     if ckpt.get("version") != VERSION:
-        raise ValueError(f"{str(path)!r} has checkpoint version {ckpt.get('version')!r}; this camzoo reads version {VERSION}")
+        writer = f" (written by camzoo {ckpt['camzoo_version']})" if isinstance(ckpt.get("camzoo_version"), str) else ""
+        raise ValueError(f"{str(path)!r} has checkpoint version {ckpt.get('version')!r}{writer}; this camzoo "
+                         f"{__version__} reads version {VERSION}")
     for key in ("config", "state_dict", "pretrained_cfg"):
         if not isinstance(ckpt.get(key), dict):
             raise ValueError(f"{str(path)!r} is damaged: its {key!r} entry is missing or not a dict")

@@ -9,34 +9,32 @@ its own forward pass: ``forward_with_attention``), and may override ``kind_kwarg
 
 from __future__ import annotations
 
-import difflib
 from typing import TypeVar
 
+from ..registry import Registry
 from .base import CamModel
 
-_KINDS: dict[str, type[CamModel]] = {}
+KINDS: Registry[type[CamModel]] = Registry("model kind")
 K = TypeVar("K", bound=type[CamModel])
 
 
 def register_kind(cls: K) -> K:
-    """Class decorator adding a model kind under its ``kind`` name."""
+    """Class decorator adding a model kind under its ``kind`` name (and its old ``kind_aliases``).
+
+    Returns:
+        ``cls``, now listed by :func:`kind_names` and built by ``camzoo.build_model(kind, ...)``.
+    """
     name = getattr(cls, "kind", "")
     if not name or name == CamModel.kind:
         raise ValueError(f"{cls.__name__} has no kind name; set the class attribute kind = '...'")
-    if name in _KINDS and _KINDS[name] is not cls:
-        raise ValueError(f"a model kind called {name!r} is already registered")
-    _KINDS[name] = cls
-    return cls
+    return KINDS.add(name, cls, cls.kind_aliases)
 
 
 def kind_names() -> list[str]:
     """Registered kinds in registration order (baseline, abn, lfi, then any added)."""
-    return list(_KINDS)
+    return list(KINDS)
 
 
 def get_kind(name: str) -> type[CamModel]:
-    if isinstance(name, str) and name in _KINDS:
-        return _KINDS[name]
-    close = difflib.get_close_matches(str(name), list(_KINDS), n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model kind {name!r}.{hint} Choose one of {', '.join(_KINDS)}")
+    """The kind class registered as ``name`` (or an old name of it); a "did you mean" error otherwise."""
+    return KINDS.lookup(name)

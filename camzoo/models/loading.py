@@ -79,7 +79,7 @@ def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
             hint = f" Similar names: {', '.join(TORCHVISION_PREFIX + c for c in close)}." if close else ""
             raise ModelSpecError(f"{arch!r} is not a torchvision classification model.{hint}", "model")
 
-        def build_torchvision(num_classes: int | None = None) -> nn.Module:
+        def build_torchvision(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:  # noqa: ARG001
             model = torchvision.models.get_model(arch, weights=None, **({} if num_classes is None else {"num_classes": num_classes}))
             outputs = num_classes or 1000
             model.pretrained_cfg = {"input_size": TORCHVISION_INPUT_SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
@@ -96,8 +96,17 @@ def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
         hint = f" Similar names: {', '.join(close)}." if close else ""
         tv = " Prefix torchvision: for a torchvision model (e.g. torchvision:resnet18)."
         raise ModelSpecError(f"{arch!r} is not a timm model name.{hint}{tv}", "model")
-    return f"timm model {arch!r}", lambda num_classes=None: timm.create_model(
-        arch, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+    return f"timm model {arch!r}", lambda num_classes=None, in_chans=None: timm.create_model(
+        arch, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}),
+        **({} if in_chans is None else {"in_chans": in_chans}))
+
+
+def _stem_channels(model: nn.Module, state: Mapping[str, Any]) -> int | None:
+    """Input channels of a state_dict: what the model's first convolution's weight takes (1 for a
+    grayscale model trained with timm's ``in_chans=1``)."""
+    first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1), None)
+    weight = state.get(f"{first}.weight") if first else None
+    return int(weight.shape[1]) if hasattr(weight, "shape") and len(weight.shape) == 4 else None
 
 
 def _head_classes(model: nn.Module, state: Mapping[str, Any]) -> int | None:
@@ -153,9 +162,12 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
             state = state["state_dict"]
         if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelSpecError(f"{str(checkpoint)!r} does not hold a state_dict of tensors", "checkpoint")
+        default = build()
         if num_classes is None:
-            num_classes = _head_classes(build(), state)
-    model = build(num_classes)
+            num_classes = _head_classes(default, state)
+        in_chans = _stem_channels(default, state)
+        in_chans = None if in_chans in (None, 3) or label.startswith("torchvision") else in_chans
+    model = build(num_classes, in_chans) if state is not None else build(num_classes)
     if state is not None:
         problem = state_dict_mismatch(model, state)
         if problem:

@@ -1,0 +1,95 @@
+"""What a map metric may read while a benchmark cell is scored, and the memos that let metrics share work.
+
+Why a context: metrics that share one computation (deletion and insertion, MaxBoxAccV1 and V2,
+every game's unperturbed scores) read it from here, so each runs once per cell — or once per model
+or per identical maps when the benchmark passes the memos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..modelutil import eval_mode
+from ._model import unperturbed_scores
+from .settings import EvalSettings
+
+
+@dataclass
+class ScoringContext:
+    """Everything a map metric may read, plus a memo so that metrics sharing one computation (deletion
+    and insertion, MaxBoxAccV1 and V2) run it once."""
+
+    model: nn.Module
+    images: torch.Tensor  # (N,3,H,W) normalised, on the model's device
+    maps: torch.Tensor  # (N,H,W) in [0,1]
+    labels: torch.Tensor  # (N,): the class every map explains
+    masks: torch.Tensor | None  # (N,H,W) bool
+    boxes: torch.Tensor | None  # (N,K,4) NaN-padded
+    settings: EvalSettings  # how to score: steps, pixel span, chunk size, tolerances
+    # map-only results shared by the cells of one image set, by the maps' content (see score_maps)
+    map_memo: dict | None = None
+    # results that depend on the model and images only, shared by the cells of one model (see score_maps)
+    model_memo: dict | None = None
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per cell, and once per identical maps across the cells that share
+        ``map_memo`` (for metrics that read nothing but the maps and the image set's ground truth)."""
+        if self.map_memo is None:
+            return self.cached(key, compute)
+        memo, entry = self.map_memo, (key, self.cached("digest", lambda: _digest(self.maps)))
+
+        def lookup() -> Any:
+            if entry not in memo:
+                memo[entry] = compute()
+            return memo[entry]
+
+        return self.cached(key, lookup)
+
+    def unperturbed_scores(self) -> torch.Tensor:
+        """Softmax scores (N, classes) of the unperturbed images, which deletion, MoRF and Average
+        Drop all start from: once per cell, or once per model when the cells share ``model_memo``.
+        Like every forward of a cell, under autocast on CUDA."""
+        memo = self._memo if self.model_memo is None else self.model_memo
+        if "unperturbed_scores" not in memo:
+            with torch.no_grad(), eval_mode(self.model):
+                memo["unperturbed_scores"] = unperturbed_scores(
+                    self.model, self.images, True, self.images.device.type == "cuda", self.settings.chunk_size)
+        return memo["unperturbed_scores"]
+
+    @property
+    def games(self) -> slice:
+        """The images the perturbation games play on (``EvalSettings.game_images``). Why: a game costs
+        dozens of forwards per image, the other metrics one or none, so a CPU budget may cap the games
+        alone; every row of a column gets the same images."""
+        return self.settings.game_slice
+
+    def has(self, need: str) -> bool:
+        if need == "model":
+            return True
+        if need == "masks":
+            return self.masks is not None
+        if need == "boxes":
+            return self.boxes is not None
+        if need == "annotations":
+            return self.masks is not None or self.boxes is not None
+        raise ValueError(f"unknown metric requirement {need!r}")
+
+
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    """A content key: the tensor's shape and bytes."""
+    digest = hashlib.blake2b(tensor.detach().contiguous().cpu().numpy().tobytes(), digest_size=16)
+    digest.update(str(tuple(tensor.shape)).encode())
+    return digest.hexdigest()
