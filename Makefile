@@ -16,7 +16,9 @@ $(VENV)/.installed: setup.cfg setup.py
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# ruff first: it takes a second, and a lint error should not wait for the suite
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Two processes of one thread each score faster than one of two threads on a small CPU model

@@ -20,6 +20,10 @@ def list_methods() -> list[str]:
     """Names of every available CAM method, sorted.
 
     Not called ``methods``: that name is the :mod:`camzoo.methods` subpackage (``camzoo.methods.CAMMethod``).
+
+    Returns:
+        The registered method names (controls included), sorted; ``"captum:<Attribution>"`` names are
+        accepted by :func:`explain` but not listed.
     """
     return method_names()
 
@@ -41,15 +45,45 @@ def explain(
 ) -> Explanation | dict[str, Explanation]:
     """Explain ``model``'s decision on ``img`` with a CAM method, or with several at once.
 
-    method: a name (``camzoo.list_methods()``, or ``"captum:<Attribution>"`` for any Captum
-    attribution), or a list of names: then the result is a dict {name: Explanation} in the order
-    given, and the activation/gradient methods of the same layer (Grad-CAM, Grad-CAM++, XGrad-CAM,
-    LayerCAM, HiResCAM, Eigen-CAM, EigenGrad-CAM) share one forward and one backward.
-    method_options: keyword options of the method (e.g. ``{"memory_mb": 256}`` for Score-CAM, Captum's
-    ``{"n_steps": 16}``); with a list of methods, keyed by method name (``{"scorecam": {...}}``).
-    Checked against the method's declared options (``CAMMethod.option_parameters``, listed by
-    ``camzoo methods --options``): an unknown name raises ValueError, a value of the wrong simple
-    type TypeError, each naming the options the method takes.
+    Args:
+        model: the classifier (a ``torch.nn.Module``); the images are moved to its device.
+        img: a normalised tensor (3,H,W) or (B,3,H,W) (resized to ``image_size`` when given); a PIL
+            image, an HxWx3 uint8 array or a path (resized to ``image_size`` or the model's input size
+            and normalised with its mean/std; EXIF orientation applied, 16-bit files scaled by bit
+            depth); or a list of those. Whatever runs at its own size is capped at ``max_size`` px on
+            its longest side (aspect kept, with a warning; None: no cap), so one huge image cannot
+            exhaust memory.
+        method: a name (``camzoo.list_methods()``, or ``"captum:<Attribution>"`` for any Captum
+            attribution), or a list of names: then the result is a dict {name: Explanation} in the
+            order given, and the activation/gradient methods of the same layer (Grad-CAM, Grad-CAM++,
+            XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, EigenGrad-CAM) share one forward and one backward.
+        target: None explains the predicted class; an int or a class name (``model.class_names``,
+            timm's ``label_names``, a Hugging Face ``id2label``), one for all images or one per image
+            in order; or a function of the (B, num_classes) logits returning (B,) class indices.
+            Scores are softmax probabilities (a one-logit model's score is the sigmoid of its logit).
+        layer: a module or dotted name, or a list of them (maps fused: each min-max normalised, resized
+            to the finest layer's resolution, averaged); None picks the layer per model family and
+            input size (docs/methods.md, "Layer choice per family").
+        output: which part of the model's output holds the logits: None (a tensor; a tuple's first
+            item; a dict's "logits"; an object's ``.logits``), an index, a key/attribute name, or a
+            callable.
+        reshape: a callable turning the layer's output into (B,C,h,w), for layouts camzoo does not know
+            (tokens and channels-last outputs of timm/torchvision transformers are handled without it).
+        image_size: an int or (H, W) that the images are resized to (see ``img``); None: tensors keep
+            their size, pixel inputs take the model's input size or their own.
+        max_size: the cap in px on the longest side of whatever runs at its own size (see ``img``);
+            None: no cap.
+        batch_size: images per forward/backward pass (>= 1); None: the whole batch in one pass.
+        ground_truth: ``{"mask": (B,H,W) bool, "boxes": (B,K,4) x0,y0,x1,y1 pixel edges, NaN-padded}``
+            (either may be absent) at the resolution of the images as the method sees them; required by
+            methods with ``needs_ground_truth`` (the ``oracle`` control), validated and ignored by the
+            others.
+        method_options: keyword options of the method (e.g. ``{"memory_mb": 256}`` for Score-CAM,
+            Captum's ``{"n_steps": 16}``); with a list of methods, keyed by method name
+            (``{"scorecam": {...}}``). Checked against the method's declared options
+            (``CAMMethod.option_parameters``, listed by ``camzoo methods --options``): an unknown name
+            raises ValueError, a value of the wrong simple type TypeError, each naming the options the
+            method takes.
 
     Returns:
         an :class:`~camzoo.explanation.Explanation` (maps (B,H,W) in [0,1], raw maps, targets, scores,
@@ -58,33 +92,13 @@ def explain(
     Raises:
         ValueError / TypeError: an unknown method, layer, option or target, or images of the wrong
         shape, each with a message that says what to change.
-
-    img: a normalised tensor (3,H,W) or (B,3,H,W) (resized to ``image_size`` when given); a PIL
-    image, an HxWx3 uint8 array or a path (resized to ``image_size`` or the model's input size and
-    normalised with its mean/std; EXIF orientation applied, 16-bit files scaled by bit depth); or a
-    list of those. Whatever runs at its own size is capped at ``max_size`` px on its longest side
-    (aspect kept, with a warning; None: no cap), so one huge image cannot exhaust memory.
-    target: None explains the predicted class; an int or a class name (``model.class_names``, timm's
-    ``label_names``, a Hugging Face ``id2label``), one for all images or one per image in order; or a
-    function of the (B, num_classes) logits returning (B,) class indices. Scores are softmax
-    probabilities (a one-logit model's score is the sigmoid of its logit).
-    layer: a module or dotted name, or a list of them (maps fused: each min-max normalised, resized to
-    the finest layer's resolution, averaged); None picks the layer per model family and input size
-    (docs/methods.md, "Layer choice per family").
-    output: which part of the model's output holds the logits: None (a tensor; a tuple's first item;
-    a dict's "logits"; an object's ``.logits``), an index, a key/attribute name, or a callable.
-    reshape: a callable turning the layer's output into (B,C,h,w), for layouts camzoo does not know
-    (tokens and channels-last outputs of timm/torchvision transformers are handled without it).
-    ground_truth: ``{"mask": (B,H,W) bool, "boxes": (B,K,4) x0,y0,x1,y1 pixel edges, NaN-padded}``
-    (either may be absent) at the resolution of the images as the method sees them; required by
-    methods with ``needs_ground_truth`` (the ``oracle`` control), validated and ignored by the others.
     """
     options = {key: value for key, value in (("output", output), ("reshape", reshape)) if value is not None}
     if not isinstance(method, str):
         images = prepare_images(img, model, image_size=image_size, max_size=max_size)
         return explain_many(model, images, method, target, layer, batch_size, ground_truth, method_options, **options)
     method_class = get_method(method)
-    options.update(method_class.check_options(method_options))
+    options = method_class.check_options({**options, **(method_options or {})})
     explainer = method_class(model, layer=layer, batch_size=batch_size, **options)
     images = prepare_images(img, model, image_size=image_size, max_size=max_size)
     return explainer(images, target, ground_truth=ground_truth)

@@ -64,6 +64,19 @@ def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor
 
     Convention: coordinates are pixel edges (pixel column j spans [j, j+1]); a pixel belongs to a box
     when its centre lies inside it, so the box (10,10,20,20) covers pixels 10..19 in both axes.
+
+    Args:
+        boxes: (B,K,4) float tensor of x0,y0,x1,y1 in pixel-edge coordinates, rows of NaN as padding
+            (a padding row is all NaN); every box within the ``height`` x ``width`` image, x1 >= x0,
+            y1 >= y0. A 2-D (1,4) tensor is read as one box of one image.
+        height: H of the masks, the image the boxes are in.
+        width: W of the masks.
+
+    Returns:
+        (B,H,W) bool on the boxes' device: True where a pixel centre lies in any of the image's boxes.
+
+    Raises:
+        ValueError: a wrong shape; partly NaN rows; inf; x1 < x0 or y1 < y0; a box outside the image.
     """
     boxes = check_boxes(boxes, boxes.shape[0] if boxes.dim() == 3 else 1, height, width)
     centres_x = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5

@@ -301,8 +301,8 @@ def _check_tensor(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] != channels:
         raise ValueError(
-            f"image tensor must have shape ({channels},H,W) or (B,{channels},H,W): this model takes {channels} "
-            f"channel{'s' if channels != 1 else ''} (its first convolution's in_channels); got {tuple(images.shape)}"
+            f"image tensor must have shape ({channels},H,W) or (B,{channels},H,W) with {channels} colour "
+            f"channel{'s' if channels != 1 else ''} (what the model's first convolution takes); got {tuple(images.shape)}"
         )
     if not images.is_floating_point():
         raise ValueError(

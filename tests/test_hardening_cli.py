@@ -270,7 +270,7 @@ def test_methods_lists_descriptions_and_papers():
 
 def test_a_registered_method_is_described_from_its_class():
     from camzoo.methods import CAMMethod
-    from camzoo.methods.registry import _METHODS, describe, register
+    from camzoo.methods.registry import METHODS, describe, register
 
     @register
     class Doubled(CAMMethod):
@@ -286,4 +286,4 @@ def test_a_registered_method_is_described_from_its_class():
         assert describe("hardening_doubled") == ("hardening_doubled", "Twice the channel mean", "Nobody et al. 2099", False)
         assert "hardening_doubled  Twice the channel mean [Nobody et al. 2099]" in run("methods").output
     finally:
-        del _METHODS["hardening_doubled"]
+        METHODS.remove("hardening_doubled")

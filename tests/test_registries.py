@@ -160,3 +160,10 @@ def test_no_metric_reads_a_settings_mapping_by_string():
     found = [f"{path.name}:{n}" for path in (ROOT / "camzoo" / "metrics").glob("*.py")
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_camzoo_methods_options_lists_the_declared_facts():
+    output = CliRunner().invoke(main, ["methods", "--options"]).output
+    assert "family gradient; cost backward; one pass; options: none" in output
+    assert "family optimisation; cost iterative; options: iterations (int = 50), lr (float = 0.1)" in output
+    assert "family control; cost free; options: seed (int = 0)" in output

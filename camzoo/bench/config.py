@@ -50,6 +50,15 @@ _BASE: dict[str, Any] = {
         # The pointing game's 15-px tolerance (TorchRay) refers to ~224-px images; it is scaled to ours.
         "pointing_tolerance": 15.0,
         "pointing_reference_size": 224,
+        # Discrimination (docs/metrics.md): games on new inputs whose evidence's place is known, each
+        # explained with the cell's method; [] plays none. Grid games: "gridpg_2x2", "gridpg_3x3",
+        # "difull_2x2", "dipart_2x2", "focus" (the grid size is in the name).
+        "grid_games": [],
+        "grid_threshold": 0.99,  # a grid cell: an evaluation image classified correctly with this confidence
+        "grid_count": 64,  # grids (and Focus mosaics) per model, built once from the evaluation images
+        # Class sensitivity and sanity: "random_logit_similarity", "randomisation_spearman"; [] runs none.
+        "sensitivity": [],
+        "randomisation_draws": 3,  # full randomisations averaged by randomisation_spearman
     },
 }
 
@@ -73,17 +82,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         # where 16 steps over all pixels removed 55 % of it in one step (docs/metrics.md). Maps,
         # localization and stability use all 160 images; the games (~160 forwards per image and
         # method) the first 48, which keeps the grid within minutes (docs/performance.md).
-        "eval": {"images": 160, "game_images": 48, "deletion_steps": 20, "deletion_fraction": 0.2},
+        "eval": {"images": 160, "game_images": 48, "deletion_steps": 20, "deletion_fraction": 0.2,
+                 # what tells the methods apart (issue 22): the 2x2 Grid Pointing Game on the model and on
+                 # DiFull, and the Random Logit test; cost per cell in docs/performance.md
+                 "grid_games": ["gridpg_2x2", "difull_2x2"], "grid_count": 32,
+                 "sensitivity": ["random_logit_similarity"]},
     },
     # A GPU: larger images and a deeper CIFAR ResNet plus an ImageNet-style ResNet-18.
     "standard": {
         "preset": "standard",
         "seeds": [0, 1, 2, 3, 4],
         "backbones": ["resnet56", "resnet18"],
-        "methods": ["@all"],  # the whole zoo: every registered method and control
-        "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}}],
+        # the whole zoo (every registered method and control), and the one-pass family again at an
+        # intermediate layer, where Grad-CAM, XGrad-CAM and HiResCAM are no longer one map
+        "methods": ["@one-pass", "@one-pass@layer2", "@all"],
+        "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}},
+                     {"name": "digits", "root": "", "image_size": 32, "options": {}}],
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
-        "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256},
+        "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256,
+                 "grid_games": ["gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus"], "grid_count": 250,
+                 "sensitivity": ["random_logit_similarity", "randomisation_spearman"]},
     },
     # The LFI-CAM paper's CIFAR protocol (ResNet-110, 300 epochs, step schedule) on user data.
     "paper": {

@@ -117,6 +117,18 @@ def load(results_dir: str | Path, run: str | None = None) -> Results:
       ``fraction`` = the share of pixels changed.
     - ``config``, ``provenance``: the run's resolved config and versions/device/host.
     - ``summary()``: the summary.csv frame (CIs, significance marks), computed on demand.
+
+    Args:
+        results_dir: the directory ``camzoo bench --out`` wrote, holding ``results.sqlite``.
+        run: a run id in the store; None: the latest run.
+
+    Returns:
+        A frozen :class:`Results` with ``directory``, ``run_id``, ``config``, ``provenance``, ``created_at``
+        and the ``cells``, ``long`` and ``curves`` DataFrames described above.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` holds no results store (one is never created).
+        ValueError: the store holds no run, or no run ``run``.
     """
     with open_store(results_dir) as store:
         found = find_run(store, run) if run else latest_run(store)

@@ -8,7 +8,7 @@ the registries into that answer in one place; the runner only executes its cells
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -72,6 +72,12 @@ class ModelJob:
     methods: tuple[str, ...]  # the methods that apply to this kind and dataset, in the config's order
     groups: tuple[tuple[str, ...], ...]  # the same methods in one-pass groups (camzoo.methods.one_pass_groups)
     train: Any  # camzoo.train.TrainConfig
+    # the layer each method row explains ("gradcam@layer2" -> "layer2"); None: the method's default
+    layers: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+
+    def layer(self, method: str) -> str | None:
+        """The layer a method row explains (None: the method's default)."""
+        return self.layers.get(method)
 
     def key(self, method: str) -> CellKey:
         return CellKey(self.dataset.name, self.backbone, self.kind, self.variant.name, self.seed, method)
@@ -160,6 +166,9 @@ class BenchPlan:
         lines.append(f"eval: {self.eval_images} images in batches of {self.batch_size}; games on {games}, "
                      f"protocol {s.protocol}, {s.deletion_steps} steps over {s.deletion_fraction:g} of the pixels, "
                      f"target {s.deletion_target}; substrates {', '.join(s.substrates) or 'none'}")
+        if s.discrimination:
+            lines.append(f"discrimination: {', '.join(s.discrimination)}; {s.grid_count} grids per model of images "
+                         f"with confidence >= {s.grid_threshold:g}")
         if self.world_size > 1:
             lines.append(f"{self.world_size} ranks: model jobs per rank {self.per_rank}; stability cells on rank 0 "
                          "after all ranks finish")
@@ -235,7 +244,7 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
           device: str) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
     """dataset x backbone x kind x variant x seed, in that order; one stability group per (dataset,
     backbone, kind) with more than one model."""
-    from ..methods import one_pass_groups
+    from ..methods import one_pass_groups, split_layer
 
     jobs: list[ModelJob] = []
     stability: list[StabilityGroup] = []
@@ -244,12 +253,13 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
         for backbone in config["backbones"]:
             for kind in config["kinds"]:
                 methods = _methods(config, dataset, kind)
-                groups = tuple(tuple(g) for g in one_pass_groups(methods))
+                groups = tuple(tuple(g) for g in one_pass_groups(methods))  # one group per layer
+                layers = MappingProxyType({m: split_layer(m)[1] for m in methods})
                 for variant in variants:
                     variant_config = {"name": variant.name, "train": dict(variant.train), "model": dict(variant.model)}
                     for seed in config["seeds"]:
                         trainer = train_config(config, kind, backbone, seed, variant_config, device)
-                        jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, trainer))
+                        jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, trainer, layers))
                 if models_per_group > 1:
                     stability.append(StabilityGroup(dataset, backbone, kind, methods))
     return tuple(jobs), tuple(stability)

@@ -78,20 +78,31 @@ def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
     seconds per image of the whole group.
 
     The gradient family (``methods.multi.shares_one_pass``) shares one forward and one backward per
-    batch (``methods.multi.explain_many``); other methods run one after the other. The evaluation
+    batch (``methods.multi.explain_many``); other methods run one after the other. A row
+    ``NAME@LAYER`` explains that layer (``methods.split_layer``): the methods are explained per layer,
+    the layer passed to ``explain_many``, and returned under their full names. The evaluation
     images are already a validated, normalised batch on the device, so ``camzoo.explain``'s input
     handling would only repeat work. Timing: one untimed call on the first batch's shape (layer
     detection, lazy initialisation and allocator warm-up are not per-image costs), then the median
     over batches of seconds per image, so a small evaluation set is not dominated by one slow call.
     """
+    from ..methods import split_layer
     from ..methods.multi import explain_many
 
     truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
+    by_layer: dict[str | None, dict[str, str]] = {}  # layer -> {method name: row name}
+    for row in methods:
+        name, layer = split_layer(row)
+        by_layer.setdefault(layer, {})[name] = row
 
     def chunk(start: int, stop: int):
         ground_truth = {k: v[start:stop] for k, v in truth.items() if v is not None}
-        return explain_many(model, eval_set.images[start:stop], list(methods), target=eval_set.labels[start:stop],
-                            ground_truth=ground_truth or None)
+        found = {}
+        for layer, rows in by_layer.items():
+            results = explain_many(model, eval_set.images[start:stop], list(rows), target=eval_set.labels[start:stop],
+                                   layer=layer, ground_truth=ground_truth or None)
+            found.update({rows[name]: result for name, result in results.items()})
+        return found
 
     chunk(0, batch_size)
     parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {m: ([], []) for m in methods}
@@ -294,7 +305,7 @@ class BenchRunner:
                 memo = eval_set.memo if get_method(method).reference else None
                 cell = metrics.score_maps(scorer, eval_set.images, maps, eval_set.labels, eval_set.masks,
                                           eval_set.boxes, self.plan.settings_for(method), map_memo=memo,
-                                          model_memo=model_memo)
+                                          model_memo=model_memo, method=method)
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})

@@ -80,6 +80,7 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
         faithfulness = f" — faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)})"
         tables = (("", present_columns(group), False),
                   (faithfulness, present_columns(group, "faithfulness"), False),
+                  (discrimination_title(eval_settings), present_columns(group, "discrimination"), False),
                   (" — normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
         for title, columns, normalised in tables:
             if not columns:
@@ -100,6 +101,14 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
             if "faithfulness" in title and agreement and (dataset, backbone) in agreement:
                 parts.append(agreement_text(agreement[(dataset, backbone)]))
     return "\n\n".join(parts)
+
+
+def discrimination_title(eval_settings: Mapping[str, Any]) -> str:
+    """The discrimination table's title: how its grids were made (the count per model is the
+    ``grid_count_NxN`` metric of each cell: 0 where too few images were confident)."""
+    return (f" — discrimination (grid games: up to {eval_settings.get('grid_count', 64)} grids per model of "
+            f"evaluation images classified with confidence ≥ {eval_settings.get('grid_threshold', 0.99):g}; "
+            "chance: 1/N² per N×N grid, 0.5 for Focus)")
 
 
 def agreement_text(found: Mapping[str, Any]) -> str:

@@ -186,4 +186,24 @@ def model_problems(config: Mapping[str, Any], variants: list[Mapping[str, Any]],
                             model(torch.zeros(1, 3, side, side))
                     except (ValueError, RuntimeError, TypeError) as err:
                         problems.append(f"model {kind}/{backbone}{where} at {side} px: {err}")
+                        continue
+                    problems += _layer_problems(config["methods"], model, f"{kind}/{backbone}")
     return list(dict.fromkeys(problems))
+
+
+def _layer_problems(methods: list[str], model: torch.nn.Module, where: str) -> list[str]:
+    """Rows ``NAME@LAYER``: the layer exists in the model and the method explains a layer."""
+    from ..methods import get_method, split_layer
+    from ..methods.layers import get_layer
+
+    problems = []
+    for method in methods:
+        name, layer = split_layer(method)
+        if layer is None or not get_method(name).applies_to(type(model)):
+            continue
+        try:
+            get_layer(model, layer)
+            get_method(name)(model, layer=layer)
+        except (ValueError, TypeError) as err:
+            problems.append(f"method {method!r} on {where}: {err}")
+    return problems

@@ -71,6 +71,13 @@ def register(group: click.Group) -> None:
             loaded += 1
             click.echo(f"{name}/{split}: {len(ds)} images, {len(ds.classes)} classes, {ds.image_size}px, "
                        f"annotations: {', '.join(ds.annotations) or 'none'}")
+            skipped, dropped = getattr(ds, "skipped", None) or [], getattr(ds, "unannotated", None) or []
+            if skipped:  # datasets that leave unreadable files out ("annotated") list them
+                shown = "; ".join(f"{path} ({why})" for path, why in skipped[:3])
+                click.echo(f"{name}/{split}: skipped {len(skipped)} unreadable image(s): {shown}"
+                           f"{' ...' if len(skipped) > 3 else ''}")
+            if dropped:
+                click.echo(f"{name}/{split}: left out {len(dropped)} image(s) without box or mask, e.g. {dropped[0]}")
             if verify:
                 try:
                     for i in range(len(ds)):

@@ -87,17 +87,20 @@ def register(group: click.Group) -> None:
 
 
 @click.command("methods")
-def methods_command() -> None:
+@click.option("--options", "show_options", is_flag=True,
+              help="Also show each method's facts (family, cost, one pass) and the options --method-option takes.")
+def methods_command(show_options: bool) -> None:
     """List the CAM methods camzoo knows (one line each, with the paper), then the reference
     (control) methods apart."""
     from ..methods import method_names
-    from ..methods.registry import describe
+    from ..methods.registry import describe, method_facts
 
     width = max(map(len, method_names())) + 2
 
     def line(name: str) -> str:
         info = describe(name)
-        return f"  {name:{width}s}{info.summary}" + (f" [{info.paper}]" if info.paper else "")
+        text = f"  {name:{width}s}{info.summary}" + (f" [{info.paper}]" if info.paper else "")
+        return text + (f"\n  {'':{width}s}{method_facts(name)}" if show_options else "")
 
     click.echo("methods:")
     for name in method_names(reference=False):

@@ -73,7 +73,8 @@ def split_indices(labels: torch.Tensor, split: str, seed: int = 0) -> torch.Tens
 
 
 def load_digits(split: str, root: Any = None, image_size: int | None = None, seed: int = 0,
-                augment: bool = False, num_images: int | None = None, **options: Any) -> ArrayDataset:
+                augment: bool = False, num_images: int | None = None, cache: bool = False,
+                **options: Any) -> ArrayDataset:
     """The digits split as an in-memory :class:`ArrayDataset` of ``(image, label, {})`` items.
 
     split: "train", "val" or "test". root: ignored (the data ships with scikit-learn; accepted so the
@@ -81,6 +82,8 @@ def load_digits(split: str, root: Any = None, image_size: int | None = None, see
     default 32). seed: the split's seed. num_images: keep only the first n images of the split (tiny
     tests and previews). augment: the ArrayDataset's train-time augmentation; note that it includes
     horizontal flips, which do not preserve every digit's identity, so prefer ``augment=False``.
+    cache: ignored (nothing is cached; accepted like the generated datasets' option, which the
+    benchmark's config check passes).
     """
     if options:
         raise ValueError(f"digits: unexpected keyword option(s) {', '.join(sorted(options))}; "

@@ -93,6 +93,9 @@ for _entry in (
         DatasetInfo("pets", "Oxford-IIIT Pet with trimaps as masks",
                     "{images/*.jpg, annotations/{list.txt,trainval.txt,test.txt,trimaps/*.png}}",
                     ("train", "test"), ("mask", "boxes"), _lazy("folders", "load_pets")),
+        DatasetInfo("annotated", "your own images: ImageFolder classes, optional boxes.csv, masks/ and classes.txt",
+                    "[<split>/]<class>/<image> [+ boxes.csv (file,x0,y0,x1,y1), masks/<same path>.png, classes.txt]",
+                    ("test", "val", "train"), ("mask", "boxes"), _lazy("annotated", "load_annotated")),
 ):
     register_dataset(_entry)
 

@@ -16,6 +16,7 @@ from .registry import (
     register,
     select_methods,
     shares_one_pass,
+    split_layer,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "register",
     "select_methods",
     "shares_one_pass",
+    "split_layer",
     "upsample_and_normalise",
 ]

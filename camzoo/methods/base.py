@@ -227,10 +227,21 @@ class CAMMethod:
         return found
 
     @classmethod
+    def _takes_base_option(cls, name: str) -> bool:
+        """Whether the method's constructor passes ``output=`` / ``reshape=`` on (the base takes both;
+        a method that reads its model's own map, like ``attention``, takes neither)."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+    @classmethod
     def check_options(cls, options: Mapping[str, object] | None) -> dict[str, object]:
         """``options`` checked against :meth:`option_parameters`: unknown names and values of the wrong
         simple type (int, float, bool, str) fail with a message that lists what the method takes."""
         options = dict(options or {})
+        refused = [key for key in ("output", "reshape") if key in options and not cls._takes_base_option(key)]
+        if refused:
+            raise TypeError(f"method {cls.name!r} does not accept {' or '.join(f'{k}=' for k in refused)}; "
+                            "drop it for this method")
         accepted = cls.option_parameters()
         unknown = sorted(set(options) - set(accepted) - _BASE_PARAMETERS)
         if unknown:

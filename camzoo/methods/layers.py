@@ -61,11 +61,14 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
+    ending = [n for n in modules if n.endswith(f".{name}")] if name else []
+    if len(ending) == 1:  # a unique last part: "layer2" is camzoo ResNets' "backbone.trunk.layer2"
+        return modules[ending[0]]
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(
         f"layer {name!r} not found in {type(model).__name__}.{hint} Layer names are dotted paths as "
-        "listed by model.named_modules(), e.g. 'layer4'."
+        "listed by model.named_modules(), e.g. 'layer4', or a unique ending of one."
     )
 
 

@@ -24,7 +24,17 @@ M = TypeVar("M", bound=type[CAMMethod])
 
 
 def register(cls: M) -> M:
-    """Class decorator adding a method under its ``name`` (and its old names, ``aliases``)."""
+    """Class decorator adding a method under its ``name`` (and its old names, ``aliases``).
+
+    Args:
+        cls: a :class:`CAMMethod` subclass with a non-empty ``name`` and a ``cost`` in ``COST_CLASSES``.
+
+    Returns:
+        ``cls`` itself, now found by ``get_method`` / ``camzoo.explain`` under its name and aliases.
+
+    Raises:
+        ValueError: no ``name``, an unknown ``cost``, or a name or alias already registered to another class.
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.cost not in COST_CLASSES:
@@ -44,15 +54,38 @@ def reference_method_names() -> list[str]:
     return method_names(reference=True)
 
 
+_LAYER = re.compile(r"[A-Za-z_][\w.]*\Z")
+
+
+def split_layer(name: str) -> tuple[str, str | None]:
+    """``"gradcam@layer2"`` -> ``("gradcam", "layer2")``; a name without ``@LAYER`` -> ``(name, None)``.
+
+    Why: a benchmark row may explain another layer than the method's default (a *variant*: Grad-CAM,
+    XGrad-CAM and HiResCAM are one map at the last layer of a global-pooling CNN, not at an
+    intermediate one). Selectors take the suffix too (``"@one-pass@layer2"``). The layer is a dotted
+    module name of the model (checked against the model when the benchmark config is validated).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a name (str); got {type(name).__name__}")
+    at = name.find("@", 1)  # a selector's own leading "@" is not a layer suffix
+    if at < 0:
+        return name, None
+    base, layer = name[:at], name[at + 1:]
+    if not _LAYER.match(layer):
+        raise ValueError(f"method {name!r}: the part after '@' must be a module name (e.g. 'gradcam@layer2'); "
+                         f"got {layer!r}")
+    return base, layer
+
+
 def get_method(name: str) -> type[CAMMethod]:
     """The class registered as ``name`` (or an old name of it); case, '-' and '_' are ignored
-    ("Grad-CAM" finds "gradcam").
+    ("Grad-CAM" finds "gradcam"). A layer variant ``NAME@LAYER`` (:func:`split_layer`) is NAME's
+    class; the caller passes the layer.
 
     ``captum:<Attribution>`` (e.g. ``captum:IntegratedGradients``) is any ``captum.attr`` class
     through camzoo's pipeline (:mod:`camzoo.methods.captum_adapter`); it is not in the registry's list.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a name (str); got {type(name).__name__}")
+    name, _ = split_layer(name)
     if name[:7].lower() == "captum:":
         from .captum_adapter import captum_method
 
@@ -68,16 +101,21 @@ def shares_one_pass(cls: type[CAMMethod]) -> bool:
 
 
 def one_pass_groups(methods: Iterable[str]) -> list[list[str]]:
-    """The methods in groups explained together: every one-pass method in one group (one forward and
-    backward per batch), every other method alone; in the order given."""
+    """The methods in groups explained together: the one-pass methods of each layer in one group (one
+    forward and backward per batch; ``NAME@LAYER`` variants share the pass of their layer), every other
+    method alone; in the order given."""
     methods = list(methods)
-    shared = [m for m in methods if shares_one_pass(get_method(m))]
+    shared: dict[str | None, list[str]] = {}
+    for method in methods:
+        if shares_one_pass(get_method(method)):
+            shared.setdefault(split_layer(method)[1], []).append(method)
     groups: list[list[str]] = []
     for method in methods:
-        if method not in shared:
+        group = shared.get(split_layer(method)[1], [])
+        if method not in group:
             groups.append([method])
-        elif method == shared[0]:
-            groups.append(shared)
+        elif method == group[0]:
+            groups.append(group)
     return groups
 
 
@@ -112,7 +150,9 @@ def select_methods(items: Iterable[str]) -> list[str]:
     """Method names and selectors (``SELECTORS``) -> canonical method names, each once, in order.
 
     A selector lists explanation methods in registration order, then controls; a name is checked
-    (unknown names fail with a "did you mean"). Why: presets say *which kind* of method they run
+    (unknown names fail with a "did you mean"); a ``@LAYER`` suffix (``"gradcam@layer2"``,
+    ``"@one-pass@layer2"``) stays on every name it expands to (:func:`split_layer`).
+    Why: presets say *which kind* of method they run
     ("every one-pass method, the kinds' own maps, every control") and never keep a list of names.
     """
     if isinstance(items, str):
@@ -122,11 +162,23 @@ def select_methods(items: Iterable[str]) -> list[str]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"methods must be names or selectors (str); got {item!r}")
+        item, layer = split_layer(item)
+        suffix = "" if layer is None else f"@{layer}"
         if item.startswith("@"):
-            chosen += [cls.name for cls in ordered if _matches(item, cls)]
+            chosen += [cls.name + suffix for cls in ordered if _matches(item, cls)]
         else:
-            chosen.append(get_method(item).name)
+            chosen.append(get_method(item).name + suffix)
     return list(dict.fromkeys(chosen))
+
+
+def method_facts(name: str) -> str:
+    """One line of what a method declares: family, cost class, whether it shares the one pass, options."""
+    from .base import _describe_option
+
+    cls = get_method(name)
+    options = ", ".join(_describe_option(p) for p in cls.option_parameters().values()) or "none"
+    one_pass = "; one pass" if shares_one_pass(cls) else ""
+    return f"family {cls.family}; cost {cls.cost}{one_pass}; options: {options}"
 
 
 class MethodInfo(NamedTuple):

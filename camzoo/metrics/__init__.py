@@ -38,8 +38,23 @@ from .localization import (
 from .wsol import max_box_acc, max_box_acc_from_hits
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
-from .settings import EvalSettings
+from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, score_maps, table_columns
+from .context import MethodSpec
+from .grids import (
+    build_focus_mosaics,
+    build_grids,
+    cell_masks,
+    confident_cells,
+    focus,
+    grid_pointing_game,
+    grid_targets,
+    make_focus_mosaics,
+    make_grids,
+    play_grid_game,
+)
+from .grid_models import DiFull, DiPart, grid_wrapper
+from .class_sensitivity import random_logit_similarity, randomisation_spearman
 
 
 __all__ = [
@@ -84,4 +99,22 @@ __all__ = [
     "ssim",
     "stability",
     "table_columns",
+    "GRID_GAMES",
+    "SENSITIVITY_TESTS",
+    "MethodSpec",
+    "build_focus_mosaics",
+    "build_grids",
+    "cell_masks",
+    "confident_cells",
+    "focus",
+    "grid_pointing_game",
+    "grid_targets",
+    "make_focus_mosaics",
+    "make_grids",
+    "play_grid_game",
+    "DiFull",
+    "DiPart",
+    "grid_wrapper",
+    "random_logit_similarity",
+    "randomisation_spearman",
 ]

@@ -69,7 +69,18 @@ PROTOCOLS: dict[str, CausalProtocol] = {
 
 
 def causal_protocol(protocol: str | CausalProtocol) -> CausalProtocol:
-    """The protocol of that name (``PROTOCOLS``), or ``protocol`` itself."""
+    """The protocol of that name (``PROTOCOLS``), or ``protocol`` itself.
+
+    Args:
+        protocol: a name in ``PROTOCOLS`` (``"rise"``, ``"default"``), or a ``CausalProtocol``, which is
+            returned unchanged.
+
+    Returns:
+        The ``CausalProtocol``.
+
+    Raises:
+        ValueError: ``protocol`` is a name not in ``PROTOCOLS``.
+    """
     if isinstance(protocol, CausalProtocol):
         return protocol
     if protocol not in PROTOCOLS:
@@ -84,6 +95,16 @@ def rise_blur_kernel(kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
     ``int(4 * sigma + 0.5)`` (20 for sigma 5, wider than the 11 x 11 array) and mode 'reflect', so the
     Gaussian's tails fold back into the array: it is not a truncated Gaussian. We reproduce that
     folding in closed form (the filter is separable, so the 2-D kernel is an outer product).
+
+    Args:
+        kernel_size: side k of the kernel, >= 1 (RISE: 11).
+        sigma: standard deviation of the Gaussian in pixels, > 0 (RISE: 5).
+
+    Returns:
+        (k,k) float32 tensor on the CPU: the outer product of the folded 1-D kernel with itself.
+
+    Raises:
+        ValueError: ``kernel_size < 1`` or ``sigma <= 0``.
     """
     if kernel_size < 1 or sigma <= 0:
         raise ValueError(f"blur needs kernel_size >= 1 and sigma > 0; got {kernel_size}, {sigma}")
@@ -104,6 +125,18 @@ def rise_blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -
 
     Zero padding (as RISE's ``conv2d(x, kern, padding=klen//2)``) pulls the border towards 0, which in
     normalised space is the dataset's mean colour.
+
+    Args:
+        images: (B,C,H,W) float images (normalised), any device; each channel is blurred separately.
+        kernel_size: side of the square kernel (RISE: 11); padding is ``kernel_size // 2``, so an odd
+            size keeps H,W (an even one adds a row and a column).
+        sigma: standard deviation of the Gaussian in pixels (RISE: 5).
+
+    Returns:
+        The blurred images, (B,C,H,W) for an odd ``kernel_size``, on the images' device and in their dtype.
+
+    Raises:
+        ValueError: ``kernel_size < 1`` or ``sigma <= 0``.
     """
     channels = images.shape[1]
     kernel = rise_blur_kernel(kernel_size, sigma).to(images.device, images.dtype)
@@ -118,6 +151,14 @@ def saliency_rank(maps: torch.Tensor) -> torch.Tensor:
     ``np.flip(np.argsort(saliency.reshape(-1), kind="stable"))``: among equal values the *later* pixel
     (higher raster index) comes first. (RISE's default sort is not stable, so its order among ties is
     whatever the sort left; this is the one stable reading of it, identical on every device.)
+
+    Args:
+        maps: saliency (B,H,W) (any trailing shape: it is flattened from dim 1); only the order of the
+            values matters.
+
+    Returns:
+        (B,H*W) int64 on the maps' device: entry [b, p] is the rank of raster pixel p of map b
+        (0 = most salient, H*W - 1 = least).
     """
     flat = maps.flatten(1)
     # A stable descending sort of the reversed map keeps equal values in reversed index order.
@@ -128,7 +169,18 @@ def saliency_rank(maps: torch.Tensor) -> torch.Tensor:
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:
-    """Normalised trapezoidal area under each curve (B,S+1), x spaced evenly over [0,1] (RISE's ``auc``)."""
+    """Normalised trapezoidal area under each curve (B,S+1), x spaced evenly over [0,1] (RISE's ``auc``).
+
+    Args:
+        curves: (..., S+1) float tensor, one curve per row along the last dim, S >= 1 steps.
+
+    Returns:
+        (...,) the area of each curve: its trapezoid sum divided by S, so a curve in [0,1] gives an AUC
+        in [0,1].
+
+    Raises:
+        ValueError: a curve has fewer than two points.
+    """
     steps = curves.shape[-1] - 1
     if steps < 1:
         raise ValueError("a curve needs at least two points")

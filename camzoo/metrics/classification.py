@@ -17,10 +17,24 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor,
              topk: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Top-k accuracy of ``logits`` (B,C) against ``labels`` (B,).
 
-    Returns ``{"top1": scalar, "top5": scalar, ..., "correct": (B,) bool top-1 hits}``, accuracies as
-    fractions in [0,1] (higher is better). ``topk=None`` means (1, 5), with 5 dropped when there are
-    5 classes or fewer (top-5 of a 5-class problem is always 1, so it says nothing). An explicit k
-    larger than the number of classes is an error. Ties among logits are broken by ``torch.topk``.
+    ``topk=None`` means (1, 5), with 5 dropped when there are 5 classes or fewer (top-5 of a 5-class
+    problem is always 1, so it says nothing). An explicit k larger than the number of classes is an
+    error. Ties among logits are broken by ``torch.topk``.
+
+    Args:
+        logits: (B,C) finite float scores (logits or probabilities: only their order matters), B >= 1.
+        labels: (B,) integer true classes in [0, C), a tensor or a sequence (one int is used for all).
+        topk: the k values to report, each in [1, C] (duplicates dropped); None: (1, 5) as above.
+
+    Returns:
+        ``{"top1": scalar, "top5": scalar, ..., "correct": (B,) bool top-1 hits}``, accuracies as float32
+        fractions in [0,1] (higher is better), one ``top{k}`` key per k in ascending order, on the
+        logits' device.
+
+    Raises:
+        ValueError: ``logits`` not a non-empty (B,C) finite float tensor; ``labels`` not (B,) or out of
+            [0, C); a k outside [1, C].
+        TypeError: ``labels`` holds floats or bools.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

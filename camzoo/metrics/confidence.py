@@ -39,6 +39,31 @@ def average_drop_increase(
     Per-image values come back too (``drop`` and ``gain`` in [0,1], ``increase`` bool, ``score`` Y,
     ``explanation_score`` O) so that results can be pooled over batches. ``original_scores`` (B, K),
     the model's scores on the unperturbed images (as ``softmax``), saves their forward when given.
+
+    Args:
+        model: classifier returning logits (B,K) (or a tuple whose first item they are); run in eval
+            mode under ``no_grad``, its modes restored afterwards.
+        images: normalised images (B,C,H,W), finite floats, on the model's device.
+        maps: saliency (B,H,W) in [0,1] at the images' size, same device; multiplies every channel.
+        targets: (B,) integer class of each map (a tensor or a sequence), < K.
+        baseline: what a zero map value leaves: a number, or a tensor broadcastable to (C,H,W) (a (C,)
+            one is read per channel); 0 = the mean colour in normalised space.
+        chunk_size: images per forward pass (>= 1).
+        autocast: mixed precision forwards (float16 on CUDA, bfloat16 elsewhere).
+        softmax: score softmax probabilities (True) or raw outputs (False; the ranges above then need not
+            hold).
+        original_scores: (B,K) the model's scores on the unperturbed images, when the caller has them.
+
+    Returns:
+        ``average_drop``, ``increase_in_confidence``, ``average_gain``: scalar float32 percentages in
+        [0,100]; per image (B,): ``drop`` and ``gain`` float32, ``increase`` bool, ``score`` (Y) and
+        ``explanation_score`` (O) float32. On the images' device.
+
+    Raises:
+        TypeError: ``maps``/``images`` not float tensors; ``targets`` not integers.
+        ValueError: bad shapes, NaN/inf, maps outside [0,1]; the model and images on different devices;
+            ``targets`` not (B,) or not below the model's number of outputs; ``chunk_size < 1``;
+            ``original_scores`` not (B,K); a model output that is not (B,K).
     """
     maps = check_maps(maps)
     images = check_images(images, maps)

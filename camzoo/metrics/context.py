@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,39 @@ from torch import nn
 from ..modelutil import eval_mode
 from ._model import unperturbed_scores
 from .settings import EvalSettings
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """The method a cell's maps came from, for the metrics that explain *new* inputs with it (grids,
+    another class, a randomised model): the registered name, the layer it explains (None: the
+    method's default) and its options. ``MethodSpec.parse("gradcam@layer2")`` reads a row's name."""
+
+    name: str
+    layer: str | None = None
+    options: Mapping[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, method: MethodSpec | str) -> MethodSpec:
+        if isinstance(method, MethodSpec):
+            return method
+        from ..methods import get_method, split_layer  # lazy: metrics do not import methods at import time
+
+        name, layer = split_layer(method)
+        return cls(get_method(name).name if not name.lower().startswith("captum:") else name, layer)
+
+    @property
+    def method_class(self) -> type:
+        from ..methods import get_method
+
+        return get_method(self.name)
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                ground_truth: Mapping[str, torch.Tensor] | None = None, batch_size: int | None = None):
+        """The method on a normalised batch, as the cell's maps were made: an ``Explanation``."""
+        from .class_sensitivity import run_method
+
+        return run_method(model, images, self.name, targets, self.layer, batch_size, self.options, ground_truth)
 
 
 @dataclass
@@ -35,6 +69,8 @@ class ScoringContext:
     map_memo: dict | None = None
     # results that depend on the model and images only, shared by the cells of one model (see score_maps)
     model_memo: dict | None = None
+    # the method that made the maps (metrics that need "method" explain new inputs with it)
+    method: MethodSpec | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -74,6 +110,14 @@ class ScoringContext:
         alone; every row of a column gets the same images."""
         return self.settings.game_slice
 
+    def per_model(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per model and image set when the cells share ``model_memo`` (e.g. the
+        grids every method of a model is scored on, so its rows stay paired); else once per cell."""
+        memo = self._memo if self.model_memo is None else self.model_memo
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
     def has(self, need: str) -> bool:
         if need == "model":
             return True
@@ -83,6 +127,8 @@ class ScoringContext:
             return self.boxes is not None
         if need == "annotations":
             return self.masks is not None or self.boxes is not None
+        if need == "method":
+            return self.method is not None
         raise ValueError(f"unknown metric requirement {need!r}")
 
 

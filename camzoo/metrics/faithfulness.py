@@ -224,6 +224,10 @@ def substrate_agreement(scores: Mapping[str, Mapping[str, float]],
         pairs), ``rankings`` {substrate: methods best first}. tau-b (``scipy.stats.kendalltau``'s
         default) counts tied scores as ties; it is undefined (NaN) when a substrate scores every
         method the same, and such pairs are left out of ``mean_tau`` (NaN if no pair is defined).
+
+    Raises:
+        ValueError: fewer than two substrates or methods; substrates that score different methods;
+            a NaN or inf score.
     """
     if not isinstance(scores, Mapping) or len(scores) < 2:
         raise ValueError("scores must map at least two substrates to {method: score}")

@@ -89,7 +89,13 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = 
         direct_max: the most removed pixels of a system solved directly (``DIRECT_MAX``).
 
     Returns:
-        (N,C,H,W): the images with removed pixels imputed, known pixels unchanged (bit for bit).
+        (N,C,H,W): the images with removed pixels imputed, known pixels unchanged (bit for bit), in the
+        images' dtype and on their device.
+
+    Raises:
+        TypeError: ``images`` not a float tensor; ``removed`` not a bool tensor.
+        ValueError: ``images`` not (N,C,H,W) or not finite; ``removed`` not (N,H,W) to match, or on
+            another device; ``tol <= 0``; ``max_iter < 0``; ``direct_max`` not an integer >= 0.
     """
     images, removed = _check_imputation_inputs(images, removed)
     n, c, h, w = images.shape
@@ -276,8 +282,23 @@ def road_impute(images: torch.Tensor, removed: torch.Tensor,
     normalisation, so only the noise scale depends on where it is applied): pass that per-channel
     tensor to match ROAD exactly. Reproducible for a given ``seed`` on a given device.
 
+    Args:
+        images: (N,C,H,W) finite float images; the values at removed pixels are ignored (except for the
+            mean of a fully removed image, see ``linear_imputation``).
+        removed: (N,H,W) bool on the images' device, True = pixel to impute.
+        noise: standard deviation of the added noise, in the images' units: one number >= 0 or one per
+            channel (C,); 0 everywhere = plain ``linear_imputation``.
+        seed: seeds the noise field (a ``torch.Generator`` on the images' device).
+        tol: ``linear_imputation``'s relative defect tolerance.
+        max_iter: ``linear_imputation``'s iteration cap (None: its default).
+
     Returns:
         (N,C,H,W) imputed images, dtype of ``images``.
+
+    Raises:
+        TypeError: as ``linear_imputation``.
+        ValueError: as ``linear_imputation``; also a ``noise`` that is not one number or one per channel,
+            or is negative or not finite.
     """
     filled = linear_imputation(images, removed, tol=tol, max_iter=max_iter)
     scale = noise_scale(noise, images.shape[1], images.device, images.dtype)

@@ -53,9 +53,31 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor | None = None, boxes: 
     TorchRay's benchmark reports the *mean of per-class accuracies*: pass each map's class in
     ``labels`` (B,) for ``pointing_game_class_mean`` (see ``pointing_game_class_mean``).
 
-    Returns ``pointing_game`` (hit rate in [0,1], higher is better), ``hits`` (B,) bool and
-    ``points`` (B,2) as (row, column); with labels also ``pointing_game_class_mean``, ``classes`` and
-    ``class_accuracy``.
+    Args:
+        maps: saliency (B,H,W) float in [0,1], finite.
+        masks: object masks (B,H,W), bool or 0/1 valued, the maps' shape; take precedence over ``boxes``.
+        boxes: (B,K,4) x0,y0,x1,y1 in pixel-edge coordinates, NaN rows as padding; used (their union,
+            rasterised by ``boxes_to_masks``) when ``masks`` is None. One of the two is required, and
+            every image needs at least one object pixel.
+        tolerance: hit radius in pixels (>= 0; a pixel strictly closer than this counts), at the maps'
+            size unless ``original_size`` is given.
+        original_size: (H0,W0), or one int for both, of the images ``tolerance`` is meant for; the
+            radius is scaled by ``sqrt(H*W / (H0*W0))``. None: ``tolerance`` is in map pixels.
+        labels: (B,) integer class of each map; adds the per-class mean (``pointing_game_class_mean``).
+        num_classes: passed to ``pointing_game_class_mean`` (classes 0..num_classes-1); needs ``labels``.
+
+    Returns:
+        ``pointing_game``: scalar float (hit rate in [0,1], higher is better); ``hits``: (B,) bool;
+        ``points``: (B,2) int64 (row, column) of each map's maximum. With ``labels`` also
+        ``pointing_game_class_mean`` (scalar), ``classes`` (C,) and ``class_accuracy`` (C,) as
+        ``pointing_game_class_mean`` returns them. All on the maps' device.
+
+    Raises:
+        TypeError: ``maps`` (or ``masks``/``boxes``) is not a tensor, or ``maps`` is not float; labels
+            that are not integers.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1] in ``maps``; no or empty ground
+            truth; ``tolerance < 0``; a non-positive ``original_size``; ``num_classes`` without
+            ``labels``; labels out of range.
     """
     maps = check_maps(maps)
     regions = object_masks(maps, masks, boxes, "pointing_game")
@@ -89,8 +111,21 @@ def pointing_game_class_mean(hits: torch.Tensor, labels: torch.Tensor | Sequence
     over all classes 0..num_classes-1 and a class never seen counts 0, exactly as TorchRay's
     ``hits / (hits + misses).clamp(min=1)`` does.
 
-    Returns ``pointing_game_class_mean`` (scalar in [0,1], higher is better), ``classes`` (C,) and
-    ``class_accuracy`` (C,).
+    Args:
+        hits: (N,) bool, whether each pointing hit (``pointing_game(...)["hits"]``).
+        labels: (N,) integer class (>= 0) of each pointing; a tensor or a sequence of ints.
+        num_classes: None: average over the classes present in ``labels``; else over all classes
+            0..num_classes-1, unseen classes counting 0 (labels must then be < num_classes).
+
+    Returns:
+        ``pointing_game_class_mean``: scalar float32 in [0,1] (higher is better); ``classes``: (C,)
+        int64, the classes averaged over (sorted); ``class_accuracy``: (C,) float32 hit rate of each.
+        On ``hits``' device.
+
+    Raises:
+        ValueError: ``hits`` is not a (N,) tensor; ``labels`` is not (N,); a label < 0 or
+            >= ``num_classes``.
+        TypeError: ``labels`` holds floats or bools.
     """
     if not isinstance(hits, torch.Tensor) or hits.dim() != 1:
         raise ValueError(f"hits must be a (N,) bool tensor; got {getattr(hits, 'shape', type(hits).__name__)}")
@@ -132,9 +167,24 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor | None = None,
     - ``"mask"``: inside the object's pixel mask — Quantus' ``RelevanceMassAccuracy``; needs masks.
 
     ``"auto"`` (default) takes the mask when masks are given, else the boxes. An all-zero map has no
-    mass and scores 0 (Quantus: NaN). Returns ``energy_pointing_game`` (mean in [0,1], higher is
-    better), the same number under ``energy_pointing_game_mask`` or ``energy_pointing_game_box``,
-    ``per_image`` (B,) and ``variant`` ("mask" or "box").
+    mass and scores 0 (Quantus: NaN).
+
+    Args:
+        maps: saliency (B,H,W) float in [0,1], finite.
+        masks: object masks (B,H,W), bool or 0/1 valued, the maps' shape.
+        boxes: (B,K,4) x0,y0,x1,y1 in pixel-edge coordinates, NaN rows as padding. With ``"box"``
+            the boxes are used when given, else each mask's bounding box.
+        variant: ``"auto"``, ``"mask"`` or ``"box"`` (see above).
+
+    Returns:
+        ``energy_pointing_game``: scalar float32 (mean over images in [0,1], higher is better); the same
+        number under ``energy_pointing_game_mask`` or ``energy_pointing_game_box``; ``per_image``: (B,)
+        float32 share of each map's mass on the object; ``variant``: the str "mask" or "box" computed.
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor, or ``masks``/``boxes`` is not a tensor.
+        ValueError: an unknown ``variant``; ``"mask"`` without masks; no or empty ground truth; a wrong
+            shape, NaN/inf or values outside [0,1] in ``maps``.
     """
     maps = check_maps(maps)
     if variant not in ("auto",) + ENERGY_VARIANTS:
@@ -167,6 +217,19 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor | None = Non
     """Relevance rank accuracy (Arras et al. 2022): of the K most salient pixels, K the object's size,
     the share that lies on the object. Ties are broken by raster order, so a constant map scores the
     share of the first K raster pixels on the object. In [0,1], higher is better.
+
+    Args:
+        maps: saliency (B,H,W) float in [0,1], finite.
+        masks: object masks (B,H,W), bool or 0/1 valued, the maps' shape; take precedence over ``boxes``.
+        boxes: (B,K,4) x0,y0,x1,y1 in pixel-edge coordinates, NaN rows as padding, used (their union)
+            when ``masks`` is None. One of the two is required; every image needs an object pixel.
+
+    Returns:
+        ``relevance_rank_accuracy``: scalar float32, the mean over images; ``per_image``: (B,) float32.
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor, or ``masks``/``boxes`` is not a tensor.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1] in ``maps``; no or empty ground truth.
     """
     maps = check_maps(maps)
     regions = object_masks(maps, masks, boxes, "relevance_rank_accuracy")
@@ -202,6 +265,23 @@ def pxap(maps: torch.Tensor, masks: torch.Tensor | None = None, boxes: torch.Ten
     over batches with ``pxap_from_histograms(pos.sum(0), neg.sum(0))``.
 
     PxAP needs pixel masks: with only boxes (CUB, ImageNet) it raises; use MaxBoxAcc there.
+
+    Args:
+        maps: saliency (B,H,W) float in [0,1], finite.
+        masks: object masks (B,H,W), bool or 0/1 valued, the maps' shape; required.
+        boxes: not scored; only makes the error without masks say that the ground truth has boxes only.
+        bins: thresholds 0, 1/bins, ..., (bins-1)/bins (the reference's 100); a value of exactly 1.0
+            gets its own bin, so there are ``bins + 2`` histogram bins.
+
+    Returns:
+        ``pxap``: scalar float32 over all pixels of the batch; ``per_image``: (B,) float32;
+        ``hist_positive`` / ``hist_negative``: (B, bins+2) float64 pixel counts per bin at object /
+        background pixels.
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor, or ``masks`` is not a tensor.
+        ValueError: no ``masks``; an image with no object pixel; a wrong shape, NaN/inf or values
+            outside [0,1] in ``maps``.
     """
     maps = check_maps(maps)
     if masks is None:
@@ -237,6 +317,17 @@ def pxap_from_histograms(positive: torch.Tensor, negative: torch.Tensor) -> torc
 
     Follows wsolevaluation's ``MaskEvaluator.compute``: thresholds from high to low, precision times
     the recall increment, thresholds with no positive prediction skipped.
+
+    Args:
+        positive: (..., bins) counts of object pixels per score bin, lowest bin first (``pxap``'s
+            ``hist_positive``; sum over images, dim 0, to pool batches).
+        negative: (..., bins) counts of background pixels per bin, the same shape.
+
+    Returns:
+        (...,) float32 average precision in [0,1] for each leading index (a scalar for 1-D histograms).
+
+    Raises:
+        ValueError: a histogram with no object pixel.
     """
     tp = positive.flip(-1).cumsum(-1)
     fp = negative.flip(-1).cumsum(-1)

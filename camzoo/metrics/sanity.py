@@ -50,6 +50,13 @@ def randomisable_layers(model: nn.Module, example: torch.Tensor | None = None) -
         model: the classifier; its parameters and each submodule's train/eval flag are left as they were.
         example: a probe input (a batch of one suffices); default: zeros (1,3,H,W) at the model's
             declared input size (``pretrained_cfg["input_size"]``) or 32x32, on its device.
+
+    Returns:
+        Dotted module names (as ``model.named_modules()`` gives them), output side first; empty when no
+        submodule owns parameters.
+
+    Raises:
+        ValueError: the probe forward pass failed (pass ``example=`` an input the model accepts).
     """
     owners = [(name, module) for name, module in model.named_modules() if name and _owns_parameters(module)]
     if not owners:
@@ -120,10 +127,19 @@ def parameter_randomisation(
             ``images[:1]`` calls them (``randomisable_layers``).
         seed: seeds the re-initialisation; the caller's RNG state is restored afterwards.
 
-    Returns ``layers`` (the names, in order), per step and image ``spearman`` and ``ssim`` (L,B)
-    between the trained model's maps and the maps after randomising layers[0..i]; ``mean_spearman``
-    and ``mean_ssim`` (L,). Lower is better (in [-1,1]): the maps should depend on the weights.
-    ``reference_maps`` are the trained model's maps.
+    Returns:
+        ``layers``: the L names, in order; ``spearman`` and ``ssim``: (L,B) float32, per step and image,
+        between the trained model's maps and the maps after randomising layers[0..i] (cumulatively);
+        ``mean_spearman`` and ``mean_ssim``: (L,) means over images. Lower is better (in [-1,1]): the
+        maps should depend on the weights. ``reference_maps``: (B,H,W) the trained model's maps
+        (detached).
+
+    Raises:
+        TypeError: ``explain_fn`` is not callable; ``targets`` not integers; ``explain_fn`` returned
+            a non-float or non-tensor map.
+        ValueError: ``images`` not a (B,C,H,W) tensor; ``targets`` not (B,); no layer to randomise;
+            unknown layer names; maps from ``explain_fn`` that are not (B,H,W) at the images' size,
+            not finite or outside [0,1] (the SSIM also needs at least 7x7); a failed probe forward.
     """
     if not callable(explain_fn):
         raise TypeError("explain_fn must be a callable explain_fn(model, images, targets) -> maps (B,H,W)")

@@ -16,6 +16,10 @@ from typing import Any, Mapping
 from .causal import PROTOCOLS
 from .faithfulness import SUBSTRATES
 
+# the metrics that explain new inputs with the cell's method (camzoo.metrics.discrimination)
+GRID_GAMES = ("gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus")
+SENSITIVITY_TESTS = ("randomisation_spearman", "random_logit_similarity")
+
 
 def _positive_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
@@ -43,6 +47,15 @@ class EvalSettings:
         pointing_tolerance: the pointing game's tolerance in pixels of a ``pointing_reference_size``
             image (TorchRay: 15 px at ~224 px), scaled to the maps' size.
         pointing_reference_size: see ``pointing_tolerance``.
+        grid_games: the grid games each method cell plays (``GRID_GAMES``; the grid size is in the
+            name): new inputs built once per model from the evaluation images, explained with the
+            cell's method; () plays none.
+        grid_threshold: a cell of a grid (or Focus mosaic) is an evaluation image the model
+            classifies correctly with at least this softmax confidence (the paper's 0.99).
+        grid_count: grids (and Focus mosaics) per model, each explained once per cell.
+        sensitivity: class-sensitivity and sanity tests per method cell (``SENSITIVITY_TESTS``).
+        randomisation_draws: independent full randomisations the ``randomisation_spearman`` test
+            averages over (one random network is shared by all images of a draw).
     """
 
     protocol: str = "default"
@@ -54,10 +67,16 @@ class EvalSettings:
     chunk_size: int = 64
     pointing_tolerance: float = 15.0
     pointing_reference_size: int = 224
+    grid_games: tuple[str, ...] = ()
+    grid_threshold: float = 0.99
+    grid_count: int = 64
+    sensitivity: tuple[str, ...] = ()
+    randomisation_draws: int = 3
 
     def __post_init__(self) -> None:
-        if isinstance(self.substrates, (list, tuple)):
-            object.__setattr__(self, "substrates", tuple(self.substrates))
+        for key in ("substrates", "grid_games", "sensitivity"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         problems = self.problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -65,7 +84,7 @@ class EvalSettings:
     def problems(self) -> list[str]:
         """Every invalid field, each as "eval.<field> must be ..., got ..." (the config's key)."""
         found = []
-        for key in ("deletion_steps", "chunk_size", "pointing_reference_size"):
+        for key in ("deletion_steps", "chunk_size", "pointing_reference_size", "grid_count", "randomisation_draws"):
             if not _positive_int(getattr(self, key)):
                 found.append(f"eval.{key} must be a positive integer, got {getattr(self, key)!r}")
         if self.protocol not in PROTOCOLS:
@@ -77,6 +96,13 @@ class EvalSettings:
                 set(substrates) - set(SUBSTRATES) or len(set(substrates)) != len(substrates):
             found.append(f"eval.substrates must be a list of distinct names from {SUBSTRATES}, got "
                          f"{substrates!r}")
+        for key, allowed in (("grid_games", GRID_GAMES), ("sensitivity", SENSITIVITY_TESTS)):
+            chosen = getattr(self, key)
+            if not isinstance(chosen, tuple) or not all(isinstance(c, str) for c in chosen) or \
+                    set(chosen) - set(allowed) or len(set(chosen)) != len(chosen):
+                found.append(f"eval.{key} must be a list of distinct names from {allowed}, got {chosen!r}")
+        if not _number(self.grid_threshold) or not 0 <= self.grid_threshold <= 1:
+            found.append(f"eval.grid_threshold must be a probability in [0, 1], got {self.grid_threshold!r}")
         if self.game_images is not None and not _positive_int(self.game_images):
             found.append(f'eval.game_images must be a positive integer or "all", got {self.game_images!r}')
         if not _number(self.deletion_fraction) or not 0 < self.deletion_fraction <= 1:
@@ -93,9 +119,15 @@ class EvalSettings:
         values = {key: value for key, value in evaluation.items() if key in fields}
         if values.get("game_images") == "all":
             values["game_images"] = None
-        if isinstance(values.get("substrates"), (list, tuple)):
-            values["substrates"] = tuple(values["substrates"])
+        for key in ("substrates", "grid_games", "sensitivity"):
+            if isinstance(values.get(key), (list, tuple)):
+                values[key] = tuple(values[key])
         return cls(**values)
+
+    @property
+    def discrimination(self) -> tuple[str, ...]:
+        """The metrics that explain new inputs with the cell's method: the grid games and tests asked for."""
+        return self.grid_games + self.sensitivity
 
     def without_substrates(self) -> EvalSettings:
         """The same settings with no MoRF/LeRF substrate (the controls' cells skip those columns)."""
@@ -112,4 +144,4 @@ class EvalSettings:
         return self.protocol == "rise" or self.deletion_target == "prediction"
 
 
-__all__ = ["EvalSettings"]
+__all__ = ["EvalSettings", "GRID_GAMES", "SENSITIVITY_TESTS"]

@@ -42,6 +42,17 @@ def pearson(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
 
     Degenerate maps: both constant -> 1 (they agree: there is nothing to disagree on); exactly one
     constant -> 0 (no association can be measured). SciPy would return NaN for both.
+
+    Args:
+        maps_a: maps (B,H,W) float in [0,1], finite, from one model.
+        maps_b: maps of the same images (same shape and device) from the other model.
+
+    Returns:
+        (B,) float32 correlation of each image's two maps over its pixels (computed in float64, float32 on MPS).
+
+    Raises:
+        TypeError: a map batch is not a float tensor.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1]; the two batches differ in shape or device.
     """
     maps_a, maps_b = _pair(maps_a, maps_b)
     return _pearson_rows(maps_a.flatten(1), maps_b.flatten(1))
@@ -77,7 +88,19 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per image (B,): Pearson of average ranks; degenerate maps as ``pearson``."""
+    """Spearman rank correlation per image (B,): Pearson of average ranks; degenerate maps as ``pearson``.
+
+    Args:
+        maps_a: maps (B,H,W) float in [0,1], finite, from one model.
+        maps_b: maps of the same images (same shape and device) from the other model.
+
+    Returns:
+        (B,) float32 in [-1,1]: Pearson correlation of the pixels' average ranks (ties share their mean rank).
+
+    Raises:
+        TypeError: a map batch is not a float tensor.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1]; the two batches differ in shape or device.
+    """
     maps_a, maps_b = _pair(maps_a, maps_b)
     return _spearman(maps_a, maps_b)
 
@@ -94,6 +117,21 @@ def ssim(maps_a: torch.Tensor, maps_b: torch.Tensor, data_range: float = 1.0) ->
     scikit-image's defaults: 7x7 uniform window, sample covariance (N/(N-1)), K1 = 0.01, K2 = 0.03,
     mean over the pixels at least 3 px from the border (where the window fits). Two identical maps,
     constant ones included, score 1.
+
+    Args:
+        maps_a: maps (B,H,W) float in [0,1], finite, from one model.
+        maps_b: maps of the same images (same shape and device) from the other model.
+            Both at least 7x7.
+        data_range: the value range that scales SSIM's constants C1 = (0.01 * data_range)^2 and
+            C2 = (0.03 * data_range)^2; 1 for maps in [0,1].
+
+    Returns:
+        (B,) float32 mean SSIM of each image's two maps, in [-1,1].
+
+    Raises:
+        TypeError: a map batch is not a float tensor.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1]; the two batches differ in shape or device.
+        ValueError: maps smaller than 7x7.
     """
     maps_a, maps_b = _pair(maps_a, maps_b)
     return _ssim(maps_a, maps_b, data_range)
@@ -167,6 +205,18 @@ def lfi_script_maps(raw: torch.Tensor, size: tuple[int, int], unit_scale: bool) 
     matters: ABN's sigmoid attention rarely spans [0,1]. ``unit_scale=False`` (maps with no fixed
     scale, e.g. Grad-CAM's) min-max normalises at the layer's resolution first, as CAM tools do
     before resizing. Pass the result to ``stability(..., lfi_compat=True)``.
+
+    Args:
+        raw: (B,h,w) maps at the layer's resolution, any real dtype (computed in float32), any device.
+        size: (H,W) of the output, the images' size.
+        unit_scale: True: ``raw`` already has a fixed [0,1] scale and is resized as is; False: each map
+            is min-max normalised to [0,1] first (a constant map becomes zeros).
+
+    Returns:
+        (B,H,W) float32 on ``raw``'s device, not re-normalised after resizing.
+
+    Raises:
+        ValueError: ``raw`` is not 3-D.
     """
     if raw.ndim != 3:
         raise ValueError(f"raw maps must have shape (B,h,w); got {tuple(raw.shape)}")
@@ -178,11 +228,29 @@ def stability(maps_a: torch.Tensor, maps_b: torch.Tensor, threshold: float = LFI
               lfi_compat: bool = False, chunk_size: int = 256) -> dict[str, torch.Tensor]:
     """Agreement of two map batches (B,H,W) of the same images, per image.
 
-    Returns (B,) tensors, all higher-is-better with 1 for identical maps: ``iou`` and ``dice`` in [0,1]
-    of the maps binarised at ``threshold`` (whole image; two empty masks score 1), ``spearman`` and
-    ``pearson`` in [-1,1], ``ssim`` in [-1,1]. ``lfi_compat=True`` replaces IoU/Dice by the official
-    LFI-CAM script's row-wise numbers (8-bit round trip and uint8 wrap included; its Dice can reach 2
-    on rows empty in both maps) so that the paper's figures can be compared like for like.
+    ``lfi_compat=True`` replaces IoU/Dice by the official LFI-CAM script's row-wise numbers (8-bit
+    round trip and uint8 wrap included; its Dice can reach 2 on rows empty in both maps) so that the
+    paper's figures can be compared like for like.
+
+    Args:
+        maps_a: maps (B,H,W) float in [0,1], finite, from one model.
+        maps_b: maps of the same images (same shape and device) from the other model.
+            At least 7x7 (SSIM's window).
+        threshold: binarisation threshold for IoU/Dice in [0,1), a fraction of the 0..255 scale: a pixel is
+            foreground when ``map * 255 > threshold * 255`` (default 100/255, LFI-CAM's; with ``lfi_compat``
+            the script's stretched 8-bit value is compared with ``round(threshold * 255)``).
+        lfi_compat: the official LFI-CAM script's IoU/Dice instead of whole-image ones (see above).
+        chunk_size: images per chunk (>= 1); bounds the float64 intermediates.
+
+    Returns:
+        (B,) float32 tensors, all higher-is-better with 1 for identical maps: ``iou`` and ``dice`` in [0,1]
+        of the maps binarised at ``threshold`` (whole image; two empty masks score 1), ``spearman`` and
+        ``pearson`` in [-1,1], ``ssim`` in [-1,1].
+
+    Raises:
+        TypeError: a map batch is not a float tensor.
+        ValueError: a wrong shape, NaN/inf or values outside [0,1]; the two batches differ in shape or device.
+        ValueError: ``threshold`` outside [0,1); ``chunk_size < 1``; maps smaller than 7x7.
     """
     maps_a, maps_b = _pair(maps_a, maps_b)
     if not 0 <= threshold < 1:
@@ -207,9 +275,24 @@ def pairwise_stability(map_sets: Sequence[torch.Tensor], threshold: float = LFI_
                        lfi_compat: bool = False, chunk_size: int = 256) -> dict[str, object]:
     """``stability`` over every pair of map sets (one set per seed/model, same images, same order).
 
-    Returns ``pairs`` (list of (i, j)), ``per_image`` {metric: (P,B)}, ``per_pair`` {metric: (P,)
-    mean over images}, ``mean`` and ``std`` {metric: scalar over pairs}. The std is the population
-    std over pairs (ddof 0): pairs of seeds are not independent samples, and one pair gives 0.
+    The std is the population std over pairs (ddof 0): pairs of seeds are not independent samples, and
+    one pair gives 0.
+
+    Args:
+        map_sets: a list or tuple of at least two map batches (B,H,W) in [0,1], one per seed/model, all
+            of the same shape and on the same device.
+        threshold: as in ``stability``.
+        lfi_compat: as in ``stability``.
+        chunk_size: as in ``stability``.
+
+    Returns:
+        ``pairs``: list of the P index pairs (i, j), i < j, in ``itertools.combinations`` order;
+        ``per_image``: {metric: (P,B)}; ``per_pair``: {metric: (P,) mean over images}; ``mean`` and
+        ``std``: {metric: scalar over pairs}. Metrics: iou, dice, spearman, pearson, ssim.
+
+    Raises:
+        ValueError: fewer than two map sets, or not a list/tuple; anything ``stability`` raises.
+        TypeError: a map set is not a float tensor.
     """
     if not isinstance(map_sets, (list, tuple)) or len(map_sets) < 2:
         raise ValueError("pairwise_stability needs a list of at least two map sets (one per seed)")

@@ -1,7 +1,8 @@
 """The one table of metrics: what every reported number means and how a benchmark cell computes it.
 
 Each :class:`MetricInfo` says a metric's name, direction, range, what it needs (``model``, ``masks``,
-``boxes``, ``annotations`` = masks or boxes), its scope (``model``: once per trained model;
+``boxes``, ``annotations`` = masks or boxes, ``method`` = the method that made the maps), its scope
+(``model``: once per trained model;
 ``map``: once per (model, method) from the maps; ``stability``: across seeds; ``cost``: timing),
 the table column it fills (if any), and — for map metrics — ``compute(context) -> (value,
 per-image values)``. :func:`score_maps` and the report's columns are generated from this table, so
@@ -19,8 +20,8 @@ from torch import nn
 
 from ..modelutil import model_normalisation
 from ..registry import Registry
-from . import causal, confidence, faithfulness, localization, wsol
-from .context import ScoringContext
+from . import causal, confidence, discrimination, faithfulness, localization, wsol
+from .context import MethodSpec, ScoringContext
 from .settings import EvalSettings
 
 Row = tuple[float, np.ndarray | None]
@@ -230,6 +231,31 @@ _ENTRIES = (
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
             column=f"SRG {name}", group="faithfulness", compute=_srg(name))
       for name in faithfulness.SUBSTRATES),
+    # -- discrimination: new inputs explained with the cell's method (metrics.discrimination; eval.grid_games
+    # and eval.sensitivity ask for them); a table of their own
+    *(_info(f"{game}_{n}x{n}", True, 0, 1, "play_grid_game",
+            f"{title}: share of positive attribution in the explained cell of {n}x{n} grids (chance 1/{n * n})",
+            needs=("method",), column=f"{header} {n}x{n}", group="discrimination",
+            compute=discrimination.grid_game(game, n))
+      for game, n, title, header in (("gridpg", 2, "Grid Pointing Game", "GridPG"),
+                                     ("gridpg", 3, "Grid Pointing Game", "GridPG"),
+                                     ("difull", 2, "Grid Pointing Game on the DiFull wrapper", "DiFull"),
+                                     ("dipart", 2, "Grid Pointing Game on the DiPart wrapper", "DiPart"))),
+    _info("focus", True, 0, 1, "focus", "Focus: share of positive attribution on the two target-class cells of "
+          "2x2 mosaics (chance 0.5)", needs=("method",), column="Focus", group="discrimination",
+          compute=discrimination.focus_score),
+    _info("random_logit_similarity", False, -1, 1, "random_logit_similarity",
+          "Spearman of the map for the label and for a random other class (1: class-agnostic)", needs=("method",),
+          column="Random logit sim.", group="discrimination", compute=discrimination.random_logit),
+    _info("randomisation_spearman", False, -1, 1, "randomisation_spearman",
+          "Spearman of the map with the fully randomised model's map (Adebayo et al.)", needs=("method",),
+          column="Randomisation ρ", group="discrimination", compute=discrimination.randomisation),
+    *(_info(f"grid_count_{n}x{n}", True, 0, float("inf"), "build_grids",
+            f"{n}x{n} grids the model's cells played (0: too few confident images of distinct classes)",
+            digits=0, compute=discrimination.grid_count(n)) for n in (2, 3)),
+    _info("grid_qualified", True, 0, float("inf"), "confident_cells",
+          "evaluation images classified correctly with confidence >= eval.grid_threshold (grid cells)",
+          digits=0, compute=discrimination.grid_qualified),
     # -- across seeds (the stability cell)
     _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100",
           scope="stability", column="Stability IoU"),
@@ -261,7 +287,7 @@ _ENTRIES = (
 
 METRICS: Registry[MetricInfo] = Registry("metric")
 SCOPES = ("model", "map", "stability", "cost", "dataset")
-NEEDS = ("model", "masks", "boxes", "annotations")
+NEEDS = ("model", "masks", "boxes", "annotations", "method")
 
 
 def register_metric(info: MetricInfo) -> MetricInfo:
@@ -293,13 +319,19 @@ for _entry in _ENTRIES:
 
 
 def table_columns() -> list[MetricInfo]:
-    """The metrics the summary tables show, in column order."""
+    """The metrics the summary tables show, in column order.
+
+    Returns:
+        The ``MetricInfo`` of every registered metric with a ``column``, in registration order (the
+        table's column order).
+    """
     return [info for info in METRICS.values() if info.column]
 
 
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
                masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: EvalSettings | None = None,
-               map_memo: dict | None = None, model_memo: dict | None = None) -> dict[str, Row]:
+               map_memo: dict | None = None, model_memo: dict | None = None,
+               method: MethodSpec | str | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
     Args:
@@ -317,13 +349,18 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     maps identical to earlier ones: the centre, edges and oracle controls' maps do not depend on the
     model, so nine models share three computations. Exact (tested against computing afresh).
     ``model_memo`` (one dict per model and image set) returns the model's scores on the unperturbed
-    images, which every cell of that model needs: one forward over the images per model, not per cell.
+    images, which every cell of that model needs: one forward over the images per model, not per cell,
+    and the grids every method of the model plays on (so its rows are paired).
+    ``method`` (a name such as ``"gradcam@layer2"`` or a :class:`MethodSpec`) is the method that made
+    the maps: the metrics that need it (grid games, class sensitivity; ``EvalSettings.grid_games`` and
+    ``sensitivity``) explain new inputs with it; without it they are skipped.
     """
     settings = EvalSettings() if settings is None else settings
     if not isinstance(settings, EvalSettings):
         raise TypeError(f"settings must be a camzoo.metrics.EvalSettings (e.g. EvalSettings(deletion_steps=8)); "
                         f"got {type(settings).__name__}")
-    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo)
+    spec = None if method is None else MethodSpec.parse(method)
+    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec)
     scored = {info.name: info.compute(ctx) for info in METRICS.values()
               if info.compute is not None and all(ctx.has(need) for need in info.needs)}
     return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings

@@ -271,17 +271,39 @@ def max_box_acc(maps: torch.Tensor, boxes: torch.Tensor | None = None, masks: to
     ``box_convention="wsol"`` reproduces the reference's predicted box ``(x, y, x+w, y+h)``, one pixel
     wider and taller than the contour; ``"exact"`` uses the contour's own extremes.
 
-    Returns fractions in [0,1], higher is better: ``max_box_acc_v1``, ``max_box_acc_v2`` (mean over
-    the IoU thresholds), ``max_box_acc_v2_per_iou`` (len(iou_thresholds),), ``best_threshold_v1``; the
-    IoU of every (image, threshold) ``iou_v1`` / ``iou_v2`` (B,T) float64; and for pooling over batches
-    ``hits_v1`` (B,T) and ``hits_v2`` (len(iou_thresholds),B,T) bool, ``cam_thresholds`` (T,).
-
     ``backend``: ``"opencv"`` runs the reference's OpenCV call (on all (image, threshold) slices of a
     chunk at once, separated by zero rows); ``"scipy"``
     computes the same contours' boxes and areas from connected components, without OpenCV (both tested
     equal to OpenCV, ties included); ``"auto"`` (default) takes OpenCV when it is installed, as it is
     several times faster (about 50 ms against 250 ms per 224 px map on 2 CPU cores). ``chunk_size``
     images are processed at a time (scipy: about 10 bytes per pixel per threshold).
+
+    Args:
+        maps: saliency (B,H,W) float in [0,1], finite; any device (contours are traced on the CPU).
+        boxes: GT boxes (B,K,4) x0,y0,x1,y1 in pixel-edge coordinates, NaN rows as padding; used when given.
+        masks: GT masks (B,H,W), bool or 0/1 valued, used (each mask's bounding box) when ``boxes`` is None.
+            One of the two is required, and every image needs a GT box covering a pixel.
+        cam_thresholds: T, the number of CAM thresholds t = k/T, k = 0..T-1 (>= 1; the reference: 100).
+        iou_thresholds: IoU thresholds of V2, each in (0,1] (the reference: 0.3, 0.5, 0.7).
+        v1_iou: IoU a V1 box needs to count as a hit, in (0,1] (the reference: 0.5).
+        box_convention: ``"wsol"`` (the reference's predicted box) or ``"exact"`` (see above).
+        chunk_size: images per contour pass (>= 1); bounds the memory.
+        backend: ``"auto"``, ``"opencv"`` or ``"scipy"`` (see above).
+
+    Returns:
+        ``max_box_acc_v1``: scalar float32 in [0,1], higher is better; ``max_box_acc_v2``: scalar, the
+        mean over the IoU thresholds of ``max_box_acc_v2_per_iou`` (len(iou_thresholds),) float32;
+        ``best_threshold_v1``: scalar int64, the *index* (0..T-1) into ``cam_thresholds`` of the
+        threshold that maximises V1 (the first on ties) — not the threshold itself; ``iou_v1`` /
+        ``iou_v2``: (B,T) float64 IoU of every (image, threshold); for pooling over batches
+        (``max_box_acc_from_hits``) ``hits_v1`` (B,T) and ``hits_v2`` (len(iou_thresholds),B,T) bool;
+        ``cam_thresholds``: (T,) float32, the thresholds. All on the maps' device.
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor, or ``boxes``/``masks`` is not a tensor.
+        ValueError: bad ``maps`` (shape, NaN/inf, outside [0,1]); an unknown ``box_convention`` or
+            ``backend`` (or ``"opencv"`` without OpenCV installed); ``cam_thresholds`` or ``chunk_size``
+            < 1; IoU thresholds outside (0,1]; no ground truth, or an image without a GT box.
     """
     maps = check_maps(maps)
     if box_convention not in ("wsol", "exact"):
@@ -340,7 +362,21 @@ def max_box_acc(maps: torch.Tensor, boxes: torch.Tensor | None = None, masks: to
 
 
 def max_box_acc_from_hits(hits_v1: torch.Tensor, hits_v2: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MaxBoxAcc from per-image hit tables (B,T) and (I,B,T), e.g. concatenated over batches (dim -2)."""
+    """MaxBoxAcc from per-image hit tables (B,T) and (I,B,T), e.g. concatenated over batches (dim -2).
+
+    Args:
+        hits_v1: (B,T) bool, V1 hit of every (image, CAM threshold) (``max_box_acc(...)["hits_v1"]``).
+        hits_v2: (I,B,T) bool, V2 hits at each of I IoU thresholds, same B and T.
+
+    Returns:
+        ``max_box_acc_v1``: scalar float32, the best over thresholds of the V1 hit rate over images;
+        ``max_box_acc_v2``: scalar, the mean of ``max_box_acc_v2_per_iou`` (I,) (the best threshold taken
+        separately at each IoU threshold); ``best_threshold_v1``: scalar int64 index (0..T-1) of V1's best
+        threshold, the first on ties.
+
+    Raises:
+        ValueError: the tables are not (B,T) and (I,B,T) with the same B and T.
+    """
     if hits_v1.dim() != 2 or hits_v2.dim() != 3 or hits_v2.shape[1:] != hits_v1.shape:
         raise ValueError(
             f"hits_v1 must be (B,T) and hits_v2 (I,B,T) for the same B,T; got {tuple(hits_v1.shape)} "

@@ -14,18 +14,29 @@ COMMON_OPTIONS = ("pretrained", "class_names", "image_size", "mean", "std", "cif
 def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamModel:
     """Build a camzoo model.
 
-    kind: a registered kind (``camzoo.models.kind_names()``: "baseline" | "abn" | "lfi").
-    backbone: a CIFAR ResNet (resnet8/14/20/32/44/56/110, cifar_resnet<6n+2>) or a timm CNN name
-    (resnet18/34/50, regnetx_002, efficientnet_b0, ...).
+    Args:
+        kind: a registered kind (``camzoo.models.kind_names()``: "baseline" | "abn" | "lfi").
+        backbone: a CIFAR ResNet (resnet8/14/20/32/44/56/110, cifar_resnet<6n+2>) or a timm CNN name
+            (resnet18/34/50, regnetx_002, efficientnet_b0, ...).
+        num_classes: number of classes, an int >= 2.
+        **options: Options (all kinds): ``pretrained`` (False; True downloads timm weights, never done by
+            camzoo itself), ``class_names`` (num_classes names), ``image_size`` (an int >= 8) / ``mean``
+            / ``std`` (3 values each, std > 0; preprocessing recorded in ``model.pretrained_cfg``),
+            ``cifar_block`` ("basic" | "bottleneck"), ``stem_stride1`` (halve the stem convolution's
+            stride; default: the kind's ``default_stem_stride1`` — True for LFI-CAM on timm backbones
+            with a strided stem, as the official ImageNet code; False otherwise), ``timm_kwargs`` (dict
+            passed to ``timm.create_model``). Kind options: each kind's ``options`` (LFI-CAM:
+            ``fin_width``, default C, the paper's; ``fin_variant`` "imagenet" | "cifar", default "cifar"
+            on CIFAR ResNets, as in the official code).
 
-    Options (all kinds): ``pretrained`` (False; True downloads timm weights, never done by
-    camzoo itself), ``class_names``, ``image_size`` / ``mean`` / ``std`` (preprocessing recorded in
-    ``model.pretrained_cfg``), ``cifar_block`` ("basic" | "bottleneck"), ``stem_stride1`` (halve the stem
-    convolution's stride; default: the kind's ``default_stem_stride1`` — True for LFI-CAM on timm
-    backbones with a strided stem, as the official ImageNet code; False otherwise),
-    ``timm_kwargs`` (dict passed to ``timm.create_model``).
-    Kind options: each kind's ``options`` (LFI-CAM: ``fin_width``, default C, the paper's;
-    ``fin_variant`` "imagenet" | "cifar", default "cifar" on CIFAR ResNets, as in the official code).
+    Returns:
+        A new model of the kind's class (a ``CamModel``); ``model.config`` records what ``build_model``
+        needs to rebuild this exact architecture, ``model.pretrained_cfg`` its input size, mean and std.
+
+    Raises:
+        ValueError: an unknown kind or option; ``num_classes`` not an int >= 2; ``class_names`` of the
+            wrong length; a bad ``image_size``, ``mean`` or ``std``; ``pretrained`` or ``timm_kwargs``
+            with a CIFAR ResNet; an empty backbone name.
     """
     model_class = get_kind(kind)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

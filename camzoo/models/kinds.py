@@ -21,8 +21,15 @@ K = TypeVar("K", bound=type[CamModel])
 def register_kind(cls: K) -> K:
     """Class decorator adding a model kind under its ``kind`` name (and its old ``kind_aliases``).
 
+    Args:
+        cls: a :class:`~camzoo.models.base.CamModel` subclass that sets its own ``kind`` class attribute.
+
     Returns:
         ``cls``, now listed by :func:`kind_names` and built by ``camzoo.build_model(kind, ...)``.
+
+    Raises:
+        ValueError: no ``kind`` name (or ``CamModel``'s own), or a name or alias already registered to
+            another class.
     """
     name = getattr(cls, "kind", "")
     if not name or name == CamModel.kind:

@@ -3,7 +3,8 @@ with local weights.
 
 Why in ``models``: the CLI, and any script, need the same rules — a camzoo ``model.pt`` rebuilds
 itself (a ``--model`` that contradicts it is refused, not ignored); otherwise a timm name (``resnet18``
-or ``timm:resnet18``) or a torchvision name (``torchvision:resnet18``) with an optional local
+or ``timm:resnet18``), a torchvision name (``torchvision:resnet18``) or the user's own module
+(``package.module:factory``, any callable returning an ``nn.Module``) with an optional local
 state_dict (.pth / .safetensors). Never downloads: a model without weights keeps its random
 initialisation. Errors are :class:`ModelSpecError` (a ValueError) naming the option, the file and
 the problem; a state_dict that does not fit names its first missing / unexpected / mis-shaped keys.
@@ -12,8 +13,11 @@ the problem; a state_dict that does not fit names its first missing / unexpected
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 import os
 import re
+import sys
 from typing import Any, Callable, Mapping
 
 import torch
@@ -26,6 +30,8 @@ from .checkpoint import is_camzoo_checkpoint, model_from_checkpoint, validate_ch
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
 TORCHVISION_INPUT_SIZE = (3, 224, 224)  # torchvision models do not record theirs; ImageNet classifiers use 224
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+DOWNLOAD_KWARGS = ("pretrained", "weights")  # timm / torchvision arguments that would fetch weights
 
 
 class ModelSpecError(ValueError):
@@ -67,8 +73,88 @@ def _one_line(err: Exception, path: str | os.PathLike) -> str:
             f"objects other than tensors, which camzoo refuses to unpickle (weights_only=True){said}")
 
 
-def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
-    """(description for messages, ``build(num_classes=None) -> model``) for a timm or torchvision name."""
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` names the user's own factory, ``package.module:factory`` (not timm: / torchvision:)."""
+    return ":" in name and not name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX))
+
+
+def _import_factory(name: str) -> Callable[..., Any]:
+    """The callable ``package.module:attr`` names. The working directory is tried last, so a
+    ``camzoo`` console script finds a module next to the user as ``python -m`` would."""
+    if not _IMPORT_PATH.fullmatch(name):
+        hub = (" Hugging Face Hub names are not supported (camzoo never downloads): give the architecture's timm name "
+               "and a local checkpoint." if name.startswith(("hf-hub:", "hf_hub:")) else "")
+        raise ModelSpecError(f"{name!r} is not an import path; expected package.module:factory (e.g. mynets.models:build)."
+                             f"{hub}", "model")
+    module_name, attr = name.split(":")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module may raise anything while it imports
+        raise ModelSpecError(f"cannot import {module_name!r} for model {name!r}: {type(err).__name__}: {err} "
+                             "(is it on PYTHONPATH, or in the working directory?)", "model") from err
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelSpecError(f"module {module_name!r} has no attribute {attr!r} (model {name!r})", "model")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelSpecError(f"{name!r} is a {type(target).__name__}, not a callable returning an nn.Module", "model")
+    return target
+
+
+def _takes(factory: Callable[..., Any], parameter: str) -> bool:
+    """Whether ``factory`` accepts the keyword ``parameter`` (or any keyword)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == parameter or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _user_factory(name: str, kwargs: Mapping[str, Any]) -> tuple[str, Callable[..., nn.Module]]:
+    """``_factory`` for ``package.module:factory``: num_classes and in_chans are passed only if it takes them."""
+    factory = _import_factory(name)
+
+    def build_user(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
+        extra = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
+                 if v is not None and _takes(factory, k)}
+        model = factory(**kwargs, **extra)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"it returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    build_user.takes_num_classes = _takes(factory, "num_classes")  # type: ignore[attr-defined]
+    return f"model {name!r}", build_user
+
+
+def _make(build: Callable[..., nn.Module], label: str, *args: Any) -> nn.Module:
+    """``build(*args)``; whatever the constructor raises (a bad keyword argument, the user's own
+    code) becomes one line naming the model."""
+    try:
+        return build(*args)
+    except ModelSpecError:
+        raise
+    except Exception as err:
+        text = " ".join(str(err).split())
+        raise ModelSpecError(f"cannot build {label}: {type(err).__name__}: {text[:300]}", "model") from err
+
+
+def _factory(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[str, Callable[..., nn.Module]]:
+    """(description for messages, ``build(num_classes=None, in_chans=None) -> model``) for a timm or
+    torchvision name or an import path; ``kwargs`` go to the architecture's constructor."""
+    kwargs = dict(kwargs or {})
+    if is_import_path(name):
+        return _user_factory(name, kwargs)
+    refused = [k for k in DOWNLOAD_KWARGS if k in kwargs]
+    if refused:
+        raise ModelSpecError(f"model argument {refused[0]!r} is not allowed: camzoo never downloads weights; pass a "
+                             "local checkpoint instead", "factory-kwargs")
     if name.startswith(TORCHVISION_PREFIX):
         import torchvision
 
@@ -80,7 +166,8 @@ def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
             raise ModelSpecError(f"{arch!r} is not a torchvision classification model.{hint}", "model")
 
         def build_torchvision(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:  # noqa: ARG001
-            model = torchvision.models.get_model(arch, weights=None, **({} if num_classes is None else {"num_classes": num_classes}))
+            model = torchvision.models.get_model(arch, weights=None, **kwargs,
+                                                 **({} if num_classes is None else {"num_classes": num_classes}))
             outputs = num_classes or 1000
             model.pretrained_cfg = {"input_size": TORCHVISION_INPUT_SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                                     "num_classes": outputs}
@@ -97,7 +184,7 @@ def _factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
         tv = " Prefix torchvision: for a torchvision model (e.g. torchvision:resnet18)."
         raise ModelSpecError(f"{arch!r} is not a timm model name.{hint}{tv}", "model")
     return f"timm model {arch!r}", lambda num_classes=None, in_chans=None: timm.create_model(
-        arch, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}),
+        arch, pretrained=False, **kwargs, **({} if num_classes is None else {"num_classes": num_classes}),
         **({} if in_chans is None else {"in_chans": in_chans}))
 
 
@@ -134,13 +221,36 @@ def _camzoo_model(payload: dict, checkpoint: str | os.PathLike, name: str | None
         raise ModelSpecError(str(err), "checkpoint") from err
 
 
-def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_classes: int | None = None) -> nn.Module:
-    """A camzoo checkpoint as saved (``name`` not needed; if given it must match), or model ``name``
-    (timm, ``timm:NAME`` or ``torchvision:NAME``) with optional local weights, in eval mode.
+def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_classes: int | None = None,
+                   factory_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """A camzoo checkpoint as saved, or an architecture with optional local weights, in eval mode.
 
-    num_classes: the classifier's size (>= 1; 1 = a single-logit model, explained with a sigmoid
-    score); default: read from the weights, else the architecture's default (1000).
+    Args:
+        name: a timm name (``resnet18``, ``timm:resnet18``), ``torchvision:NAME``, or the user's
+            ``package.module:factory`` (any callable returning an nn.Module; the working directory is
+            searched last); not needed for a camzoo checkpoint, and if given it must match it.
+        checkpoint: a camzoo ``model.pt`` or a state_dict ``.pth`` / ``.safetensors``, loaded with
+            ``weights_only=True`` (a pickle of other objects is refused); None keeps random weights.
+        num_classes: the classifier's size (>= 1; 1 = a single-logit model, explained with a sigmoid
+            score); default: read from the weights, else the architecture's default (1000). A factory
+            gets ``num_classes`` (and ``in_chans`` read from the weights) only if it has such a parameter.
+        factory_kwargs: keyword arguments for the constructor (timm.create_model, torchvision's
+            get_model or the factory), e.g. ``{"in_chans": 1}`` or ``{"img_size": 64}``.
+
+    Returns:
+        The model. Errors are :class:`ModelSpecError`, one line, ``param`` naming the option at fault.
     """
+    if factory_kwargs is not None and (not isinstance(factory_kwargs, Mapping)
+                                       or not all(isinstance(k, str) for k in factory_kwargs)):
+        raise ModelSpecError(f"model arguments must be a mapping of names to values; got {factory_kwargs!r}",
+                             "factory-kwargs")
+    kwargs = dict(factory_kwargs or {})
+    if "num_classes" in kwargs:
+        given = kwargs.pop("num_classes")
+        if num_classes is not None and given != num_classes:
+            raise ModelSpecError(f"num_classes={given!r} in the model arguments contradicts num_classes={num_classes!r}",
+                                 "num-classes")
+        num_classes = given
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ModelSpecError(f"the number of classes must be an integer >= 1; got {num_classes!r} (0 would "
                              "build a model without a classifier head)", "num-classes")
@@ -151,23 +261,29 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
         except (ValueError, FileNotFoundError) as err:
             raise ModelSpecError(_one_line(err, checkpoint), "checkpoint") from err
         if is_camzoo_checkpoint(payload):
+            if kwargs:
+                raise ModelSpecError(f"{str(checkpoint)!r} is a camzoo model, which rebuilds its own architecture; drop "
+                                     f"the model arguments {sorted(kwargs)}", "factory-kwargs")
             return _camzoo_model(payload, checkpoint, name, num_classes)
     if name is None:
         raise ModelSpecError("a model name is needed unless the checkpoint is a camzoo model (from camzoo train or bench)",
                              "model")
-    label, build = _factory(name)
+    label, build = _factory(name, kwargs)
+    if num_classes is not None and not getattr(build, "takes_num_classes", True):
+        raise ModelSpecError(f"{label} takes no num_classes parameter; drop the class count (or add the parameter "
+                             "to the factory)", "num-classes")
     state = payload
     if state is not None:
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelSpecError(f"{str(checkpoint)!r} does not hold a state_dict of tensors", "checkpoint")
-        default = build()
+        default = _make(build, label)
         if num_classes is None:
             num_classes = _head_classes(default, state)
         in_chans = _stem_channels(default, state)
-        in_chans = None if in_chans in (None, 3) or label.startswith("torchvision") else in_chans
-    model = build(num_classes, in_chans) if state is not None else build(num_classes)
+        in_chans = None if in_chans in (None, 3) or label.startswith("torchvision") or "in_chans" in kwargs else in_chans
+    model = _make(build, label, num_classes, in_chans) if state is not None else _make(build, label, num_classes)
     if state is not None:
         problem = state_dict_mismatch(model, state)
         if problem:

@@ -1,0 +1,138 @@
+"""Models the benchmark loads instead of training: a config's ``[[models]]`` entries.
+
+Why: most users of a CAM benchmark already have trained classifiers (their own ResNet-50 or ViT,
+or standard checkpoints a new method must be scored on). An entry names an architecture (a timm
+name, ``torchvision:NAME``, the user's ``package.module:factory``, or nothing for camzoo
+``model.pt`` files) and one or more checkpoints; each checkpoint is one "seed" of the entry, so
+cross-seed stability compares them exactly as it compares trained seeds. Such models are never
+trained: their accuracy is measured on the dataset. Loading goes through
+``camzoo.models.loading.load_any_model`` (``weights_only``; a pickle is refused; a state dict that
+does not fit names its keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+SOURCE_KIND = "checkpoint"  # the Kind column of a loaded model's rows
+ENTRY_KEYS = ("name", "checkpoints", "label", "options", "layer")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One checkpoint of one ``[[models]]`` entry."""
+
+    name: str | None  # architecture; None: a camzoo model.pt rebuilds itself
+    checkpoint: str
+    label: str  # the table's Backbone column
+    options: Mapping[str, Any]  # constructor keyword arguments (timm / torchvision / factory)
+    layer: str | None  # the CAM layer; None: what camzoo.explain picks for the model
+
+    def load(self, device: torch.device | str = "cpu", num_classes: int | None = None) -> nn.Module:
+        """The model in eval mode on ``device``."""
+        from ..models.loading import load_any_model
+
+        model = load_any_model(self.name, self.checkpoint, num_classes, dict(self.options) or None)
+        return model.to(device).eval()
+
+
+def entry_label(entry: Mapping[str, Any]) -> str:
+    """An entry's Backbone column: its ``label``, else its name, else its first checkpoint's stem."""
+    if entry.get("label"):
+        return str(entry["label"])
+    if entry.get("name"):
+        return str(entry["name"]).replace(":", "-")
+    return Path(str(entry["checkpoints"][0])).stem
+
+
+def sources(entry: Mapping[str, Any]) -> tuple[ModelSource, ...]:
+    """The checkpoints of an entry, in order (seed i = checkpoint i)."""
+    options = MappingProxyType(dict(entry.get("options") or {}))
+    return tuple(ModelSource(entry.get("name") or None, str(path), entry_label(entry), options,
+                             entry.get("layer") or None) for path in entry["checkpoints"])
+
+
+def entry_problems(models: object) -> list[str]:
+    """What is wrong with the ``models`` list's shape (nothing is loaded)."""
+    if not isinstance(models, list):
+        return [f"models must be a list of [[models]] tables, got {models!r}"]
+    problems, labels = [], []
+    for index, entry in enumerate(models):
+        where = f"models[{index}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where} must be a table with name and checkpoints, got {entry!r}")
+            continue
+        extra = sorted(set(entry) - set(ENTRY_KEYS))
+        if extra:
+            problems.append(f"{where} has unknown keys {extra} (valid: {', '.join(ENTRY_KEYS)})")
+        checkpoints = entry.get("checkpoints")
+        if not isinstance(checkpoints, list) or not checkpoints or not all(isinstance(c, str) for c in checkpoints):
+            problems.append(f"{where}.checkpoints must be a non-empty list of file paths, got {checkpoints!r}")
+            continue
+        if len(set(checkpoints)) != len(checkpoints):
+            problems.append(f"{where}.checkpoints names a file twice: {checkpoints!r}")
+        for key in ("name", "label", "layer"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                problems.append(f"{where}.{key} must be a string, got {entry[key]!r}")
+        if not isinstance(entry.get("options", {}), Mapping):
+            problems.append(f"{where}.options must be a table of constructor arguments, got {entry['options']!r}")
+        labels.append(entry_label(entry))
+    if len(set(labels)) != len(labels):
+        problems.append(f"two [[models]] entries share a label {labels!r}: give each a distinct label")
+    return problems
+
+
+def load_problems(models: list[Mapping[str, Any]], datasets: Mapping[str, Any]) -> list[str]:
+    """Load every checkpoint on the CPU and check it against every dataset: it must load (one line
+    naming missing/unexpected keys otherwise), and its outputs must be the dataset's classes — or
+    cover the dataset's class map (``classes.txt`` / ``class_index``, e.g. ImageNet's 1,000 outputs on
+    a 10-class folder). ``datasets``: name -> the loaded test split."""
+    from ..models.loading import ModelSpecError
+
+    problems: list[str] = []
+    for entry in models:
+        for source in sources(entry):
+            if not Path(source.checkpoint).is_file():
+                problems.append(f"model {source.label}: checkpoint {source.checkpoint!r} does not exist")
+                continue
+            try:
+                model = source.load("cpu")
+            except (ModelSpecError, ValueError, TypeError, RuntimeError, OSError) as err:
+                problems.append(f"model {source.label}: {source.checkpoint}: {err}")
+                continue
+            outputs = _output_count(model)
+            for name, split in datasets.items():
+                problem = class_problem(outputs, split)
+                if problem:
+                    problems.append(f"model {source.label} ({source.checkpoint}) on dataset {name!r}: {problem}")
+    return problems
+
+
+def class_problem(outputs: int | None, split: Any) -> str | None:
+    """Why a model with ``outputs`` classes cannot be scored on ``split`` (None when it can)."""
+    if outputs is None:
+        return None
+    mapped = getattr(split, "class_map", None)
+    needed = int(getattr(split, "num_model_classes", len(split.classes)))
+    if mapped and outputs < needed:
+        return f"the class map names output {needed - 1} but the model has {outputs} outputs"
+    if not mapped and outputs != needed:
+        return (f"the model has {outputs} outputs but the dataset has {needed} classes and no class map; "
+                "add classes.txt (one 'folder index' line per class) or class_index to the dataset's options")
+    return None
+
+
+def _output_count(model: nn.Module) -> int | None:
+    """The classifier's outputs: timm's and camzoo's ``num_classes``, else the last Linear layer's
+    width (torchvision); None when neither says (the model is then trusted)."""
+    count = getattr(model, "num_classes", None)
+    if isinstance(count, int) and count > 0:
+        return int(count)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
