@@ -19,16 +19,15 @@ import errno
 import os
 import pickle
 import resource
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -249,16 +248,19 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
         ("cli: explain a.png sub/a.png (same name)", command(["explain", tmp / "dupes", "--checkpoint", ckpt, "--out", out / "d"],
                                                              lambda r: len(list((out / "d").rglob("*.png"))) == 2)),
         ("cli: --target 0 --target 1 for 3 images", command(["explain", folder / "p0.png", folder / "p1.png", folder / "p2.png",
-                                                             "--checkpoint", ckpt, "--target", "0", "--target", "1", "--out", out])),
+                                                             "--checkpoint", ckpt, "--target", "0", "--target", "1",
+                                                             "--out", out])),
         ("cli: --target wolf (not a class)", command(["explain", good, "--checkpoint", ckpt, "--target", "wolf", "--out", out])),
         ("cli: --num-classes 0", command(["explain", good, "--model", "resnet10t", "--num-classes", "0", "--out", out])),
-        ("cli: --model resnet18 + resnet8 checkpoint", command(["explain", good, "--model", "resnet18", "--checkpoint", ckpt, "--out", out])),
+        ("cli: --model resnet18 + resnet8 checkpoint", command(["explain", good, "--model", "resnet18", "--checkpoint", ckpt,
+                                                               "--out", out])),
         ("cli: --image-size 0", command(["explain", good, "--checkpoint", ckpt, "--image-size", "0", "--out", out])),
         ("cli: --out is a file", command(["explain", good, "--checkpoint", ckpt, "--out", existing])),
         ("cli: --out under a file", command(["explain", good, "--checkpoint", ckpt, "--out", existing / "sub"])),
         ("cli: --device gpu", command(["explain", good, "--checkpoint", ckpt, "--device", "gpu", "--out", out])),
         ("cli: --layer fc (not a feature map)", command(["explain", good, "--checkpoint", ckpt, "--layer", "fc", "--out", out])),
-        ("cli: --method oracle (needs ground truth)", command(["explain", good, "--checkpoint", ckpt, "--method", "oracle", "--out", out])),
+        ("cli: --method oracle (needs ground truth)", command(["explain", good, "--checkpoint", ckpt, "--method", "oracle",
+                                                              "--out", out])),
         ("cli: folder with one unreadable image", command(["explain", folder, "--checkpoint", ckpt, "--out", out / "f"])),
         ("cli: missing input path", command(["explain", tmp / "nope.png", "--checkpoint", ckpt, "--out", out])),
         ("cli: preview --out is a directory", command(["datasets", "preview", "shapes", "--out", tmp])),
@@ -266,8 +268,9 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
                                                                        "--out", out / "p.png"])),
         ("cli: train --device gpu", command(["train", "--kind", "baseline", "--device", "gpu", "--out", out / "t"])),
         ("cli: train --device cuda:9", command(["train", "--kind", "baseline", "--device", "cuda:9", "--out", out / "t"])),
-        ("cli: explain with a torchvision: model", command(["explain", good, "--model", "torchvision:resnet18", "--image-size", "32",
-                                                            "--out", out / "tv"], lambda r: (out / "tv" / "good_gradcam.png").is_file())),
+        ("cli: explain with a torchvision: model", command(
+            ["explain", good, "--model", "torchvision:resnet18", "--image-size", "32", "--out", out / "tv"],
+            lambda r: (out / "tv" / "good_gradcam.png").is_file())),
     ]
     return rows + round_two(tmp, ckpt, plain)
 
@@ -412,12 +415,13 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
                                                    expect="input folder")),
         ("cli: quoted '**' glob over a symlink loop", command(["explain", f"{looped}/**/*.png", "--checkpoint", ckpt,
                                                                "--out", tmp / "lo"], lambda r: "explained 1 of 1" in r.output)),
-        ("cli: a Latin-1 (non-UTF-8) file name", command(["explain", latin, "--checkpoint", ckpt, "--out", tmp / "la"],
-                                                         lambda r: (tmp / "la" / "manifest.csv").read_bytes().count(b"caf\xe9") == 2)),
-        ("load: animated GIF says only its first frame is explained", api(warns_of_frames(tmp / "anim.gif"),
-                                                                           lambda w: any("3 frames" in str(m.message) for m in w))),
-        ("load: multi-page TIFF says only its first page is explained", api(warns_of_frames(tmp / "pages.tif"),
-                                                                             lambda w: any("3 frames" in str(m.message) for m in w))),
+        ("cli: a Latin-1 (non-UTF-8) file name", command(
+            ["explain", latin, "--checkpoint", ckpt, "--out", tmp / "la"],
+            lambda r: (tmp / "la" / "manifest.csv").read_bytes().count(b"caf\xe9") == 2)),
+        ("load: animated GIF says only its first frame is explained", api(
+            warns_of_frames(tmp / "anim.gif"), lambda w: any("3 frames" in str(m.message) for m in w))),
+        ("load: multi-page TIFF says only its first page is explained", api(
+            warns_of_frames(tmp / "pages.tif"), lambda w: any("3 frames" in str(m.message) for m in w))),
         ("cli: animated GIF", command(["explain", tmp / "anim.gif", "--checkpoint", ckpt, "--out", tmp / "gif"],
                                       expect="only the first is explained")),
         ("cli: explain --save-maps on a full disk", full_disk_case(tmp, "maps")),
@@ -437,8 +441,9 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
         ("cli: captum:Occlusion --method-option sliding_window_shapes=(3,4,4)", command(
             ["explain", tmp / "good.png", "--checkpoint", ckpt, "--method", "captum:Occlusion", "--method-option",
              "sliding_window_shapes=(3,4,4)", "--out", tmp / "occ"], lambda r: "explained 1 of 1" in r.output)),
-        ("cli: captum:Occlusion without its option", command(["explain", tmp / "good.png", "--checkpoint", ckpt, "--method",
-                                                             "captum:Occlusion", "--out", tmp / "occ"], expect="--method-option")),
+        ("cli: captum:Occlusion without its option", command(
+            ["explain", tmp / "good.png", "--checkpoint", ckpt, "--method", "captum:Occlusion", "--out", tmp / "occ"],
+            expect="--method-option")),
         ("cli: --method-option nonsense=1", command(["explain", tmp / "good.png", "--checkpoint", ckpt, "--method",
                                                     "captum:Occlusion", "--method-option", "nonsense=1", "--out", tmp / "occ"],
                                                    expect="nonsense")),

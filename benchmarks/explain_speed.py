@@ -22,10 +22,10 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_seconds  # noqa: E402
+from _timing import median_seconds
 
-import camzoo  # noqa: E402
-from camzoo.modelutil import describe_device, resolve_device  # noqa: E402
+import camzoo
+from camzoo.modelutil import describe_device, resolve_device
 
 
 

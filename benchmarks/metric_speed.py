@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from camzoo.metrics import deletion_insertion  # noqa: E402
-from camzoo.modelutil import describe_device, resolve_device  # noqa: E402
-from camzoo.modelutil import synchronize as synchronise  # noqa: E402
+from camzoo.metrics import deletion_insertion
+from camzoo.modelutil import describe_device, resolve_device
+from camzoo.modelutil import synchronize as synchronise
 
 
 def forward_seconds_per_image(model: torch.nn.Module, batch: int, size: int, device: torch.device,

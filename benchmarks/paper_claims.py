@@ -91,7 +91,8 @@ def claims(directory: str | Path, run_id: str | None = None) -> str:
              f"device: {run['provenance']['device']}.", ""]
 
     stability = {f"{k}/{m}": t for k, m in STABILITY_ROWS if (t := _table(rows, k, m, "stability_iou", False)) is not None}
-    compat = {f"{k}/{m}": t for k, m in STABILITY_ROWS if (t := _table(rows, k, m, "stability_iou_lfi_compat", False)) is not None}
+    compat = {f"{k}/{m}": t for k, m in STABILITY_ROWS
+              if (t := _table(rows, k, m, "stability_iou_lfi_compat", False)) is not None}
     lines += ["**Claim 1: LFI-CAM's attention is more stable across seeds.**", "",
               "| row | stability IoU [95 % CI] | row-wise IoU (LFI-CAM script) |", "|---|---:|---:|"]
     for name, table in stability.items():

@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from camzoo.modelutil import describe_device, resolve_device, synchronize  # noqa: E402
-from camzoo.models import build_model  # noqa: E402
-from camzoo.models.backbones import cifar_depth  # noqa: E402
-from camzoo.train import train_step  # noqa: E402
+from camzoo.modelutil import describe_device, resolve_device, synchronize
+from camzoo.models import build_model
+from camzoo.models.backbones import cifar_depth
+from camzoo.train import train_step
 
 
 def make_runner(kind: str, args, device: torch.device, options: dict):

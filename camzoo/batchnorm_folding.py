@@ -37,7 +37,7 @@ def count_batchnorms(model: nn.Module) -> int:
 def _fold_in_place(module: nn.Module) -> None:
     try:
         graph = fx.symbolic_trace(module).graph
-    except Exception:  # noqa: BLE001 - tracing is best-effort: any failure means "look inside"
+    except Exception:
         for child in module.children():
             _fold_in_place(child)
         return

@@ -13,15 +13,13 @@ reported instead of hanging or being dropped without a word.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import re
-import stat
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

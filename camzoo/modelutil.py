@@ -8,7 +8,7 @@ that restores modes differently is how hooks and train-mode leaks creep back in.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -10,7 +10,8 @@ and reports without the old name reappearing in new tables.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, Iterator, Mapping, TypeVar
+from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 T = TypeVar("T")
 

@@ -140,7 +140,7 @@ def _rank_pid(out: Path, rank: int) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"RANK={rank}".encode() in environ and "TORCHELASTIC_RUN_ID".encode() in b"\0".join(environ) \
+        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ) \
                 and str(out).encode() in cmdline:
             return int(entry.name)
     return None

@@ -19,7 +19,8 @@ from test_bench import tiny_config
 # test_bench's tiny grid, trimmed so that one run serves this file and tests/test_report_html.py:
 # two seeds (stability needs a pair), two kinds, one method of each sort, one substrate, 8 images.
 TRIM = {
-    'methods = ["gradcam", "eigencam", "attention", "random", "oracle"]': 'methods = ["gradcam", "attention", "random", "oracle"]',
+    'methods = ["gradcam", "eigencam", "attention", "random", "oracle"]':
+        'methods = ["gradcam", "attention", "random", "oracle"]',
     'substrates = ["zeros", "road"]': 'substrates = ["zeros"]',
     "images = 16": "images = 8",
     "num_images = 128": "num_images = 64",
@@ -82,7 +83,8 @@ def test_load_round_trips_every_number_of_summary_csv(run_dir):
             if mine.empty:
                 assert np.isnan(row[f"{column.metric}_mean"])
                 continue
-            assert mine["value"].mean() == pytest.approx(row[f"{column.metric}_mean"], rel=1e-12), (row.kind, row.method, column.metric)
+            assert mine["value"].mean() == pytest.approx(row[f"{column.metric}_mean"], rel=1e-12), \
+                (row.kind, row.method, column.metric)
             assert std == pytest.approx(row[f"{column.metric}_std"], rel=1e-9, nan_ok=True), (row.kind, row.method, column.metric)
             checked += 1
     assert checked > 7 * 8

@@ -86,11 +86,13 @@ def test_explain_errors(image_files, tmp_path, extra, message):
 def test_explain_refuses_corrupt_and_unfit_checkpoints(image_files, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00garbage")
-    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(corrupt), "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(corrupt),
+                                       "--out", str(tmp_path)])
     assert result.exit_code != 0 and "cannot load" in result.output
     unfit = tmp_path / "unfit.pth"
     torch.save({"fc.weight": torch.zeros(2, 7)}, unfit)
-    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(unfit), "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["explain", image_files[0], "--model", "resnet10t", "--checkpoint", str(unfit),
+                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "does not fit timm model 'resnet10t'" in result.output
     # one line naming the first keys at fault, not torch's list of all of them
     assert "missing keys: conv1.0.weight" in result.output and "fc.weight (2, 7) vs (2, 512)" in result.output

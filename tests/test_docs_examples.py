@@ -41,8 +41,14 @@ def test_the_benchmark_config_example_resolves(tmp_path: Path) -> None:
     """docs/benchmark.md's annotated TOML is a config `camzoo bench --config` accepts, as printed."""
     from camzoo.bench.config import resolve_config
 
-    (block,) = re.findall(r"^```toml\n(.*?)^```", (ROOT / "docs" / "benchmark.md").read_text(encoding="utf-8"),
-                          re.S | re.M)
+    blocks = re.findall(r"^```toml\n(.*?)^```", (ROOT / "docs" / "benchmark.md").read_text(encoding="utf-8"),
+                        re.S | re.M)
+    (block,) = [b for b in blocks if b.startswith("preset = ")]
+    (models,) = [b for b in blocks if b.startswith("[[models]]")]  # "Your own models": a config that resolves
+    (tmp_path / "models.toml").write_text(models, encoding="utf-8")
+    from camzoo.bench.validate import shape_problems
+
+    assert shape_problems(resolve_config(None, tmp_path / "models.toml")) == []
     path = tmp_path / "example.toml"
     path.write_text(block, encoding="utf-8")
     config = resolve_config(None, path)

@@ -61,7 +61,7 @@ def test_every_method_on_cuda_tensors_matches_the_cpu():
         model.cpu()
         assert on_gpu.device.type == "cuda" and on_gpu.shape == (4, 32, 32), name
         assert torch.isfinite(on_gpu).all() and on_gpu.min() >= 0 and on_gpu.max() <= 1, name
-        torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=2e-3, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=2e-3, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.cuda

@@ -24,7 +24,7 @@ def tiny() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def NoCfg(benchmark_script):  # noqa: N802 (a class, as the script defines it)
+def NoCfg(benchmark_script):
     """A torchvision-like model without pretrained_cfg: the one benchmarks/bad_inputs.py feeds inputs to."""
     return benchmark_script("bad_inputs").NoCfg
 

@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
-def explain(*args) -> "click.testing.Result":
+def explain(*args) -> click.testing.Result:
     return CliRunner().invoke(main, ["explain", *[a if isinstance(a, str) else os.fspath(a) for a in args]])
 
 

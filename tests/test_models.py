@@ -276,7 +276,8 @@ def test_bad_arguments_error_clearly():
 
 
 def test_top_level_build_model_and_preprocessing_options():
-    model = camzoo.build_model("lfi", "resnet8", 3, class_names=["a", "b", "c"], image_size=48, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    model = camzoo.build_model("lfi", "resnet8", 3, class_names=["a", "b", "c"], image_size=48,
+                               mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
     assert model.class_names == ["a", "b", "c"]
     assert model.pretrained_cfg["input_size"] == (3, 48, 48) and model.pretrained_cfg["std"] == (0.2, 0.2, 0.2)
 

@@ -103,7 +103,7 @@ def _wait(condition, timeout: float = 10.0):
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("the page did not get there within %.0f s" % timeout)
+    raise AssertionError(f"the page did not get there within {timeout:.0f} s")
 
 
 def test_camzoo_report_html_rebuilds_the_page_from_the_store_alone(run_dir, tmp_path):
@@ -141,9 +141,12 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
             # clicking a header sorts by it, ascending then descending (rows without a value last)
             column = 3  # deletion
             header = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=main] th")[column]
-            values = lambda: [float(v) for v in driver.execute_script(
-                "return Array.from(document.querySelectorAll('table.summary[data-name=main] tbody tr'))"
-                f".map(r => r.cells[{column}].dataset.value)")]
+
+            def values():
+                return [float(v) for v in driver.execute_script(
+                    "return Array.from(document.querySelectorAll('table.summary[data-name=main] tbody tr'))"
+                    f".map(r => r.cells[{column}].dataset.value)")]
+
             before = values()
             header.click()
             assert values() == sorted(before) and header.get_attribute("aria-sort") == "ascending"
@@ -157,7 +160,8 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
             assert len(maps) == len(summary) * 2 and {m.get_attribute("data-image") for m in maps} == {"5"}
             spread = driver.execute_script(  # a drawn map is not a blank canvas
                 "const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-                "let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
+                "let lo = 255, hi = 0;"
+                " for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
                 "return hi - lo;", maps[0])
             assert spread > 20
             assert len(driver.find_elements(By.CSS_SELECTOR, "#detail-0 [data-prediction]")) == 4
@@ -172,8 +176,11 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
             data = page_data(run_dir / "report.html")["groups"][0]["browser"]
             values_ = next(m for m in data["metrics"] if m["metric"] == "pointing_game")["values"]["lfi|attention"]
             misses = [i for i in range(8) if sum(v[i] for v in values_.values()) == 0]
-            shown = lambda: sorted(int(t.get_attribute("data-image"))
-                                   for t in driver.find_elements(By.CSS_SELECTOR, "#browser-0 .thumb"))
+
+            def shown():
+                return sorted(int(t.get_attribute("data-image"))
+                              for t in driver.find_elements(By.CSS_SELECTOR, "#browser-0 .thumb"))
+
             _wait(lambda: shown() == misses)
 
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

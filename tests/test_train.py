@@ -232,7 +232,8 @@ def test_cli_train_resolves_the_dataset_through_camzoo_data(tmp_path, monkeypatc
     assert "test acc" in result.output and str(out / "model.pt") in result.output
     model = load_model(out / "model.pt")
     assert model.config["options"]["fin_width"] == 16
-    bad = CliRunner().invoke(main, ["train", "--kind", "lfi", "--backbone", "nope_net", "--out", str(tmp_path / "x"), "--epochs", "1"])
+    bad = CliRunner().invoke(main, ["train", "--kind", "lfi", "--backbone", "nope_net", "--out", str(tmp_path / "x"),
+                                    "--epochs", "1"])
     assert bad.exit_code != 0 and "unknown backbone 'nope_net'" in bad.output
 
 

@@ -11,7 +11,8 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 _BASE: dict[str, Any] = {
     "preset": "custom",
@@ -29,6 +30,10 @@ _BASE: dict[str, Any] = {
     "train": {"epochs": 10, "batch_size": 128, "lr": 0.1},
     # Optional hyper-parameter variants: [{"name": ..., "train": {...}, "model": {...}}]
     "variants": [],
+    # Trained models to load instead of training (camzoo.bench.sources): [{"name": "resnet18",
+    # "checkpoints": ["a.pth", "b.pth"], "label": ..., "options": {...}, "layer": ...}]. When given,
+    # only these are scored (kinds, backbones, seeds, variants and [train] are not used).
+    "models": [],
     "eval": {
         "images": 256,  # evaluation images per model (the first N of the test split)
         "batch_size": 128,  # images per explain() call

@@ -51,7 +51,7 @@ class PeakMemory:
         self.device = device
         self.megabytes = float("nan")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

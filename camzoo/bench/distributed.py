@@ -25,7 +25,8 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 

@@ -11,7 +11,8 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 LOCK_NAME = ".bench.lock"
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ..metrics import EvalSettings
 from .config import run_id
 from .store import ALL_SEEDS, CellKey
+from .sources import SOURCE_KIND, ModelSource, load_problems, sources
 from .validate import (
     ConfigError,
-    dataset_shape,
+    dataset_probe,
     load_split,
     model_problems,
     shape_problems,
@@ -71,9 +73,11 @@ class ModelJob:
     seed: int
     methods: tuple[str, ...]  # the methods that apply to this kind and dataset, in the config's order
     groups: tuple[tuple[str, ...], ...]  # the same methods in one-pass groups (camzoo.methods.one_pass_groups)
-    train: Any  # camzoo.train.TrainConfig
+    train: Any  # camzoo.train.TrainConfig; None for a model loaded from a checkpoint
     # the layer each method row explains ("gradcam@layer2" -> "layer2"); None: the method's default
     layers: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+
+    source: ModelSource | None = None  # a [[models]] checkpoint, loaded instead of trained
 
     def layer(self, method: str) -> str | None:
         """The layer a method row explains (None: the method's default)."""
@@ -196,18 +200,25 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         resolved = resolve_device(device or config["device"])
     except ValueError as err:
         problems.append(f"device: {err}")
-    shapes: dict[str, tuple[int, int]] = {}  # dataset -> (classes, image side)
+    probes: dict[str, Any] = {}  # dataset -> its test split (an on-disk index, or one generated image)
     for dataset in config["datasets"]:
         try:
-            shapes[dataset["name"]] = dataset_shape(dataset)
+            probes[dataset["name"]] = dataset_probe(dataset)
         except (ValueError, OSError) as err:
             problems.append(f"dataset {dataset['name']!r}: {err}")
     variants = [dict(v) for v in config["variants"]] or [{"name": "default", "train": {}, "model": {}}]
-    problems += model_problems(config, variants, shapes)
+    if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
+        problems += load_problems(config["models"], probes)
+    else:
+        shapes = {name: (len(split.classes), int(split[0][0].shape[-1])) for name, split in probes.items()}
+        problems += model_problems(config, variants, shapes)
     if problems:
         raise ConfigError("invalid benchmark config (nothing was run or written):\n  - " + "\n  - ".join(problems))
-    datasets = tuple(_dataset(entry) for entry in config["datasets"])
-    jobs, stability = _grid(config, datasets, [_variant(v) for v in variants], str(resolved))
+    datasets = tuple(_dataset(entry, probes[entry["name"]]) for entry in config["datasets"])
+    if config["models"]:
+        jobs, stability = _loaded(config, datasets)
+    else:
+        jobs, stability = _grid(config, datasets, [_variant(v) for v in variants], str(resolved))
     evaluation = config["eval"]
     return BenchPlan(
         config=MappingProxyType(dict(config)), run_id=run_id(config), device=str(resolved),
@@ -217,11 +228,15 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
     )
 
 
-def _dataset(entry: Mapping[str, Any]) -> DatasetSpec:
+def _dataset(entry: Mapping[str, Any], probe: Any) -> DatasetSpec:
+    """A dataset entry; it is annotated when its loaded split holds masks or boxes (a folder may have
+    neither: its localization columns and the oracle are then left out)."""
     from ..data import info
 
+    annotations = getattr(probe, "annotations", None)
+    annotated = bool(info(entry["name"]).annotations if annotations is None else annotations)
     return DatasetSpec(entry["name"], entry["root"], entry["image_size"], MappingProxyType(dict(entry["options"])),
-                       bool(info(entry["name"]).annotations))
+                       annotated)
 
 
 def _variant(entry: Mapping[str, Any]) -> Variant:
@@ -231,11 +246,14 @@ def _variant(entry: Mapping[str, Any]) -> Variant:
 
 def _methods(config: Mapping[str, Any], dataset: DatasetSpec, kind: str) -> tuple[str, ...]:
     """The config's methods that apply to this kind (each method asks the kind's class: "attention"
-    needs a kind that makes its own map) and to this dataset (the oracle needs ground truth)."""
+    needs a kind that makes its own map; a loaded model is any nn.Module) and to this dataset (the
+    oracle needs ground truth)."""
+    from torch import nn
+
     from ..methods import get_method
     from ..models import get_kind
 
-    model_class = get_kind(kind)
+    model_class = nn.Module if kind == SOURCE_KIND else get_kind(kind)
     return tuple(m for m in config["methods"] if get_method(m).applies_to(model_class)
                  and (dataset.annotated or not get_method(m).needs_ground_truth))
 
@@ -262,6 +280,29 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
                         jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, trainer, layers))
                 if models_per_group > 1:
                     stability.append(StabilityGroup(dataset, backbone, kind, methods))
+    return tuple(jobs), tuple(stability)
+
+
+def _loaded(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...]
+            ) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
+    """dataset x [[models]] entry x checkpoint (checkpoint i is seed i); one stability group per
+    (dataset, entry) with more than one checkpoint."""
+    from ..methods import one_pass_groups, split_layer
+
+    jobs: list[ModelJob] = []
+    stability: list[StabilityGroup] = []
+    default = Variant("default", MappingProxyType({}), MappingProxyType({}))
+    for dataset in datasets:
+        methods = _methods(config, dataset, SOURCE_KIND)
+        for entry in config["models"]:
+            found = sources(entry)
+            layers = MappingProxyType({m: split_layer(m)[1] or found[0].layer for m in methods})
+            groups = tuple(tuple(g) for g in one_pass_groups(methods))
+            for seed, source in enumerate(found):
+                jobs.append(ModelJob(dataset, source.label, SOURCE_KIND, default, seed, methods, groups, None,
+                                     layers, source))
+            if len(found) > 1:
+                stability.append(StabilityGroup(dataset, found[0].label, SOURCE_KIND, methods))
     return tuple(jobs), tuple(stability)
 
 

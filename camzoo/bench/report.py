@@ -28,7 +28,8 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
         f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']} "
         "(runs are deterministic on one machine, not bit-identical across CPUs)",
         f"- camzoo {provenance['camzoo']}, torch {provenance['torch']}, timm {provenance['timm']}, Python {provenance['python']}",
-        f"- {seeds} models per kind (seeds {config['seeds']}" + (f" x {len(config['variants'])} variants" if config["variants"] else "")
+        f"- {seeds} models per kind (seeds {config['seeds']}"
+        + (f" x {len(config['variants'])} variants" if config["variants"] else "")
         + f"); {evaluation['images']} evaluation images; deletion/insertion: {causal_description(evaluation)}",
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
@@ -57,7 +58,8 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
     if not rows:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric, title in zip(axes, ("deletion_curve", "insertion_curve"), ("Deletion (lower is better)", "Insertion (higher is better)")):
+    titles = ("Deletion (lower is better)", "Insertion (higher is better)")
+    for axis, metric, title in zip(axes, ("deletion_curve", "insertion_curve"), titles):
         series: dict[tuple[str, str], list[np.ndarray]] = {}
         for row in rows:
             if row["metric"] == metric and row["per_image"] is not None:
@@ -89,7 +91,7 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
 
     gallery: dict[str, np.ndarray] = {}
     for name in ("images", "labels", "class_names"):
-        for cell, array in store.arrays(run_id, name, dataset=dataset, method="gallery"):
+        for _cell, array in store.arrays(run_id, name, dataset=dataset, method="gallery"):
             gallery[name] = array
     images, labels, names = gallery.get("images"), gallery.get("labels"), gallery.get("class_names")
     if images is None or len(images) == 0:

@@ -15,7 +15,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, Sized
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
@@ -72,8 +73,9 @@ def explain_all(model, eval_set: EvalSet, method: str, batch_size: int,
     return maps, raw, seconds
 
 
-def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: int,
-                  device: torch.device) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: int, device: torch.device,
+                  layers: Mapping[str, str | None] | None = None
+                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """``explain_all`` for several methods at once: ``{method: (maps, raw maps)}`` and the median
     seconds per image of the whole group.
 
@@ -91,8 +93,9 @@ def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
 
     truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
     by_layer: dict[str | None, dict[str, str]] = {}  # layer -> {method name: row name}
-    for row in methods:
+    for row in methods:  # ``layers`` (the plan's): a row's layer, or its model entry's
         name, layer = split_layer(row)
+        layer = layers.get(row, layer) if layers else layer
         by_layer.setdefault(layer, {})[name] = row
 
     def chunk(start: int, stop: int):
@@ -192,7 +195,7 @@ class BenchRunner:
                 name = job.dataset.name
                 if not self._job_done(job):
                     if name not in splits:
-                        splits[name] = self._load_dataset(job.dataset)
+                        splits[name] = self._load_dataset(job.dataset, needs_train=job.source is None)
                     self._run_model_job(job, *splits[name])
                 bar.update(1)
         finally:
@@ -240,10 +243,13 @@ class BenchRunner:
                               worker=self.worker.label)
 
     # --- one dataset ----------------------------------------------------------------------------
-    def _load_dataset(self, dataset: DatasetSpec):
-        train_split = dataset.load("train")
+    def _load_dataset(self, dataset: DatasetSpec, needs_train: bool = True):
+        train_split = dataset.load("train") if needs_train else None  # loaded models are not trained
         test_split = dataset.load("test")
         eval_set = load_eval_set(test_split, self.plan.eval_images, self.device)
+        if eval_set.masks is None and eval_set.boxes is None:
+            self.echo(f"dataset {dataset.name}: no masks or boxes, so the localization columns and the oracle "
+                      "control are left out")
         if not self.store.is_done(self.run_id, dataset.gallery_key):
             from ..inputs import to_display_images
 
@@ -273,17 +279,22 @@ class BenchRunner:
         from ..batchnorm_folding import fold_batchnorm
         from ..inference import predict
         from ..methods import get_method
+        from ..metrics import MethodSpec
         from ..train import train
 
-        result = train(job.train, train_split, self._checkpoint_dir(job))
-        model = result.model
+        if job.source is not None:  # a [[models]] checkpoint: loaded, never trained
+            model, result = job.source.load(self.device), None
+        else:
+            result = train(job.train, train_split, self._checkpoint_dir(job))
+            model = result.model
         if not self.store.is_done(self.run_id, job.key(MODEL_CELL)):
             logits, labels = predict(model, test_split, self.plan.batch_size, self.device)
             scores = metrics.accuracy(logits, labels)
             cell = {name: (float(scores[name]), None) for name in ("top1", "top5") if name in scores}
             cell["top1"] = (float(scores["top1"]), scores["correct"].float().cpu().numpy())
-            cell["train_seconds"] = (result.total_train_time_s, None)
-            cell["train_loss"] = (result.train_loss, None)
+            if result is not None:
+                cell["train_seconds"] = (result.total_train_time_s, None)
+                cell["train_loss"] = (result.train_loss, None)
             # the evaluation images are the first N of the test split: their logits, for report.html
             self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
         pending = {m for m in job.methods if not self.store.is_done(self.run_id, job.key(m))}
@@ -297,7 +308,8 @@ class BenchRunner:
             # a shared pass's time and peak memory are recorded for each of its methods: its forward
             # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
             with PeakMemory(self.device) as peak:
-                explained, seconds = explain_group(model, eval_set, group, self.plan.batch_size, self.device)
+                explained, seconds = explain_group(model, eval_set, group, self.plan.batch_size, self.device,
+                                                   job.layers)
             for method in group:
                 maps, raw = explained.pop(method)
                 # controls only: their maps repeat across models, a method's never do (and the memo
@@ -305,7 +317,8 @@ class BenchRunner:
                 memo = eval_set.memo if get_method(method).reference else None
                 cell = metrics.score_maps(scorer, eval_set.images, maps, eval_set.labels, eval_set.masks,
                                           eval_set.boxes, self.plan.settings_for(method), map_memo=memo,
-                                          model_memo=model_memo, method=method)
+                                          model_memo=model_memo,
+                                          method=MethodSpec(MethodSpec.parse(method).name, job.layer(method)))
                 cell["ms_per_image"] = (1000.0 * seconds, None)
                 cell[PEAK_METRIC] = (peak.megabytes, None)
                 self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})

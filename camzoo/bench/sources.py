@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -136,3 +137,40 @@ def _output_count(model: nn.Module) -> int | None:
         return int(count)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
+
+
+def one_command_overrides(model: str | None, checkpoints: Sequence[str | Path], data: str | Path | None,
+                          dataset: str = "annotated", methods: str | None = None, images: int | None = None,
+                          image_size: int | None = None) -> dict[str, Any]:
+    """``camzoo bench --model NAME --checkpoint A [--checkpoint B] --data ROOT ...`` as config overrides:
+    one ``[[models]]`` entry, one dataset, the methods plus every control; {} without checkpoints."""
+    if not checkpoints:
+        if model or data or methods or images or image_size:
+            raise ValueError("--model, --data, --methods, --images and --image-size describe your own models: "
+                             "give them with --checkpoint (one per trained model)")
+        return {}
+    if data is None:
+        raise ValueError("--checkpoint needs --data ROOT: the image folder to score the models on")
+    entry: dict[str, Any] = {"checkpoints": [str(path) for path in checkpoints]}
+    if model:
+        entry["name"] = model
+    chosen = [m.strip() for m in (methods or "@one-pass").split(",") if m.strip()]
+    overrides: dict[str, Any] = {
+        "models": [entry], "methods": [*chosen, "@controls"],
+        "datasets": [{"name": dataset, "root": str(data), "image_size": image_size or 224, "options": {}}],
+    }
+    if images:
+        overrides["eval"] = {"images": images}
+    return overrides
+
+
+def one_command_arguments(model: str | None, checkpoints: Sequence[str | Path], data: str | Path | None,
+                          dataset: str, methods: str | None, images: int | None, image_size: int | None) -> list[str]:
+    """The same flags again, for the command that ``--nproc`` relaunches under torchrun."""
+    arguments = ["--dataset", dataset] + (["--model", model] if model else [])
+    for path in checkpoints:
+        arguments += ["--checkpoint", str(path)]
+    for flag, value in (("--data", data), ("--methods", methods), ("--images", images), ("--image-size", image_size)):
+        if value is not None:
+            arguments += [flag, str(value)]
+    return arguments

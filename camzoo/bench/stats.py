@@ -22,7 +22,8 @@ import functools
 import math
 import warnings
 from itertools import combinations
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,7 @@ def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Colu
         if info.scope not in NORMALISED_SCOPES:
             continue
         name = column.metric
-        for (kind, method), record in table.items():
+        for (kind, _method), record in table.items():
             floor = table.get((kind, "random"), {}).get(f"{name}_mean", math.nan)
             ceiling = table.get((kind, "oracle"), {}).get(f"{name}_mean", math.nan)
             separated = abs(ceiling - floor) >= MIN_CONTROL_GAP * (info.high - info.low)

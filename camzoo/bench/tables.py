@@ -8,7 +8,8 @@ normalised scores, 0 = the random control and 1 = the oracle.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -94,7 +95,8 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
                 if all(row[f"{c.metric}_mean"] != row[f"{c.metric}_mean"] for c in columns):
                     continue  # nothing in this table for the row (controls skip the substrates)
                 cells = [str(row["kind"]), method_label(row, ("*", "*"))]
-                cells += [format_number(row[f"{c.metric}_norm"], 2) if normalised else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
+                cells += [format_number(row[f"{c.metric}_norm"], 2) if normalised
+                          else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
                           for c in columns]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))

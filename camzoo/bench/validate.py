@@ -12,7 +12,8 @@ training config is built and validated. All problems are collected and reported 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 
@@ -55,6 +56,9 @@ def shape_problems(config: Mapping[str, Any]) -> list[str]:
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
     problems += _dataset_problems(config["datasets"])
+    from .sources import entry_problems
+
+    problems += entry_problems(config["models"])
     for key in ("kind", "backbone", "seed"):
         if key in config["train"]:
             problems.append(f"train.{key} is set by the grid (kinds/backbones/seeds), not in [train]")
@@ -121,7 +125,14 @@ def load_split(dataset: Mapping[str, Any], split: str, **extra: Any):
 
 
 def dataset_shape(dataset: Mapping[str, Any]) -> tuple[int, int]:
-    """Load what is cheap to load; (number of classes, image side) of the test split."""
+    """(number of classes, image side) of the test split (see :func:`dataset_probe`)."""
+    found = dataset_probe(dataset)
+    return len(found.classes), int(found[0][0].shape[-1])
+
+
+def dataset_probe(dataset: Mapping[str, Any]):
+    """Load what is cheap to load and return the test split: an on-disk dataset's index (both splits
+    are loaded, so a missing one shows), a generated dataset's first image with the same arguments."""
     from ..data import info
 
     entry = info(dataset["name"])
@@ -136,8 +147,7 @@ def dataset_shape(dataset: Mapping[str, Any]) -> tuple[int, int]:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{split}.num_images must be a positive integer, got {count!r}")
             found = load_split(dataset, split, num_images=1, cache=False)  # the generator's arguments, one image
-    image = found[0][0]
-    return len(found.classes), int(image.shape[-1])
+    return found
 
 
 def train_config(config: Mapping[str, Any], kind: str, backbone: str, seed: int, variant: Mapping[str, Any],

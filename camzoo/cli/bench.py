@@ -26,17 +26,39 @@ def register(group: click.Group) -> None:
               help="Validate the whole config (datasets, models, training, eval, device), print the plan and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this node (one device each): relaunches the command under torchrun.")
+@click.option("--model", "model_name", help="Your trained model: a timm name, torchvision:NAME or package.module:factory "
+              "(omit for camzoo model.pt checkpoints). Needs --checkpoint and --data.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="A .pth / .safetensors state dict or a camzoo model.pt (repeatable: each is a seed, and "
+                   "stability compares them). Loaded, never trained.")
+@click.option("--data", "data_root", type=click.Path(path_type=Path),
+              help="The image folder to score on (default layout: annotated, docs/datasets.md).")
+@click.option("--dataset", "dataset_name", default="annotated", show_default=True,
+              help="The --data folder's layout (`camzoo datasets list`).")
+@click.option("--methods", "method_list", help="Comma-separated methods or selectors (default: @one-pass); "
+              "the controls are always added.")
+@click.option("--images", type=click.IntRange(min=1), help="Evaluation images (the first N of --data).")
+@click.option("--image-size", type=click.IntRange(min=8), help="Side the --data images are resized to.")
 def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
-                  print_config: bool, no_progress: bool, html: bool, check: bool, nproc: int) -> None:
+                  print_config: bool, no_progress: bool, html: bool, check: bool, nproc: int,
+                  model_name: str | None, checkpoints: tuple[Path, ...], data_root: Path | None, dataset_name: str,
+                  method_list: str | None, images: int | None, image_size: int | None) -> None:
     """Train or load every model of the grid, explain, score, and write tables and plots.
 
     Every finished cell is committed to DIR/results.sqlite at once: rerunning the same command after
-    an interruption skips finished cells and reuses trained checkpoints.
+    an interruption skips finished cells and reuses trained checkpoints. With --checkpoint and --data
+    it scores your trained models on your images instead, without training (--print-config shows
+    the TOML that run uses).
     """
     from ..bench.config import resolve_config, to_toml
+    from ..bench.sources import one_command_arguments, one_command_overrides
 
     try:
-        config = resolve_config(preset, config_file, {"device": device} if device else None)
+        overrides = one_command_overrides(model_name, checkpoints, data_root, dataset_name, method_list, images,
+                                          image_size)
+        if device:
+            overrides["device"] = device
+        config = resolve_config(preset, config_file, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from err
     if print_config:
@@ -65,6 +87,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
     if nproc > 1 and worker is None:
         arguments = ["bench", "--preset", preset, "--out", str(out_dir), "--html" if html else "--no-html"]
+        arguments += one_command_arguments(model_name, checkpoints, data_root, dataset_name, method_list, images,
+                                           image_size)
         arguments += (["--config", str(config_file)] if config_file else []) + (["--device", device] if device else [])
         raise SystemExit(launch(nproc, arguments + (["--no-progress"] if no_progress else [])))
     from ..bench.report import write_report

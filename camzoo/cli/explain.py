@@ -17,7 +17,8 @@ import io
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import click
 
@@ -33,7 +34,8 @@ def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: i
         return load_any_model(name, checkpoint, num_classes)
     except ModelSpecError as err:
         if err.param == "model" and name is None:
-            raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model (from camzoo train or bench)") from err
+            raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model "
+                                   "(from camzoo train or bench)") from err
         raise click.BadParameter(str(err), param_hint=f"--{err.param}") from err
 
 
@@ -355,7 +357,8 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
                     for j, k in enumerate(indices):
                         picture, stem = pictures[j], stems[k]
                         overlay_path = out_dir / stem.parent / f"{stem.name}_{result.method}.png"
-                        atomic_write(overlay_path, lambda tmp: result.overlay(j, alpha, colormap, image=picture).save(tmp, format="PNG"))
+                        atomic_write(overlay_path, lambda tmp, r=result, j=j, p=picture:
+                                     r.overlay(j, alpha, colormap, image=p).save(tmp, format="PNG"))
                         map_name = ""
                         if save_maps:
                             map_path = overlay_path.with_suffix(".npy")

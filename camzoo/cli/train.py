@@ -23,7 +23,8 @@ def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]
 
 
 @click.command("train")
-@click.option("--kind", required=True, help="Model kind: baseline, abn, lfi, or any registered kind (camzoo.models.kind_names()).")
+@click.option("--kind", required=True,
+              help="Model kind: baseline, abn, lfi, or any registered kind (camzoo.models.kind_names()).")
 @click.option("--backbone", default="resnet20", show_default=True, help="CIFAR ResNet (resnet8/20/56/110) or timm CNN name.")
 @click.option("--dataset", "dataset_name", default="shapes", show_default=True, help="Dataset name (camzoo.data).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Where the dataset lives / is generated.")
@@ -73,7 +74,8 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     data_options = dict(_parse_option(text, "--dataset-option") for text in dataset_options)
     config = TrainConfig(
         kind=kind, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, warmup=warmup, nesterov=nesterov, seed=seed, augment=augment, device=device, num_workers=num_workers, num_threads=threads,
+        schedule=schedule, warmup=warmup, nesterov=nesterov, seed=seed, augment=augment, device=device,
+        num_workers=num_workers, num_threads=threads,
         model_options=options, progress=progress if rank == 0 else False,
     )
     try:

@@ -8,4 +8,5 @@ from .errors import DatasetError
 from .loading import BatchLoader, collate, loader
 from .registry import DATASETS, DatasetInfo, info, load, names, register_dataset
 
-__all__ = ["ArrayDataset", "BatchLoader", "CamzooDataset", "DATASETS", "DatasetInfo", "DatasetError", "collate", "info", "load", "loader", "names", "register_dataset"]
+__all__ = ["ArrayDataset", "BatchLoader", "CamzooDataset", "DATASETS", "DatasetInfo", "DatasetError", "collate", "info", "load",
+           "loader", "names", "register_dataset"]

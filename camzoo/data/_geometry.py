@@ -9,8 +9,8 @@ scaled so that every shape has the area of the unit disk (so object area carries
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Callable
+from functools import cache
+from collections.abc import Callable
 
 import numpy as np
 
@@ -109,7 +109,7 @@ ALL_SHAPES: tuple[str, ...] = tuple(CLASS_SHAPES) + tuple(DISTRACTOR_SHAPES)
 SHAPE_FNS: tuple[ShapeFn, ...] = tuple(CLASS_SHAPES.values()) + tuple(DISTRACTOR_SHAPES.values())
 
 
-@lru_cache(maxsize=None)
+@cache
 def shape_scales() -> tuple[tuple[float, float], ...]:
     """Per shape: (scale to unit-disk area, bounding radius after that scaling).
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset

@@ -17,7 +17,8 @@ import difflib
 import inspect
 import types
 import typing
-from typing import Callable, ClassVar, Mapping, Sequence
+from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 _SET_BY_CAMZOO = {"self", "inputs", "target", "forward_func", "model", "layer", "attribution_method",
                   "return_convergence_delta", "additional_forward_args"}
-_CLASSES: dict[str, type["CaptumMethod"]] = {}
+_CLASSES: dict[str, type[CaptumMethod]] = {}
 
 
 def _parameters(function: Callable) -> set[str]:

@@ -29,7 +29,8 @@ def first_component_projection(activations: torch.Tensor) -> torch.Tensor:
         _, vectors = torch.linalg.eigh((centred.transpose(1, 2) @ centred).double())
         projection = torch.einsum("bpc,bc->bp", centred, vectors[..., -1].to(centred.dtype))
     mean_activation = matrix.mean(dim=2)
-    covariance = ((projection - projection.mean(1, keepdim=True)) * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
+    covariance = ((projection - projection.mean(1, keepdim=True))
+                  * (mean_activation - mean_activation.mean(1, keepdim=True))).sum(1)
     sign = torch.where(covariance < 0, -1.0, 1.0).to(projection.dtype)
     return (projection * sign[:, None]).view(batch, height, width)
 

@@ -30,7 +30,7 @@ from .reshape import is_channels_last, to_feature_map
 
 _CONV_TYPES = (nn.Conv2d,)
 _HEAD_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_detected: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]]" = weakref.WeakKeyDictionary()
+_detected: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]] = weakref.WeakKeyDictionary()
 LayerSpec = nn.Module | str | None | list[nn.Module | str] | tuple[nn.Module | str, ...]
 
 

@@ -11,7 +11,8 @@ the controls, ``attention``, Captum) run after it, each as usual.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from torch import nn
 from ..explanation import Explanation
 from .base import CAMMethod, GroundTruth, TargetSpec
 from .capture import fuse_layer_maps
-from .registry import get_method, shares_one_pass  # noqa: F401  (shares_one_pass: re-exported)
+from .registry import get_method, shares_one_pass
 
 
 class _SharedPass(CAMMethod):

@@ -13,7 +13,8 @@ str names a key or attribute, a callable gets the raw output and returns the log
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn

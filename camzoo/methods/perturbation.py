@@ -19,7 +19,8 @@ progress bar only when a call takes more than two seconds. Two exact savings mak
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

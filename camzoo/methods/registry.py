@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Iterable, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
+from collections.abc import Iterable
 
 from ..registry import Registry
 from .base import COST_CLASSES, CAMMethod

@@ -22,7 +22,7 @@ that names the layer and its shape and says how to pass ``layer=`` and ``reshape
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..groundtruth import bad_images as _bad_images, boxes_to_masks, check_boxes, check_masks  # noqa: F401
+from ..groundtruth import bad_images as _bad_images, boxes_to_masks, check_boxes, check_masks
 
 # Maps come out of per-image min-max normalisation; allow float rounding just outside [0, 1].
 _RANGE_TOLERANCE = 1e-5

@@ -10,7 +10,7 @@ The protocol details (kernel, padding, step counts, tie-breaking) are in docs/me
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from ._checks import check_images, check_maps, check_targets
 from ._model import check_same_device, check_targets_in_range, eval_mode, unperturbed_scores
 from .games import Curve, check_game_arguments, pixel_budget, play, point_counts
 
-Substrate = Union[float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Substrate = float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 RISE_BLUR = (11, 5.0)  # the official RISE notebook: gkern(klen=11, nsig=5)
 # RISE's published protocol (Evaluation.ipynb, final cell): CausalMetric(model, 'del', 224 * 8, ...)

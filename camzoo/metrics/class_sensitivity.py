@@ -104,9 +104,21 @@ def random_logit_similarity(
         num_classes: default the model's ``num_classes`` or its logits' width.
         seed: seeds the random classes (a local generator: the global RNG is untouched).
         measure: "spearman" (default; see the module docstring) or "ssim" (scikit-image's SSIM).
+        layer: with a method name, the layer it explains (None: the method's default).
+        batch_size: with a method name, images per pass (None: the method's default).
+        method_options: with a method name, its options (checked against the method's signature).
 
-    Returns ``random_logit_similarity`` (mean, 0-d tensor), ``per_image`` (B,), ``targets``,
-    ``random_targets`` and ``measure``. Lower is better; range [-1,1]; class-agnostic maps give 1.
+    Returns:
+        ``random_logit_similarity`` (mean, 0-d tensor), ``per_image`` (B,), ``targets`` (B,) the
+        explained classes, ``random_targets`` (B,) the random other classes and ``measure``. Lower is
+        better; range [-1,1]; class-agnostic maps give 1.
+
+    Raises:
+        ValueError: an unknown ``measure``; ``images`` not a (B,C,H,W) tensor; ``labels`` not (B,) or
+            outside [0, num_classes); fewer than 2 classes; maps from ``explain`` that are not (B,H,W),
+            not finite, outside [0,1] or not one per (image, class) pair; with "ssim", maps under 7x7.
+        TypeError: ``explain`` is neither a method name nor a callable; ``labels`` not integers; maps
+            that are not a float tensor.
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}; got {measure!r}")
@@ -150,11 +162,21 @@ def randomisation_spearman(
             images of one draw share one random network, so their values are correlated; measured on a
             ResNet-8, one draw's mean moved from -0.22 to 0.64 (Eigen-CAM) between seeds. Use several
             draws (cheap with ``cascade=False``) before reading differences between methods.
+        layer: with a method name, the layer it explains (None: the method's default).
+        batch_size: with a method name, images per pass (None: the method's default).
+        method_options: with a method name, its options (checked against the method's signature).
 
-    Returns ``randomisation_spearman`` (mean, 0-d tensor), ``per_image`` (B,) (mean over draws),
-    ``per_draw`` (D,), ``per_layer`` (L,) mean Spearman after each cascade step (one value when
-    ``cascade=False``; mean over draws), ``layers`` and ``ssim_per_image`` (B,) at full
-    randomisation. Lower is better; range [-1,1].
+    Returns:
+        ``randomisation_spearman`` (mean, 0-d tensor), ``per_image`` (B,) (mean over draws),
+        ``per_draw`` (D,), ``per_layer`` (L,) mean Spearman after each cascade step (one value when
+        ``cascade=False``; mean over draws), ``layers`` and ``ssim_per_image`` (B,) at full
+        randomisation. Lower is better; range [-1,1].
+
+    Raises:
+        ValueError: ``draws`` not a positive int; ``layers`` given with ``cascade=False``; the errors of
+            :func:`camzoo.metrics.parameter_randomisation` (bad images, targets or layer names, a
+            model without parameters, maps that are not (B,H,W) in [0,1] at the images' size).
+        TypeError: ``explain`` is neither a method name nor a callable; ``targets`` not integers.
     """
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive int; got {draws!r}")

@@ -6,7 +6,7 @@ that makes the classifier worse (ABN, LFI-CAM change the model) is not free.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

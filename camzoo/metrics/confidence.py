@@ -5,7 +5,7 @@ is multiplied by its map. One extra forward pass per image, batched on the model
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -30,7 +30,7 @@ from .games import Curve, check_game_arguments, pixel_budget, play, point_counts
 from .causal import auc, rise_blur, saliency_rank
 from .imputation import ROAD_NOISE, ROAD_TOL, noise_field, noise_scale, linear_imputation
 
-SubstrateSpec = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+SubstrateSpec = str | Callable[[torch.Tensor], torch.Tensor]
 
 SUBSTRATES = ("zeros", "mean", "blur", "road")
 # 28 steps = RISE's 224 * 8 px per step at 224 x 224 (the published deletion protocol); each step

@@ -274,7 +274,25 @@ class DiPart(GridWrapper):
 
 
 def grid_wrapper(kind: str, model: nn.Module, grid_size: int = 2, **options: Any) -> GridWrapper:
-    """``"difull"`` or ``"dipart"`` -> the wrapper of ``model``."""
+    """``"difull"`` or ``"dipart"`` -> the wrapper of ``model``.
+
+    Args:
+        kind: "difull" (:class:`DiFull`, every cell through the feature extractor on its own) or "dipart"
+            (:class:`DiPart`, features of the whole grid).
+        model: the trained classifier (shared, not copied).
+        grid_size: N, cells per side (an int >= 2).
+        **options: keyword arguments of :class:`GridWrapper`: ``layer``, ``features``, ``head``,
+            ``cell_size``, ``verify``.
+
+    Returns:
+        The :class:`DiFull` or :class:`DiPart` module; its logits are (B, N²·K), index cell*K + class.
+
+    Raises:
+        ValueError: an unknown ``kind``; ``grid_size`` not an int >= 2; an unknown ``layer``; a model that
+            cannot be split into ``head(GAP(features(x)))`` (no nn.Linear head, or logits that differ from
+            that form on the probe).
+        TypeError: ``model`` is not a torch.nn.Module; an unknown keyword in ``options``.
+    """
     kinds: dict[str, type[GridWrapper]] = {"difull": DiFull, "dipart": DiPart}
     if kind not in kinds:
         raise ValueError(f"unknown grid wrapper {kind!r}; choose one of {', '.join(kinds)}")

@@ -74,6 +74,24 @@ def confident_cells(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     Returns ``indices`` (M,) of the qualifying images, ``qualified`` (M), ``confidence`` (B,) the
     softmax probability of the predicted class, ``correct`` (B,) bool, ``per_class`` (K,) counts of
     qualifying images. The model runs in eval mode, ``batch_size`` images at a time.
+
+    Args:
+        model: the classifier, returning (B,K) logits; on the images' device.
+        images: normalised (B,C,H,W) float images.
+        labels: (B,) integer true classes (a tensor or a sequence), non-negative and < K.
+        threshold: the least softmax probability of the (correct) predicted class, in [0,1].
+        batch_size: images per forward pass (a positive int).
+
+    Returns:
+        ``indices``: (M,) int64 indices into ``images`` of the qualifying images, in order;
+        ``qualified``: int, M; ``confidence``: (B,) float32 softmax probability of the predicted class;
+        ``correct``: (B,) bool, the prediction equals the label; ``per_class``: (K,) int64 number of
+        qualifying images of each class. Tensors on the images' device.
+
+    Raises:
+        ValueError: ``images`` not a float (B,C,H,W) tensor; ``labels`` not (B,) non-negative integers,
+            or not below the model's K; ``threshold`` outside [0,1]; ``batch_size`` not a positive int;
+            the model's output not (B,K) logits.
     """
     images, labels = _check_images_labels(images, labels)
     if not 0.0 <= float(threshold) <= 1.0:
@@ -129,6 +147,22 @@ def make_grids(images: torch.Tensor, labels: torch.Tensor | Sequence[int], grid_
     class one image uniformly among its images (seeded; an image may appear in several grids, never
     twice in one). Returns ``images`` (G,C,N*H,N*W), ``labels`` (G,N²) and ``sources`` (G,N²) indices
     into the pool, cells row-major.
+
+    Args:
+        images: the pool, normalised (M,C,H,W) float images (e.g. those :func:`confident_cells` kept).
+        labels: (M,) non-negative integer class of each pool image.
+        grid_size: N, cells per side (an int >= 2).
+        num_grids: G, how many grids (a positive int).
+        seed: seeds the draws (a local generator: the global RNG is untouched).
+
+    Returns:
+        ``images``: (G,C,N*H,N*W) the grids; ``labels``: (G,N²) int64 class of each cell; ``sources``:
+        (G,N²) int64 index into ``images`` of each cell's image. Cells row-major (cell 0 top left).
+
+    Raises:
+        ValueError: ``grid_size`` not an int >= 2; ``images`` not a float (M,C,H,W) tensor; ``labels``
+            not (M,) non-negative integers; ``num_grids`` not a positive int; fewer than N² distinct
+            classes in ``labels``.
     """
     n = _check_grid_size(grid_size)
     images, labels = _check_images_labels(images, labels)
@@ -154,6 +188,26 @@ def build_grids(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | S
     ``qualified`` (how many images qualified), ``per_class`` (qualifying images per class),
     ``num_grids``, ``grid_size`` and ``threshold``. Defaults follow the authors' public setting
     (2x2, 500 grids, seed 1, confidence >= 0.99).
+
+    Args:
+        model: the classifier, returning (B,K) logits; on the images' device.
+        images: normalised (B,C,H,W) float images, e.g. the test set.
+        labels: (B,) integer true classes.
+        grid_size: N, cells per side (an int >= 2).
+        num_grids: G, how many grids (a positive int).
+        threshold: the least softmax confidence of a correctly classified image, in [0,1].
+        seed: seeds the grids' draws (see :func:`make_grids`).
+        batch_size: images per forward pass when selecting the cells.
+
+    Returns:
+        ``images``: (G,C,N*H,N*W) the grids; ``labels``: (G,N²) class of each cell; ``sources``: (G,N²)
+        index into the given ``images`` of each cell's image; ``qualified``: int, how many images
+        qualified; ``per_class``: (K,) qualifying images per class; ``num_grids``: int G; ``grid_size``:
+        int N; ``threshold``: float.
+
+    Raises:
+        ValueError: invalid arguments (as :func:`confident_cells` and :func:`make_grids` check them);
+            the qualifying images cover fewer than N² classes.
     """
     n = _check_grid_size(grid_size)
     cells = confident_cells(model, images, labels, threshold, batch_size)
@@ -177,6 +231,19 @@ def grid_targets(grid_labels: torch.Tensor, cells: Sequence[int] | None = None) 
     ``cells``: which cells to explain (default: all; the paper's DiFull/DiPart figures use the top-left
     and bottom-right cells, ``[0, N²-1]``). Returns ``grid`` (T,) indices into the grids, ``cell`` (T,)
     and ``target`` (T,) the class in that cell.
+
+    Args:
+        grid_labels: (G,N²) class of each cell, ``build_grids(...)['labels']``.
+        cells: row-major cell indices in [0, N²) to explain in every grid; None: all N² cells.
+
+    Returns:
+        ``grid``: (T,) int64 index of the grid; ``cell``: (T,) int64 cell index; ``target``: (T,) the
+        class in that cell. T = G x len(cells), grid-major (every chosen cell of grid 0, then of grid 1,
+        ...); on the labels' device.
+
+    Raises:
+        ValueError: ``grid_labels`` is not a 2-D tensor; ``cells`` is empty or has an index outside
+            [0, N²).
     """
     if not isinstance(grid_labels, torch.Tensor) or grid_labels.dim() != 2:
         raise ValueError("grid_labels must be a (G, N²) tensor (build_grids(...)['labels'])")
@@ -193,7 +260,22 @@ def grid_targets(grid_labels: torch.Tensor, cells: Sequence[int] | None = None) 
 def cell_masks(cells: torch.Tensor | Sequence[int], grid_size: int, height: int, width: int,
                device: torch.device | str | None = None) -> torch.Tensor:
     """(B,H,W) bool masks of the given cells (row-major) of an N x N grid of H x W pixels: the ground
-    truth to give the ``oracle`` control (``ground_truth={"mask": ...}``) on grid games."""
+    truth to give the ``oracle`` control (``ground_truth={"mask": ...}``) on grid games.
+
+    Args:
+        cells: (B,) row-major cell indices in [0, N²), a tensor or a sequence.
+        grid_size: N, cells per side (an int >= 2).
+        height: H, the grid's height in pixels, a multiple of N.
+        width: W, the grid's width in pixels, a multiple of N.
+        device: where to build the masks; None: the device of ``cells`` (CPU for a sequence).
+
+    Returns:
+        (B,H,W) bool tensor, True on the pixels of each image's cell.
+
+    Raises:
+        ValueError: ``grid_size`` not an int >= 2; H or W not a multiple of N; ``cells`` not 1-D or
+            with an index outside [0, N²).
+    """
     n = _check_grid_size(grid_size)
     if height % n or width % n:
         raise ValueError(f"a {height}x{width} grid cannot be cut into {n}x{n} equal cells")
@@ -239,8 +321,15 @@ def grid_pointing_game(maps: torch.Tensor, target_cells: torch.Tensor | Sequence
         size: upsample the maps bilinearly to this (H,W) first (the grid's size; the paper's protocol);
             None scores them at their own resolution (e.g. a CAM's raw map whose sides are multiples of N).
 
-    Returns ``gridpg`` (mean, 0-d tensor), ``per_image`` (B,), ``chance`` (1/N²) and ``grid_size``.
-    Higher is better, range [0,1]; an all-zero map scores 0, a constant map 1/N².
+    Returns:
+        ``gridpg`` (mean, 0-d tensor), ``per_image`` (B,) float32, ``chance`` (1/N², float) and
+        ``grid_size`` (int N). Higher is better, range [0,1]; an all-zero map scores 0, a constant
+        map 1/N².
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor.
+        ValueError: ``grid_size`` not an int >= 2; ``maps`` not (B,h,w), empty or not finite; the
+            (upsampled) maps' sides not multiples of N; ``target_cells`` not (B,) integers in [0, N²).
     """
     n = _check_grid_size(grid_size)
     shares = cell_shares(maps, n, size)
@@ -262,6 +351,22 @@ def make_focus_mosaics(images: torch.Tensor, labels: torch.Tensor | Sequence[int
     distinct images of it, two other classes drawn uniformly among the rest, one image each, and the
     four placed in a random arrangement. Returns ``images`` (G,C,2H,2W), ``targets`` (G,) the target
     class, ``target_cells`` (G,4) bool (row-major), ``labels`` (G,4) and ``sources`` (G,4).
+
+    Args:
+        images: the pool, normalised (M,C,H,W) float images.
+        labels: (M,) non-negative integer class of each pool image.
+        num_mosaics: G, how many mosaics (a positive int).
+        seed: seeds the draws (a local generator: the global RNG is untouched).
+
+    Returns:
+        ``images``: (G,C,2H,2W) the mosaics; ``targets``: (G,) the target class; ``target_cells``:
+        (G,4) bool, True on the two target-class cells (row-major); ``labels``: (G,4) class of each
+        cell; ``sources``: (G,4) index into ``images`` of each cell's image.
+
+    Raises:
+        ValueError: ``images`` not a float (M,C,H,W) tensor; ``labels`` not (M,) non-negative
+            integers; ``num_mosaics`` not a positive int; no class with >= 2 images, or fewer than 3
+            classes in all.
     """
     images, labels = _check_images_labels(images, labels)
     if isinstance(num_mosaics, bool) or not isinstance(num_mosaics, int) or num_mosaics < 1:
@@ -305,7 +410,28 @@ def build_focus_mosaics(model: nn.Module, images: torch.Tensor, labels: torch.Te
                         batch_size: int = 256) -> dict[str, torch.Tensor | int | float | None]:
     """:func:`make_focus_mosaics` from the images the model classifies correctly with confidence >=
     ``threshold`` (the grid games' rule, so both games see the same kind of cell; None: every image).
-    Adds ``sources`` as indices into ``images``, ``qualified`` and ``threshold``."""
+    Adds ``sources`` as indices into ``images``, ``qualified`` and ``threshold``.
+
+    Args:
+        model: the classifier, returning (B,K) logits; on the images' device (unused when ``threshold``
+            is None).
+        images: normalised (B,C,H,W) float images.
+        labels: (B,) integer true classes.
+        num_mosaics: G, how many mosaics (a positive int).
+        threshold: the least softmax confidence of a correctly classified image, in [0,1]; None uses
+            every image, whatever the model predicts.
+        seed: seeds the draws (see :func:`make_focus_mosaics`).
+        batch_size: images per forward pass when selecting the cells.
+
+    Returns:
+        :func:`make_focus_mosaics`' ``images``, ``targets``, ``target_cells`` and ``labels``;
+        ``sources``: (G,4) index into the given ``images``; ``qualified``: int, how many images
+        qualified; ``threshold``: as given.
+
+    Raises:
+        ValueError: invalid arguments (as :func:`confident_cells` and :func:`make_focus_mosaics` check
+            them); too few qualifying images for a mosaic (the message says how many qualified).
+    """
     images, labels_t = _check_images_labels(images, labels)
     if threshold is None:
         indices = torch.arange(images.shape[0], device=images.device)
@@ -328,6 +454,22 @@ def focus(maps: torch.Tensor, target_cells: torch.Tensor, size: tuple[int, int] 
     row-major; ``size`` as in :func:`grid_pointing_game`. Returns ``focus`` (mean), ``per_image`` and
     ``chance`` (the target cells' share of the mosaic, 0.5 with two of four). Higher is better, [0,1];
     an all-zero map scores 0.
+
+    Args:
+        maps: (B,h,w) one map per mosaic, of its target class; any finite values (the positive part
+            counts).
+        target_cells: (B,4) bool tensor, ``make_focus_mosaics(...)['target_cells']``.
+        size: upsample the maps bilinearly to this (H,W) first (the mosaics' size); None scores them at
+            their own resolution (sides must then be even).
+
+    Returns:
+        ``focus``: the mean, 0-d tensor; ``per_image``: (B,) float32; ``chance``: float, the target
+        cells' share of all cells (0.5 for two of four).
+
+    Raises:
+        TypeError: ``maps`` is not a float tensor.
+        ValueError: ``maps`` not (B,h,w), empty or not finite; the (upsampled) maps' sides not even;
+            ``target_cells`` not a (B,4) bool tensor.
     """
     shares = cell_shares(maps, 2, size)
     if not isinstance(target_cells, torch.Tensor) or target_cells.shape != shares.shape or \
@@ -359,6 +501,29 @@ def play_grid_game(model: nn.Module, grids: dict, explain: Any, game: str = "gri
     Returns ``score`` (mean), ``per_image`` (T,), ``score_raw``, ``per_image_raw``, ``jobs``
     (``grid_targets``), ``chance``, ``game``, ``grid_size`` and ``num_grids``. The name of the table
     column is ``f"{game}_{N}x{N}"`` (``gridpg_2x2``, ``difull_2x2``, ...).
+
+    Args:
+        model: the trained classifier (wrapped, not modified, for "difull"/"dipart").
+        grids: the dict :func:`build_grids` or :func:`make_grids` returns (``images`` and ``labels``).
+        explain: a CAM method name, or ``explain(model, images, targets) -> maps (B,H,W)``.
+        game: "gridpg", "difull" or "dipart".
+        cells: which cells of each grid to explain (see :func:`grid_targets`); None: all of them.
+        layer: with a method name, the layer it explains (None: the method's default; the wrappers'
+            ``cam_hook`` for "difull"/"dipart").
+        batch_size: with a method name, images per pass (None: the method's default).
+        method_options: with a method name, its options (checked against the method's signature).
+
+    Returns:
+        ``score``: mean Grid Pointing Game score (0-d tensor); ``per_image``: (T,) one score per job;
+        ``score_raw`` and ``per_image_raw``: the same at the raw map's resolution, or None;
+        ``jobs``: :func:`grid_targets`' dict; ``chance``: 1/N²; ``game``: str; ``grid_size``: int N;
+        ``num_grids``: int G.
+
+    Raises:
+        ValueError: an unknown ``game``; ``grids`` without ``images``/``labels`` or whose labels are
+            not (G,N²) with N >= 2; invalid ``cells``; a model the DiFull/DiPart wrappers cannot split
+            (see :func:`~camzoo.metrics.grid_models.grid_wrapper`); maps the score rejects.
+        TypeError: ``explain`` is neither a method name nor a callable.
     """
     from .grid_models import grid_wrapper
 

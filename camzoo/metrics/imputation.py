@@ -10,7 +10,7 @@ against scipy.sparse.linalg.spsolve.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ PxAP is *not* an average of per-image numbers: it returns per-image histograms, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -10,7 +10,7 @@ from a caller-supplied ``explain_fn``.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .causal import PROTOCOLS
 from .faithfulness import SUBSTRATES

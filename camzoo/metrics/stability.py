@@ -9,7 +9,7 @@ device; ``lfi_compat=True`` reproduces the official LFI-CAM IoU/Dice script (see
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,8 @@ adding a metric is one entry here (docs/contributing.md shows one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ Details and conventions: docs/metrics.md.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

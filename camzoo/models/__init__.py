@@ -11,7 +11,7 @@ built-in ones.
 
 from __future__ import annotations
 
-from . import baseline  # noqa: F401, I001  (registers the built-in kinds in table order: baseline, abn, lfi)
+from . import baseline  # noqa: F401  (registers the built-in kinds in table order: baseline, abn, lfi)
 from . import abn, lfi  # noqa: F401
 from .abn import ABN
 from .backbones import Backbone, build_backbone

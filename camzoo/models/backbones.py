@@ -21,7 +21,7 @@ import copy
 import difflib
 import re
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

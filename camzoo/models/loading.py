@@ -18,7 +18,8 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -165,7 +166,7 @@ def _factory(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[str, C
             hint = f" Similar names: {', '.join(TORCHVISION_PREFIX + c for c in close)}." if close else ""
             raise ModelSpecError(f"{arch!r} is not a torchvision classification model.{hint}", "model")
 
-        def build_torchvision(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:  # noqa: ARG001
+        def build_torchvision(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
             model = torchvision.models.get_model(arch, weights=None, **kwargs,
                                                  **({} if num_classes is None else {"num_classes": num_classes}))
             outputs = num_classes or 1000

@@ -62,7 +62,8 @@ class TrainConfig:
         checks = [
             (self.kind in kinds, f"kind must be one of {', '.join(kinds)}, got {self.kind!r}"),
             (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 2, f"batch_size must be an integer >= 2, got {self.batch_size!r}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 2,
+             f"batch_size must be an integer >= 2, got {self.batch_size!r}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr!r}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
@@ -70,7 +71,8 @@ class TrainConfig:
             (all(0 < m < 1 for m in self.milestones), f"milestones are fractions of the run in (0, 1), got {self.milestones!r}"),
             (0 <= self.warmup < 1, f"warmup is a fraction of the run in [0, 1), got {self.warmup!r}"),
             (self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}"),
-            (isinstance(self.log_every, int) and self.log_every >= 1, f"log_every must be an integer >= 1, got {self.log_every!r}"),
+            (isinstance(self.log_every, int) and self.log_every >= 1,
+             f"log_every must be an integer >= 1, got {self.log_every!r}"),
             (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
         ]
         for ok, message in checks:

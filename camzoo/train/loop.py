@@ -18,7 +18,8 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -177,7 +178,8 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, autocast: Callable = contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+               x: torch.Tensor, y: torch.Tensor,
+               autocast: Callable = contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step for any camzoo model; returns (loss, logits), detached, on the device."""
     with autocast():
         out = model.forward_train(x)

@@ -1,0 +1,135 @@
+"""Your own models and data: `camzoo bench --model NAME --checkpoint A --checkpoint B --data ROOT` scores
+trained checkpoints on an annotated folder without training; bad checkpoints and class counts fail in
+one line before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from camzoo.bench.config import resolve_config
+from camzoo.cli import main
+
+CLASSES = ("ant", "bee", "cat", "dog")
+
+
+def write_folder(root: Path, per_class: int = 4, side: int = 48) -> Path:
+    """A 4-class folder: a bright square on noise per image, its box in boxes.csv, masks for half."""
+    rng = np.random.default_rng(0)
+    rows = ["file,x0,y0,x1,y1"]
+    for label, name in enumerate(CLASSES):
+        for index in range(per_class):
+            pixels = rng.integers(0, 80, size=(side, side, 3), dtype=np.uint8)
+            x0, y0 = int(rng.integers(0, side // 2)), int(rng.integers(0, side // 2))
+            pixels[y0:y0 + side // 3, x0:x0 + side // 3, label % 3] = 250
+            rel = f"{name}/{name}{index}.png"
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / rel)
+            rows.append(f"{rel},{x0},{y0},{x0 + side // 3},{y0 + side // 3}")
+            if index % 2 == 0:
+                mask = np.zeros((side, side), np.uint8)
+                mask[y0:y0 + side // 3, x0:x0 + side // 3] = 255
+                (root / "masks" / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(root / "masks" / rel)
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+def state_dict(path: Path, name: str, seed: int, **kwargs) -> Path:
+    torch.manual_seed(seed)
+    torch.save(timm.create_model(name, pretrained=False, **kwargs).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("own") / "photos")
+
+
+def bench(*arguments: str):
+    return CliRunner().invoke(main, ["bench", "--no-progress", "--no-html", *arguments])
+
+
+def test_two_resnet18_checkpoints_on_an_annotated_folder(folder, tmp_path):
+    a = state_dict(tmp_path / "a.pth", "resnet18", 0, num_classes=4)
+    b = state_dict(tmp_path / "b.pth", "resnet18", 1, num_classes=4)
+    out = tmp_path / "out"
+    flags = ["--model", "resnet18", "--checkpoint", str(a), "--checkpoint", str(b), "--data", str(folder),
+             "--methods", "gradcam,eigencam", "--images", "16", "--image-size", "64", "--out", str(out)]
+    result = bench(*flags)
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["method"]) == {"gradcam", "eigencam", "random", "centre", "edges", "oracle"}
+    assert set(summary["kind"]) == {"checkpoint"} and set(summary["backbone"]) == {"resnet18"}
+    gradcam = summary[summary["method"] == "gradcam"].iloc[0]
+    assert np.isfinite(gradcam["stability_iou_mean"]) and np.isfinite(gradcam["pointing_game_mean"])
+    assert np.isfinite(gradcam["max_box_acc_v2_mean"]) and np.isfinite(gradcam["top1_mean"])
+    assert not (out / "models").exists()  # nothing was trained
+    printed = bench(*flags, "--print-config")
+    assert printed.exit_code == 0 and "[[models]]" in printed.output and "a.pth" in printed.output
+    again = tmp_path / "again.toml"
+    again.write_text(printed.output, encoding="utf-8")
+    assert resolve_config(None, again) == resolve_config(
+        "quick", None, {"models": [{"name": "resnet18", "checkpoints": [str(a), str(b)]}],
+                        "methods": ["gradcam", "eigencam", "@controls"], "eval": {"images": 16},
+                        "datasets": [{"name": "annotated", "root": str(folder), "image_size": 64, "options": {}}]})
+
+
+def test_a_vision_transformer_checkpoint(folder, tmp_path):
+    vit = state_dict(tmp_path / "vit.pth", "vit_tiny_patch16_224", 0, num_classes=4, img_size=64)
+    config = tmp_path / "vit.toml"
+    config.write_text(f'''
+methods = ["gradcam", "@controls"]
+[[models]]
+name = "vit_tiny_patch16_224"
+checkpoints = ["{vit}"]
+options = {{img_size = 64}}
+[[datasets]]
+name = "annotated"
+root = "{folder}"
+image_size = 64
+[eval]
+images = 8
+game_images = 4
+deletion_steps = 4
+substrates = []
+''', encoding="utf-8")
+    result = bench("--config", str(config), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert np.isfinite(summary[summary["method"] == "gradcam"]["deletion_mean"]).all()
+
+
+def test_a_checkpoint_with_other_classes_fails_in_one_line_and_leaves_nothing(folder, tmp_path):
+    ten = state_dict(tmp_path / "ten.pth", "resnet18", 0, num_classes=10)
+    out = tmp_path / "out"
+    result = bench("--model", "resnet18", "--checkpoint", str(ten), "--data", str(folder), "--image-size", "32",
+                   "--out", str(out))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "the model has 10 outputs but the dataset has 4 classes and no class map" in result.output
+    assert not (out / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: state_dict(p, "resnet34", 0, num_classes=4), "does not fit timm model 'resnet18': unexpected keys"),
+    (lambda p: torch.save(torch.nn.Linear(2, 2), p) or p, "refuses to unpickle"),  # a pickled module
+    (lambda p: p, "does not exist"),
+])
+def test_bad_checkpoints_are_one_line(folder, tmp_path, make, message):
+    path = make(tmp_path / "bad.pth")
+    result = bench("--model", "resnet18", "--checkpoint", str(path), "--data", str(folder), "--image-size", "32",
+                   "--out", str(tmp_path / "out"))
+    assert result.exit_code != 0 and "Traceback" not in result.output and message in result.output, result.output
+    assert "nothing was run or written" in result.output
+
+
+def test_own_model_flags_need_a_checkpoint_and_data(folder, tmp_path):
+    assert "give them with --checkpoint" in bench("--data", str(folder)).output
+    assert "--checkpoint needs --data" in bench("--checkpoint", str(tmp_path / "a.pth")).output
