@@ -15,18 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import camzoo
+from camzoo.metrics.focus import build_focus_mosaics, focus, make_focus_mosaics
+from camzoo.metrics.grid_models import play_grid_game
 from camzoo.metrics.grids import (
-    build_focus_mosaics,
     build_grids,
     cell_masks,
     cell_shares,
     confident_cells,
-    focus,
     grid_pointing_game,
     grid_targets,
-    make_focus_mosaics,
     make_grids,
-    play_grid_game,
 )
 from camzoo.metrics.grid_models import DiFull, DiPart, grid_wrapper
 

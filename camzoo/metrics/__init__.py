@@ -41,19 +41,9 @@ from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, s
 from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, score_maps, table_columns
 from .context import MethodSpec
-from .grids import (
-    build_focus_mosaics,
-    build_grids,
-    cell_masks,
-    confident_cells,
-    focus,
-    grid_pointing_game,
-    grid_targets,
-    make_focus_mosaics,
-    make_grids,
-    play_grid_game,
-)
-from .grid_models import DiFull, DiPart, grid_wrapper
+from .grids import build_grids, cell_masks, confident_cells, grid_pointing_game, grid_targets, make_grids
+from .focus import build_focus_mosaics, focus, make_focus_mosaics
+from .grid_models import DiFull, DiPart, grid_wrapper, play_grid_game
 from .class_sensitivity import random_logit_similarity, randomisation_spearman
 
 

@@ -6,8 +6,8 @@ maps of inputs where the evidence's place or class is known by construction:
 
 * ``gridpg_NxN``, ``difull_NxN``, ``dipart_NxN``: the Grid Pointing Game on N x N grids of
   evaluation images of distinct classes, on the model or its DiFull / DiPart wrapper
-  (:func:`camzoo.metrics.grids.play_grid_game`); ``focus``: 2 x 2 mosaics, two cells of the target
-  class (:func:`camzoo.metrics.grids.focus`).
+  (:func:`camzoo.metrics.grid_models.play_grid_game`); ``focus``: 2 x 2 mosaics, two cells of the target
+  class (:func:`camzoo.metrics.focus.focus`).
 * ``random_logit_similarity``, ``randomisation_spearman``
   (:mod:`camzoo.metrics.class_sensitivity`).
 
@@ -30,7 +30,9 @@ import torch
 from .class_sensitivity import random_logit_similarity, randomisation_spearman
 from .context import ScoringContext
 from .grid_models import GridWrapper
-from .grids import build_focus_mosaics, build_grids, focus, play_grid_game
+from .focus import build_focus_mosaics, focus
+from .grid_models import play_grid_game
+from .grids import build_grids
 
 Row = tuple[float, "np.ndarray | None"]
 GRID_SEED, FOCUS_SEED, CLASS_SEED = 1, 0, 0

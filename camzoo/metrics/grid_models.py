@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import copy
 from typing import Any
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..methods.layers import detect_layer, get_layer
 from ..modelutil import model_device, model_input_size
+from .grids import _check_grid_size, cell_masks, grid_pointing_game, grid_targets
 
 
 class _StopForward(Exception):
@@ -299,4 +300,81 @@ def grid_wrapper(kind: str, model: nn.Module, grid_size: int = 2, **options: Any
     return kinds[kind](model, grid_size, **options)
 
 
-__all__: Sequence[str] = ["DiFull", "DiPart", "GridWrapper", "LayerOutput", "grid_wrapper", "split_classifier"]
+GAMES = ("gridpg", "difull", "dipart")
+
+
+def play_grid_game(model: nn.Module, grids: dict, explain: Any, game: str = "gridpg",
+                   cells: Sequence[int] | None = None, *, layer: Any = None, batch_size: int | None = None,
+                   method_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Explain every (grid, cell) job of ``grids`` (``build_grids``) and score it: one metric cell.
+
+    game: "gridpg" (the model on the whole grid), "difull" or "dipart" (the model wrapped,
+    :mod:`camzoo.metrics.grid_models`; the target is class c *in cell p*). explain: a CAM method
+    name, or ``explain(model, images, targets) -> maps (B,H,W)``. With a method name the score follows
+    the paper exactly: the raw map (``Explanation.raw``) upsampled bilinearly to the grid's size, its
+    positive part; ``score_raw`` is the same at the map's own resolution (None when its sides are
+    not multiples of N). A callable's maps are scored as given (``score_raw`` None). The target cell's
+    mask goes to ``camzoo.explain`` as ground truth, so the ``oracle`` control runs (others ignore it).
+
+    Returns ``score`` (mean), ``per_image`` (T,), ``score_raw``, ``per_image_raw``, ``jobs``
+    (``grid_targets``), ``chance``, ``game``, ``grid_size`` and ``num_grids``. The name of the table
+    column is ``f"{game}_{N}x{N}"`` (``gridpg_2x2``, ``difull_2x2``, ...).
+
+    Args:
+        model: the trained classifier (wrapped, not modified, for "difull"/"dipart").
+        grids: the dict :func:`build_grids` or :func:`make_grids` returns (``images`` and ``labels``).
+        explain: a CAM method name, or ``explain(model, images, targets) -> maps (B,H,W)``.
+        game: "gridpg", "difull" or "dipart".
+        cells: which cells of each grid to explain (see :func:`grid_targets`); None: all of them.
+        layer: with a method name, the layer it explains (None: the method's default; the wrappers'
+            ``cam_hook`` for "difull"/"dipart").
+        batch_size: with a method name, images per pass (None: the method's default).
+        method_options: with a method name, its options (checked against the method's signature).
+
+    Returns:
+        ``score``: mean Grid Pointing Game score (0-d tensor); ``per_image``: (T,) one score per job;
+        ``score_raw`` and ``per_image_raw``: the same at the raw map's resolution, or None;
+        ``jobs``: :func:`grid_targets`' dict; ``chance``: 1/N²; ``game``: str; ``grid_size``: int N;
+        ``num_grids``: int G.
+
+    Raises:
+        ValueError: an unknown ``game``; ``grids`` without ``images``/``labels`` or whose labels are
+            not (G,N²) with N >= 2; invalid ``cells``; a model the DiFull/DiPart wrappers cannot split
+            (see :func:`~camzoo.metrics.grid_models.grid_wrapper`); maps the score rejects.
+        TypeError: ``explain`` is neither a method name nor a callable.
+    """
+    if game not in GAMES:
+        raise ValueError(f"game must be one of {GAMES}; got {game!r}")
+    if not isinstance(grids, Mapping) or "images" not in grids or "labels" not in grids:
+        raise ValueError("grids must be the dict build_grids / make_grids returns (with 'images' and 'labels')")
+    images, labels = grids["images"], grids["labels"]
+    n = _check_grid_size(int(round(labels.shape[1] ** 0.5)))
+    if n * n != labels.shape[1]:
+        raise ValueError(f"grids['labels'] must be (G, N²); got {tuple(labels.shape)}")
+    jobs = grid_targets(labels, cells)
+    net = model if game == "gridpg" else grid_wrapper(game, model, n, cell_size=images.shape[-1] // n)
+    targets = jobs["target"] if game == "gridpg" else net.output_index(jobs["cell"], jobs["target"])
+    inputs = images[jobs["grid"]]
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    raw_result = None
+    if isinstance(explain, str):
+        from .class_sensitivity import run_method
+
+        truth = {"mask": cell_masks(jobs["cell"], n, size[0], size[1], device=inputs.device)}  # for `oracle`
+        explanation = run_method(net, inputs, explain, targets, layer, batch_size, method_options, truth)
+        raw = explanation.raw
+        result = grid_pointing_game(raw, jobs["cell"], n, size=size)
+        if raw.shape[-2] % n == 0 and raw.shape[-1] % n == 0:
+            raw_result = grid_pointing_game(raw, jobs["cell"], n)
+    elif callable(explain):
+        result = grid_pointing_game(explain(net, inputs, targets), jobs["cell"], n, size=size)
+    else:
+        raise TypeError(f"explain must be a method name or a callable; got {type(explain).__name__}")
+    return {"score": result["gridpg"], "per_image": result["per_image"],
+            "score_raw": None if raw_result is None else raw_result["gridpg"],
+            "per_image_raw": None if raw_result is None else raw_result["per_image"],
+            "jobs": jobs, "chance": 1.0 / (n * n), "game": game, "grid_size": n, "num_grids": int(labels.shape[0])}
+
+
+__all__: Sequence[str] = ["GAMES", "DiFull", "DiPart", "GridWrapper", "LayerOutput", "grid_wrapper", "play_grid_game",
+                          "split_classifier"]
