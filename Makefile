@@ -16,10 +16,13 @@ $(VENV)/.installed: setup.cfg setup.py
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-# ruff first: it takes a second, and a lint error should not wait for the suite
+# ruff first: it takes a second, and a lint error should not wait for the suite. The suite runs on
+# TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread): 4 min on 2 cores, 8 serially.
+TEST_WORKERS ?= 2
+
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # Two processes of one thread each score faster than one of two threads on a small CPU model
 # (docs/performance.md); BENCH_NPROC=1 runs a single process.
