@@ -103,3 +103,13 @@ def test_report_on_a_run_without_method_cells_is_a_clear_error(tmp_path):
         write_report(tmp_path)
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code != 0 and "no finished method cells" in result.output and "KeyError" not in result.output
+
+
+def test_the_documented_check_of_the_standard_preset_is_what_it_prints():
+    """docs/benchmark.md shows `camzoo bench --preset standard --check`: its counts and settings lines."""
+    result = CliRunner().invoke(main, ["bench", "--preset", "standard", "--check", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "benchmark.md").read_text(encoding="utf-8")
+    lines = result.output.splitlines()
+    for line in [lines[1], *(line for line in lines if line.startswith(("eval:", "discrimination:")))]:
+        assert line in docs, line
