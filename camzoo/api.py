@@ -9,7 +9,7 @@ from torch import nn
 
 from .explanation import Explanation
 from .inputs import DEFAULT_MAX_SIZE, ImageInput, Size, prepare_images
-from .methods import get_method, method_names
+from .methods import get_method, method_names, split_layer
 from .methods.base import GroundTruth, TargetSpec
 from .methods.layers import LayerSpec
 from .methods.multi import explain_many
@@ -58,6 +58,8 @@ def explain(
             attribution), or a list of names: then the result is a dict {name: Explanation} in the
             order given, and the activation/gradient methods of the same layer (Grad-CAM, Grad-CAM++,
             XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, EigenGrad-CAM) share one forward and one backward.
+            ``"NAME@LAYER"`` (a benchmark's layer row, e.g. ``"gradcam@layer2"``) is NAME on that layer;
+            a list names one layer at most, and its results keep the names as given.
         target: None explains the predicted class; an int or a class name (``model.class_names``,
             timm's ``label_names``, a Hugging Face ``id2label``), one for all images or one per image
             in order; or a function of the (B, num_classes) logits returning (B,) class indices.
@@ -95,11 +97,35 @@ def explain(
         shape, each with a message that says what to change.
     """
     options = {key: value for key, value in (("output", output), ("reshape", reshape)) if value is not None}
+    method, layer, given = _layer_rows(method, layer)
     if not isinstance(method, str):
         images = prepare_images(img, model, image_size=image_size, max_size=max_size)
-        return explain_many(model, images, method, target, layer, batch_size, ground_truth, method_options, **options)
+        results = explain_many(model, images, method, target, layer, batch_size, ground_truth, method_options,
+                               **options)
+        return {given.get(name, name): result for name, result in results.items()}
     method_class = get_method(method)
     options = method_class.check_options({**options, **(method_options or {})})
     explainer = method_class(model, layer=layer, batch_size=batch_size, **options)
     images = prepare_images(img, model, image_size=image_size, max_size=max_size)
     return explainer(images, target, ground_truth=ground_truth)
+
+
+def _layer_rows(method: str | Sequence[str], layer: LayerSpec) -> tuple[str | list[str], LayerSpec, dict[str, str]]:
+    """``"gradcam@layer2"`` (a benchmark's layer row) is Grad-CAM on ``layer2``: the names without their
+    suffix, the layer, and {name: the name as given} to key a list's results. One layer per call."""
+    names = [method] if isinstance(method, str) else list(method) if isinstance(method, Sequence) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        return method, layer, {}  # explain_many says what is wrong
+    split = [split_layer(name) for name in names]
+    suffixes = {suffix for _, suffix in split}
+    if suffixes == {None}:
+        return method, layer, {}
+    if len(suffixes) > 1:
+        raise ValueError(f"method={list(names)!r} names several layers ({sorted(map(str, suffixes))}); explain one "
+                         "layer per call (or give layer= and plain names)")
+    (suffix,) = suffixes
+    if layer is not None and layer != suffix:
+        raise ValueError(f"method {names[0]!r} names layer {suffix!r} but layer={layer!r} was given; give one of them")
+    bases = [base for base, _ in split]
+    given = {get_method(base).name: name for base, name in zip(bases, names) if not base.lower().startswith("captum:")}
+    return (bases[0] if isinstance(method, str) else bases), suffix, given

@@ -167,3 +167,17 @@ def test_camzoo_methods_options_lists_the_declared_facts():
     assert "family gradient; cost backward; one pass; options: none" in output
     assert "family optimisation; cost iterative; options: iterations (int = 50), lr (float = 0.1)" in output
     assert "family control; cost free; options: seed (int = 0)" in output
+
+
+def test_explain_reads_a_layer_row_as_the_method_on_that_layer():
+    model = camzoo.build_model("baseline", "resnet8", num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    row = camzoo.explain(model, x, method="gradcam@layer2")
+    plain = camzoo.explain(model, x, method="gradcam", layer="layer2")
+    assert row.layer == plain.layer and torch.equal(row.maps, plain.maps)
+    rows = camzoo.explain(model, x, method=["gradcam@layer2", "hirescam@layer2"])
+    assert list(rows) == ["gradcam@layer2", "hirescam@layer2"] and torch.equal(rows["gradcam@layer2"].maps, plain.maps)
+    with pytest.raises(ValueError, match="names several layers"):
+        camzoo.explain(model, x, method=["gradcam@layer2", "hirescam"])
+    with pytest.raises(ValueError, match="give one of them"):
+        camzoo.explain(model, x, method="gradcam@layer2", layer="layer3")
