@@ -29,9 +29,8 @@ import torch
 
 from .class_sensitivity import random_logit_similarity, randomisation_spearman
 from .context import ScoringContext
-from .grid_models import GridWrapper
 from .focus import build_focus_mosaics, focus
-from .grid_models import play_grid_game
+from .grid_models import GridWrapper, play_grid_game
 from .grids import build_grids
 
 Row = tuple[float, "np.ndarray | None"]
