@@ -438,9 +438,12 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
                                                              lambda r: tuple(r.inputs.shape) == (1, 1, 32, 32))),
         ("cli: explain with a 1-channel timm model", command(["explain", gray_png, *gray_args, "--out", tmp / "g1"],
                                                              lambda r: (tmp / "g1" / "gray_gradcam.png").is_file())),
+        # strides=4: Occlusion runs one forward per window position, 16x fewer than at stride 1 (which
+        # took over a minute on a loaded 2-core machine: slow by design, not a hang)
         ("cli: captum:Occlusion --method-option sliding_window_shapes=(3,4,4)", command(
             ["explain", tmp / "good.png", "--checkpoint", ckpt, "--method", "captum:Occlusion", "--method-option",
-             "sliding_window_shapes=(3,4,4)", "--out", tmp / "occ"], lambda r: "explained 1 of 1" in r.output)),
+             "sliding_window_shapes=(3,4,4)", "--method-option", "strides=4", "--out", tmp / "occ"],
+            lambda r: "explained 1 of 1" in r.output)),
         ("cli: captum:Occlusion without its option", command(
             ["explain", tmp / "good.png", "--checkpoint", ckpt, "--method", "captum:Occlusion", "--out", tmp / "occ"],
             expect="--method-option")),
