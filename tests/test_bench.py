@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -117,6 +118,7 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     assert summary[summary["method"] == "gradcam"]["deletion_norm"].isna().all() == bool((gap.iloc[:, 1] < 0.02).all())
     pairwise = pd.read_csv(out / "pairwise.csv")
     assert {"metric", "a", "b", "median_difference", "p", "p_holm", "significant"} <= set(pairwise)
+    assert_letters_agree_with_pairwise(summary, pairwise)
     assert not pairwise["a"].str.contains("random|oracle").any() and (pairwise["p_holm"] >= pairwise["p"] - 1e-12).all()
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     markdown = (out / "summary.md").read_text()
@@ -244,6 +246,9 @@ def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
     assert {"summary.md", "summary.csv", "pairwise.csv"} <= set(write_report(out))
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["method"]) == ["gradcam", "random"] and summary["deletion_mean"].notna().all()
+    # one seed: no significance letters, and the report says why
+    assert summary[[c for c in summary if c.endswith("_group")]].isna().all().all()
+    assert "none in this run: one model per kind" in (out / "summary.md").read_text()
 
 
 def test_the_gpu_presets_run_the_whole_zoo():
@@ -317,3 +322,37 @@ def test_the_bench_explains_the_gradient_family_in_one_pass():
         torch.testing.assert_close(maps, alone)
         torch.testing.assert_close(raw, alone_raw)
         assert maps.shape == (6, 32, 32) and float(maps.amax()) > 0
+
+
+def assert_letters_agree_with_pairwise(summary: pd.DataFrame, pairwise: pd.DataFrame) -> None:
+    """Every tested pair of a column: the two rows share a letter exactly when the test is not significant."""
+    checked = 0
+    for metric, tests in pairwise.groupby("metric"):
+        column = f"{metric}_group"
+        assert column in summary, column
+        if metric == "top1":  # a model-level column compares kinds: every row of a kind has its letters
+            letters = summary.groupby("kind")[column].first().to_dict()
+        else:
+            letters = {f"{r.kind}/{r.method}": r[column] for _, r in summary.iterrows()}
+        for _, test in tests.iterrows():
+            a, b = str(letters[test["a"]]), str(letters[test["b"]])
+            assert a != "nan" and b != "nan", (metric, test["a"], test["b"])
+            assert bool(set(a) & set(b)) == (not test["significant"]), (metric, test["a"], a, test["b"], b)
+            checked += 1
+    assert checked > 0
+
+
+def test_compact_letters_agree_with_the_tests_in_both_directions():
+    from camzoo.bench.stats import compact_letters
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        rows = [f"r{i}" for i in range(int(rng.integers(2, 12)))]
+        pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+        significant = {pair for pair in pairs if rng.random() < rng.random()}
+        letters = compact_letters(rows, sorted(significant))
+        for a, b in pairs:
+            assert bool(set(letters[a]) & set(letters[b])) == ((a, b) not in significant), (trial, a, b, letters)
+        assert letters[rows[0]].startswith("a")  # the best row's group is "a"
+    assert compact_letters(["x", "y", "z"], []) == {"x": "a", "y": "a", "z": "a"}
+    assert compact_letters(["x", "y", "z"], [("x", "z")]) == {"x": "a", "y": "ab", "z": "b"}

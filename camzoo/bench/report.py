@@ -21,16 +21,17 @@ from .tables import causal_description, latex_tables, markdown_tables
 
 def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
     config, provenance = run["config"], run["provenance"]
-    seeds = len(config["seeds"]) * max(1, len(config["variants"]))
+    models = config.get("models") or []  # loaded checkpoints: each one is a seed of its entry
+    seeds = len(models[0]["checkpoints"]) if models else len(config["seeds"]) * max(1, len(config["variants"]))
     prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(run["run_id"], "fingerprint"))
     evaluation = config["eval"]
     return [
         f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']} "
         "(runs are deterministic on one machine, not bit-identical across CPUs)",
         f"- camzoo {provenance['camzoo']}, torch {provenance['torch']}, timm {provenance['timm']}, Python {provenance['python']}",
-        f"- {seeds} models per kind (seeds {config['seeds']}"
-        + (f" x {len(config['variants'])} variants" if config["variants"] else "")
-        + f"); {evaluation['images']} evaluation images; deletion/insertion: {causal_description(evaluation)}",
+        (f"- {seeds} checkpoint(s) per model entry" if models else f"- {seeds} models per kind (seeds {config['seeds']}"
+         + (f" x {len(config['variants'])} variants" if config["variants"] else "") + ")")
+        + f"; {evaluation['images']} evaluation images; deletion/insertion: {causal_description(evaluation)}",
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
@@ -38,6 +39,10 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
         f"on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}); ≈: tied for "
         "the top (no test separates them); ms/image and rows without per-image values are never marked; "
         "every tested pair is in pairwise.csv",
+        "- significance groups: summary.csv's `<metric>_group` holds compact letters (Piepho 2004) from the same "
+        "tests: two rows that share a letter are not significantly different, two with none in common are"
+        + ("" if seeds >= 2 else "; none in this run: one model per kind, and one model's images say nothing "
+           "about another training run"),
         "- controls (*random*, *centre*, *edges*, *oracle*) go through the same pipeline as the methods and are "
         "never marked; normalised scores: (value − random) / (oracle − random) of the same model kind",
         "- stability: whole-image IoU of maps binarised at map*255 > 100 (not the LFI-CAM script's row-wise "

@@ -199,10 +199,11 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
                                f"{name}_ci_low": low, f"{name}_ci_high": high})
                 if column.source != "stability":
                     record["seeds"] = max(record.get("seeds", 0), len(cell.values))
-            best, tied, tested = _column_marks(found, column)
+            best, tied, tested, letters = _column_marks(found, column)
             for key in keys:
                 table[key][f"{column.metric}_best"] = key in best
                 table[key][f"{column.metric}_tie"] = key in tied
+                table[key][f"{column.metric}_group"] = letters.get(key, math.nan)  # NaN: no letters
             pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **r,
                           "significant": bool(r["p_holm"] < ALPHA)} for r in tested]
         _normalise(table, columns)
@@ -216,19 +217,30 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     return Summary(frame, pd.DataFrame(pairwise), agreement)
 
 
-def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column) -> tuple[set, set, list[dict]]:
-    """Marks among non-reference rows; a model-level column compares kinds (rows of one kind share it)."""
+def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column
+                  ) -> tuple[set, set, list[dict], dict[tuple[str, str], str]]:
+    """Marks among non-reference rows, and their significance letters (``stats.compact_letters``, from
+    the same tests; only where every row has at least two seeds or pairs: one model's images say
+    nothing about another training run). A model-level column compares kinds (rows of one kind share it)."""
     competing = {key: cell for key, cell in found.items() if cell is not None and not is_reference(key[1])}
     label = (lambda key: key[0]) if column.source == "model" else (lambda key: f"{key[0]}/{key[1]}")
-    vectors, means = {}, {}
+    vectors, means, replicated = {}, {}, True
     for key, cell in competing.items():
         vector = _test_vector(cell, column)
         if vector is not None:
             vectors[label(key)], means[label(key)] = vector, cell.mean
+            # a stability value already compares two or more models; other columns need two seeds
+            replicated = replicated and (column.source == "stability" or len(cell.values) >= 2)
     if len(vectors) < 2:
-        return set(), set(), []
+        return set(), set(), [], {}
     best, tied, records = _marks(vectors, means, column.higher_is_better)
-    return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records)
+    letters: dict[tuple[str, str], str] = {}
+    if replicated and records:
+        order = sorted(means, key=lambda name: means[name], reverse=column.higher_is_better)
+        significant = [(r["a"], r["b"]) for r in records if r["p_holm"] < ALPHA]
+        by_label = stats.compact_letters(order, significant)
+        letters = {key: by_label[label(key)] for key in competing if label(key) in by_label}
+    return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records, letters)
 
 
 def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Column, ...]) -> None:
