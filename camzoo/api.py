@@ -114,7 +114,7 @@ def _layer_rows(method: str | Sequence[str], layer: LayerSpec) -> tuple[str | li
     """``"gradcam@layer2"`` (a benchmark's layer row) is Grad-CAM on ``layer2``: the names without their
     suffix, the layer, and {name: the name as given} to key a list's results. One layer per call."""
     names = [method] if isinstance(method, str) else list(method) if isinstance(method, Sequence) else None
-    if names is None or not all(isinstance(name, str) for name in names):
+    if not names or not all(isinstance(name, str) for name in names):
         return method, layer, {}  # explain_many says what is wrong
     split = [split_layer(name) for name in names]
     suffixes = {suffix for _, suffix in split}
