@@ -7,7 +7,7 @@ error, or a torch message of many lines), ``HANG`` (no answer within --hang-s se
 (the huge image took more than --max-gib). Exits 1 unless every row is ok/error. The full-disk cases
 run in a child process whose file-size limit (RLIMIT_FSIZE) makes writes fail as on a full disk.
 
-    python benchmarks/bad_inputs.py                   # the 10000 x 10000 px image of issue 13
+    python benchmarks/bad_inputs.py                   # with a 10000 x 10000 px image
     python benchmarks/bad_inputs.py --huge-side 1500  # quick (the test suite runs this)
 """
 
@@ -362,7 +362,7 @@ def read_only_store(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
 
 
 def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[str, str]]]:
-    """The cases of issue 24 (a new user on real folders, full disks and unusual models)."""
+    """A new user on real folders, full disks and unusual models."""
     import timm
 
     photos = tmp / "photos"
@@ -497,7 +497,7 @@ def _with_limit(fn: Callable[[Path], Any], path: Path, pixels: int) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--huge-side", type=int, default=10000, help="Side of the huge PNG (issue 13: 10000).")
+    parser.add_argument("--huge-side", type=int, default=10000, help="Side of the huge PNG.")
     parser.add_argument("--max-gib", type=float, default=4.0, help="Peak memory allowed for the huge image.")
     parser.add_argument("--hang-s", type=int, default=HANG_S, help="Seconds after which a case counts as a hang.")
     parser.add_argument("--huge-child", help=argparse.SUPPRESS)

@@ -88,7 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # localization and stability use all 160 images; the games (~160 forwards per image and
         # method) the first 48, which keeps the grid within minutes (docs/performance.md).
         "eval": {"images": 160, "game_images": 48, "deletion_steps": 20, "deletion_fraction": 0.2,
-                 # what tells the methods apart (issue 22): the 2x2 Grid Pointing Game on the model and on
+                 # what tells the methods apart: the 2x2 Grid Pointing Game on the model and on
                  # DiFull, and the Random Logit test; cost per cell in docs/performance.md
                  "grid_games": ["gridpg_2x2", "difull_2x2"], "grid_count": 32,
                  "sensitivity": ["random_logit_similarity"]},

@@ -23,6 +23,7 @@ from .validate import (
     load_split,
     model_problems,
     shape_problems,
+    split_shape,
     train_config,
 )
 
@@ -210,7 +211,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
     if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
         problems += load_problems(config["models"], probes)
     else:
-        shapes = {name: (len(split.classes), int(split[0][0].shape[-1])) for name, split in probes.items()}
+        shapes = {name: split_shape(split) for name, split in probes.items()}
         problems += model_problems(config, variants, shapes)
     if problems:
         raise ConfigError("invalid benchmark config (nothing was run or written):\n  - " + "\n  - ".join(problems))

@@ -100,12 +100,14 @@ def _dataset_problems(datasets: object) -> list[str]:
 
 def _settings_problems(evaluation: Mapping[str, Any]) -> list[str]:
     """The scoring settings' own checks (camzoo.metrics.EvalSettings), with the config's key names."""
-    from ..metrics import EvalSettings
+    from ..metrics.settings import EvalSettings, SettingsError
 
     try:
         EvalSettings.from_config(evaluation)
+    except SettingsError as err:
+        return err.problems
     except (TypeError, ValueError) as err:
-        return str(err).split("; ")
+        return [str(err)]
     return []
 
 
@@ -124,10 +126,9 @@ def load_split(dataset: Mapping[str, Any], split: str, **extra: Any):
                      **{**split_options(dataset, split), **extra})
 
 
-def dataset_shape(dataset: Mapping[str, Any]) -> tuple[int, int]:
-    """(number of classes, image side) of the test split (see :func:`dataset_probe`)."""
-    found = dataset_probe(dataset)
-    return len(found.classes), int(found[0][0].shape[-1])
+def split_shape(split: Any) -> tuple[int, int]:
+    """(number of classes, image side) of a loaded split (:func:`dataset_probe`'s)."""
+    return len(split.classes), int(split[0][0].shape[-1])
 
 
 def dataset_probe(dataset: Mapping[str, Any]):

@@ -96,12 +96,12 @@ class ScoringContext:
         """Softmax scores (N, classes) of the unperturbed images, which deletion, MoRF and Average
         Drop all start from: once per cell, or once per model when the cells share ``model_memo``.
         Like every forward of a cell, under autocast on CUDA."""
-        memo = self._memo if self.model_memo is None else self.model_memo
-        if "unperturbed_scores" not in memo:
+        def compute() -> torch.Tensor:
             with torch.no_grad(), eval_mode(self.model):
-                memo["unperturbed_scores"] = unperturbed_scores(
-                    self.model, self.images, True, self.images.device.type == "cuda", self.settings.chunk_size)
-        return memo["unperturbed_scores"]
+                return unperturbed_scores(self.model, self.images, True, self.images.device.type == "cuda",
+                                          self.settings.chunk_size)
+
+        return self.per_model("unperturbed_scores", compute)
 
     @property
     def games(self) -> slice:
@@ -130,8 +130,6 @@ class ScoringContext:
         if need == "method":
             return self.method is not None
         raise ValueError(f"unknown metric requirement {need!r}")
-
-
 
 
 def _digest(tensor: torch.Tensor) -> str:

@@ -30,6 +30,14 @@ def _number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+class SettingsError(ValueError):
+    """Invalid scoring settings; ``problems`` lists each one (the benchmark reports them beside its own)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """How :func:`~camzoo.metrics.score_maps` scores one cell (defaults: RISE's steps, TorchRay's tolerance).
@@ -80,7 +88,7 @@ class EvalSettings:
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         problems = self.problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError(problems)
 
     def problems(self) -> list[str]:
         """Every invalid field, each as "eval.<field> must be ..., got ..." (the config's key)."""
@@ -145,4 +153,4 @@ class EvalSettings:
         return self.protocol == "rise" or self.deletion_target == "prediction"
 
 
-__all__ = ["EvalSettings", "GRID_GAMES", "SENSITIVITY_TESTS"]
+__all__ = ["EvalSettings", "GRID_GAMES", "SENSITIVITY_TESTS", "SettingsError"]
