@@ -8,6 +8,7 @@ so maps are non-zero and should concentrate on the square.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -19,6 +20,13 @@ SQUARE_COLOUR = (2.0, -1.0, 1.5)  # in normalised units: far from the N(0, 0.5) 
 # slower on a ResNet-8 forward). Subprocesses the tests start inherit it through the environment.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` (10-30 s each) first, the rest in collection order: with ``pytest -n 2``
+    the workers take them while the short tests remain to balance the end, so that no worker finishes
+    alone with one long test (``make test`` still runs every test)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -73,6 +81,7 @@ def _load_benchmark_script(name: str):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

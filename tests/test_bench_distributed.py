@@ -83,6 +83,7 @@ def test_merging_shards_copies_each_cell_once(tmp_path):
     assert len(shard_paths(tmp_path)) == 2  # kept: they record how the work was spread
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
@@ -158,6 +159,7 @@ def _shard_cells(out: Path, rank: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc (Linux)")
+@pytest.mark.slow
 def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     """A rank killed with SIGKILL after its first finished cells: torchrun stops the group, and the same
     command run again completes the grid, keeping the dead rank's finished cells, each cell once."""

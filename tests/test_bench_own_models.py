@@ -57,6 +57,7 @@ def bench(*arguments: str):
     return CliRunner().invoke(main, ["bench", "--no-progress", "--no-html", *arguments])
 
 
+@pytest.mark.slow
 def test_two_resnet18_checkpoints_on_an_annotated_folder(folder, tmp_path):
     a = state_dict(tmp_path / "a.pth", "resnet18", 0, num_classes=4)
     b = state_dict(tmp_path / "b.pth", "resnet18", 1, num_classes=4)

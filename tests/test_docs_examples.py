@@ -28,6 +28,7 @@ def test_the_runnable_examples_are_found():
     assert found["README.md"] >= 1 and found["contributing.md"] >= 3, found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in DOCS if runnable_blocks(p)], ids=lambda p: p.name)
 def test_runnable_examples(path: Path, tmp_path: Path) -> None:
     script = "\n\n".join(runnable_blocks(path))
@@ -52,5 +53,5 @@ def test_the_benchmark_config_example_resolves(tmp_path: Path) -> None:
     path = tmp_path / "example.toml"
     path.write_text(block, encoding="utf-8")
     config = resolve_config(None, path)
-    assert config["eval"]["game_images"] == 48 and config["variants"][0]["name"] == "fin16"
+    assert config["eval"]["game_images"] == 64 and config["variants"][0]["name"] == "fin16"
     assert config["methods"] == resolve_config("quick")["methods"]  # the example shows the quick preset's

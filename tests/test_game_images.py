@@ -16,7 +16,7 @@ from camzoo.bench.plan import build_plan
 from camzoo.bench.tables import causal_description, markdown_tables
 from camzoo.metrics import faithfulness
 from camzoo.metrics import EvalSettings
-from camzoo.metrics.table import score_maps
+from camzoo.metrics.scoring import score_maps
 from camzoo.models import build_model
 
 SETTINGS = EvalSettings(protocol="default", deletion_steps=5, deletion_fraction=0.5, deletion_target="label",
@@ -87,12 +87,12 @@ def test_game_images_setting_is_validated_and_shown():
     with pytest.raises(ValueError, match="eval.game_images"):
         build_plan(resolve_config("quick", overrides={"eval": {"game_images": "some"}}))
     quick = resolve_config("quick")["eval"]
-    assert causal_description(quick) == "label, 20 steps over first 20% px, first 48 images"
-    assert causal_description({**quick, "game_images": "all"}) == "label, 20 steps over first 20% px"
-    assert causal_description({**quick, "game_images": 500}) == "label, 20 steps over first 20% px"
+    assert causal_description(quick) == "label, 8 steps over first 20% px, first 64 images"
+    assert causal_description({**quick, "game_images": "all"}) == "label, 8 steps over first 20% px"
+    assert causal_description({**quick, "game_images": 500}) == "label, 8 steps over first 20% px"
     frame = pd.DataFrame([{"dataset": "d", "backbone": "b", "kind": "baseline", "method": "gradcam",
                            "reference": False, "srg_zeros_mean": 0.1, "srg_zeros_std": 0.0}])
-    assert "(SRG = LeRF − MoRF AUC, first 48 images)" in markdown_tables(frame, quick)
+    assert "(SRG = LeRF − MoRF AUC, first 64 images)" in markdown_tables(frame, quick)
 
 
 def test_identical_maps_share_max_box_acc_and_nothing_else(scored, monkeypatch):

@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
 OUTCOME = re.compile(r"^(?P<name>.+?)\s{2,}(?P<outcome>ok|error|SILENT|TRACEBACK|HANG|MEMORY)\b(?P<detail>.*)$")
 
 
+@pytest.mark.slow
 def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_memory():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--huge-side", "1200", "--max-gib", "4"],
                           capture_output=True, text=True, timeout=300)

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from test_bench_explore import tiny_run
+from test_bench_leaderboard import markdown_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = re.compile(r"const DATA = (.*?);\n", re.S)
@@ -48,21 +49,33 @@ def test_report_html_is_one_file_with_the_summarys_numbers(run_dir):
     data = page_data(page)
     (group,) = data["groups"]
     summary = pd.read_csv(run_dir / "summary.csv")
-    markdown = (run_dir / "summary.md").read_text(encoding="utf-8")
-    main = next(t for t in group["tables"] if t["name"] == "main")
-    assert [(r["kind"], r["method"]) for r in main["rows"]] == list(zip(summary["kind"], summary["method"]))
-    start = markdown.index("### shapes / resnet8\n")  # summary.md's main table, row by row
-    lines = markdown[start:].split("\n\n")[1].splitlines()[2:]
-    table = {}
-    for line in lines:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        table[(cells[0], cells[1].replace("*", ""))] = cells[2:]
-    assert len(table) == len(main["rows"])
-    for row in main["rows"]:  # every cell reads as in summary.md, bold there is the flag here
-        cells = table[(row["kind"], row["label"])]
-        assert [c["text"] for c in row["cells"]] == [c.strip("*") for c in cells]
-        assert [c["best"] for c in row["cells"]] == [c.startswith("**") for c in cells]
-    assert any(c["best"] or c["tie"] for r in main["rows"] for c in r["cells"])
+    markdown = {heading: rows for heading, rows in markdown_tables((run_dir / "summary.md").read_text(encoding="utf-8"))}
+    causal = next(t for t in group["tables"] if t["name"] == "causal")
+    assert [(r["kind"], r["method"]) for r in causal["rows"]] == list(zip(summary["kind"], summary["method"]))
+    assert [t["name"] for t in group["tables"]] == ["causal", "localisation", "stability", "faithfulness", "normalised"]
+    for table in group["tables"]:  # summary.md's tables, cell for cell; bold there is the flag here
+        rows = markdown[f"shapes / resnet8 — {table['title']}"]
+        assert [c["header"] for c in table["columns"]] == rows[0][2:]
+        body = {(cells[0], cells[1].replace("*", "")): cells[2:] for cells in rows[1:]}
+        assert len(body) == len(table["rows"])
+        for row in table["rows"]:
+            cells = body[(row["kind"], row["label"])]
+            assert [c["text"] for c in row["cells"]] == [c.strip("*") for c in cells]
+            assert ["".join(c["parts"]) for c in row["cells"]] == [c["text"] for c in row["cells"]]
+            assert [c["best"] for c in row["cells"]] == [c.startswith("**") for c in cells]
+    assert any(c["best"] or c["tie"] for t in group["tables"] for r in t["rows"] for c in r["cells"])
+    deletion = next(c for c in causal["columns"] if c["metric"] == "deletion")
+    assert deletion["header"] == "Deletion AUC ↓" and "(label, 4 steps)" in deletion["title"]  # the protocol on hover
+
+    board, board_md = group["leaderboard"], markdown["shapes / resnet8 — leaderboard"]  # the leaderboard, as summary.md's
+    ranked = [cells for cells in board_md[1:] if "(control)" not in cells[0]]
+    assert [f"{r['kind']} / {r['method']} ({r['rank']:.2f})" for r in board["rows"]] == [cells[0] for cells in ranked]
+    assert [[" ".join(filter(None, (c["text"], c["letters"]))) for c in r["cells"]] for r in board["rows"]] == [
+        cells[1:] for cells in ranked]
+    controls = summary[summary["reference"]]
+    assert [(r["kind"], r["method"]) for r in board["controls"]] == list(zip(controls["kind"], controls["method"]))
+    assert [p["name"] for p in group["pictures"]][0] == "heatmap_shapes_resnet8"
+    assert all(p["uri"].startswith("data:image/png;base64,") for p in group["pictures"])
 
     (deletion, _) = group["curves"]
     assert len(deletion["x"]) == 5 and {len(m) for s in deletion["series"] for m in s["models"]} == {5}
@@ -134,17 +147,17 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
             detail = driver.find_element(By.ID, "detail-0")
             _wait(lambda: detail.get_attribute("data-shown-image") == "0")  # the first image, drawn
 
-            rows = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=main] tbody tr")
+            rows = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=causal] tbody tr")
             keys = [(r.get_attribute("data-kind"), r.get_attribute("data-method")) for r in rows]
             assert keys == list(zip(summary["kind"], summary["method"]))  # one row per (kind, method)
 
             # clicking a header sorts by it, ascending then descending (rows without a value last)
             column = 3  # deletion
-            header = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=main] th")[column]
+            header = driver.find_elements(By.CSS_SELECTOR, "table.summary[data-name=causal] th")[column]
 
             def values():
                 return [float(v) for v in driver.execute_script(
-                    "return Array.from(document.querySelectorAll('table.summary[data-name=main] tbody tr'))"
+                    "return Array.from(document.querySelectorAll('table.summary[data-name=causal] tbody tr'))"
                     f".map(r => r.cells[{column}].dataset.value)")]
 
             before = values()
@@ -189,5 +202,70 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
             shot = ROOT / "docs" / "img" / "report.png" if os.environ.get("CAMZOO_UPDATE_DOCS_IMG") else tmp_path / "report.png"
             driver.execute_script("document.getElementById('browser-0').scrollIntoView()")
             assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        finally:
+            driver.quit()
+
+
+SPREAD = ("const image = arguments[0], c = document.createElement('canvas'); c.width = image.naturalWidth;"
+          " c.height = image.naturalHeight; const ctx = c.getContext('2d'); ctx.drawImage(image, 0, 0);"
+          " const d = ctx.getImageData(0, 0, c.width, c.height).data; let lo = 255, hi = 0;"
+          " for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i + 1]); hi = Math.max(hi, d[i + 1]); }"
+          " return hi - lo;")
+
+
+def test_report_html_reads_on_a_laptop_screen(run_dir, tmp_path):
+    """At 1280x800: the leaderboard and the pictures at the top, nothing wider than the window, the
+    full tables' CIs folded into a toggle, sticky headers and first columns."""
+    binary, chromedriver = _browser_paths()
+    if binary is None or chromedriver is None:
+        pytest.skip("no Chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    from selenium.webdriver.common.by import By
+
+    with tempfile.TemporaryDirectory() as profile:
+        driver = _driver(binary, chromedriver, profile)
+        try:
+            driver.set_window_size(1280, 800)
+            driver.get((run_dir / "report.html").as_uri())
+            _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#leaderboard-0 table.board tbody tr"))
+            assert driver.execute_script("return window.innerWidth") <= 1280
+            board = driver.find_element(By.ID, "leaderboard-0")
+            width, client, page, view, top = driver.execute_script(
+                "const b = arguments[0], d = document.documentElement;"
+                "return [b.scrollWidth, b.clientWidth, d.scrollWidth, d.clientWidth, b.getBoundingClientRect().top];", board)
+            assert width <= client and page <= view, (width, client, page, view)  # no horizontal scroll bar
+            assert top < 800  # on the first screen
+            rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard-0 tbody tr")
+            assert rows[0].find_elements(By.CSS_SELECTOR, "sup.letters")  # mean and letters
+            assert "controls, for reference" in board.text
+
+            images = driver.find_elements(By.CSS_SELECTOR, "#group-0 .pictures img")
+            names = [image.get_attribute("data-name") for image in images]
+            assert names[0] == "heatmap_shapes_resnet8" and "ranks_shapes_resnet8_localisation" in names
+            for image in images:  # decoded, with a size, and not blank
+                _wait(lambda image=image: driver.execute_script("return arguments[0].complete", image))
+                assert driver.execute_script("return arguments[0].naturalWidth * arguments[0].naturalHeight", image) > 0
+                name = image.get_attribute("data-name")
+                assert image.size["width"] <= view and driver.execute_script(SPREAD, image) > 100, name
+
+            # the full tables fit as well, with the CIs folded away until asked for
+            fits = driver.execute_script("return Array.from(document.querySelectorAll('table.full'))"
+                                         ".map(t => [t.dataset.name, t.parentElement.scrollWidth, t.parentElement.clientWidth])")
+            assert fits and all(scroll <= client for _, scroll, client in fits), fits
+            cell = driver.find_element(By.CSS_SELECTOR, "table.full[data-name=causal] tbody tr td:nth-child(4)")
+            assert "[" in cell.get_attribute("title") and "±" not in cell.text  # every number on hover
+            header = driver.find_element(By.CSS_SELECTOR, "table.full[data-name=causal] th:nth-child(4)")
+            assert header.text.startswith("Deletion AUC") and "label, 4 steps" in header.get_attribute("title")
+            sticky = driver.execute_script("return [getComputedStyle(arguments[0]).position, getComputedStyle("
+                                           "arguments[1]).position]", header, cell.find_element(By.XPATH, "../td[1]"))
+            assert sticky == ["sticky", "sticky"]
+            driver.find_element(By.CSS_SELECTOR, "input.show-ci").click()
+            assert "±" in cell.text and "[" in cell.text
+
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, errors
+            assert driver.find_element(By.ID, "error").text == ""
+            driver.execute_script("window.scrollTo(0, 0)")
+            shot = ROOT / "docs" / "img" / "report_top.png" if os.environ.get("CAMZOO_UPDATE_DOCS_IMG") else tmp_path / "top.png"
+            assert driver.save_screenshot(str(shot))
         finally:
             driver.quit()

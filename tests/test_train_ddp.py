@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -22,6 +23,7 @@ from camzoo.inference import evaluate
 from camzoo.models import load_model
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_the_model_of_one(tmp_path):
     arguments = ["train", "--kind", "baseline", "--backbone", "resnet8", "--dataset", "shapes", "--data-root",
                  str(tmp_path / "cache"), "--image-size", "32", "--dataset-option", "num_classes=4",

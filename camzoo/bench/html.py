@@ -28,9 +28,10 @@ import torch
 from ..io import atomic_write_text
 from .explore import Results, load
 from .store import ALL_SEEDS, ResultsStore
-from .summary import Summary, row_rank
-from .tables import (agreement_text, cell_text, format_number, game_images_note, header, method_label, normalised_columns,
-                     present_columns)
+from .leaderboard import Board, group_pairwise, leaderboard, letters, note
+from .summary import Column, Summary, row_rank
+from .tables import (agreement_text, cell_parts, description, format_number, full_tables, method_label, short_header,
+                     table_rows)
 
 TEMPLATE = "report_template.html"
 PLACEHOLDER = "/*CAMZOO_DATA*/null"
@@ -40,11 +41,14 @@ THUMB = 48  # longest side of a map thumbnail, in pixels
 
 def write_html(directory: str | Path, store: ResultsStore, run: Mapping[str, Any], summary: Summary,
                provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
-               out: str | Path | None = None) -> Path:
+               out: str | Path | None = None, pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
+               results: Results | None = None) -> Path:
     """Write ``report.html`` for ``run`` of the store in ``directory`` into ``out`` (default: the
-    directory; elsewhere for a store in a read-only place) and return its path."""
-    results = load(directory, run["run_id"])
-    data = page_data(store, run, summary, provenance, results, max_images, thumb)
+    directory; elsewhere for a store in a read-only place) and return its path. ``pictures``: the PNGs
+    of camzoo.bench.plots per (dataset, backbone), embedded at the top of each group; ``results``: the
+    run as camzoo.bench.load reads it, when the caller has it already (else it is read here)."""
+    results = load(directory, run["run_id"]) if results is None else results
+    data = page_data(store, run, summary, provenance, results, max_images, thumb, pictures)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")
@@ -78,13 +82,16 @@ def inline_markdown(text: str) -> str:
 
 
 def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, provenance: list[str],
-              results: Results, max_images: int = MAX_IMAGES, thumb: int = THUMB) -> dict[str, Any]:
+              results: Results, max_images: int = MAX_IMAGES, thumb: int = THUMB,
+              pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None) -> dict[str, Any]:
     """Everything the page shows, as plain JSON-able data."""
     evaluation = run["config"]["eval"]
     groups = []
     for (dataset, backbone), frame in summary.frame.groupby(["dataset", "backbone"], sort=False):
+        board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone))
         groups.append({
-            "dataset": dataset, "backbone": backbone,
+            "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, evaluation),
+            "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),
             "tables": summary_tables(frame, evaluation, summary.agreement.get((dataset, backbone))),
             "curves": curve_data(results, run["config"], dataset, backbone),
             "browser": browser_data(store, run, results, dataset, backbone, max_images, thumb),
@@ -98,36 +105,50 @@ def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, pro
 
 
 # --- tables ---------------------------------------------------------------------------------------
+def board_data(board: Board, evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaderboard: summary.md's, with separate kind, method and rank cells (the page has no column limit)."""
+    def cells(row: pd.Series) -> list[dict[str, Any]]:
+        return [{"text": format_number(row[f"{c.metric}_mean"], c.digits), "letters": letters(row, c),
+                 "value": float(row[f"{c.metric}_mean"])} for c in board.columns]
+
+    return {"note": note(board, evaluation), "columns": _columns(board.columns, evaluation),
+            "rows": [{"kind": r["kind"], "method": r["method"], "rank": float(r["mean_rank"]), "cells": cells(r)}
+                     for _, r in board.ranked.iterrows()],
+            "controls": [{"kind": r["kind"], "method": r["method"], "cells": cells(r)} for _, r in board.controls.iterrows()]}
+
+
+def _columns(columns: list[Column], evaluation: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Short headers; the full description and protocol on hover."""
+    return [{"metric": c.metric, "header": short_header(c), "title": description(c, evaluation)} for c in columns]
+
+
 def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
                    agreement: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The summary.md tables of one (dataset, backbone), cell for cell, with sortable values."""
+    """The full tables of summary.md for one (dataset, backbone), cell for cell, with sortable values;
+    each cell also in parts (mean, "± std [CI]", mark), so that the page can fold the CIs away."""
     tables = []
-    for name, title, columns, normalised in (
-            ("main", "", present_columns(frame), False),
-            ("faithfulness", f"faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(evaluation)})",
-             present_columns(frame, "faithfulness"), False),
-            ("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(frame), True)):
-        if not columns:
-            continue
+    for table in full_tables(frame, evaluation):
         rows = []
-        for _, row in frame.iterrows():
-            if normalised and row.get("reference", False):
-                continue
-            if all(row[f"{c.metric}_mean"] != row[f"{c.metric}_mean"] for c in columns):
-                continue
+        for _, row in table_rows(frame, table).iterrows():
             cells = []
-            for c in columns:
-                value = row[f"{c.metric}_norm" if normalised else f"{c.metric}_mean"]
-                text = format_number(value, 2) if normalised else cell_text(row, c, ("", ""), "±", ("[", "]"))
-                cells.append({"text": text, "value": float(value),
-                              "best": bool(not normalised and row.get(f"{c.metric}_best", False)),
-                              "tie": bool(not normalised and row.get(f"{c.metric}_tie", False))})
+            for c in table.columns:
+                value = row[f"{c.metric}_norm" if table.normalised else f"{c.metric}_mean"]
+                parts = (format_number(value, 2), "", "") if table.normalised else cell_parts(row, c)
+                best = bool(not table.normalised and row.get(f"{c.metric}_best", False))
+                cells.append({"text": "".join(parts), "parts": list(parts), "value": float(value), "best": best,
+                              "tie": bool(not table.normalised and row.get(f"{c.metric}_tie", False))})
             rows.append({"kind": row["kind"], "method": row["method"], "label": method_label(row, ("", "")),
                          "reference": bool(row.get("reference", False)), "cells": cells})
-        note = agreement_text(agreement) if name == "faithfulness" and agreement else ""
-        tables.append({"name": name, "title": title, "note": note, "rows": rows,
-                       "columns": [{"metric": c.metric, "header": header(c, evaluation)} for c in columns]})
+        text = agreement_text(agreement) if table.name == "faithfulness" and agreement else ""
+        tables.append({"name": table.name, "title": table.title, "notes": table.notes, "note": text, "rows": rows,
+                       "columns": _columns(table.columns, evaluation)})
     return tables
+
+
+def picture_uris(pictures: Mapping[str, Path]) -> list[dict[str, str]]:
+    """The leaderboard's PNGs (camzoo.bench.plots) as data: URIs, the heat-map first."""
+    return [{"name": name, "uri": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")}
+            for name, path in pictures.items()]
 
 
 # --- curves ---------------------------------------------------------------------------------------
@@ -211,7 +232,7 @@ def browser_data(store: ResultsStore, run: Mapping[str, Any], results: Results, 
         if "eval_masks" in gallery:
             truth["masks"] = sprite(thumbnails(gallery["eval_masks"][:count].astype(np.float32), size), columns)
         if "eval_boxes" in gallery:  # (N,K,4) x0, y0, x1, y1 in image pixels -> thumbnail pixels
-            boxes = gallery["eval_boxes"][:count] * np.array([size[1] / width, size[0] / height] * 2)
+            boxes = gallery["eval_boxes"][:count] * np.array([size[1] / images.shape[2], size[0] / images.shape[1]] * 2)
             truth["boxes"] = [[[round(float(v), 2) for v in box] for box in image if not np.isnan(box).any()]
                               for image in boxes]
     predictions = {}

@@ -127,6 +127,8 @@ class BenchPlan:
     batch_size: int  # images per explain call and per accuracy forward
     gallery_images: int
     world_size: int = 1
+    block_images: int = 1000  # evaluation images on the device at once (streamed in blocks)
+    keep_maps: int = 1000  # maps stored for the first N evaluation images (gallery, report.html, stability)
 
     def settings_for(self, method: str) -> EvalSettings:
         """How a method's cell is scored. Controls skip the MoRF/LeRF substrates: those columns exist
@@ -168,7 +170,9 @@ class BenchPlan:
                 lines.append(f"  {job.dataset.name}/{job.kind}: {groups}")
         s = self.settings
         games = "every image" if s.game_images is None else f"the first {s.game_images}"
-        lines.append(f"eval: {self.eval_images} images in batches of {self.batch_size}; games on {games}, "
+        blocks = -(-self.eval_images // self.block_images)
+        lines.append(f"eval: {self.eval_images} images in {blocks} block(s) of up to {self.block_images}, batches of "
+                     f"{self.batch_size}; maps kept for the first {min(self.keep_maps, self.eval_images)}; games on {games}, "
                      f"protocol {s.protocol}, {s.deletion_steps} steps over {s.deletion_fraction:g} of the pixels, "
                      f"target {s.deletion_target}; substrates {', '.join(s.substrates) or 'none'}")
         if s.discrimination:
@@ -226,6 +230,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         device_label=describe_device(resolved), datasets=datasets, jobs=jobs, stability=stability,
         settings=EvalSettings.from_config(evaluation), eval_images=evaluation["images"],
         batch_size=evaluation["batch_size"], gallery_images=evaluation["gallery_images"], world_size=world_size,
+        block_images=evaluation["block_images"], keep_maps=evaluation["keep_maps"],
     )
 
 

@@ -16,6 +16,9 @@ from .explore import find_run, latest_run, load
 from .shards import merge_shards, shard_paths
 from .store import ResultsStore
 from .summary import ALPHA, RESAMPLES, row_rank, summarise
+from .leaderboard import Board, group_pairwise, latex_board, leaderboard
+from .leaderboard import markdown as board_markdown
+from .plots import write_pictures
 from .tables import causal_description, latex_tables, markdown_tables
 
 
@@ -101,7 +104,10 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
     images, labels, names = gallery.get("images"), gallery.get("labels"), gallery.get("class_names")
     if images is None or len(images) == 0:
         return None
-    maps = {(cell.kind, cell.method, cell.variant, cell.seed): array[: len(images)]
+    from .html import thumbnails  # a [[models]] entry with its own image_size: its maps at the images' size
+
+    maps = {(cell.kind, cell.method, cell.variant, cell.seed): array[: len(images)] if array.shape[1:] == images.shape[1:3]
+            else thumbnails(array[: len(images)].astype(np.float32), images.shape[1:3]) / np.float32(255)
             for cell, array in store.arrays(run_id, "maps", dataset=dataset, backbone=backbone)}
     if not maps:
         return None
@@ -146,6 +152,18 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
     return path
 
 
+def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[str, str], dict[str, Path]],
+                     provenance: list[str], tables: str, evaluation: dict[str, Any]) -> str:
+    """summary.md: the leaderboards and their pictures first, then how the run was made, then the full tables."""
+    parts = ["# camzoo benchmark"]
+    for key, board in boards.items():
+        parts.append(board_markdown(board, evaluation))
+        if pictures.get(key):
+            parts.append(" ".join(f"![{name}]({png.name})" for name, png in pictures[key].items()))
+    parts += ["## The run", "\n".join(provenance), "## Full tables", tables]
+    return "\n\n".join(parts) + "\n"
+
+
 FORMATS = ("md", "csv", "tex")
 
 
@@ -181,26 +199,35 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         files: dict[str, Path] = {}
         evaluation = run["config"]["eval"]
         provenance = _provenance_lines(store, run)
-        if "md" in formats:
-            markdown = ("# camzoo benchmark\n\n" + "\n".join(provenance) + "\n\n"
-                        + markdown_tables(frame, evaluation, summary.agreement) + "\n")
-            files["summary.md"] = atomic_write_text(target / "summary.md", markdown)
-        if "csv" in formats:
-            files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
-            files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
-            long = load(directory, run["run_id"]).long  # gzip: ~10 MB of text for the quick preset
-            files["long.csv.gz"] = atomic_write(
-                target / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
-        if "tex" in formats:
-            files["summary.tex"] = atomic_write_text(target / "summary.tex", latex_tables(frame, evaluation))
-        for (dataset, backbone), _ in frame.groupby(["dataset", "backbone"], sort=False):
+        boards, pictures = {}, {}
+        results = None  # every number per image (camzoo.bench.load): read once, for long.csv.gz and report.html
+        for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
             stem = f"{dataset}_{backbone}"
             for kind, plot in (("curves", curves_plot), ("gallery", gallery_plot)):
                 written = plot(store, run["run_id"], dataset, backbone, target / f"{kind}_{stem}.png")
                 if written is not None:
                     files[written.name] = written
+            tests = group_pairwise(pairwise, dataset, backbone)
+            boards[(dataset, backbone)] = board = leaderboard(group, tests)
+            pictures[(dataset, backbone)] = found = write_pictures(board, group, tests, target)
+            files.update({p.name: p for png in found.values() for p in (png, png.with_name(png.stem + ".svg"))})
+        if "md" in formats:
+            files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
+                boards, pictures, provenance, markdown_tables(frame, evaluation, summary.agreement), evaluation))
+        if "csv" in formats:
+            files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
+            files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
+            results = load(directory, run["run_id"]) if results is None else results
+            long = results.long  # gzip: ~10 MB of text for the quick preset
+            files["long.csv.gz"] = atomic_write(
+                target / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
+        if "tex" in formats:
+            boards_tex = [latex_board(board, evaluation) for board in boards.values()]
+            files["summary.tex"] = atomic_write_text(target / "summary.tex",
+                                                     "\n\n".join(boards_tex + [latex_tables(frame, evaluation)]))
         if html:
             from .html import write_html
 
-            files["report.html"] = write_html(directory, store, run, summary, provenance, out=target)
+            files["report.html"] = write_html(directory, store, run, summary, provenance, out=target, pictures=pictures,
+                                              results=results)
         return files

@@ -5,6 +5,13 @@ training time), then one cell per applicable method (maps of the evaluation imag
 insertion, localization, time per image). After all seeds of a (dataset, backbone, kind): one
 stability cell per method, comparing every pair of seeds (and variants) on the same images.
 Each cell commits in its own transaction, so an interrupted run resumes where it stopped.
+
+Scale: the evaluation images stream through each model in blocks of ``eval.block_images`` on the
+device (:class:`EvalStream`), so peak memory does not grow with ``eval.images``. Each block is explained
+and scored; the blocks' rows are joined exactly (``camzoo.metrics.combine_blocks``); per-image values
+are kept for every image, maps only for the first ``eval.keep_maps`` images (the gallery, report.html's
+browser and cross-seed stability read those). A ``[[models]]`` entry with its own ``image_size`` or
+``mean``/``std`` gets an evaluation stream of its own (the same images, prepared for it).
 """
 
 from __future__ import annotations
@@ -12,116 +19,22 @@ from __future__ import annotations
 import hashlib
 import platform
 import socket
-import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 
 import numpy as np
 import torch
 
 from .._version import __version__
-from ..modelutil import resolve_device, synchronize
+from ..modelutil import resolve_device
 from .cost import PEAK_METRIC, PeakMemory
+from .evaluation import EvalSet, EvalStream, Renormalised, cat_padded, first_images, explain_block, fingerprint
 from .plan import MODEL_CELL, BenchPlan, DatasetSpec, ModelJob, StabilityGroup
 from .shards import ShardedStore, Worker, merge_shards
+from .sources import ModelSource
 from .store import CellKey, ResultsStore
-
-
-@dataclass
-class EvalSet:
-    """The evaluation images every method of every model explains: the first N of the test split."""
-
-    images: torch.Tensor  # (N,3,H,W) normalised, on the device
-    labels: torch.Tensor  # (N,)
-    masks: torch.Tensor | None  # (N,H,W) bool
-    boxes: torch.Tensor | None  # (N,K,4) NaN-padded
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: list[str]
-    # results of map-only metrics by the maps' content, shared by every model on these images (the
-    # centre, edges and oracle controls' maps are the same for every model; metrics.score_maps)
-    memo: dict = field(default_factory=dict, repr=False, compare=False)
-
-
-def load_eval_set(test_split, count: int, device: torch.device) -> EvalSet:
-    from ..data import loader
-
-    subset = torch.utils.data.Subset(test_split, range(min(count, len(test_split))))
-    images, labels, targets = next(iter(loader(subset, batch_size=len(subset), shuffle=False, device=device)))
-    return EvalSet(
-        images=images, labels=labels, masks=targets.get("mask"), boxes=targets.get("boxes"),
-        mean=tuple(test_split.mean), std=tuple(test_split.std), classes=list(test_split.classes),
-    )
-
-
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """Short hash of tensors' bytes: proves two runs scored the very same evaluation images."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def explain_all(model, eval_set: EvalSet, method: str, batch_size: int,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Maps of every evaluation image for its true class, the raw maps at the layer's resolution
-    (what ``lfi_compat`` stability reads), and the median seconds per image."""
-    explained, seconds = explain_group(model, eval_set, [method], batch_size, device)
-    maps, raw = explained[method]
-    return maps, raw, seconds
-
-
-def explain_group(model, eval_set: EvalSet, methods: Sequence[str], batch_size: int, device: torch.device,
-                  layers: Mapping[str, str | None] | None = None
-                  ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
-    """``explain_all`` for several methods at once: ``{method: (maps, raw maps)}`` and the median
-    seconds per image of the whole group.
-
-    The gradient family (``methods.multi.shares_one_pass``) shares one forward and one backward per
-    batch (``methods.multi.explain_many``); other methods run one after the other. A row
-    ``NAME@LAYER`` explains that layer (``methods.split_layer``): the methods are explained per layer,
-    the layer passed to ``explain_many``, and returned under their full names. The evaluation
-    images are already a validated, normalised batch on the device, so ``camzoo.explain``'s input
-    handling would only repeat work. Timing: one untimed call on the first batch's shape (layer
-    detection, lazy initialisation and allocator warm-up are not per-image costs), then the median
-    over batches of seconds per image, so a small evaluation set is not dominated by one slow call.
-    """
-    from ..methods import split_layer
-    from ..methods.multi import explain_many
-
-    truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
-    by_layer: dict[str | None, dict[str, str]] = {}  # layer -> {method name: row name}
-    for row in methods:  # ``layers`` (the plan's): a row's layer, or its model entry's
-        name, layer = split_layer(row)
-        layer = layers.get(row, layer) if layers else layer
-        by_layer.setdefault(layer, {})[name] = row
-
-    def chunk(start: int, stop: int):
-        ground_truth = {k: v[start:stop] for k, v in truth.items() if v is not None}
-        found = {}
-        for layer, rows in by_layer.items():
-            results = explain_many(model, eval_set.images[start:stop], list(rows), target=eval_set.labels[start:stop],
-                                   layer=layer, ground_truth=ground_truth or None)
-            found.update({rows[name]: result for name, result in results.items()})
-        return found
-
-    chunk(0, batch_size)
-    parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {m: ([], []) for m in methods}
-    per_image_seconds = []
-    for start in range(0, eval_set.images.shape[0], batch_size):
-        synchronize(device)
-        begin = time.perf_counter()
-        results = chunk(start, start + batch_size)
-        synchronize(device)
-        count = min(start + batch_size, eval_set.images.shape[0]) - start
-        per_image_seconds.append((time.perf_counter() - begin) / count)
-        for name, result in results.items():
-            parts[name][0].append(result.maps)
-            parts[name][1].append(result.raw)
-    explained = {name: (torch.cat(maps), torch.cat(raw)) for name, (maps, raw) in parts.items()}
-    return explained, float(np.median(per_image_seconds))
 
 
 class BenchRunner:
@@ -142,6 +55,8 @@ class BenchRunner:
         self.echo = echo
         self.worker = worker or Worker()
         self._store: ResultsStore | ShardedStore | None = None
+        # (dataset, image size, mean, std) -> (test split, its stream) of [[models]] entries prepared their own way
+        self._entry_data: dict[tuple, tuple[Any, EvalStream]] = {}
 
     @property
     def store(self) -> ResultsStore | ShardedStore:
@@ -189,7 +104,7 @@ class BenchRunner:
         bar = tqdm(total=total, desc=f"camzoo bench{self._rank_label()}", unit="job", disable=not self.progress,
                    dynamic_ncols=True)
         try:
-            splits: dict[str, tuple[Any, Any, EvalSet]] = {}
+            splits: dict[str, tuple[Any, Any, EvalStream]] = {}
             for job in jobs:
                 bar.set_postfix_str(job.label)
                 name = job.dataset.name
@@ -243,43 +158,82 @@ class BenchRunner:
                               worker=self.worker.label)
 
     # --- one dataset ----------------------------------------------------------------------------
+    def _stream(self, split: Any) -> EvalStream:
+        plan = self.plan
+        return EvalStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
+
     def _load_dataset(self, dataset: DatasetSpec, needs_train: bool = True):
         train_split = dataset.load("train") if needs_train else None  # loaded models are not trained
         test_split = dataset.load("test")
-        eval_set = load_eval_set(test_split, self.plan.eval_images, self.device)
-        if eval_set.masks is None and eval_set.boxes is None:
+        stream = self._stream(test_split)
+        first = stream.first
+        if first.masks is None and first.boxes is None:
             self.echo(f"dataset {dataset.name}: no masks or boxes, so the localization columns and the oracle "
                       "control are left out")
         if not self.store.is_done(self.run_id, dataset.gallery_key):
-            from ..inputs import to_display_images
+            self._write_gallery(dataset, stream)
+        return train_split, test_split, stream
 
-            count = self.plan.gallery_images
-            arrays = {
-                "images": to_display_images(eval_set.images[:count], eval_set.mean, eval_set.std),
-                "labels": eval_set.labels[:count].cpu().numpy(),
-                "class_names": np.array(eval_set.classes),
-                "fingerprint": np.array(fingerprint(eval_set.images, eval_set.labels)),
-                # every evaluation image and its ground truth, for report.html's per-image browser
-                "eval_images": to_display_images(eval_set.images, eval_set.mean, eval_set.std),
-                "eval_labels": eval_set.labels.cpu().numpy(),
-                **{f"eval_{name}": truth.cpu().numpy() for name, truth in
-                   (("masks", eval_set.masks), ("boxes", eval_set.boxes)) if truth is not None},
-            }
-            metrics = {"eval_images": (float(eval_set.images.shape[0]), None)}
-            self._write(dataset.gallery_key, metrics, arrays)
-        return train_split, test_split, eval_set
+    def _write_gallery(self, dataset: DatasetSpec, stream: EvalStream) -> None:
+        """The dataset's image-set cell: the fingerprint of every evaluation image (one pass over the
+        blocks), and the first ``eval.keep_maps`` images with their ground truth for report.html's
+        browser (the gallery plot shows the first ``eval.gallery_images`` of those)."""
+        from ..inputs import to_display_images
+
+        keep = min(self.plan.keep_maps, stream.count)
+        digest, labels, kept = hashlib.sha256(), [], []
+        for block in stream.blocks():
+            fingerprint(block.images, digest=digest)
+            labels.append(block.labels.cpu())
+            if block.start < keep:
+                kept.append(first_images(block, keep - block.start))
+        labels_all = torch.cat(labels)
+        kept = kept or [first_images(stream.first, 0)]  # eval.keep_maps = 0: no image is kept
+        images = torch.cat([block.images for block in kept])
+        first = stream.first
+        arrays = {
+            "images": to_display_images(images[:min(self.plan.gallery_images, keep)], first.mean, first.std),
+            "labels": labels_all[:min(self.plan.gallery_images, keep)].numpy(),
+            "class_names": np.array(first.classes),
+            "fingerprint": np.array(fingerprint(labels_all, digest=digest)),
+            # the first keep_maps evaluation images and their ground truth, for report.html's per-image browser
+            "eval_images": to_display_images(images, first.mean, first.std),
+            "eval_labels": labels_all[:keep].numpy(),
+            **{f"eval_{name}": cat_padded([getattr(block, name) for block in kept]).cpu().numpy()
+               for name in ("masks", "boxes") if getattr(first, name) is not None},
+        }
+        self._write(dataset.gallery_key, {"eval_images": (float(stream.count), None)}, arrays)
+
+    def _prepared(self, job: ModelJob, model, test_split, stream: EvalStream) -> tuple[Any, EvalStream]:
+        """The test split and stream a ``[[models]]`` entry sees: the dataset's, or — with its own
+        image size or mean/std (:meth:`ModelSource.normalisation`) — the same images prepared for it."""
+        from .validate import split_options
+
+        source = job.source
+        if source is None:
+            return test_split, stream
+        options = split_options(job.dataset.as_config(), "test")
+        mean, std = source.normalisation(model, test_split, explicit="mean" in options or "std" in options)
+        size = source.image_size or job.dataset.image_size
+        if size == job.dataset.image_size and (mean, std) == (tuple(test_split.mean), tuple(test_split.std)):
+            return test_split, stream
+        key = (job.dataset.name, size, mean, std)
+        if key not in self._entry_data:
+            split = test_split if size == job.dataset.image_size else replace(job.dataset, image_size=size).load("test")
+            if (mean, std) != (tuple(split.mean), tuple(split.std)):
+                split = Renormalised(split, mean, std)
+            self._entry_data[key] = (split, self._stream(split))
+        return self._entry_data[key]
 
     # --- one model ------------------------------------------------------------------------------
     def _checkpoint_dir(self, job: ModelJob) -> Path:
         digest = hashlib.sha256(repr(sorted(job.train.fingerprint().items())).encode()).hexdigest()[:10]
         return self.out_dir / "models" / f"{job.label.replace('/', '-')}-{digest}"
 
-    def _run_model_job(self, job: ModelJob, train_split, test_split, eval_set: EvalSet) -> None:
+    def _run_model_job(self, job: ModelJob, train_split, test_split, stream: EvalStream) -> None:
         from .. import metrics
         from ..batchnorm_folding import fold_batchnorm
         from ..inference import predict
-        from ..methods import get_method
-        from ..metrics import MethodSpec
         from ..train import train
 
         if job.source is not None:  # a [[models]] checkpoint: loaded, never trained
@@ -287,6 +241,7 @@ class BenchRunner:
         else:
             result = train(job.train, train_split, self._checkpoint_dir(job))
             model = result.model
+        test_split, stream = self._prepared(job, model, test_split, stream)
         if not self.store.is_done(self.run_id, job.key(MODEL_CELL)):
             logits, labels = predict(model, test_split, self.plan.batch_size, self.device)
             scores = metrics.accuracy(logits, labels)
@@ -295,33 +250,71 @@ class BenchRunner:
             if result is not None:
                 cell["train_seconds"] = (result.total_train_time_s, None)
                 cell["train_loss"] = (result.train_loss, None)
-            # the evaluation images are the first N of the test split: their logits, for report.html
-            self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[: eval_set.images.shape[0]].cpu().numpy()})
+            # the evaluation images are the first N of the test split: the kept ones' logits, for report.html
+            kept = min(stream.count, self.plan.keep_maps)
+            self._write(job.key(MODEL_CELL), cell, {"eval_logits": logits[:kept].cpu().numpy()})
         pending = {m for m in job.methods if not self.store.is_done(self.run_id, job.key(m))}
-        # the games' forwards run on a copy with BatchNorm folded into the convolutions (docs/benchmark.md)
-        scorer = fold_batchnorm(model) if pending else model
-        model_memo: dict = {}  # what every cell of this model shares (its scores on the unperturbed images)
-        for group in job.groups:
-            group = [m for m in group if m in pending]
-            if not group:
-                continue
-            # a shared pass's time and peak memory are recorded for each of its methods: its forward
-            # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
-            with PeakMemory(self.device) as peak:
-                explained, seconds = explain_group(model, eval_set, group, self.plan.batch_size, self.device,
-                                                   job.layers)
+        groups = [group for group in ([m for m in g if m in pending] for g in job.groups) if group]
+        if groups:
+            # the games' forwards run on a copy with BatchNorm folded into the convolutions (docs/benchmark.md)
+            self._score_model(job, model, fold_batchnorm(model), groups, stream)
+
+    def _score_model(self, job: ModelJob, model, scorer, groups: list[list[str]], stream: EvalStream) -> None:
+        """Explain and score every block with every pending method, then write one cell per method: the
+        blocks' rows joined (``metrics.combine_blocks``), the maps of the first ``eval.keep_maps`` images."""
+        from .. import metrics
+
+        source: ModelSource | None = job.source
+        reshape = source.reshape_function() if source is not None else None
+        parts: dict[str, list[dict]] = {m: [] for group in groups for m in group}
+        kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in parts}
+        seconds: list[list[float]] = [[] for _ in groups]
+        peaks = [0.0 for _ in groups]
+        labels = []
+        for block in stream.blocks():
+            labels.append(block.labels.cpu())
+            model_memo: dict = {}  # what every cell of this model shares on this block (unperturbed scores, grids)
+            for index, group in enumerate(groups):
+                # a shared pass's time and peak memory are recorded for each of its methods: its forward
+                # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
+                with PeakMemory(self.device) as peak:
+                    explained, timed = explain_block(model, block, group, self.plan.batch_size, self.device,
+                                                     job.layers, reshape, warm_up=block.start == 0)
+                seconds[index] += timed
+                peaks[index] = max(peaks[index], peak.megabytes)
+                for method in group:
+                    maps, raw = explained.pop(method)
+                    parts[method].append(self._score(job, method, scorer, block, maps, model_memo, reshape))
+                    keep = min(self.plan.keep_maps - block.start, maps.shape[0])
+                    if keep > 0:
+                        kept[method].append((maps[:keep].half().cpu(), raw[:keep].float().cpu().clone()))
+        labels_all = torch.cat(labels)
+        for index, group in enumerate(groups):
             for method in group:
-                maps, raw = explained.pop(method)
-                # controls only: their maps repeat across models, a method's never do (and the memo
-                # keeps each entry's per-image tables for the whole run)
-                memo = eval_set.memo if get_method(method).reference else None
-                cell = metrics.score_maps(scorer, eval_set.images, maps, eval_set.labels, eval_set.masks,
-                                          eval_set.boxes, self.plan.settings_for(method), map_memo=memo,
-                                          model_memo=model_memo,
-                                          method=MethodSpec(MethodSpec.parse(method).name, job.layer(method)))
-                cell["ms_per_image"] = (1000.0 * seconds, None)
-                cell[PEAK_METRIC] = (peak.megabytes, None)
-                self._write(job.key(method), cell, {"maps": maps.half().cpu().numpy(), "raw_maps": raw.float().cpu().numpy()})
+                cell = metrics.combine_blocks(parts.pop(method), labels_all)
+                cell["ms_per_image"] = (1000.0 * float(np.median(seconds[index])), None)
+                cell[PEAK_METRIC] = (peaks[index], None)
+                maps = kept.pop(method)
+                arrays = {"maps": torch.cat([m for m, _ in maps]).numpy(),
+                          "raw_maps": torch.cat([r for _, r in maps]).numpy()} if maps else None
+                self._write(job.key(method), cell, arrays)
+
+    def _score(self, job: ModelJob, method: str, scorer, block: EvalSet, maps: torch.Tensor, model_memo: dict,
+               reshape: Callable | None) -> dict:
+        """One method's rows on one block."""
+        from .. import metrics
+        from ..methods import get_method
+        from ..metrics import MethodSpec
+
+        name = MethodSpec.parse(method).name
+        # controls only: their maps repeat across models, a method's never do (and the memo keeps each
+        # entry's per-image tables for the whole run; only the first block's memo lives that long)
+        memo = block.memo if get_method(method).reference else None
+        takes = reshape is not None and get_method(name)._takes_base_option("reshape")
+        spec = MethodSpec(name, job.layer(method), {"reshape": reshape} if takes else None)
+        return metrics.score_maps(scorer, block.images, maps, block.labels, block.masks, block.boxes,
+                                  self.plan.settings_for(method), map_memo=memo, model_memo=model_memo,
+                                  method=spec, start=block.start)
 
     # --- across seeds ---------------------------------------------------------------------------
     def _lfi_script_sets(self, group: StabilityGroup, method: str, maps: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -8,6 +8,13 @@ cross-seed stability compares them exactly as it compares trained seeds. Such mo
 trained: their accuracy is measured on the dataset. Loading goes through
 ``camzoo.models.loading.load_any_model`` (``weights_only``; a pickle is refused; a state dict that
 does not fit names its keys).
+
+An entry may also say how its images are prepared and explained, each defaulting to what
+``camzoo.explain`` chooses: ``layer`` (the CAM layer), ``reshape`` (``"package.module:function"``, a
+callable turning the layer's output into (B,C,h,w); default: camzoo's rule for tokens and
+channels-last outputs), ``image_size`` (default: the dataset entry's, as ``explain(image_size=...)``)
+and ``mean``/``std`` (default: the dataset options' own ``mean``/``std`` where given, else the
+model's declared normalisation, its ``pretrained_cfg``, else the dataset's).
 """
 
 from __future__ import annotations
@@ -16,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+import importlib
+import math
 
 import torch
 from torch import nn
 
 SOURCE_KIND = "checkpoint"  # the Kind column of a loaded model's rows
-ENTRY_KEYS = ("name", "checkpoints", "label", "options", "layer")
+ENTRY_KEYS = ("name", "checkpoints", "label", "options", "layer", "reshape", "image_size", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,24 @@ class ModelSource:
     label: str  # the table's Backbone column
     options: Mapping[str, Any]  # constructor keyword arguments (timm / torchvision / factory)
     layer: str | None  # the CAM layer; None: what camzoo.explain picks for the model
+    reshape: str | None = None  # "package.module:function" for the layer's output; None: camzoo's rule
+    image_size: int | None = None  # None: the dataset entry's
+    mean: tuple[float, ...] | None = None  # None: see :meth:`normalisation`
+    std: tuple[float, ...] | None = None
+
+    def reshape_function(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The entry's ``reshape`` callable (None: camzoo's own rule, as in ``camzoo.explain``)."""
+        return None if self.reshape is None else import_callable(self.reshape)
+
+    def normalisation(self, model: nn.Module, split: Any, explicit: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean/std the model sees: the entry's; else the dataset's when its options set them
+        (``explicit``); else what ``camzoo.explain`` uses, the model's declared ``pretrained_cfg``;
+        else the dataset's (a model that declares none, e.g. torchvision's)."""
+        declared = getattr(model, "pretrained_cfg", None) or {}
+        own = (tuple(split.mean), tuple(split.std))
+        default = own if explicit else tuple(tuple(float(v) for v in declared.get(key, fallback))
+                                             for key, fallback in (("mean", own[0]), ("std", own[1])))
+        return self.mean or default[0], self.std or default[1]
 
     def load(self, device: torch.device | str = "cpu", num_classes: int | None = None) -> nn.Module:
         """The model in eval mode on ``device``."""
@@ -55,8 +83,50 @@ def entry_label(entry: Mapping[str, Any]) -> str:
 def sources(entry: Mapping[str, Any]) -> tuple[ModelSource, ...]:
     """The checkpoints of an entry, in order (seed i = checkpoint i)."""
     options = MappingProxyType(dict(entry.get("options") or {}))
+    stats = {key: tuple(float(v) for v in entry[key]) if entry.get(key) else None for key in ("mean", "std")}
     return tuple(ModelSource(entry.get("name") or None, str(path), entry_label(entry), options,
-                             entry.get("layer") or None) for path in entry["checkpoints"])
+                             entry.get("layer") or None, entry.get("reshape") or None, entry.get("image_size"),
+                             **stats) for path in entry["checkpoints"])
+
+
+def import_callable(spec: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function (ValueError naming what is missing)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"reshape must be 'package.module:function', got {spec!r}")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reshape {spec!r} cannot be imported: {err}") from None
+    if not callable(found):
+        raise ValueError(f"reshape {spec!r} is not callable")
+    return found
+
+
+def _override_problems(entry: Mapping[str, Any], where: str) -> list[str]:
+    """The per-entry preprocessing overrides: types and ranges, and an importable reshape."""
+    problems = []
+    size = entry.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+        problems.append(f"{where}.image_size must be an integer >= 8 (pixels), got {size!r}")
+    for key in ("mean", "std"):
+        values = entry.get(key)
+        if values is None:
+            continue
+        numbers = isinstance(values, list) and len(values) in (1, 3) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not numbers or (key == "std" and min(values) <= 0):
+            what = "positive numbers" if key == "std" else "numbers"
+            problems.append(f"{where}.{key} must be a list of 1 or 3 {what} (per channel), got {values!r}")
+    if entry.get("reshape") is not None:
+        if not isinstance(entry["reshape"], str):
+            problems.append(f"{where}.reshape must be a 'package.module:function' string, got {entry['reshape']!r}")
+        else:
+            try:
+                import_callable(entry["reshape"])
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+    return problems
 
 
 def entry_problems(models: object) -> list[str]:
@@ -83,6 +153,7 @@ def entry_problems(models: object) -> list[str]:
                 problems.append(f"{where}.{key} must be a string, got {entry[key]!r}")
         if not isinstance(entry.get("options", {}), Mapping):
             problems.append(f"{where}.options must be a table of constructor arguments, got {entry['options']!r}")
+        problems += _override_problems(entry, where)
         labels.append(entry_label(entry))
     if len(set(labels)) != len(labels):
         problems.append(f"two [[models]] entries share a label {labels!r}: give each a distinct label")
@@ -109,10 +180,30 @@ def load_problems(models: list[Mapping[str, Any]], datasets: Mapping[str, Any]) 
                 continue
             outputs = _output_count(model)
             for name, split in datasets.items():
-                problem = class_problem(outputs, split)
+                problem = class_problem(outputs, split) or forward_problem(model, source.image_size or _side(split))
                 if problem:
                     problems.append(f"model {source.label} ({source.checkpoint}) on dataset {name!r}: {problem}")
     return problems
+
+
+def _side(split: Any) -> int:
+    """The image side of a loaded split (its ``image_size``, else its first image's width)."""
+    size = getattr(split, "image_size", None)
+    return int(size) if isinstance(size, int) else int(split[0][0].shape[-1])
+
+
+def forward_problem(model: nn.Module, side: int) -> str | None:
+    """Why the model cannot run one image of ``side`` px (None when it can): a ViT built for another
+    size, a stem that downsamples below 1 px. Checked before anything runs."""
+    from ..inputs import model_in_channels
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model_in_channels(model), side, side))
+    except (RuntimeError, ValueError, AssertionError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"it does not run on {side} px images ({first}); set the entry's image_size or the dataset's"
+    return None
 
 
 def class_problem(outputs: int | None, split: Any) -> str | None:

@@ -2,12 +2,17 @@
 
 Every cell reads "mean ± std [95 % CI]"; **bold** marks a row significantly better than every other
 non-reference row of its column, ≈ the rows tied for the top (no test separates them); control rows
-are set apart in italics and never marked. A second table per (dataset, backbone) gives the
-normalised scores, 0 = the random control and 1 = the oracle.
+are set apart in italics and never marked. A last table per (dataset, backbone) gives the normalised
+scores, 0 = the random control and 1 = the oracle.
+
+Why split by metric family: one table of every column was 15 columns wide, too wide for a page or a
+laptop screen. Each table here has at most ``MAX_COLUMNS`` columns, one metric family each, and says
+the protocol that made its numbers in a line above it rather than in every column name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Mapping
 
@@ -16,6 +21,36 @@ import pandas as pd
 from .summary import Column, table_columns
 
 TIE = "≈"
+MAX_COLUMNS = 10  # per table of summary.md / summary.tex, the row label columns included
+# metric family -> the title of its table; a family's columns come from the metrics table (see family())
+FAMILIES = {"causal": "accuracy and deletion / insertion", "localisation": "localization",
+            "stability": "stability and cost", "faithfulness": "faithfulness across substrates",
+            "discrimination": "discrimination", "other": "other metrics"}
+
+
+def family(column: Column) -> str:
+    """A column's metric family, from what its metric is (camzoo.metrics.METRICS): its own table's
+    ``group``, else what it needs and scores: the model (accuracy, deletion/insertion), the ground truth
+    (localization), several models or the machine (stability, cost); "other" for anything else."""
+    from ..metrics import METRICS
+
+    info = METRICS[column.metric]
+    if info.group != "main":
+        return info.group
+    if info.scope == "model" or "model" in info.needs:
+        return "causal"
+    if info.scope in ("stability", "cost"):
+        return "stability"
+    return "localisation" if {"annotations", "masks", "boxes"} & set(info.needs) else "other"
+
+
+def by_family(columns: list[Column]) -> dict[str, list[Column]]:
+    """Columns grouped by metric family, the families in FAMILIES' order (any other one after them)."""
+    families: dict[str, list[Column]] = {}
+    for column in columns:
+        families.setdefault(family(column), []).append(column)
+    order = list(FAMILIES)
+    return dict(sorted(families.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
 
 
 def present_columns(frame: pd.DataFrame, group: str | None = "main") -> list[Column]:
@@ -28,30 +63,50 @@ def format_number(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if value == value else "–"
 
 
-def cell_text(row: pd.Series, column: Column, bold: tuple[str, str], pm: str, interval: tuple[str, str]) -> str:
+def cell_parts(row: pd.Series, column: Column, pm: str = "±", interval: tuple[str, str] = ("[", "]")
+               ) -> tuple[str, str, str]:
+    """(mean, " ± std [CI]", mark) of a cell: report.html shows the first and last and hides the middle."""
     name, digits = column.metric, column.digits
     mean, std = row[f"{name}_mean"], row[f"{name}_std"]
     if mean != mean:
-        return "–"
-    text = format_number(mean, digits) + (f" {pm} {format_number(std, digits)}" if std == std else "")
+        return "–", "", ""
+    detail = f" {pm} {format_number(std, digits)}" if std == std else ""
     low, high = row.get(f"{name}_ci_low", float("nan")), row.get(f"{name}_ci_high", float("nan"))
     if low == low:
-        text += f" {interval[0]}{format_number(low, digits)}, {format_number(high, digits)}{interval[1]}"
-    if row.get(f"{name}_best", False):
-        return f"{bold[0]}{text}{bold[1]}"
-    return text + (f" {TIE}" if row.get(f"{name}_tie", False) else "")
+        detail += f" {interval[0]}{format_number(low, digits)}, {format_number(high, digits)}{interval[1]}"
+    mark = f" {TIE}" if row.get(f"{name}_tie", False) and not row.get(f"{name}_best", False) else ""
+    return format_number(mean, digits), detail, mark
+
+
+def cell_text(row: pd.Series, column: Column, bold: tuple[str, str], pm: str, interval: tuple[str, str]) -> str:
+    mean, detail, mark = cell_parts(row, column, pm, interval)
+    if row.get(f"{column.metric}_best", False) and mean != "–":
+        return f"{bold[0]}{mean}{detail}{bold[1]}"
+    return mean + detail + mark
 
 
 def method_label(row: pd.Series, italic: tuple[str, str]) -> str:
     return f"{italic[0]}{row['method']}{italic[1]} (control)" if row.get("reference", False) else str(row["method"])
 
 
+def short_header(column: Column) -> str:
+    """A column's name and direction; the protocol behind it is in the table's header lines."""
+    return f"{column.header} {'↑' if column.higher_is_better else '↓'}"
+
+
 def header(column: Column, eval_settings: Mapping[str, Any]) -> str:
     """A column's header with its direction, and for deletion/insertion the protocol that made it."""
-    text = f"{column.header} {'↑' if column.higher_is_better else '↓'}"
+    text = short_header(column)
     if column.metric in ("deletion", "insertion"):
         text += f" ({causal_description(eval_settings)})"
     return text
+
+
+def description(column: Column, eval_settings: Mapping[str, Any]) -> str:
+    """What a column means, in full (report.html's header tooltip): the metric's description and protocol."""
+    from ..metrics import METRICS
+
+    return f"{header(column, eval_settings)}: {METRICS[column.metric].description}"
 
 
 def causal_description(eval_settings: Mapping[str, Any]) -> str:
@@ -74,43 +129,77 @@ def game_images_note(eval_settings: Mapping[str, Any]) -> str:
     return f", first {int(games)} images"
 
 
+def protocol_notes(columns: list[Column], eval_settings: Mapping[str, Any]) -> list[str]:
+    """The header lines of a table: how its deletion/insertion columns were played, if it has any."""
+    if any(c.metric in ("deletion", "insertion") for c in columns):
+        return [f"Deletion/insertion: {causal_description(eval_settings)}."]
+    return []
+
+
+@dataclass(frozen=True)
+class Table:
+    """One full table of a (dataset, backbone): a metric family's columns (at most MAX_COLUMNS - 2)."""
+
+    name: str  # "causal", "localisation", ..., "normalised"; "-2" etc. for the rest of a family too wide
+    title: str
+    columns: list[Column]
+    notes: list[str] = field(default_factory=list)  # header lines: the protocol behind the numbers
+    normalised: bool = False
+
+
+def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any]) -> list[Table]:
+    """The full tables of one (dataset, backbone), one per metric family, then the normalised scores."""
+    families = by_family(present_columns(group, None))
+    notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)}), "
+                              "one column per substrate; controls skip these columns."],
+             "discrimination": [discrimination_note(eval_settings)]}
+    found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
+    found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
+    tables = []
+    width = MAX_COLUMNS - 2
+    for name, title, columns, normalised in found:
+        for start in range(0, len(columns), width):
+            part = columns[start:start + width]
+            lines = notes.get(name, []) + protocol_notes(part, eval_settings)
+            if normalised:
+                lines = ["(value − random) / (oracle − random) with the same kind's controls; controls left out."] + lines
+            tables.append(Table(name + (f"-{start // width + 1}" if start else ""), title, part, lines, normalised))
+    return tables
+
+
+def table_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """The rows a table shows: those with a value in it (controls skip the substrates), controls not normalised."""
+    keep = group[[f"{c.metric}_mean" for c in table.columns]].notna().any(axis=1)
+    if table.normalised:
+        keep &= ~group["reference"].astype(bool)
+    return group[keep]
+
+
 def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
                     agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> str:
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        faithfulness = f" — faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)})"
-        tables = (("", present_columns(group), False),
-                  (faithfulness, present_columns(group, "faithfulness"), False),
-                  (discrimination_title(eval_settings), present_columns(group, "discrimination"), False),
-                  (" — normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
-        for title, columns, normalised in tables:
-            if not columns:
-                continue
-            heads = ["Kind", "Method"] + [header(c, eval_settings) for c in columns]
-            lines = [f"### {dataset} / {backbone}{title}", "", "| " + " | ".join(heads) + " |",
-                     "|" + "|".join(["---"] * 2 + ["---:"] * len(columns)) + "|"]
-            for _, row in group.iterrows():
-                if normalised and row.get("reference", False):
-                    continue
-                if all(row[f"{c.metric}_mean"] != row[f"{c.metric}_mean"] for c in columns):
-                    continue  # nothing in this table for the row (controls skip the substrates)
+        for table in full_tables(group, eval_settings):
+            heads = ["Kind", "Method"] + [short_header(c) for c in table.columns]
+            lines = [f"### {dataset} / {backbone} — {table.title}", ""] + (table.notes + [""] if table.notes else [])
+            lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
+            for _, row in table_rows(group, table).iterrows():
                 cells = [str(row["kind"]), method_label(row, ("*", "*"))]
-                cells += [format_number(row[f"{c.metric}_norm"], 2) if normalised
-                          else cell_text(row, c, ("**", "**"), "±", ("[", "]"))
-                          for c in columns]
+                cells += [format_number(row[f"{c.metric}_norm"], 2) if table.normalised
+                          else cell_text(row, c, ("**", "**"), "±", ("[", "]")) for c in table.columns]
                 lines.append("| " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
-            if "faithfulness" in title and agreement and (dataset, backbone) in agreement:
+            if table.name == "faithfulness" and agreement and (dataset, backbone) in agreement:
                 parts.append(agreement_text(agreement[(dataset, backbone)]))
     return "\n\n".join(parts)
 
 
-def discrimination_title(eval_settings: Mapping[str, Any]) -> str:
-    """The discrimination table's title: how its grids were made (the count per model is the
-    ``grid_count_NxN`` metric of each cell: 0 where too few images were confident)."""
-    return (f" — discrimination (grid games: up to {eval_settings.get('grid_count', 64)} grids per model of "
-            f"evaluation images classified with confidence ≥ {eval_settings.get('grid_threshold', 0.99):g}; "
-            "chance: 1/N² per N×N grid, 0.5 for Focus)")
+def discrimination_note(eval_settings: Mapping[str, Any]) -> str:
+    """How the discrimination table's grids were made (the count per model is the ``grid_count_NxN``
+    metric of each cell: 0 where too few images were confident)."""
+    return (f"Grid games: up to {eval_settings.get('grid_count', 64)} grids per model of evaluation images "
+            f"classified with confidence ≥ {eval_settings.get('grid_threshold', 0.99):g}; chance: 1/N² per N×N grid, "
+            "0.5 for Focus.")
 
 
 def agreement_text(found: Mapping[str, Any]) -> str:
@@ -125,24 +214,50 @@ def normalised_columns(frame: pd.DataFrame) -> list[Column]:
     return [c for c in present_columns(frame) if f"{c.metric}_norm" in frame and frame[f"{c.metric}_norm"].notna().any()]
 
 
+def latex(text: str) -> str:
+    """Table text as LaTeX: arrows, ≈, en dashes and the characters LaTeX reserves."""
+    for old, new in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"),
+                     ("–", "--"), ("−", "$-$"), ("±", "$\\pm$"), (TIE, "$\\approx$"), ("↑", "$\\uparrow$"),
+                     ("↓", "$\\downarrow$"), ("≥", "$\\geq$"), ("<", "$<$"), (">", "$>$"), ("²", "$^2$"), ("×", "$\\times$")):
+        text = text.replace(old, new)
+    return text
+
+
+def latex_cell(row: pd.Series, column: Column) -> str:
+    """A full table's cell as LaTeX: bold when significantly best."""
+    mean, detail, mark = cell_parts(row, column)
+    text = latex(mean + detail + mark)
+    return f"\\textbf{{{text}}}" if row.get(f"{column.metric}_best", False) and mean != "–" else text
+
+
+def latex_table(caption: str, heads: list[str], rows: list[list[str]], labels: int,
+                controls: list[list[str]] | None = None) -> str:
+    """One booktabs table of LaTeX cells: ``labels`` left-aligned columns, then numbers; ``controls``
+    below a rule of their own."""
+    spec = "l" * labels + "r" * (len(heads) - labels)
+    lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{caption}}}",
+             f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(heads) + " \\\\", "\\midrule"]
+    lines += [" & ".join(row) + " \\\\" for row in rows]
+    if controls:
+        lines += ["\\midrule"] + [" & ".join(row) + " \\\\" for row in controls]
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}"])
+
+
 def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any]) -> str:
+    """summary.tex's full tables: one booktabs table per metric family, at most MAX_COLUMNS columns each."""
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        columns = present_columns(group)
-        heads = [header(c, eval_settings).replace("↑", "$\\uparrow$").replace("↓", "$\\downarrow$") for c in columns]
-        lines = [
-            "\\begin{table}[t]", "\\centering", "\\small",
-            f"\\caption{{{dataset} / {backbone}: mean $\\pm$ sample std over seeds (stability: over seed pairs) "
-            "[95\\,\\% hierarchical bootstrap CI]; bold: significantly best (Wilcoxon, Holm, $p<0.05$); "
-            "$\\approx$: tied for best; controls in italics.}",
-            "\\begin{tabular}{ll" + "r" * len(columns) + "}", "\\toprule",
-            "Kind & Method & " + " & ".join(heads) + " \\\\", "\\midrule",
-        ]
-        for _, row in group.iterrows():
-            cells = [str(row["kind"]), method_label(row, ("\\textit{", "}"))]
-            cells += [cell_text(row, c, ("\\textbf{", "}"), "$\\pm$", ("[", "]")) for c in columns]
-            line = " & ".join(cells).replace("_", "\\_").replace("–", "--").replace(TIE, "$\\approx$").replace("%", "\\%")
-            lines.append(line + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-        parts.append("\n".join(lines))
+        for table in full_tables(group, eval_settings):
+            cells = ("normalised scores" if table.normalised else
+                     "mean ± sample std over seeds (stability: over seed pairs) [95 % hierarchical bootstrap CI]; bold: "
+                     "significantly best (Wilcoxon signed-rank, Holm, p < 0.05); ≈: tied for best; controls in italics")
+            caption = latex(" ".join([f"{dataset} / {backbone}, {table.title}.", *table.notes, f"Cells: {cells}."]))
+            rows = []
+            for _, row in table_rows(group, table).iterrows():
+                method = latex(str(row["method"]))
+                method = f"\\textit{{{method}}} (control)" if row.get("reference", False) else method
+                rows.append([latex(str(row["kind"])), method]
+                            + [latex(format_number(row[f"{c.metric}_norm"], 2)) if table.normalised else latex_cell(row, c)
+                               for c in table.columns])
+            parts.append(latex_table(caption, ["Kind", "Method"] + [latex(short_header(c)) for c in table.columns], rows, 2))
     return "\n\n".join(parts) + "\n"

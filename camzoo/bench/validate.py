@@ -21,7 +21,7 @@ SPLITS = ("train", "test")
 DATASET_KEYS = ("name", "root", "image_size", "options")
 VARIANT_KEYS = ("name", "train", "model")
 # [eval] keys that are the harness's own (how many images, batching, the gallery), not scoring settings
-HARNESS_EVAL_KEYS = ("images", "batch_size", "gallery_images")
+HARNESS_EVAL_KEYS = ("images", "batch_size", "gallery_images", "block_images", "keep_maps")
 
 
 class ConfigError(ValueError):
@@ -70,12 +70,12 @@ def shape_problems(config: Mapping[str, Any]) -> list[str]:
         if extra:
             problems.append(f"variant {variant['name']!r} has unknown keys {sorted(extra)} (valid: name, train, model)")
     evaluation = config["eval"]
-    for key in ("images", "batch_size"):
+    for key in ("images", "batch_size", "block_images"):
         if not isinstance(evaluation[key], int) or isinstance(evaluation[key], bool) or evaluation[key] < 1:
             problems.append(f"eval.{key} must be a positive integer, got {evaluation[key]!r}")
-    gallery = evaluation["gallery_images"]
-    if not isinstance(gallery, int) or isinstance(gallery, bool) or gallery < 0:
-        problems.append(f"eval.gallery_images must be an integer >= 0, got {gallery!r}")
+    for key in ("gallery_images", "keep_maps"):
+        if not isinstance(evaluation[key], int) or isinstance(evaluation[key], bool) or evaluation[key] < 0:
+            problems.append(f"eval.{key} must be an integer >= 0, got {evaluation[key]!r}")
     problems += _settings_problems(evaluation)
     device = config["device"]
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):

@@ -39,7 +39,8 @@ from .wsol import max_box_acc, max_box_acc_from_hits
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
 from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
-from .table import METRICS, MetricInfo, ScoringContext, register_metric, score_maps, table_columns
+from .scoring import combine_blocks, score_maps
+from .table import METRICS, MetricInfo, ScoringContext, register_metric, table_columns
 from .context import MethodSpec
 from .grids import build_grids, cell_masks, confident_cells, grid_pointing_game, grid_targets, make_grids
 from .focus import build_focus_mosaics, focus, make_focus_mosaics
@@ -85,6 +86,7 @@ __all__ = [
     "rise_blur_kernel",
     "saliency_rank",
     "score_maps",
+    "combine_blocks",
     "spearman",
     "ssim",
     "stability",

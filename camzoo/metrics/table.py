@@ -5,8 +5,9 @@ Each :class:`MetricInfo` says a metric's name, direction, range, what it needs (
 (``model``: once per trained model;
 ``map``: once per (model, method) from the maps; ``stability``: across seeds; ``cost``: timing),
 the table column it fills (if any), and — for map metrics — ``compute(context) -> (value,
-per-image values)``. :func:`score_maps` and the report's columns are generated from this table, so
-adding a metric is one entry here (docs/contributing.md shows one).
+per-image values)``. ``score_maps`` (:mod:`camzoo.metrics.scoring`) and the report's columns are
+generated from this table, so adding a metric is one entry here (docs/contributing.md shows one).
+Each metric declares which images it ``reads`` and, for a dataset-level metric, how blocks ``combine``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Sequence
 
+
 import numpy as np
 import torch
-from torch import nn
 
 from ..modelutil import model_normalisation
 from ..registry import Registry
 from . import causal, confidence, discrimination, faithfulness, localization, wsol
-from .context import MethodSpec, ScoringContext
+from .context import ScoringContext
 from .settings import EvalSettings
 
 Row = tuple[float, np.ndarray | None]
@@ -51,6 +52,13 @@ class MetricInfo:
     pooled: Callable[[np.ndarray], np.ndarray] | None = None
     per_image_score: Callable[[np.ndarray], np.ndarray] | None = None
     aliases: tuple[str, ...] = ()  # names this metric was stored under before (old results stores)
+    # Which evaluation images a map metric reads, for block-wise scoring: "images" (every image),
+    # "games" (the first EvalSettings.game_images), "inputs" (it builds new inputs from the images —
+    # grids, mosaics, other classes — once per model, from the first block only).
+    reads: str = "images"
+    # How blocks join when the value is not the mean of the per-image values: (per-image values of
+    # every metric, concatenated over blocks; labels) -> the value over all images.
+    combine: Callable[[dict[str, np.ndarray], np.ndarray], float] | None = None
 
     @property
     def arrow(self) -> str:
@@ -171,6 +179,31 @@ def _pxap(ctx: ScoringContext) -> Row:
     return _row(result["pxap"], torch.stack([result["hist_positive"], result["hist_negative"]], 1))
 
 
+def _combined_max_box_acc(version: str) -> Callable[[dict[str, np.ndarray], np.ndarray], float]:
+    """MaxBoxAcc from the hit tables of every image: the best CAM threshold over all images, never per block."""
+
+    def combine(per_image: dict[str, np.ndarray], labels: np.ndarray) -> float:
+        hits = torch.from_numpy(per_image[f"max_box_acc_{version}"])
+        if version == "v1":  # (N, T)
+            return float(hits.mean(0).amax())
+        return float(hits.permute(1, 0, 2).contiguous().mean(1).amax(1).mean())  # (N, I, T) -> (I, N, T)
+
+    return combine
+
+
+def _combined_pxap(per_image: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    """PxAP of all pixels of all images: the per-image histograms summed (integer counts, exact)."""
+    table = torch.from_numpy(per_image["pxap"]).double().sum(0)
+    return float(localization.pxap_from_histograms(table[0], table[1]))
+
+
+def _combined_class_mean(per_image: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    """TorchRay's class-mean pointing game from every image's hit and label."""
+    hits = torch.from_numpy(per_image["pointing_game"]).bool()
+    return float(localization.pointing_game_class_mean(hits, torch.from_numpy(np.asarray(labels)))
+                 ["pointing_game_class_mean"])
+
+
 def _info(name: str, higher: bool, low: float, high: float, function: str, description: str, **rest: Any) -> MetricInfo:
     return MetricInfo(name, higher, low, high, function, description, **rest)
 
@@ -182,15 +215,16 @@ _ENTRIES = (
     # -- from each method's maps
     _info("deletion", False, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are deleted", needs=("model",), column="Deletion AUC",
+          reads="games",
           compute=lambda c: _row(_causal(c)["deletion"].mean(), _causal(c)["deletion"])),
     _info("insertion", True, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are restored on a blurred image", needs=("model",),
-          column="Insertion AUC", compute=lambda c: _row(_causal(c)["insertion"].mean(), _causal(c)["insertion"])),
+          column="Insertion AUC", reads="games", compute=lambda c: _row(_causal(c)["insertion"].mean(), _causal(c)["insertion"])),
     _info("deletion_curve", False, 0, 1, "deletion_insertion",
-          "the deletion curve (per image: the probability at each step)", needs=("model",),
+          "the deletion curve (per image: the probability at each step)", needs=("model",), reads="games",
           compute=lambda c: _row(_causal(c)["deletion_curve"].mean(), _causal(c)["deletion_curve"])),
     _info("insertion_curve", True, 0, 1, "deletion_insertion",
-          "the insertion curve (per image: the probability at each step)", needs=("model",),
+          "the insertion curve (per image: the probability at each step)", needs=("model",), reads="games",
           compute=lambda c: _row(_causal(c)["insertion_curve"].mean(), _causal(c)["insertion_curve"])),
     _info("average_drop", False, 0, 100, "average_drop_increase",
           "mean relative drop (%) of the target's score on image x map", needs=("model",),
@@ -206,7 +240,7 @@ _ENTRIES = (
           column="Pointing game", compute=lambda c: _row(_pointing(c)["pointing_game"], _pointing(c)["hits"].float())),
     _info("pointing_game_class_mean", True, 0, 1, "pointing_game",
           "the pointing game as TorchRay's benchmark reports it: the mean of per-class hit rates",
-          needs=("annotations",), column="PG class-mean",
+          needs=("annotations",), column="PG class-mean", combine=_combined_class_mean,
           compute=lambda c: (float(_pointing(c)["pointing_game_class_mean"]), None)),
     _info("energy_pointing_game_mask", True, 0, 1, "energy_pointing_game",
           "share of map mass inside the object's mask (Quantus' RelevanceMassAccuracy)", needs=("masks",),
@@ -218,48 +252,51 @@ _ENTRIES = (
           "share of the K most salient pixels on the object (K = object size)", needs=("annotations",)),
     _info("max_box_acc_v1", True, 0, 1, "max_box_acc",
           "box accuracy at IoU 0.5, largest region, best CAM threshold", needs=("annotations",),
+          combine=_combined_max_box_acc("v1"),
           compute=lambda c: _row(_boxes(c)["max_box_acc_v1"], _boxes(c)["hits_v1"].float())),
     _info("max_box_acc_v2", True, 0, 1, "max_box_acc",
           "box accuracy averaged over IoU 0.3/0.5/0.7, best region, best CAM threshold", needs=("annotations",),
           column="MaxBoxAccV2", pooled=_best_threshold_accuracy, per_image_score=_hits_at_best_threshold,
+          combine=_combined_max_box_acc("v2"),
           # per image: (IoU thresholds, CAM thresholds) hits
           compute=lambda c: _row(_boxes(c)["max_box_acc_v2"], _boxes(c)["hits_v2"].float().permute(1, 0, 2))),
     _info("pxap", True, 0, 1, "pxap", "pixel-wise average precision against object masks", needs=("masks",),
           # per image: (positive, negative) histograms; each image's own AP is its paired-test value
-          column="PxAP", compute=_pxap, pooled=_pooled_pxap, per_image_score=_pooled_pxap),
+          column="PxAP", compute=_pxap, pooled=_pooled_pxap, per_image_score=_pooled_pxap, combine=_combined_pxap),
     # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
     *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
-            column=f"SRG {name}", group="faithfulness", compute=_srg(name))
+            column=f"SRG {name}", group="faithfulness", compute=_srg(name), reads="games")
       for name in faithfulness.SUBSTRATES),
     # -- discrimination: new inputs explained with the cell's method (metrics.discrimination; eval.grid_games
     # and eval.sensitivity ask for them); a table of their own
     *(_info(f"{game}_{n}x{n}", True, 0, 1, "play_grid_game",
             f"{title}: share of positive attribution in the explained cell of {n}x{n} grids (chance 1/{n * n})",
             needs=("method",), column=f"{header} {n}x{n}", group="discrimination",
-            compute=discrimination.grid_game(game, n))
+            compute=discrimination.grid_game(game, n), reads="inputs")
       for game, n, title, header in (("gridpg", 2, "Grid Pointing Game", "GridPG"),
                                      ("gridpg", 3, "Grid Pointing Game", "GridPG"),
                                      ("difull", 2, "Grid Pointing Game on the DiFull wrapper", "DiFull"),
                                      ("dipart", 2, "Grid Pointing Game on the DiPart wrapper", "DiPart"))),
     _info("focus", True, 0, 1, "focus", "Focus: share of positive attribution on the two target-class cells of "
           "2x2 mosaics (chance 0.5)", needs=("method",), column="Focus", group="discrimination",
-          compute=discrimination.focus_score),
+          compute=discrimination.focus_score, reads="inputs"),
     _info("random_logit_similarity", False, -1, 1, "random_logit_similarity",
           "Spearman of the map for the label and for a random other class (1: class-agnostic)", needs=("method",),
-          column="Random logit sim.", group="discrimination", compute=discrimination.random_logit),
+          column="Random logit sim.", group="discrimination", compute=discrimination.random_logit, reads="inputs"),
     _info("randomisation_spearman", False, -1, 1, "randomisation_spearman",
           "Spearman of the map with the fully randomised model's map (Adebayo et al.)", needs=("method",),
-          column="Randomisation ρ", group="discrimination", compute=discrimination.randomisation),
+          column="Randomisation ρ", group="discrimination", compute=discrimination.randomisation, reads="inputs"),
     *(_info(f"grid_count_{n}x{n}", True, 0, float("inf"), "build_grids",
             f"{n}x{n} grids the model's cells played (0: too few confident images of distinct classes)",
-            digits=0, compute=discrimination.grid_count(n)) for n in (2, 3)),
+            digits=0, compute=discrimination.grid_count(n), reads="inputs") for n in (2, 3)),
     _info("grid_qualified", True, 0, float("inf"), "confident_cells",
           "evaluation images classified correctly with confidence >= eval.grid_threshold (grid cells)",
-          digits=0, compute=discrimination.grid_qualified),
+          digits=0, compute=discrimination.grid_qualified, reads="inputs"),
     # -- across seeds (the stability cell)
-    _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100",
-          scope="stability", column="Stability IoU"),
+    # stability compares the stored maps: those of the first eval.keep_maps images (camzoo.bench.runner)
+    _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100 (the maps "
+          "kept: the first eval.keep_maps images)", scope="stability", column="Stability IoU"),
     _info("stability_dice", True, 0, 1, "stability", "Dice of two seeds' maps binarised at map*255 > 100",
           scope="stability"),
     _info("stability_spearman", True, -1, 1, "stability", "Spearman rank correlation of two seeds' maps",
@@ -289,6 +326,7 @@ _ENTRIES = (
 METRICS: Registry[MetricInfo] = Registry("metric")
 SCOPES = ("model", "map", "stability", "cost", "dataset")
 NEEDS = ("model", "masks", "boxes", "annotations", "method")
+READS = ("images", "games", "inputs")
 
 
 def register_metric(info: MetricInfo) -> MetricInfo:
@@ -310,6 +348,8 @@ def register_metric(info: MetricInfo) -> MetricInfo:
         raise ValueError(f"metric {info.name!r}: scope must be one of {SCOPES}, got {info.scope!r}")
     if set(info.needs) - set(NEEDS):
         raise ValueError(f"metric {info.name!r}: needs must be among {NEEDS}, got {info.needs!r}")
+    if info.reads not in READS:
+        raise ValueError(f"metric {info.name!r}: reads must be one of {READS}, got {info.reads!r}")
     if info.scope == "map" and info.compute is None and info.column:
         raise ValueError(f"metric {info.name!r} has a table column but no compute(context) to fill it")
     return METRICS.add(info.name, info, info.aliases)
@@ -327,41 +367,3 @@ def table_columns() -> list[MetricInfo]:
         table's column order).
     """
     return [info for info in METRICS.values() if info.column]
-
-
-def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
-               masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: EvalSettings | None = None,
-               map_memo: dict | None = None, model_memo: dict | None = None,
-               method: MethodSpec | str | None = None) -> dict[str, Row]:
-    """Every map metric of the table that the data allows: name -> (value, per-image values).
-
-    Args:
-        model: the classifier the maps explain (the games query it); images: (N,3,H,W) normalised, on
-            its device; maps: (N,H,W) in [0,1]; labels: (N,) the class each map explains; masks /
-            boxes: ground truth or None (metrics that need it are skipped without it); settings: how
-            to score (:class:`EvalSettings`; None: its defaults).
-
-    Returns:
-        ``{metric name: (value, per-image values or None)}`` for every metric whose needs are met and
-        that the settings ask for.
-
-    ``map_memo`` (the benchmark passes one dict per image set: same images, labels and ground truth,
-    never reused for another) returns MaxBoxAcc, the costliest metric that reads only the maps, for
-    maps identical to earlier ones: the centre, edges and oracle controls' maps do not depend on the
-    model, so nine models share three computations. Exact (tested against computing afresh).
-    ``model_memo`` (one dict per model and image set) returns the model's scores on the unperturbed
-    images, which every cell of that model needs: one forward over the images per model, not per cell,
-    and the grids every method of the model plays on (so its rows are paired).
-    ``method`` (a name such as ``"gradcam@layer2"`` or a :class:`MethodSpec`) is the method that made
-    the maps: the metrics that need it (grid games, class sensitivity; ``EvalSettings.grid_games`` and
-    ``sensitivity``) explain new inputs with it; without it they are skipped.
-    """
-    settings = EvalSettings() if settings is None else settings
-    if not isinstance(settings, EvalSettings):
-        raise TypeError(f"settings must be a camzoo.metrics.EvalSettings (e.g. EvalSettings(deletion_steps=8)); "
-                        f"got {type(settings).__name__}")
-    spec = None if method is None else MethodSpec.parse(method)
-    ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec)
-    scored = {info.name: info.compute(ctx) for info in METRICS.values()
-              if info.compute is not None and all(ctx.has(need) for need in info.needs)}
-    return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings

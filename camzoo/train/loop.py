@@ -17,6 +17,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from ..data.transforms import augment_batch
 from ..inference import evaluate
 from ..models import build_model
 from ..models.checkpoint import save_model
+from ..modelutil import cpu_has_native_bf16
 from . import ddp
 from .config import TrainConfig, TrainResult
 from .schedule import learning_rate
@@ -60,6 +62,9 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     is_cuda = device.type == "cuda"
     amp = is_cuda if config.amp is None else config.amp
+    if amp and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("amp=True on a CPU without native bfloat16 (AVX512-BF16 or AMX): bf16 autocast is emulated "
+                      "and slower than float32 here; set amp=False (a bench config: train.amp = false)", stacklevel=2)
     channels_last = config.uses_channels_last
     deterministic = (device.type == "cpu") if config.deterministic is None else config.deterministic
     num_classes = config.num_classes or len(getattr(train_dataset, "classes", None) or [])
