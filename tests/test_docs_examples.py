@@ -53,5 +53,5 @@ def test_the_benchmark_config_example_resolves(tmp_path: Path) -> None:
     path = tmp_path / "example.toml"
     path.write_text(block, encoding="utf-8")
     config = resolve_config(None, path)
-    assert config["eval"]["game_images"] == 64 and config["variants"][0]["name"] == "fin16"
+    assert config["eval"]["game_images"] == 48 and config["variants"][0]["name"] == "fin16"
     assert config["methods"] == resolve_config("quick")["methods"]  # the example shows the quick preset's

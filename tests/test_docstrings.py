@@ -20,7 +20,7 @@ import camzoo.metrics
 import camzoo.models
 
 METRIC_FUNCTIONS = [
-    "accuracy", "auc", "average_drop_increase", "boxes_to_masks", "build_focus_mosaics", "build_grids",
+    "accuracy", "auc", "average_drop_increase", "boxes_to_masks", "build_focus_mosaics", "build_grids", "combine_blocks",
     "causal_protocol", "cell_masks", "confident_cells", "deletion_insertion", "energy_pointing_game", "focus",
     "grid_pointing_game", "grid_targets", "grid_wrapper", "lfi_script_maps", "linear_imputation",
     "make_focus_mosaics", "make_grids", "max_box_acc", "max_box_acc_from_hits", "morf_lerf", "pairwise_stability",

@@ -87,12 +87,12 @@ def test_game_images_setting_is_validated_and_shown():
     with pytest.raises(ValueError, match="eval.game_images"):
         build_plan(resolve_config("quick", overrides={"eval": {"game_images": "some"}}))
     quick = resolve_config("quick")["eval"]
-    assert causal_description(quick) == "label, 8 steps over first 20% px, first 64 images"
-    assert causal_description({**quick, "game_images": "all"}) == "label, 8 steps over first 20% px"
-    assert causal_description({**quick, "game_images": 500}) == "label, 8 steps over first 20% px"
+    assert causal_description(quick) == "label, 6 steps over first 15% px, first 48 images"
+    assert causal_description({**quick, "game_images": "all"}) == "label, 6 steps over first 15% px"
+    assert causal_description({**quick, "game_images": 500}) == "label, 6 steps over first 15% px"
     frame = pd.DataFrame([{"dataset": "d", "backbone": "b", "kind": "baseline", "method": "gradcam",
                            "reference": False, "srg_zeros_mean": 0.1, "srg_zeros_std": 0.0}])
-    assert "(SRG = LeRF − MoRF AUC, first 64 images)" in markdown_tables(frame, quick)
+    assert "(SRG = LeRF − MoRF AUC, first 48 images)" in markdown_tables(frame, quick)
 
 
 def test_identical_maps_share_max_box_acc_and_nothing_else(scored, monkeypatch):
@@ -136,7 +136,8 @@ def test_the_cells_of_one_model_share_its_unperturbed_scores(scored):
     alone = score_maps(model, images, maps, labels, maps > 0.5, None, settings)
     shared: dict = {}
     score_maps(model, images, maps.flip(-1), labels, maps > 0.5, None, settings, model_memo=shared)
-    assert list(shared) == ["unperturbed_scores"] and shared["unperturbed_scores"].shape[0] == images.shape[0]
+    assert shared["unperturbed_scores"].shape[0] == images.shape[0]
+    assert {key[0] for key in shared if key != "unperturbed_scores"} == {"causal", "srg_zeros", "srg_blur", "srg_road"}
     forwards = []
     handle = model.register_forward_hook(lambda _m, inputs, _o: forwards.append(inputs[0].shape[0]))
     try:
@@ -149,6 +150,30 @@ def test_the_cells_of_one_model_share_its_unperturbed_scores(scored):
         assert second[name][0] == pytest.approx(value, abs=1e-6), name
         if per_image_values is not None:
             np.testing.assert_allclose(second[name][1], per_image_values, atol=1e-6, err_msg=name)
+
+
+def test_rows_whose_maps_order_the_pixels_alike_play_one_game(scored):
+    """Maps that order the pixels the same way (squared: a monotone change, ties kept) play the same pixel
+    games, so a model's second such row takes the first one's games from the model memo: no game forward,
+    and per-image values equal to playing its own games; a map in another order plays its own."""
+    model, images, maps, labels, _, _ = scored
+    settings = replace(SETTINGS, game_images=6)
+    shared: dict = {}
+    first = score_maps(model, images, maps, labels, maps > 0.5, None, settings, model_memo=shared)
+    forwards = []
+    handle = model.register_forward_hook(lambda _m, inputs, _o: forwards.append(inputs[0].shape[0]))
+    try:
+        second = score_maps(model, images, maps ** 2, labels, maps > 0.5, None, settings, model_memo=shared)
+    finally:
+        handle.remove()
+    assert sum(forwards) == images.shape[0]  # Average Drop's masked images only: the map's own
+    alone = score_maps(model, images, maps ** 2, labels, maps > 0.5, None, settings)
+    for name in ("deletion", "insertion", "srg_zeros", "srg_blur", "srg_road"):
+        np.testing.assert_array_equal(second[name][1], alone[name][1], err_msg=name)
+        np.testing.assert_array_equal(second[name][1], first[name][1], err_msg=name)
+    assert second["average_drop"][1].tolist() != first["average_drop"][1].tolist()
+    other = score_maps(model, images, maps.flip(-1), labels, maps > 0.5, None, settings, model_memo=shared)
+    assert not np.array_equal(other["deletion"][1], first["deletion"][1])
 
 
 def test_metrics_take_the_unperturbed_scores_instead_of_a_forward(scored):

@@ -144,7 +144,7 @@ def test_the_runner_stores_only_numbers_the_metrics_table_knows(tmp_path):
 
 def test_eval_settings_are_typed_and_checked_once():
     settings = EvalSettings.from_config(resolve_config("quick")["eval"])
-    assert settings.game_images == 64 and settings.deletion_steps == 8 and settings.game_slice == slice(0, 64)
+    assert settings.game_images == 48 and settings.deletion_steps == 6 and settings.game_slice == slice(0, 48)
     assert EvalSettings.from_config({"game_images": "all"}).game_slice == slice(None)
     with pytest.raises(ValueError) as caught:
         EvalSettings(deletion_steps=0, substrates=("zeros", "sand"), deletion_fraction=1.5)

@@ -93,16 +93,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         # The gradient family from one pass per model, the kinds' own maps, the controls.
         "methods": ["@one-pass", "attention", "@controls"],
-        # 8 steps over the first 20 % of the pixels: ~26 px per step, a fifth of the mean object
+        # 6 steps over the first 15 % of the pixels: ~26 px per step, a fifth of the mean object
         # (115 px), where 16 steps over all pixels removed 55 % of it in one step (docs/metrics.md).
-        # Maps, localization and stability use all 160 images; the games (~80 forwards per image
-        # and method) the first 64 (docs/performance.md).
-        "eval": {"images": 160, "game_images": 64, "deletion_steps": 8, "deletion_fraction": 0.2,
+        # Maps, localization and stability use all 96 images; the games (~50 forwards per image and
+        # method) the first 48 (docs/performance.md).
+        "eval": {"images": 96, "game_images": 48, "deletion_steps": 6, "deletion_fraction": 0.15,
                  # what tells the methods apart: the 2x2 Grid Pointing Game on the model and on
                  # DiFull, and the Random Logit test; cost per cell in docs/performance.md. Grid cells
                  # at confidence >= 0.9, not 0.99: two-seed runs of the 5-epoch baseline had 7-10 of
                  # 160 images at 0.99, often of fewer than 4 classes, and then no grids at all
-                 "grid_games": ["gridpg_2x2", "difull_2x2"], "grid_count": 32, "grid_threshold": 0.9,
+                 "grid_games": ["gridpg_2x2", "difull_2x2"], "grid_count": 16, "grid_threshold": 0.9,
                  "sensitivity": ["random_logit_similarity"]},
     },
     # A GPU: larger images and a deeper CIFAR ResNet plus an ImageNet-style ResNet-18.

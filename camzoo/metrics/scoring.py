@@ -88,6 +88,12 @@ def combine_blocks(blocks: Sequence[dict[str, Row]], labels: np.ndarray | torch.
     Args:
         blocks: each block's ``{metric: (value, per-image values)}``.
         labels: (N,) the class every map of the whole set explains (the class-mean pointing game).
+
+    Returns:
+        ``{metric: (value, per-image values)}`` of the whole set, as one ``score_maps`` call would give.
+
+    Raises:
+        ValueError: a metric scored in several blocks keeps no per-image values and has no ``combine``.
     """
     labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     names = list(dict.fromkeys(name for block in blocks for name in block))

@@ -12,6 +12,7 @@ Each metric declares which images it ``reads`` and, for a dataset-level metric, 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import torch
 from ..modelutil import model_normalisation
 from ..registry import Registry
 from . import causal, confidence, discrimination, faithfulness, localization, wsol
+from . import games as games_module
 from .context import ScoringContext
 from .settings import EvalSettings
 
@@ -99,7 +101,25 @@ def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
                                          original_scores=ctx.unperturbed_scores()[games] if softmax else None,
                                          **options)
 
-    return ctx.cached("causal", play)
+    key = ("causal", repr(causal_settings(ctx.settings)), ctx.settings.game_images, ctx.settings.predicted_target,
+           ctx.settings.chunk_size, _game_digest(ctx, both_orders=False))
+    return ctx.cached("causal", lambda: ctx.per_model(key, play))
+
+
+def _game_digest(ctx: ScoringContext, both_orders: bool) -> str:
+    """What a pixel game of this cell's maps depends on, as a digest: the first point at which each
+    pixel is changed, per ordering (MoRF; LeRF too with ``both_orders``). ``games.play`` changes a pixel
+    at point k exactly when its rank is below ``counts[k]``, so two maps with the same digest play the
+    same game on the same model and images: a model's rows whose maps order the pixels alike (Grad-CAM,
+    XGrad-CAM and HiResCAM at a layer before global pooling, up to the last float bits) share one game
+    through the model's memo. RISE's protocol keys on the ranks themselves."""
+    maps = ctx.maps[ctx.games]
+    ranks = torch.stack([causal.saliency_rank(maps)] + ([causal.saliency_rank(-maps)] if both_orders else []))
+    if ctx.settings.protocol == "default":
+        budget = games_module.pixel_budget(ctx.settings.deletion_fraction, maps[0].numel())
+        counts = games_module.point_counts(ctx.settings.deletion_steps, budget, ranks.device)
+        ranks = torch.searchsorted(counts, ranks.contiguous(), right=True)
+    return hashlib.sha256(ranks.to(torch.int32).cpu().numpy().tobytes()).hexdigest()
 
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -121,12 +141,15 @@ def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
         # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
         road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
         games = ctx.games
-        result = faithfulness.morf_lerf(
+        key = (f"srg_{substrate}", ctx.settings.deletion_steps, ctx.settings.deletion_fraction, ctx.settings.game_images,
+               ctx.settings.protocol, ctx.settings.predicted_target, ctx.settings.chunk_size,
+               _game_digest(ctx, both_orders=True))
+        result = ctx.per_model(key, lambda: faithfulness.morf_lerf(
             ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
             steps=ctx.settings.deletion_steps, fraction=ctx.settings.deletion_fraction,
             chunk_size=ctx.settings.chunk_size, autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
             morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None,
-            original_scores=ctx.unperturbed_scores()[games])
+            original_scores=ctx.unperturbed_scores()[games]))
         return _row(result["srg"].mean(), result["srg"])
 
     return compute
