@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg setup.py
 	touch $@
 
 # ruff first: it takes a second, and a lint error should not wait for the suite. The suite runs on
-# TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread): 4 min on 2 cores, 8 serially.
+# TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread): 5-6 min on 2 cores (docs/performance.md).
 TEST_WORKERS ?= 2
 
 test: install

@@ -22,13 +22,6 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests marked ``slow`` (10-30 s each) first, the rest in collection order: with ``pytest -n 2``
-    the workers take them while the short tests remain to balance the end, so that no worker finishes
-    alone with one long test (``make test`` still runs every test)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n images (3,size,size) of noise with one square in quadrant `label`; returns images, labels, masks."""
     generator = torch.Generator().manual_seed(seed)
