@@ -42,13 +42,14 @@ THUMB = 48  # longest side of a map thumbnail, in pixels
 def write_html(directory: str | Path, store: ResultsStore, run: Mapping[str, Any], summary: Summary,
                provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
                out: str | Path | None = None, pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
-               results: Results | None = None) -> Path:
+               results: Results | None = None, boards: Mapping[tuple[str, str], Board] | None = None) -> Path:
     """Write ``report.html`` for ``run`` of the store in ``directory`` into ``out`` (default: the
     directory; elsewhere for a store in a read-only place) and return its path. ``pictures``: the PNGs
     of camzoo.bench.plots per (dataset, backbone), embedded at the top of each group; ``results``: the
-    run as camzoo.bench.load reads it, when the caller has it already (else it is read here)."""
+    run as camzoo.bench.load reads it, when the caller has it already (else it is read here); ``boards``:
+    the leaderboards summary.md shows, per (dataset, backbone) (else they are built here)."""
     results = load(directory, run["run_id"]) if results is None else results
-    data = page_data(store, run, summary, provenance, results, max_images, thumb, pictures)
+    data = page_data(store, run, summary, provenance, results, max_images, thumb, pictures, boards)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")
@@ -83,12 +84,15 @@ def inline_markdown(text: str) -> str:
 
 def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, provenance: list[str],
               results: Results, max_images: int = MAX_IMAGES, thumb: int = THUMB,
-              pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None) -> dict[str, Any]:
+              pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
+              boards: Mapping[tuple[str, str], Board] | None = None) -> dict[str, Any]:
     """Everything the page shows, as plain JSON-able data."""
     evaluation = run["config"]["eval"]
     groups = []
     for (dataset, backbone), frame in summary.frame.groupby(["dataset", "backbone"], sort=False):
-        board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone))
+        board = (boards or {}).get((dataset, backbone))
+        if board is None:
+            board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone))
         groups.append({
             "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, evaluation),
             "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),

@@ -229,5 +229,5 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
             from .html import write_html
 
             files["report.html"] = write_html(directory, store, run, summary, provenance, out=target, pictures=pictures,
-                                              results=results)
+                                              results=results, boards=boards)
         return files
