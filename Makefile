@@ -22,7 +22,7 @@ TEST_WORKERS ?= 2
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Two processes of one thread each score faster than one of two threads on a small CPU model
 # (docs/performance.md); BENCH_NPROC=1 runs a single process.

@@ -275,38 +275,38 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
     return rows + round_two(tmp, ckpt, plain)
 
 
-def full_disk_child(case: str, folder: str) -> None:
+def full_disk_child(folder: str) -> None:
     """In a fresh process whose files may not grow past 64 KiB (writes then fail as on a full disk):
-    run one case and print its outcome as ``outcome<TAB>detail``."""
+    run both full-disk cases and print each outcome as ``case<TAB>outcome<TAB>detail``."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
     tmp = Path(folder)
     named = camzoo.build_model("baseline", "resnet8", num_classes=3, image_size=32).eval()
     old = save_model(named, tmp / "model.pt")  # before the limit: the finished file a failed save must keep
     photo = picture(tmp / "big" / "photo.png", size=(400, 300))
+    wide = camzoo.build_model("baseline", "resnet20", num_classes=3, image_size=32).eval()
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    if case == "maps":
-        outcome = command(["explain", photo, "--checkpoint", old, "--save-maps", "--out", tmp / "maps"],
-                          expect="cannot write")
-        if outcome[0] == "error" and not (tmp / "maps" / "manifest.csv").is_file():
-            outcome = ("SILENT", "the manifest of the stopped run is missing")
-    else:
-        wide = camzoo.build_model("baseline", "resnet20", num_classes=3, image_size=32).eval()
-        outcome = api(lambda: save_model(wide, old), expect="model.pt", errors=CLEAR_ERRORS + (OSError,))
-        if load_any_model(None, old).config["backbone"] != "resnet8":
-            outcome = ("SILENT", "the finished model.pt was damaged by the failed save")
-    print(f"{outcome[0]}\t{outcome[1]}")
+    outcome = command(["explain", photo, "--checkpoint", old, "--save-maps", "--out", tmp / "maps"],
+                      expect="cannot write")
+    if outcome[0] == "error" and not (tmp / "maps" / "manifest.csv").is_file():
+        outcome = ("SILENT", "the manifest of the stopped run is missing")
+    print(f"maps\t{outcome[0]}\t{outcome[1]}")
+    outcome = api(lambda: save_model(wide, old), expect="model.pt", errors=CLEAR_ERRORS + (OSError,))
+    if load_any_model(None, old).config["backbone"] != "resnet8":
+        outcome = ("SILENT", "the finished model.pt was damaged by the failed save")
+    print(f"checkpoint\t{outcome[0]}\t{outcome[1]}")
 
 
-def full_disk_case(tmp: Path, case: str) -> tuple[str, str]:
-    folder = tmp / f"disk-{case}"
+def full_disk_cases(tmp: Path) -> dict[str, tuple[str, str]]:
+    """{"maps": outcome, "checkpoint": outcome} of the two full-disk cases, run in one child process."""
+    folder = tmp / "disk"
     folder.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--full-disk-child", case, str(folder)], capture_output=True,
+    proc = subprocess.run([sys.executable, __file__, "--full-disk-child", str(folder)], capture_output=True,
                           text=True, env=env, timeout=HANG_S * 3)
-    if proc.returncode != 0 or "\t" not in proc.stdout:
-        return "TRACEBACK", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    outcome, detail = proc.stdout.strip().splitlines()[-1].split("\t", 1)
-    return outcome, detail
+    found = dict(line.split("\t", 1) for line in proc.stdout.splitlines() if line.count("\t") == 2)
+    failed = ("TRACEBACK", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1])
+    return {case: tuple(found[case].split("\t", 1)) if proc.returncode == 0 and case in found else failed
+            for case in ("maps", "checkpoint")}
 
 
 def interrupted_start(tmp: Path) -> tuple[str, str]:
@@ -408,6 +408,7 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
     avifs.mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(avifs / "a.avif")
     gray_args = ["--model", "resnet10t", "--checkpoint", tmp / "gray.pth", "--image-size", "32"]
+    full_disk = full_disk_cases(tmp)
     return [
         ("cli: --out inside the input folder, 1st run", first),
         ("cli: --out inside the input folder, 2nd run", again),
@@ -424,8 +425,8 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
             warns_of_frames(tmp / "pages.tif"), lambda w: any("3 frames" in str(m.message) for m in w))),
         ("cli: animated GIF", command(["explain", tmp / "anim.gif", "--checkpoint", ckpt, "--out", tmp / "gif"],
                                       expect="only the first is explained")),
-        ("cli: explain --save-maps on a full disk", full_disk_case(tmp, "maps")),
-        ("model: save_model over model.pt on a full disk", full_disk_case(tmp, "checkpoint")),
+        ("cli: explain --save-maps on a full disk", full_disk["maps"]),
+        ("model: save_model over model.pt on a full disk", full_disk["checkpoint"]),
         *read_only_store(tmp),
         ("explain: model on the meta device", api(ex_(meta, x), expect="meta")),
         ("explain: model that squeezes the batch axis, 1 image", api(ex_(squeezer, x), lambda r: int(r.targets[0]) == int(
@@ -495,17 +496,17 @@ def _with_limit(fn: Callable[[Path], Any], path: Path, pixels: int) -> Any:
         return fn(path)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--huge-side", type=int, default=10000, help="Side of the huge PNG.")
     parser.add_argument("--max-gib", type=float, default=4.0, help="Peak memory allowed for the huge image.")
     parser.add_argument("--hang-s", type=int, default=HANG_S, help="Seconds after which a case counts as a hang.")
     parser.add_argument("--huge-child", help=argparse.SUPPRESS)
-    parser.add_argument("--full-disk-child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--full-disk-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     globals()["HANG_S"] = args.hang_s
     if args.full_disk_child:
-        full_disk_child(*args.full_disk_child)
+        full_disk_child(args.full_disk_child)
         return 0
     if args.huge_child:
         huge_image_child(args.huge_child, args.max_gib)

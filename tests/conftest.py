@@ -7,7 +7,9 @@ so maps are non-zero and should concentrate on the square.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
 
 import pytest
@@ -66,6 +68,85 @@ def trained_resnet() -> dict:
     return {"model": model, "images": test_images, "labels": test_labels, "masks": test_masks, "accuracy": accuracy}
 
 
+@pytest.fixture(scope="session")
+def tiny_bench_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished tiny bench (with report.html): test_bench's grid trimmed to two seeds (stability
+    needs a pair), two kinds, one method of each sort, one substrate, 8 images. Read it, do not
+    change it: copy it first (shutil.copytree) where a test writes."""
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+    from test_bench import tiny_config
+
+    trim = {
+        'methods = ["gradcam", "eigencam", "attention", "random", "oracle"]':
+            'methods = ["gradcam", "attention", "random", "oracle"]',
+        'substrates = ["zeros", "road"]': 'substrates = ["zeros"]',
+        "images = 16": "images = 8",
+        "num_images = 128": "num_images = 64",
+    }
+    base = tmp_path_factory.mktemp("camzoo-tiny-run")
+    config = tiny_config(base)
+    text = config.read_text(encoding="utf-8")
+    for old, new in trim.items():
+        assert old in text, f"test_bench.TINY changed: {old!r} is gone"
+        text = text.replace(old, new)
+    config.write_text(text, encoding="utf-8")
+    out = base / "out"
+    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# Session fixtures that take seconds to build. Under `pytest -n N --dist loadfile` (the Makefile's), the
+# files that name one of them run on one worker, so each is built once, not once per worker.
+SHARED_FIXTURES = ("trained_resnet", "tiny_bench_run")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's file scheduling, with the files that share an expensive fixture as one unit, and
+    the units with the most ``slow`` tests first (a file of one 30-s test that starts last runs alone
+    on one core while the other idles).
+
+    Why a scheduler and not ``xdist_group`` marks: pytest-xdist 3.8 puts the group into a node id
+    attribute that pytest 9.2 no longer reads, so ``--dist loadgroup`` groups nothing there.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    root = config.rootpath
+
+    @functools.cache
+    def source(file: str) -> str:
+        return (root / file).read_text(encoding="utf-8") if (root / file).is_file() else ""
+
+    @functools.cache
+    def unit_of(file: str) -> str:
+        return next((name for name in SHARED_FIXTURES if re.search(rf"\b{name}\b", source(file))), file)
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_ordered", False):  # the first call: the queue of units is complete
+                self._ordered = True
+                units = sorted(self.workqueue.items(), key=lambda unit: (-slow_tests(unit[0]), -len(unit[1])))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    def slow_tests(unit: str) -> int:
+        files = [unit] if unit.endswith(".py") else [p.relative_to(root).as_posix()
+                                                     for p in sorted((root / "tests").glob("test_*.py"))
+                                                     if unit_of(p.relative_to(root).as_posix()) == unit]
+        return sum(source(file).count("@pytest.mark.slow") for file in files)
+
+    return SharedFixtureScheduling(config, log)
+
+
 def _load_benchmark_script(name: str):
     """A script from benchmarks/ as a module (they are scripts, not a package)."""
     import importlib.util
@@ -83,3 +164,4 @@ def _load_benchmark_script(name: str):
 def benchmark_script():
     """``benchmark_script("paper_claims")``: a benchmarks/ script as a module, for tests that call it."""
     return _load_benchmark_script
+

@@ -14,41 +14,11 @@ from click.testing import CliRunner
 import camzoo.bench
 from camzoo.bench.summary import table_columns
 from camzoo.cli import main
-from test_bench import tiny_config
-
-# test_bench's tiny grid, trimmed so that one run serves this file and tests/test_report_html.py:
-# two seeds (stability needs a pair), two kinds, one method of each sort, one substrate, 8 images.
-TRIM = {
-    'methods = ["gradcam", "eigencam", "attention", "random", "oracle"]':
-        'methods = ["gradcam", "attention", "random", "oracle"]',
-    'substrates = ["zeros", "road"]': 'substrates = ["zeros"]',
-    "images = 16": "images = 8",
-    "num_images = 128": "num_images = 64",
-}
-
-
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny bench (with report.html), built once per test session and shared."""
-    base = tmp_path_factory.getbasetemp() / "camzoo-tiny-run"
-    out = base / "out"
-    if (out / "report.html").is_file():
-        return out
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir()
-    config = tiny_config(base)
-    text = config.read_text(encoding="utf-8")
-    for old, new in TRIM.items():
-        assert old in text, f"test_bench.TINY changed: {old!r} is gone"
-        text = text.replace(old, new)
-    config.write_text(text, encoding="utf-8")
-    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)
+def run_dir(tiny_bench_run) -> Path:
+    return tiny_bench_run
 
 
 def test_load_round_trips_every_number_of_summary_csv(run_dir):

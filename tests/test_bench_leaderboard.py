@@ -19,12 +19,11 @@ from scipy.stats import rankdata
 
 from camzoo.bench.leaderboard import joined_runs, leaderboard, mean_normalised_rank, separated_pairs
 from camzoo.bench.summary import table_columns
-from test_bench_explore import tiny_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)
+def run_dir(tiny_bench_run) -> Path:
+    return tiny_bench_run
 
 
 def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:

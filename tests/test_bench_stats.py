@@ -238,6 +238,25 @@ def test_significant_best_picks_the_clear_winner_in_both_directions():
     assert all(r["n_pairs"] == 120 for r in records)
 
 
+def test_significant_best_tests_many_pairs_at_once_exactly_as_one_pair_at_a_time():
+    """Rows of more than 50 values go through one vectorised scipy call; each record must equal
+    paired_wilcoxon of its pair (ties, zero differences, identical rows, NaN rows, short rows)."""
+    rng = np.random.default_rng(0)
+    vectorised = 0
+    for trial in range(24):
+        n = (20, 48, 51, 96, 200, 60)[trial % 6]
+        rows = {f"r{i}": np.round(rng.random((2, n)) * (2, 5, 100)[i % 3], (0, 1, 3)[trial % 3]) for i in range(6)}
+        rows["r1"] = rows["r0"].copy() if trial % 4 == 0 else rows["r1"]  # identical: all differences zero
+        if trial % 5 == 0:
+            rows["r2"][0, 0] = np.nan
+        vectorised += len(stats._batched_p_values({k: v.ravel() for k, v in rows.items()}))
+        _, records = stats.significant_best(rows, True)
+        for record in records:
+            p_value, median = stats.paired_wilcoxon(rows[record["a"]], rows[record["b"]])
+            assert record["p"] == p_value and record["median_difference"] == median, record
+    assert vectorised > 100  # the vectorised path was taken, not only the one-pair path
+
+
 def test_significant_best_ties():
     # a and c share one distribution and lead b clearly: nothing beats every other row
     for higher, worse in ((True, -0.2), (False, 0.2)):

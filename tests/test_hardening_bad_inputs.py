@@ -1,30 +1,27 @@
 """benchmarks/bad_inputs.py at a tiny size: every bad input ends as a result or one clear line.
 
-Why a subprocess: the script is what a maintainer runs (``python benchmarks/bad_inputs.py``), with
-its own memory measurement of the huge image in a child process; the test runs it as it is.
+The test calls the script's main (what ``python benchmarks/bad_inputs.py`` runs) in this process:
+the script starts its own child processes where a case needs one (the huge image's memory, the
+full disk, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bad_inputs.py"
 OUTCOME = re.compile(r"^(?P<name>.+?)\s{2,}(?P<outcome>ok|error|SILENT|TRACEBACK|HANG|MEMORY)\b(?P<detail>.*)$")
 
 
 @pytest.mark.slow
-def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_memory():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--huge-side", "1200", "--max-gib", "4"],
-                          capture_output=True, text=True, timeout=300)
-    assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr
-    table, summary = proc.stdout.strip().rsplit("\n\n", 1)
+def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_memory(benchmark_script, capsys):
+    status = benchmark_script("bad_inputs").main(["--huge-side", "1200", "--max-gib", "4"])
+    stdout, stderr = capsys.readouterr()
+    assert "Traceback (most recent call last)" not in stderr, stderr
+    table, summary = stdout.strip().rsplit("\n\n", 1)
     rows = [OUTCOME.match(line) for line in table.splitlines()]
-    assert all(rows) and len(rows) >= 80, proc.stdout
+    assert all(rows) and len(rows) >= 80, stdout
     names = {row.group("name") for row in rows}
     for case in ("symlink loop", "Latin-1", "animated GIF", "multi-page TIFF", "full disk", "read-only place",
                  "meta device", "squeezes", "1-channel timm model", "--method-option", "second bench",
@@ -32,6 +29,6 @@ def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_mem
         assert any(case in name for name in names), f"issue 24's case {case!r} is not tried"
     wrong = [row.group(0) for row in rows if row.group("outcome") not in ("ok", "error")]
     assert not wrong, "\n".join(wrong)
-    assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 HANG, 0 MEMORY") and proc.returncode == 0, summary
+    assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 HANG, 0 MEMORY") and status == 0, summary
     huge = next(row for row in rows if "1200x1200 PNG" in row.group("name"))
     assert huge.group("outcome") == "ok" and "map (1, 1024, 1024)" in huge.group("detail")  # capped at max_size

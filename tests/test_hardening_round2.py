@@ -189,10 +189,9 @@ def test_a_store_in_a_read_only_place_is_read_and_writing_says_read_only(tmp_pat
         ResultsStore(tmp_path / "new")  # nothing to read, and nothing may be created
 
 
-def test_camzoo_report_of_a_read_only_store_says_so_and_writes_elsewhere_with_out(tmp_path_factory, monkeypatch):
-    from test_bench_explore import tiny_run
-
-    run = tiny_run(tmp_path_factory)
+def test_camzoo_report_of_a_read_only_store_says_so_and_writes_elsewhere_with_out(tiny_bench_run, tmp_path_factory,
+                                                                                  monkeypatch):
+    run = tiny_bench_run
     read_only(monkeypatch)
     refused = CliRunner().invoke(main, ["report", str(run)])
     assert refused.exit_code == 1 and "read-only" in refused.output.lower() and "--out" in refused.output

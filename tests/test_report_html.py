@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_bench_explore import tiny_run
 from test_bench_leaderboard import markdown_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +25,8 @@ DATA = re.compile(r"const DATA = (.*?);\n", re.S)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)
+def run_dir(tiny_bench_run) -> Path:
+    return tiny_bench_run
 
 
 def page_data(path: Path) -> dict:

@@ -21,7 +21,6 @@ A rank killed at any point loses at most the cell it was computing: rerunning th
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -61,13 +60,26 @@ def rank_device(requested: str) -> str:
 
 
 def launch(nproc: int, arguments: Sequence[str]) -> int:
-    """``camzoo bench --nproc N``: run ``torchrun --standalone --nproc-per-node N -m camzoo ARGS`` on this
-    node; the exit status of the group. Multi-node runs call torchrun themselves (docs/benchmark.md)."""
+    """``camzoo bench --nproc N``: what ``torchrun --standalone --nproc-per-node N -m camzoo ARGS`` does,
+    on this node; the exit status of the group. Multi-node runs call torchrun themselves (docs/benchmark.md).
+
+    Why torchrun's agent runs in this process and not as a ``torchrun`` child: this process has
+    imported torch already, and a second interpreter importing it again cost ~3 s of CPU per launch.
+    """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "camzoo", *arguments]
-    return subprocess.call(command)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "camzoo", *arguments]))
+    except ChildFailedError as err:  # what torchrun prints: which rank failed, how, and its error file
+        print(err.format_msg(), file=sys.stderr)
+        return 1
+    except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks first
+        return 128 + int(err.sigval)
+    return 0
 
 
 def claimed_jobs(jobs: Sequence[ModelJob], run_id: str, worker: Worker, store: Any = None) -> Iterator[ModelJob]:

@@ -25,7 +25,7 @@ def register(group: click.Group) -> None:
 @click.option("--check", is_flag=True,
               help="Validate the whole config (datasets, models, training, eval, device), print the plan and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes on this node (one device each): relaunches the command under torchrun.")
+              help="Processes on this node (one device each), started as torchrun starts them.")
 @click.option("--model", "model_name", help="Your trained model: a timm name, torchvision:NAME or package.module:factory "
               "(omit for camzoo model.pt checkpoints). Needs --checkpoint and --data.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),

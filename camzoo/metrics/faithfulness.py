@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import nn
 
@@ -250,12 +249,14 @@ def substrate_agreement(scores: Mapping[str, Mapping[str, float]],
             raise ValueError(f"scores of substrate {name!r} contain NaN or inf")
         values[name] = row
 
+    from scipy.stats import kendalltau  # here, not at import: scipy.stats adds ~1.5 s to every process start
+
     pairs: dict[tuple[str, str], float] = {}
     for a, b in itertools.combinations(substrates, 2):
         if np.ptp(values[a]) == 0 or np.ptp(values[b]) == 0:
             pairs[(a, b)] = math.nan  # tau-b is 0/0 for a constant ranking
         else:
-            pairs[(a, b)] = float(scipy.stats.kendalltau(values[a], values[b])[0])  # tau-b
+            pairs[(a, b)] = float(kendalltau(values[a], values[b])[0])  # tau-b
     index = {name: i for i, name in enumerate(substrates)}
     matrix = [[1.0 if i == j else math.nan for j in range(len(substrates))] for i in range(len(substrates))]
     for (a, b), tau in pairs.items():
