@@ -17,7 +17,9 @@ $(VENV)/.installed: setup.cfg setup.py
 	touch $@
 
 # ruff first: it takes a second, and a lint error should not wait for the suite. The suite runs on
-# TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread): 5-6 min on 2 cores (docs/performance.md).
+# TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread), each file on one worker
+# (its fixtures built once; tests/conftest.py groups the files that share one): about 4-5 min on
+# 2 cores (docs/performance.md).
 TEST_WORKERS ?= 2
 
 test: install
