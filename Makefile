@@ -19,12 +19,14 @@ $(VENV)/.installed: setup.cfg setup.py
 # ruff first: it takes a second, and a lint error should not wait for the suite. The suite runs on
 # TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread), each file on one worker
 # (its fixtures built once; tests/conftest.py groups the files that share one): about 4-5 min on
-# 2 cores (docs/performance.md).
+# 2 cores (docs/performance.md). Bytecode is cached even where the environment sets
+# PYTHONDONTWRITEBYTECODE: each worker and each process a test starts would otherwise compile
+# camzoo and rewrite the test modules again (6 s of each worker's collection).
 TEST_WORKERS ?= 2
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Two processes of one thread each score faster than one of two threads on a small CPU model
 # (docs/performance.md); BENCH_NPROC=1 runs a single process.
