@@ -126,23 +126,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     def unit_of(file: str) -> str:
         return next((name for name in SHARED_FIXTURES if re.search(rf"\b{name}\b", source(file))), file)
 
+    def slow_tests(nodeids) -> int:
+        """``slow`` marks in the files of a unit's tests."""
+        return sum(source(file).count("@pytest.mark.slow") for file in {n.split("::", 1)[0] for n in nodeids})
+
     class SharedFixtureScheduling(LoadFileScheduling):
+        _ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return unit_of(super()._split_scope(nodeid))
 
         def _assign_work_unit(self, node) -> None:
-            if not getattr(self, "_ordered", False):  # the first call: the queue of units is complete
+            if not self._ordered:  # the first call: the queue of units is complete
                 self._ordered = True
-                units = sorted(self.workqueue.items(), key=lambda unit: (-slow_tests(unit[0]), -len(unit[1])))
+                units = sorted(self.workqueue.items(), key=lambda unit: (-slow_tests(unit[1]), -len(unit[1])))
                 self.workqueue.clear()
                 self.workqueue.update(units)
             super()._assign_work_unit(node)
-
-    def slow_tests(unit: str) -> int:
-        files = [unit] if unit.endswith(".py") else [p.relative_to(root).as_posix()
-                                                     for p in sorted((root / "tests").glob("test_*.py"))
-                                                     if unit_of(p.relative_to(root).as_posix()) == unit]
-        return sum(source(file).count("@pytest.mark.slow") for file in files)
 
     return SharedFixtureScheduling(config, log)
 
@@ -164,4 +164,3 @@ def _load_benchmark_script(name: str):
 def benchmark_script():
     """``benchmark_script("paper_claims")``: a benchmarks/ script as a module, for tests that call it."""
     return _load_benchmark_script
-

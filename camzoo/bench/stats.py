@@ -318,9 +318,10 @@ def significant_best(
 
     records: list[dict[str, Any]] = []
     signs: list[float] = []
-    batched = _batched_p_values({name: arrays[name].ravel() for name in names})
+    flat = {name: arrays[name].ravel() for name in names}
+    batched = _batched_p_values(flat)
     for name_a, name_b in combinations(names, 2):
-        a_flat, b_flat = arrays[name_a].ravel(), arrays[name_b].ravel()
+        a_flat, b_flat = flat[name_a], flat[name_b]
         keep = ~(np.isnan(a_flat) | np.isnan(b_flat))
         if (name_a, name_b) in batched:
             p_value, median = batched[name_a, name_b], float(np.median(a_flat - b_flat))

@@ -98,8 +98,8 @@ def _by_cell(frame: pd.DataFrame) -> Rows:
 
 def _cell(per_seed: Rows, stability: Rows, column: Column, kind: str, method: str) -> _Cell | None:
     if column.source == "stability":
-        chosen = stability.get((kind, method, column.metric))
-        if chosen is None or chosen.empty:
+        chosen = stability.get((kind, method, column.metric))  # a group is never empty
+        if chosen is None:
             return None
         row = chosen.iloc[0]
         per_image = None if row["per_image"] is None else np.asarray(row["per_image"], dtype=np.float64)
@@ -109,7 +109,7 @@ def _cell(per_seed: Rows, stability: Rows, column: Column, kind: str, method: st
         return _Cell(values, per_image, float(row["value"]))
     source = "model" if column.source == "model" else method
     chosen = per_seed.get((kind, source, column.metric))
-    if chosen is None or chosen.empty:
+    if chosen is None:
         return None
     chosen = chosen.sort_values(["variant", "seed"])
     values = [float(v) for v in chosen["value"]]
