@@ -12,20 +12,35 @@ import os
 import re
 import sys
 
+from typing import TYPE_CHECKING
+
 import pytest
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 SQUARE_COLOUR = (2.0, -1.0, 1.5)  # in normalised units: far from the N(0, 0.5) background noise
 
 # The suite's tensors are tiny: one thread avoids OpenMP hand-offs that cost more than the maths, and
 # keeps the suite's time steady on a loaded machine (measured: 2 threads under load were up to 50x
 # slower on a ResNet-8 forward). Subprocesses the tests start inherit it through the environment.
-torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in every process that runs tests. Not imported in pytest-xdist's controller,
+    which runs none: importing torch there delayed the start of both workers by ~2 s."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n images (3,size,size) of noise with one square in quadrant `label`; returns images, labels, masks."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, size, size, generator=generator) * 0.5
     labels = torch.randint(0, 4, (n,), generator=generator)
@@ -48,6 +63,7 @@ def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor,
 def trained_resnet() -> dict:
     """timm resnet10t (4 classes, 64 px) after 30 Adam steps; plus a held-out batch with masks."""
     import timm
+    import torch
 
     torch.manual_seed(0)
     images, labels, _ = quadrant_batch(512, seed=1)
@@ -98,9 +114,10 @@ def tiny_bench_run(tmp_path_factory: pytest.TempPathFactory):
     return out
 
 
-# Session fixtures that take seconds to build. Under `pytest -n N --dist loadfile` (the Makefile's), the
+# What takes seconds to build once per pytest process: the session fixtures, and tests/forked.py's
+# fork server (its preloaded interpreter). Under `pytest -n N --dist loadfile` (the Makefile's), the
 # files that name one of them run on one worker, so each is built once, not once per worker.
-SHARED_FIXTURES = ("trained_resnet", "tiny_bench_run")
+SHARED_FIXTURES = ("trained_resnet", "tiny_bench_run", "forked")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -7,8 +7,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from camzoo.bench.plan import build_plan
 from camzoo.bench.runner import BenchRunner
 from camzoo.bench.shards import SHARD_DIR, Worker, merge_shards, shard_paths
 from camzoo.bench.store import CellKey, ResultsStore
+from forked import Forked, camzoo_main, run_camzoo
 
 TINY = """
 preset = "custom"
@@ -104,13 +103,11 @@ def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
     assert set(found[found["seed"] == 1]["worker"]) == {"lost-node:1"}
     assert set(found[found["seed"] == 0]["worker"]) == {f"{socket.gethostname()}:0"}  # the gallery: lost-node
 
-    # Two gloo processes through the --nproc shortcut (torchrun)
+    # Two gloo processes through the --nproc shortcut (torchrun), launched by a process of its own
     two = tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config_path), "--out", str(two), "--nproc", "2",
-               "--no-progress", "--no-html"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status, output = run_camzoo(["bench", "--config", config_path, "--out", two, "--nproc", "2", "--no-progress",
+                                 "--no-html"])
+    assert status == 0, output[-6000:]
     found = cells(two)
     assert len(found) == planned and not found.duplicated(KEY).any()
     host = socket.gethostname()
@@ -132,18 +129,17 @@ def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
 
 
 def _rank_pid(out: Path, rank: int) -> int | None:
-    """The pid of torchrun's worker ``rank`` for the run writing to ``out`` (read from /proc)."""
+    """The pid of the process writing rank ``rank``'s shard of the run in ``out``: the one that holds
+    the shard open (read from /proc; forked and spawned ranks alike)."""
+    shards = {p.resolve() for p in shard_paths(out) if p.name.endswith(f"-{rank}.sqlite")}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
+            if any(Path(os.readlink(fd)) in shards for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
         except OSError:
             continue
-        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ) \
-                and str(out).encode() in cmdline:
-            return int(entry.name)
     return None
 
 
@@ -158,7 +154,7 @@ def _shard_cells(out: Path, rank: int) -> int:
         return 0
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc (Linux)")
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="finds the rank's process through /proc (Linux)")
 @pytest.mark.slow
 def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     """A rank killed with SIGKILL after its first finished cells: torchrun stops the group, and the same
@@ -168,10 +164,8 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
                            encoding="utf-8")
     planned = build_plan(resolve_config(None, config_path)).cells
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config_path), "--out", str(out), "--nproc", "2",
-               "--no-progress", "--no-html"]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ["bench", "--config", str(config_path), "--out", str(out), "--nproc", "2", "--no-progress", "--no-html"]
+    first = Forked(camzoo_main, command)
     try:
         deadline = time.monotonic() + 300
         while _shard_cells(out, 1) < 1 and first.poll() is None and time.monotonic() < deadline:
@@ -187,8 +181,8 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     killed_rank_cells = _shard_cells(out, 1)
     assert 0 < killed_rank_cells
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[:6000]
+    status, output = run_camzoo(command)
+    assert status == 0, output[-6000:]
     found = cells(out)
     assert len(found) == planned and not found.duplicated(KEY).any()
     with sqlite3.connect(out / "results.sqlite") as db:

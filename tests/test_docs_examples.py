@@ -2,19 +2,20 @@
 
 Blocks of one file run in order, in one fresh process (examples register methods, kinds and
 metrics; a process of their own keeps them out of the other tests and files), in an empty working
-directory. Why forked from one interpreter: starting Python and importing torch and camzoo takes
-longer than most examples, so one process imports them once and forks a child per file.
+directory. The processes are forked from an interpreter that has imported torch and camzoo
+(tests/forked.py): starting Python and importing them takes longer than most examples.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
-import subprocess
-import sys
+import traceback
 from pathlib import Path
 
 import pytest
+
+from forked import Forked
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,31 +31,20 @@ def test_the_runnable_examples_are_found():
     assert found["README.md"] >= 1 and found["contributing.md"] >= 3, found
 
 
-# Run by a fresh interpreter: import what the examples import, then per file fork a child that runs
-# the file's blocks in its own directory and writes "ok" or the traceback to OUT/<name>.result.
-DRIVER = """
-import json, os, sys, traceback
-import camzoo, camzoo.bench, camzoo.cli, click.testing, pandas, timm, torch
+def run_example(name: str, script: str, out: str) -> None:
+    """In a forked process: one file's blocks in OUT/<name>; writes "ok" or the traceback to OUT/<name>.result."""
+    status = "ok"
+    try:
+        os.makedirs(os.path.join(out, name, "cache"))
+        os.chdir(os.path.join(out, name))
+        os.environ["CAMZOO_CACHE"] = os.path.join(out, name, "cache")
+        exec(compile(script, name, "exec"), {"__name__": "__main__"})
+    except BaseException:
+        status = traceback.format_exc()
+    with open(os.path.join(out, name + ".result"), "w", encoding="utf-8") as result:
+        result.write(status)
 
-out, files = sys.argv[1], json.loads(sys.argv[2])
-for name, script in files.items():
-    pid = os.fork()
-    if pid == 0:
-        status = "ok"
-        try:
-            os.makedirs(os.path.join(out, name, "cache"))
-            os.chdir(os.path.join(out, name))
-            os.environ["CAMZOO_CACHE"] = os.path.join(out, name, "cache")
-            exec(compile(script, name, "exec"), {"__name__": "__main__"})
-        except BaseException:
-            status = traceback.format_exc()
-        with open(os.path.join(out, name + ".result"), "w", encoding="utf-8") as result:
-            result.write(status)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    os.waitpid(pid, 0)
-"""
+
 EXAMPLE_FILES = [p for p in DOCS if runnable_blocks(p)]
 
 
@@ -62,12 +52,14 @@ EXAMPLE_FILES = [p for p in DOCS if runnable_blocks(p)]
 def example_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """{file name: "ok" or the traceback} of every file's runnable blocks."""
     out = tmp_path_factory.mktemp("examples")
-    files = {path.name: "\n\n".join(runnable_blocks(path)) for path in EXAMPLE_FILES}
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(out), json.dumps(files)], cwd=out, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {name: (out / f"{name}.result").read_text(encoding="utf-8") if (out / f"{name}.result").is_file()
-            else f"no result: the child died\n{done.stderr[-3000:]}" for name in files}
+    results = {}
+    for path in EXAMPLE_FILES:
+        log = out / f"{path.name}.log"
+        status = Forked(run_example, path.name, "\n\n".join(runnable_blocks(path)), str(out), cwd=out, log=log).wait(900)
+        result = out / f"{path.name}.result"
+        results[path.name] = result.read_text(encoding="utf-8") if result.is_file() else \
+            f"no result: the process died with status {status}\n{log.read_text(encoding='utf-8')[-3000:]}"
+    return results
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""A benchmark grid spread over processes with torch.distributed (launched by torchrun).
+"""A benchmark grid spread over processes with torch.distributed (launched by torchrun, or by
+``camzoo bench --nproc``: camzoo.train.launch).
 
 Why torch.distributed and not a scheduler of our own: torchrun already starts one process per
 device on one or many nodes, restarts or tears down the group when one dies, and gives every
@@ -21,7 +22,6 @@ A rank killed at any point loses at most the cell it was computing: rerunning th
 from __future__ import annotations
 
 import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,27 +59,10 @@ def rank_device(requested: str) -> str:
     return f"cuda:{local}"
 
 
-def launch(nproc: int, arguments: Sequence[str]) -> int:
-    """``camzoo bench --nproc N``: what ``torchrun --standalone --nproc-per-node N -m camzoo ARGS`` does,
-    on this node; the exit status of the group. Multi-node runs call torchrun themselves (docs/benchmark.md).
-
-    Why torchrun's agent runs in this process and not as a ``torchrun`` child: this process has
-    imported torch already, and a second interpreter importing it again cost ~3 s of CPU per launch.
-    """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    try:
-        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "camzoo", *arguments]))
-    except ChildFailedError as err:  # what torchrun prints: which rank failed, how, and its error file
-        print(err.format_msg(), file=sys.stderr)
-        return 1
-    except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks first
-        return 128 + int(err.sigval)
-    return 0
+# What every rank of a bench imports before its first cell (torch._dynamo: torch's optimizers import
+# it, ~2 s); forked ranks start with them loaded (camzoo.train.launch).
+RANK_MODULES = ("camzoo.bench.runner", "camzoo.bench.evaluation", "camzoo.data", "camzoo.methods", "camzoo.metrics",
+                "camzoo.models", "camzoo.train", "pandas", "torch._dynamo")
 
 
 def claimed_jobs(jobs: Sequence[ModelJob], run_id: str, worker: Worker, store: Any = None) -> Iterator[ModelJob]:

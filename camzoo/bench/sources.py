@@ -253,15 +253,3 @@ def one_command_overrides(model: str | None, checkpoints: Sequence[str | Path], 
     if images:
         overrides["eval"] = {"images": images}
     return overrides
-
-
-def one_command_arguments(model: str | None, checkpoints: Sequence[str | Path], data: str | Path | None,
-                          dataset: str, methods: str | None, images: int | None, image_size: int | None) -> list[str]:
-    """The same flags again, for the command that ``--nproc`` relaunches under torchrun."""
-    arguments = ["--dataset", dataset] + (["--model", model] if model else [])
-    for path in checkpoints:
-        arguments += ["--checkpoint", str(path)]
-    for flag, value in (("--data", data), ("--methods", methods), ("--images", images), ("--image-size", image_size)):
-        if value is not None:
-            arguments += [flag, str(value)]
-    return arguments

@@ -8,8 +8,10 @@ and Ctrl-C (exit 130, never click's "Aborted!" with exit 1, nor a KeyboardInterr
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -40,6 +42,33 @@ class CamzooGroup(click.Group):
 @click.version_option(__version__, prog_name="camzoo")
 def main() -> None:
     """Class activation maps for CNN classifiers, and honest benchmarks of them."""
+
+
+def command_line(ctx: click.Context, leave_out: Collection[str] = ()) -> list[str]:
+    """The ``camzoo`` arguments that give ``ctx``'s command the parameters it has now (options only:
+    every option that has a value, flags as given), e.g. for the ranks of ``--nproc``."""
+    arguments = [ctx.command.name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, click.Option) or param.name in leave_out or value is None:
+            continue
+        if param.is_flag:
+            if param.secondary_opts or value:
+                arguments.append(param.opts[0] if value else param.secondary_opts[0])
+            continue
+        for item in value if param.multiple else [value]:
+            arguments += [param.opts[0], str(item)]
+    return arguments
+
+
+def run_on_ranks(nproc: int, device: str, preload: Sequence[str] = ()) -> NoReturn:
+    """``camzoo CMD ... --nproc N``: the current command with the same options on N ranks (torchrun's
+    launch, camzoo.train.launch); exits with the group's status."""
+    from ..train.launch import launch
+
+    arguments = command_line(click.get_current_context(), leave_out=("nproc",))
+    raise SystemExit(launch(nproc, arguments, device, command=functools.partial(main.main, prog_name="camzoo"),
+                            preload=preload))
 
 
 def _register() -> None:

@@ -51,7 +51,7 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     the TOML that run uses).
     """
     from ..bench.config import resolve_config, to_toml
-    from ..bench.sources import one_command_arguments, one_command_overrides
+    from ..bench.sources import one_command_overrides
 
     try:
         overrides = one_command_overrides(model_name, checkpoints, data_root, dataset_name, method_list, images,
@@ -78,7 +78,7 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         except ValueError as err:
             raise click.ClickException(str(err)) from err
         return
-    from ..bench.distributed import launch, run_distributed, world_from_env
+    from ..bench.distributed import run_distributed, world_from_env
 
     worker = world_from_env()
     if worker is None:  # one bench per --out: a second one waits, then resumes (docs/cli.md)
@@ -86,11 +86,10 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
         click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
     if nproc > 1 and worker is None:
-        arguments = ["bench", "--preset", preset, "--out", str(out_dir), "--html" if html else "--no-html"]
-        arguments += one_command_arguments(model_name, checkpoints, data_root, dataset_name, method_list, images,
-                                           image_size)
-        arguments += (["--config", str(config_file)] if config_file else []) + (["--device", device] if device else [])
-        raise SystemExit(launch(nproc, arguments + (["--no-progress"] if no_progress else [])))
+        from . import run_on_ranks
+        from ..bench.distributed import RANK_MODULES
+
+        run_on_ranks(nproc, config["device"], preload=RANK_MODULES)
     from ..bench.report import write_report
     from ..bench.runner import BenchRunner
     from ..bench.store import StoreBusyError

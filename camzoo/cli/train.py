@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -49,14 +50,17 @@ def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Report accuracy on the test split.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run in --out.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this node training the one model (DDP, one device each), started as torchrun starts them.")
 def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, seed, epochs, batch_size, lr,
                   weight_decay, schedule, warmup, nesterov, augment, device, num_workers, threads, model_options,
-                  dataset_options, do_eval, resume, progress) -> None:
+                  dataset_options, do_eval, resume, progress, nproc) -> None:
     """Train a model; writes OUT/model.pt (load with camzoo.models.load_model).
 
-    Under torchrun (``torchrun --nproc-per-node N -m camzoo train ...``) one model trains on N
-    processes with DistributedDataParallel (one GPU each, or the CPU with gloo); --batch-size is
-    the global batch, rank 0 writes the checkpoints, and a run resumes on any number of processes.
+    With --nproc N, or under torchrun (``torchrun --nproc-per-node N -m camzoo train ...``), one
+    model trains on N processes with DistributedDataParallel (one GPU each, or the CPU with gloo);
+    --batch-size is the global batch, rank 0 writes the checkpoints, and a run resumes on any number
+    of processes.
     """
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
@@ -66,6 +70,11 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     if kind not in kind_names():
         raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
     from ..train.ddp import init_from_env, world
+
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet a rank: start the ranks
+        from . import run_on_ranks
+
+        run_on_ranks(nproc, str(resolve_device_option(device)), preload=("camzoo.data", "camzoo.train", "torch._dynamo"))
 
     device = init_from_env(str(resolve_device_option(device)))  # under torchrun: this rank's device, DDP
     rank, world_size = world()
