@@ -11,7 +11,6 @@ import functools
 import os
 import re
 import sys
-
 from typing import TYPE_CHECKING
 
 import pytest

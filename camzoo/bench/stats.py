@@ -219,8 +219,7 @@ def paired_wilcoxon(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns on tiny samples; the NaN check below covers it
-            p_value = float(wilcoxon(a_flat[keep], b_flat[keep], zero_method="wilcox",
-                                                  alternative="two-sided").pvalue)
+            p_value = float(wilcoxon(a_flat[keep], b_flat[keep], zero_method="wilcox", alternative="two-sided").pvalue)
     except ValueError:
         return 1.0, median
     return (1.0 if math.isnan(p_value) else p_value), median

@@ -71,12 +71,12 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
         raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
     from ..train.ddp import init_from_env, world
 
+    device = str(resolve_device_option(device))
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet a rank: start the ranks
         from . import run_on_ranks
 
-        run_on_ranks(nproc, str(resolve_device_option(device)), preload=("camzoo.data", "camzoo.train", "torch._dynamo"))
-
-    device = init_from_env(str(resolve_device_option(device)))  # under torchrun: this rank's device, DDP
+        run_on_ranks(nproc, device, preload=("camzoo.data", "camzoo.train", "torch._dynamo"))
+    device = init_from_env(device)  # under torchrun: this rank's device, DDP
     rank, world_size = world()
     check_writable(Path(out_dir), "--out", is_dir=True)
     options = dict(_parse_option(text) for text in model_options)
