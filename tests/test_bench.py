@@ -122,7 +122,7 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     markdown = (out / "summary.md").read_text()
     assert markdown.split("\n### ")[1].startswith("shapes / resnet8 — leaderboard")  # summary.md starts with it
-    assert "| Deletion AUC ↓ |" in markdown and "Insertion AUC ↑" in markdown and "(label, 4 steps)" not in markdown
+    assert "| Deletion AUC ↓" in markdown and "Insertion AUC ↑" in markdown and "(label, 4 steps)" not in markdown
     assert "Deletion/insertion: label, 4 steps." in markdown  # the protocol: a header line, not a column name
     assert "*random* (control)" in markdown and "normalised (0 = random, 1 = oracle)" in markdown
     assert "SRG zeros ↑" in markdown and "SRG road ↑" in markdown and "Rank agreement of the 5 method rows" in markdown

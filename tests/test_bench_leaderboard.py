@@ -47,10 +47,14 @@ def test_the_leaderboard_comes_first_ordered_by_mean_normalised_rank(run_dir):
     heading, rows = markdown_tables(markdown)[0]
     assert heading == "shapes / resnet8 — leaderboard" and markdown.index("## Full tables") > markdown.index(heading)
     heads, body = rows[0], rows[1:]
-    assert heads[0] == "Kind / method (mean rank)" and "Deletion AUC ↓" in heads and "Accuracy ↑" not in heads
+    assert heads[0] == "Kind / method (mean rank)" and "Accuracy ↑" not in heads
     assert not any("steps" in h for h in heads) and "ms/image ↓" not in heads  # no protocol in names; cost is not ranked
     by_header = {f"{c.header} {'↑' if c.higher_is_better else '↓'}": c for c in table_columns()}
     columns = [by_header[h] for h in heads[1:]]
+    # the ranked columns are exactly those whose reliability card says "rank", in table order
+    cards = pd.read_csv(run_dir / "reliability.csv")
+    ranked = set(cards.loc[cards["verdict"] == "rank", "metric"])
+    assert columns and [c.metric for c in columns] == [c.metric for c in table_columns() if c.metric in ranked]
 
     competing = summary[~summary["reference"]].reset_index(drop=True)
     # independently: scipy's ranks (1 = best, ties averaged), (rank - 1) / (n - 1), mean over the columns
@@ -70,7 +74,7 @@ def test_the_leaderboard_comes_first_ordered_by_mean_normalised_rank(run_dir):
     controls = [r for r in body if "(control)" in r[0]]
     assert len(controls) == int(summary["reference"].sum()) and body[-len(controls):] == controls
     assert all(re.fullmatch(r"\*\S+ / (random|oracle)\* \(control\)", r[0]) for r in controls)
-    assert all(re.fullmatch(r"[–\d.]+", cell) for r in controls for cell in r[1:])
+    assert all(re.fullmatch(r"[–\d.-]+", cell) for r in controls for cell in r[1:])
 
     # each ranked cell: the mean and the letters of summary.csv's <metric>_group
     table = summary.set_index(["kind", "method"])
@@ -85,7 +89,8 @@ def test_every_paper_table_is_narrow_with_booktabs_and_superscript_letters(run_d
     tables = markdown_tables(markdown)
     assert len(tables) >= 5 and all(len(rows[0]) <= 10 and {len(r) for r in rows} == {len(rows[0])} for _, rows in tables)
     assert not any("steps" in h for _, rows in tables for h in rows[0])  # the protocol is in the header lines
-    shown = {h for _, rows in tables[1:] for h in rows[0][2:]}  # the full tables keep every column of the summary
+    # the full tables keep every column of the summary (those that do not rank marked †)
+    shown = {h.removesuffix(" †") for _, rows in tables[1:] for h in rows[0][2:]}
     summary = pd.read_csv(run_dir / "summary.csv")
     present = {f"{c.header} {'↑' if c.higher_is_better else '↓'}" for c in table_columns()
                if f"{c.metric}_mean" in summary and summary[f"{c.metric}_mean"].notna().any()}
@@ -154,12 +159,14 @@ def test_a_run_without_letters_says_why(run_dir):
     summary = pd.read_csv(run_dir / "summary.csv")
     pairwise = pd.read_csv(run_dir / "pairwise.csv")
     one_seed = summary.assign(**{c: np.nan for c in summary if c.endswith("_group")})
-    board = leaderboard(one_seed, pairwise)
+    cards = pd.read_csv(run_dir / "reliability.csv")
+    board = leaderboard(one_seed, pairwise, cards)
     assert board.why_no_letters.startswith("one model per kind")
-    assert leaderboard(one_seed, pairwise.iloc[:0]).why_no_letters.startswith("the store has no per-image values")
-    assert leaderboard(one_seed[one_seed["method"] != "gradcam"], pairwise.iloc[:0]).why_no_letters.startswith(
+    assert leaderboard(one_seed, pairwise.iloc[:0], cards).why_no_letters.startswith("the store has no per-image values")
+    assert leaderboard(one_seed[one_seed["method"] != "gradcam"], pairwise.iloc[:0], cards).why_no_letters.startswith(
         "one method row")
-    assert leaderboard(summary, pairwise).why_no_letters == ""
+    assert leaderboard(summary, pairwise, cards).why_no_letters == ""
+    assert leaderboard(summary, pairwise, cards.assign(verdict="report")).why_no_letters.startswith("no column passes")
 
 
 def test_ties_keep_the_config_order_and_wide_families_continue(monkeypatch):
@@ -169,7 +176,7 @@ def test_ties_keep_the_config_order_and_wide_families_continue(monkeypatch):
                           "reference": [False, False, False, True], "deletion_mean": [0.2, 0.1, 0.1, 0.5],
                           "pointing_game_mean": [0.5, 0.7, 0.7, 0.1], "pxap_mean": [0.5, 0.6, 0.6, 0.2],
                           "energy_pointing_game_mask_mean": [0.3, 0.4, 0.4, 0.1]})
-    board = leaderboard(frame, pd.DataFrame())
+    board = leaderboard(frame, pd.DataFrame(), rank_every(frame))
     assert list(board.ranked["method"]) == ["m2", "m3", "m1"] and list(board.controls["method"]) == ["random"]
     assert "No letters in this run: the store has no per-image values" in tables_note(board)
     monkeypatch.setattr(tables, "MAX_COLUMNS", 4)  # two metric columns per table
@@ -177,6 +184,11 @@ def test_ties_keep_the_config_order_and_wide_families_continue(monkeypatch):
     assert split == [("causal", "accuracy and deletion / insertion", ["deletion"]),
                      ("localisation", "localization", ["pointing_game", "energy_pointing_game_mask"]),
                      ("localisation-2", "localization", ["pxap"])]
+
+
+def rank_every(frame: pd.DataFrame) -> pd.DataFrame:
+    """Reliability cards that let every metric column of ``frame`` rank."""
+    return pd.DataFrame({"metric": [c[:-len("_mean")] for c in frame if c.endswith("_mean")], "verdict": "rank"})
 
 
 def tables_note(board) -> str:
@@ -191,13 +203,14 @@ def test_pictures_without_controls_or_letters_say_so(run_dir, tmp_path, monkeypa
     summary = pd.read_csv(run_dir / "summary.csv")
     pairwise = pd.read_csv(run_dir / "pairwise.csv")
     bare = summary.drop(columns=[c for c in summary if c.endswith("_norm")])
-    assert plots.heatmap(leaderboard(bare, pairwise), bare) is None  # no oracle and random: no heat-map
+    cards = pd.read_csv(run_dir / "reliability.csv")
+    assert plots.heatmap(leaderboard(bare, pairwise, cards), bare) is None  # no oracle and random: no heat-map
     drawn = []
     monkeypatch.setattr(plots, "rank_plot", lambda title, labels, ranks, runs: drawn.append((title, runs)))
     monkeypatch.setattr(plots, "save", lambda figure, directory, name: directory / f"{name}.png")
     one_seed = summary.assign(**{c: np.nan for c in summary if c.endswith("_group")})
-    plots.write_pictures(leaderboard(one_seed, pairwise), one_seed, pairwise, tmp_path)
+    plots.write_pictures(leaderboard(one_seed, pairwise, cards), one_seed, pairwise, tmp_path)
     assert drawn and all(runs == [] and "no bars: one model per kind" in title for title, runs in drawn)
     drawn.clear()
-    plots.write_pictures(leaderboard(summary, pairwise), summary, pairwise, tmp_path)
+    plots.write_pictures(leaderboard(summary, pairwise, cards), summary, pairwise, tmp_path)
     assert all("bars: no paired test" in title for title, _ in drawn)

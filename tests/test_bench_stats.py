@@ -230,7 +230,7 @@ def test_significant_best_picks_the_clear_winner_in_both_directions():
     best, _ = significant_best(table, higher_is_better=False)
     assert best == "c"
     assert [(r["a"], r["b"]) for r in records] == list(combinations("abc", 2))
-    assert set(records[0]) == {"a", "b", "median_difference", "p", "p_holm", "n_pairs"}
+    assert set(records[0]) == {"a", "b", "median_difference", "p", "p_holm", "n_pairs", "significant"}
     raw = [paired_wilcoxon(table[r["a"]], table[r["b"]]) for r in records]
     assert [r["p"] for r in records] == [p for p, _ in raw]
     assert [r["median_difference"] for r in records] == [m for _, m in raw]

@@ -64,7 +64,11 @@ def test_report_html_is_one_file_with_the_summarys_numbers(run_dir):
             assert [c["best"] for c in row["cells"]] == [c.startswith("**") for c in cells]
     assert any(c["best"] or c["tie"] for t in group["tables"] for r in t["rows"] for c in r["cells"])
     deletion = next(c for c in causal["columns"] if c["metric"] == "deletion")
-    assert deletion["header"] == "Deletion AUC ↓" and "(label, 4 steps)" in deletion["title"]  # the protocol on hover
+    assert deletion["header"].startswith("Deletion AUC ↓") and "(label, 4 steps)" in deletion["title"]  # the protocol on hover
+    cards = pd.read_csv(run_dir / "reliability.csv").set_index("metric")
+    if cards.loc["deletion", "verdict"] == "report":  # marked, and the card's reason on hover
+        assert deletion["header"] == "Deletion AUC ↓ †" and cards.loc["deletion", "reason"] in deletion["title"]
+    assert [c["metric"] for c in group["cards"]] == list(cards.index)
 
     board, board_md = group["leaderboard"], markdown["shapes / resnet8 — leaderboard"]  # the leaderboard, as summary.md's
     ranked = [cells for cells in board_md[1:] if "(control)" not in cells[0]]
@@ -194,6 +198,18 @@ def test_report_html_in_headless_chromium(run_dir, tmp_path):
                               for t in driver.find_elements(By.CSS_SELECTOR, "#browser-0 .thumb"))
 
             _wait(lambda: shown() == misses)
+
+            # "Which columns to believe": a line per reliability card; a click shows the whole card
+            cards = pd.read_csv(run_dir / "reliability.csv")
+            lines = driver.find_elements(By.CSS_SELECTOR, "details.card")
+            assert [line.get_attribute("data-metric") for line in lines] == list(cards["metric"])
+            first = lines[0]
+            assert not first.find_element(By.CSS_SELECTOR, "table.card-fields").is_displayed()
+            driver.execute_script("arguments[0].scrollIntoView()", first)
+            first.find_element(By.TAG_NAME, "summary").click()
+            fields = first.find_element(By.CSS_SELECTOR, "table.card-fields")
+            assert fields.is_displayed() and "alpha_ci_low" in fields.text and cards["reason"].iloc[0] in first.text
+            assert "verdict: " in first.get_attribute("title")  # the whole card on hover too
 
             errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
             assert not errors, errors

@@ -69,6 +69,23 @@ _BASE: dict[str, Any] = {
         # Class sensitivity and sanity: "random_logit_similarity", "randomisation_spearman"; [] runs none.
         "sensitivity": [],
         "randomisation_draws": 3,  # full randomisations averaged by randomisation_spearman
+        # Each metric's reliability card (reliability.csv; docs/metrics.md "Which columns to believe"):
+        # "quick" computes every field from the stored per-image values; "full" also MetaQuantus' noise
+        # resilience and adversarial reactivity (each method cell re-explained and re-scored under
+        # perturbation_draws perturbed inputs and models, small and large: 4 x draws extra passes).
+        "reliability": "quick",
+        "perturbation_draws": 5,
+        "input_noise": [0.01, 2.0],  # (small, large) ε of x + U(-ε, ε), in normalised input units
+        "model_noise": [0.01, 1.0],  # (small, large) σ of weights x N(1, σ)
+        # The verdicts: two rows are separated only by a significant AND non-negligible difference
+        # (Cliff's |δ| >= negligible_delta and |median difference| >= negligible_span of the
+        # random-oracle span); a column ranks in the leaderboard only when no control wins it, it
+        # separates some methods, Krippendorff's α >= min_alpha and the oracle beats random on at least
+        # min_oracle_share of the images.
+        "negligible_delta": 0.147,
+        "negligible_span": 0.05,
+        "min_alpha": 0.2,
+        "min_oracle_share": 0.6,
     },
 }
 
@@ -118,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
         "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256,
                  "grid_games": ["gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus"], "grid_count": 250,
-                 "sensitivity": ["random_logit_similarity", "randomisation_spearman"]},
+                 "sensitivity": ["random_logit_similarity", "randomisation_spearman"], "reliability": "full"},
     },
     # The LFI-CAM paper's CIFAR protocol (ResNet-110, 300 epochs, step schedule) on user data.
     "paper": {

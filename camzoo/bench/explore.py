@@ -67,6 +67,12 @@ class Results:
         with open_store(self.directory) as store:
             return summarise(store, find_run(store, self.run_id), resamples).frame
 
+    def reliability(self, resamples: int = RESAMPLES) -> pd.DataFrame:
+        """The frame behind reliability.csv: one reliability card per (dataset, backbone, metric) with its
+        verdict (``rank``/``report``) and reason (camzoo.bench.reliability; docs/metrics.md)."""
+        with open_store(self.directory) as store:
+            return summarise(store, find_run(store, self.run_id), resamples).reliability
+
 
 def curve_fractions(evaluation: Mapping[str, Any], points: int) -> np.ndarray:
     """x of a deletion/insertion curve: the fraction of the pixels changed at each of its points."""
@@ -118,6 +124,7 @@ def load(results_dir: str | Path, run: str | None = None) -> Results:
       ``fraction`` = the share of pixels changed.
     - ``config``, ``provenance``: the run's resolved config and versions/device/host.
     - ``summary()``: the summary.csv frame (CIs, significance marks), computed on demand.
+    - ``reliability()``: the reliability.csv frame (a card per metric: rank or report, and why).
 
     Args:
         results_dir: the directory ``camzoo bench --out`` wrote, holding ``results.sqlite``.

@@ -29,8 +29,9 @@ from ..io import atomic_write_text
 from .explore import Results, load
 from .store import ALL_SEEDS, ResultsStore
 from .leaderboard import Board, group_pairwise, leaderboard, letters, note
+from .reliability import CARD_COLUMNS, card_line, reported_reasons
 from .summary import Column, Summary, row_rank
-from .tables import (agreement_text, cell_parts, description, format_number, full_tables, method_label, short_header,
+from .tables import (agreement_text, cell_parts, description, format_number, full_tables, method_label, table_header,
                      table_rows)
 
 TEMPLATE = "report_template.html"
@@ -92,11 +93,14 @@ def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, pro
     for (dataset, backbone), frame in summary.frame.groupby(["dataset", "backbone"], sort=False):
         board = (boards or {}).get((dataset, backbone))
         if board is None:
-            board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone))
+            board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone),
+                                group_pairwise(summary.reliability, dataset, backbone))
         groups.append({
             "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, evaluation),
             "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),
-            "tables": summary_tables(frame, evaluation, summary.agreement.get((dataset, backbone))),
+            "cards": card_data(group_pairwise(summary.reliability, dataset, backbone)),
+            "tables": summary_tables(frame, evaluation, summary.agreement.get((dataset, backbone)),
+                                     reported_reasons(group_pairwise(summary.reliability, dataset, backbone))),
             "curves": curve_data(results, run["config"], dataset, backbone),
             "browser": browser_data(store, run, results, dataset, backbone, max_images, thumb),
         })
@@ -121,17 +125,28 @@ def board_data(board: Board, evaluation: Mapping[str, Any]) -> dict[str, Any]:
             "controls": [{"kind": r["kind"], "method": r["method"], "cells": cells(r)} for _, r in board.controls.iterrows()]}
 
 
-def _columns(columns: list[Column], evaluation: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Short headers; the full description and protocol on hover."""
-    return [{"metric": c.metric, "header": short_header(c), "title": description(c, evaluation)} for c in columns]
+def _columns(columns: list[Column], evaluation: Mapping[str, Any], reported: Mapping[str, str] | None = None
+             ) -> list[dict[str, str]]:
+    """Short headers (marked † where the column does not rank); the full description and protocol on hover."""
+    reported = reported or {}
+    return [{"metric": c.metric, "header": table_header(c, reported),
+             "title": description(c, evaluation) + (f" — not ranked: {reported[c.metric]}" if c.metric in reported else "")}
+            for c in columns]
+
+
+def card_data(cards: pd.DataFrame) -> list[dict[str, Any]]:
+    """"Which columns to believe": each card's line, and every field of it (shown on click)."""
+    return [{"metric": card["metric"], "verdict": card["verdict"], "line_html": inline_markdown(card_line(card)),
+             "fields": [[key, _finite(card[key])] for key in CARD_COLUMNS if key not in ("dataset", "backbone")]}
+            for _, card in cards.iterrows()]
 
 
 def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
-                   agreement: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+                   agreement: Mapping[str, Any] | None, reported: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The full tables of summary.md for one (dataset, backbone), cell for cell, with sortable values;
     each cell also in parts (mean, "± std [CI]", mark), so that the page can fold the CIs away."""
     tables = []
-    for table in full_tables(frame, evaluation):
+    for table in full_tables(frame, evaluation, reported):
         rows = []
         for _, row in table_rows(frame, table).iterrows():
             cells = []
@@ -145,7 +160,7 @@ def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
                          "reference": bool(row.get("reference", False)), "cells": cells})
         text = agreement_text(agreement) if table.name == "faithfulness" and agreement else ""
         tables.append({"name": table.name, "title": table.title, "notes": table.notes, "note": text, "rows": rows,
-                       "columns": _columns(table.columns, evaluation)})
+                       "columns": _columns(table.columns, evaluation, {} if table.normalised else reported)})
     return tables
 
 

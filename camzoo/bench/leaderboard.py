@@ -1,8 +1,10 @@
 """The leaderboard: which rows are best on one dataset/backbone, and which differences are real, in one table.
 
-Rows (kind, method), best first by their **mean normalised rank** over the ranked columns: the main
-table's columns that score the maps and have paired tests (deletion/insertion, localization,
-stability; accuracy belongs to the model kind and cost to the machine, so neither ranks a method).
+Rows (kind, method), best first by their **mean normalised rank** over the ranked columns: the
+columns of any table that score the maps, have paired tests and whose reliability card
+(camzoo.bench.reliability) says ``rank`` — no trivial control wins them, they separate some methods,
+the images agree on the methods' order (accuracy belongs to the model kind and cost to the machine,
+so neither ranks a method).
 In one column a row's normalised rank is (rank − 1) / (rows − 1): 0 = the best row, 1 = the worst,
 tied means share their mean rank; a row's mean is over the columns it has a value in. Each cell is
 the mean over seeds and the column's compact letters (``<metric>_group``: summary.py derives them
@@ -21,11 +23,11 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from .reliability import RANKED_SCOPES
 from .summary import ALPHA, Column
 from .tables import (MAX_COLUMNS, by_family, format_number, latex, latex_table, present_columns, protocol_notes,
                      short_header)
 
-RANKED_SCOPES = ("map", "stability")  # metrics of the maps; "model" (accuracy) and "cost" rank no method
 WIDTH = MAX_COLUMNS - 1  # metric columns of the leaderboard: the row label is its first column
 
 
@@ -42,7 +44,7 @@ class Board:
 
 
 def group_pairwise(pairwise: pd.DataFrame, dataset: str, backbone: str) -> pd.DataFrame:
-    """The rows of pairwise.csv's frame that belong to one (dataset, backbone)."""
+    """The rows of pairwise.csv's (or reliability.csv's) frame that belong to one (dataset, backbone)."""
     if pairwise.empty:
         return pairwise
     return pairwise[(pairwise["dataset"] == dataset) & (pairwise["backbone"] == backbone)]
@@ -70,10 +72,18 @@ def mean_normalised_rank(rows: pd.DataFrame, columns: Sequence[Column]) -> pd.Se
     return ((ranks - 1) / (ranks.count() - 1).clip(lower=1)).mean(axis=1)
 
 
-def leaderboard(group: pd.DataFrame, pairwise: pd.DataFrame) -> Board:
-    """The leaderboard of one (dataset, backbone): ``group`` is its summary frame, ``pairwise`` its tests."""
+def ranked_metrics(cards: pd.DataFrame) -> set[str]:
+    """The metrics whose reliability card (camzoo.bench.reliability) says ``rank``."""
+    return set() if cards.empty else set(cards.loc[cards["verdict"] == "rank", "metric"])
+
+
+def leaderboard(group: pd.DataFrame, pairwise: pd.DataFrame, cards: pd.DataFrame) -> Board:
+    """The leaderboard of one (dataset, backbone): ``group`` is its summary frame, ``pairwise`` its tests,
+    ``cards`` its reliability cards: only the columns whose card says ``rank`` rank the rows, from every
+    table (discrimination included), in table order, at most ``WIDTH``."""
     reference = group["reference"].astype(bool)
-    columns = tested_columns(group, pairwise)[:WIDTH]
+    chosen = ranked_metrics(cards)
+    columns = [c for c in tested_columns(group, pairwise, None) if c.metric in chosen][:WIDTH]
     competing = group[~reference].copy()  # one block per dtype again: assign() then adds a column cheaply
     ranked = competing.assign(mean_rank=mean_normalised_rank(competing, columns))
     ranked = ranked.sort_values("mean_rank", kind="stable", na_position="last")  # ties: the config's order
@@ -82,6 +92,8 @@ def leaderboard(group: pd.DataFrame, pairwise: pd.DataFrame) -> Board:
 
 
 def _why_no_letters(ranked: pd.DataFrame, columns: Sequence[Column], pairwise: pd.DataFrame) -> str:
+    if not columns:
+        return "no column passes its reliability card"
     if any(letters(row, c) for _, row in ranked.iterrows() for c in columns):
         return ""
     if len(ranked) < 2:
@@ -99,10 +111,15 @@ def letters(row: pd.Series, column: Column) -> str:
 
 def note(board: Board, eval_settings: Mapping[str, Any]) -> str:
     """The leaderboard's header lines: its order, how to read the letters, and the protocol."""
-    text = (f"Best first, by mean normalised rank over these {len(board.columns)} columns (in brackets: 0 = best in each, "
-            "1 = worst in each). Cells: mean over seeds and significance letters: two rows that share a letter are not "
-            "significantly different (Wilcoxon signed-rank on per-image values averaged over seeds, Holm-corrected "
-            f"within the column, p < {ALPHA}; every test is in pairwise.csv), two rows with none in common are.")
+    if not board.columns:
+        return ("No column passes its reliability card (see \"Which columns to believe\" and reliability.csv), so no "
+                "row is ranked: the full tables below still hold every number.")
+    text = (f"Best first, by mean normalised rank over these {len(board.columns)} columns, those whose reliability card "
+            "says *rank* (\"Which columns to believe\"; in brackets: 0 = best in each, 1 = worst in each). Cells: mean "
+            "over seeds and significance letters: two rows that share a letter are not separated (Wilcoxon "
+            f"signed-rank on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}, and "
+            "an effect that is not negligible: Cliff's |δ| and the median difference relative to the random–oracle "
+            "span; every test is in pairwise.csv), two rows with none in common are.")
     if board.why_no_letters:
         text += f" No letters in this run: {board.why_no_letters}."
     if not board.controls.empty:

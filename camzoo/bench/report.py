@@ -19,6 +19,7 @@ from .summary import ALPHA, RESAMPLES, row_rank, summarise
 from .leaderboard import Board, group_pairwise, latex_board, leaderboard
 from .leaderboard import markdown as board_markdown
 from .plots import write_pictures
+from .reliability import believe_markdown, reported_reasons
 from .tables import causal_description, latex_tables, markdown_tables
 
 
@@ -153,13 +154,15 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
 
 
 def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[str, str], dict[str, Path]],
-                     provenance: list[str], tables: str, evaluation: dict[str, Any]) -> str:
-    """summary.md: the leaderboards and their pictures first, then how the run was made, then the full tables."""
+                     provenance: list[str], tables: str, evaluation: dict[str, Any], believe: str = "") -> str:
+    """summary.md: the leaderboards and their pictures first, then which columns to believe, then how
+    the run was made, then the full tables."""
     parts = ["# camzoo benchmark"]
     for key, board in boards.items():
         parts.append(board_markdown(board, evaluation))
         if pictures.get(key):
             parts.append(" ".join(f"![{name}]({png.name})" for name, png in pictures[key].items()))
+    parts += [believe] if believe else []
     parts += ["## The run", "\n".join(provenance), "## Full tables", tables]
     return "\n\n".join(parts) + "\n"
 
@@ -208,15 +211,20 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
                 if written is not None:
                     files[written.name] = written
             tests = group_pairwise(pairwise, dataset, backbone)
-            boards[(dataset, backbone)] = board = leaderboard(group, tests)
+            cards = group_pairwise(summary.reliability, dataset, backbone)
+            boards[(dataset, backbone)] = board = leaderboard(group, tests, cards)
             pictures[(dataset, backbone)] = found = write_pictures(board, group, tests, target)
             files.update({p.name: p for png in found.values() for p in (png, png.with_name(png.stem + ".svg"))})
+        cards = summary.reliability
+        reported = {key: reported_reasons(group_pairwise(cards, *key)) for key in boards}
         if "md" in formats:
             files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
-                boards, pictures, provenance, markdown_tables(frame, evaluation, summary.agreement), evaluation))
+                boards, pictures, provenance, markdown_tables(frame, evaluation, summary.agreement, reported), evaluation,
+                believe_markdown(cards)))
         if "csv" in formats:
             files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
             files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
+            files["reliability.csv"] = atomic_write_text(target / "reliability.csv", cards.to_csv(index=False))
             results = load(directory, run["run_id"]) if results is None else results
             long = results.long  # gzip: ~10 MB of text for the quick preset
             files["long.csv.gz"] = atomic_write(
@@ -224,7 +232,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if "tex" in formats:
             boards_tex = [latex_board(board, evaluation) for board in boards.values()]
             files["summary.tex"] = atomic_write_text(target / "summary.tex",
-                                                     "\n\n".join(boards_tex + [latex_tables(frame, evaluation)]))
+                                                     "\n\n".join(boards_tex + [latex_tables(frame, evaluation, reported)]))
         if html:
             from .html import write_html
 

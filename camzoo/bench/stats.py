@@ -289,7 +289,8 @@ def _batched_p_values(rows: Mapping[str, np.ndarray]) -> dict[tuple[str, str], f
 
 
 def significant_best(
-    per_image: Mapping[str, ArrayLike], higher_is_better: bool, alpha: float = 0.05
+    per_image: Mapping[str, ArrayLike], higher_is_better: bool, alpha: float = 0.05,
+    separates: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """The row significantly better than every other row of a column, or None (a tie).
 
@@ -298,8 +299,12 @@ def significant_best(
     corrected together. A row wins against another when the Holm p-value is below ``alpha`` and
     the median difference (the mean when the median is 0) points its way. Pass only the rows that
     compete (not reference controls such as random/oracle), since every row must be beaten.
+    ``separates(record)`` (optional) may veto a significant difference, e.g. one too small to matter
+    (camzoo.bench.summary asks for a non-negligible effect size): only a pair that is significant and
+    that it accepts counts as a win.
     Returns (best or None, records) with one record per pair, in ``combinations`` order of the
-    mapping: {"a", "b", "median_difference" (of a - b), "p", "p_holm", "n_pairs"}.
+    mapping: {"a", "b", "median_difference" (of a - b), "p", "p_holm", "n_pairs", "significant"
+    (Holm p < alpha, a direction, and ``separates``)}.
     """
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must lie strictly between 0 and 1; got {alpha!r}")
@@ -336,7 +341,9 @@ def significant_best(
     better = 1.0 if higher_is_better else -1.0
     wins = {name: 0 for name in names}
     for record, sign in zip(records, signs):
-        if record["p_holm"] < alpha and sign != 0:
+        accepted = True if separates is None else separates(record)  # every pair: it may annotate the record
+        record["significant"] = bool(record["p_holm"] < alpha and sign != 0 and accepted)
+        if record["significant"]:
             wins[record["a"] if sign == better else record["b"]] += 1
     winners = [name for name in names if wins[name] == len(names) - 1]
     return (winners[0] if winners else None), records

@@ -13,6 +13,7 @@ Why from the store: the per-image values are kept, so a new statistic never need
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..metrics.settings import EvalSettings
 from . import stats
 from .store import ALL_SEEDS, ResultsStore
 
@@ -145,17 +147,43 @@ def _test_vector(cell: _Cell, column: Column) -> np.ndarray | None:
     return cell.per_image.mean(0) if cell.per_image.ndim == 2 else None
 
 
-def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool) -> tuple[set[str], set[str], list[dict]]:
-    """(best rows, tied rows, pairwise records) of one column among the competing rows."""
+def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool, effect: Effect
+           ) -> tuple[set[str], set[str], list[dict]]:
+    """(best rows, tied rows, pairwise records) of one column among the competing rows. A pair is
+    separated (``significant``) only by a Holm-significant test AND an effect that is not negligible."""
     if len({v.shape for v in vectors.values()}) != 1:
         return set(), set(), []
-    winner, records = stats.significant_best({k: v[None, :] for k, v in vectors.items()}, higher, ALPHA)
+    winner, records = stats.significant_best({k: v[None, :] for k, v in vectors.items()}, higher, ALPHA,
+                                             separates=lambda record: effect.separates(record, vectors))
     if winner is not None:
         return {winner}, set(), records
     top = (max if higher else min)(means, key=lambda name: means[name])
     tied = {top} | {r["b"] if r["a"] == top else r["a"] for r in records
-                    if top in (r["a"], r["b"]) and not r["p_holm"] < ALPHA}
+                    if top in (r["a"], r["b"]) and not r["significant"]}
     return set(), tied if len(tied) > 1 else set(), records
+
+
+@dataclass(frozen=True)
+class Effect:
+    """When a significant difference is large enough to separate two rows (``EvalSettings``):
+    Cliff's |δ| of their per-image values at least ``min_delta`` and, where the column's controls span a
+    range (``span``: |oracle − random|, NaN where they do not), the paired median difference at least
+    ``min_span`` of it. Why: with hundreds of paired images a Wilcoxon test calls a 1e-4 difference
+    significant (two random-init models: every row at chance, yet "0.167ᵃ" and "0.167ᵇ")."""
+
+    min_delta: float
+    min_span: float
+    span: float
+
+    def separates(self, record: dict[str, Any], vectors: Mapping[str, np.ndarray]) -> bool:
+        """Adds ``cliffs_delta``, ``relative_difference`` and ``negligible`` to ``record``; True when not negligible."""
+        from .psychometrics import cliffs_delta
+
+        delta = cliffs_delta(vectors[record["a"]], vectors[record["b"]])
+        relative = record["median_difference"] / self.span if self.span == self.span and self.span > 0 else math.nan
+        negligible = not abs(delta) >= self.min_delta or abs(relative) < self.min_span
+        record.update(cliffs_delta=float(delta), relative_difference=float(relative), negligible=bool(negligible))
+        return not negligible
 
 
 @dataclass
@@ -163,6 +191,7 @@ class Summary:
     frame: pd.DataFrame  # one row per (dataset, backbone, kind, method): every column's numbers and marks
     pairwise: pd.DataFrame  # one row per tested pair of rows per column
     agreement: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> Kendall's tau between substrates
+    reliability: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # reliability.csv: a card per metric
 
 
 def substrate_agreement(frame: pd.DataFrame) -> dict[str, Any] | None:
@@ -184,10 +213,13 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     rank = row_rank(run["config"])
     rows = pd.DataFrame(store.results(run["run_id"], with_per_image=True))
     if rows.empty:
-        return Summary(pd.DataFrame(), pd.DataFrame(), {})
+        return Summary(pd.DataFrame(), pd.DataFrame(), {}, pd.DataFrame())
+    settings = EvalSettings.from_config(run["config"]["eval"])
     records: list[dict[str, Any]] = []
     pairwise: list[dict[str, Any]] = []
+    groups: dict[tuple[str, str], tuple[dict[str, dict], pd.DataFrame]] = {}
     for (dataset, backbone), group in rows.groupby(["dataset", "backbone"], sort=False):
+        cells_by_column: dict[str, dict[tuple[str, str], _Cell | None]] = {}
         per_seed, stability = group[group["seed"] != ALL_SEEDS], group[group["seed"] == ALL_SEEDS]
         cells = per_seed[~per_seed["method"].isin(["model", "gallery"])][["kind", "method"]].drop_duplicates()
         keys = sorted(((k, m) for k, m in cells.itertuples(index=False)), key=lambda km: rank(*km))
@@ -208,25 +240,51 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
                                f"{name}_ci_low": low, f"{name}_ci_high": high})
                 if column.source != "stability":
                     record["seeds"] = max(record.get("seeds", 0), len(cell.values))
-            best, tied, tested, letters = _column_marks(found, column)
+            effect = Effect(settings.negligible_delta, settings.negligible_span, control_span(found, column))
+            best, tied, tested, letters = _column_marks(found, column, effect)
+            cells_by_column[column.metric] = found
             for key in keys:
                 table[key][f"{column.metric}_best"] = key in best
                 table[key][f"{column.metric}_tie"] = key in tied
                 table[key][f"{column.metric}_group"] = letters.get(key, math.nan)  # NaN: no letters
-            pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **r,
-                          "significant": bool(r["p_holm"] < ALPHA)} for r in tested]
+            pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **_effect_fields(r)}
+                         for r in tested]
         _normalise(table, columns)
         records += [table[key] for key in keys]
+        groups[(dataset, backbone)] = (cells_by_column, group)
     frame = pd.DataFrame(records)
     agreement = {}
     for key, group in frame.groupby(["dataset", "backbone"], sort=False):
         found = substrate_agreement(group.dropna(axis=1, how="all"))
         if found is not None:
             agreement[key] = found
-    return Summary(frame, pd.DataFrame(pairwise), agreement)
+    pairwise_frame = pd.DataFrame(pairwise)
+    from .reliability import reliability_cards
+
+    cards = reliability_cards(frame, pairwise_frame, groups, settings, store, run["run_id"])
+    return Summary(frame, pairwise_frame, agreement, cards)
 
 
-def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column
+def _effect_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A pairwise.csv row: the test, and the effect size that decided whether it separates the rows."""
+    return {"cliffs_delta": math.nan, "relative_difference": math.nan, "negligible": False, **record}
+
+
+def control_span(found: Mapping[tuple[str, str], _Cell | None], column: Column) -> float:
+    """|oracle − random| of the column, averaged over the kinds whose two controls are at least
+    ``MIN_CONTROL_GAP`` of the metric's range apart; NaN where none are (no scale to judge a difference by)."""
+    info = _info(column)
+    spans = []
+    for kind in {kind for kind, _ in found}:
+        random_cell, oracle_cell = found.get((kind, "random")), found.get((kind, "oracle"))
+        if random_cell is not None and oracle_cell is not None:
+            span = abs(oracle_cell.mean - random_cell.mean)
+            if span >= MIN_CONTROL_GAP * (info.high - info.low):
+                spans.append(span)
+    return float(np.mean(spans)) if spans else math.nan
+
+
+def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column, effect: Effect
                   ) -> tuple[set, set, list[dict], dict[tuple[str, str], str]]:
     """Marks among non-reference rows, and their significance letters (``stats.compact_letters``, from
     the same tests; only where every row has at least two seeds or pairs: one model's images say
@@ -242,11 +300,11 @@ def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column
             replicated = replicated and (column.source == "stability" or len(cell.values) >= 2)
     if len(vectors) < 2:
         return set(), set(), [], {}
-    best, tied, records = _marks(vectors, means, column.higher_is_better)
+    best, tied, records = _marks(vectors, means, column.higher_is_better, effect)
     letters: dict[tuple[str, str], str] = {}
     if replicated and records:
         order = sorted(means, key=lambda name: means[name], reverse=column.higher_is_better)
-        significant = [(r["a"], r["b"]) for r in records if r["p_holm"] < ALPHA]
+        significant = [(r["a"], r["b"]) for r in records if r["significant"]]
         by_label = stats.compact_letters(order, significant)
         letters = {key: by_label[label(key)] for key in competing if label(key) in by_label}
     return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records, letters)

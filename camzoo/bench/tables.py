@@ -147,8 +147,25 @@ class Table:
     normalised: bool = False
 
 
-def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any]) -> list[Table]:
-    """The full tables of one (dataset, backbone), one per metric family, then the normalised scores."""
+NOT_RANKED = "†"  # a full table's column whose reliability card says "report" (not in the leaderboard)
+
+
+def table_header(column: Column, reported: Mapping[str, str]) -> str:
+    """A full table's header: :func:`short_header`, marked † when the column does not rank."""
+    return short_header(column) + (f" {NOT_RANKED}" if column.metric in reported else "")
+
+
+def reported_note(columns: list[Column], reported: Mapping[str, str]) -> list[str]:
+    """The header line naming the table's columns that do not rank, with their cards' reasons."""
+    found = [f"{c.header}: {reported[c.metric]}" for c in columns if c.metric in reported]
+    return [f"{NOT_RANKED} Not ranked (reliability card): " + "; ".join(found) + "."] if found else []
+
+
+def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any], reported: Mapping[str, str] | None = None
+                ) -> list[Table]:
+    """The full tables of one (dataset, backbone), one per metric family, then the normalised scores;
+    ``reported``: metric -> why its reliability card keeps it out of the leaderboard (a † and a note)."""
+    reported = reported or {}
     families = by_family(present_columns(group, None))
     notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)}), "
                               "one column per substrate; controls skip these columns."],
@@ -161,6 +178,8 @@ def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any]) -> list[T
         for start in range(0, len(columns), width):
             part = columns[start:start + width]
             lines = notes.get(name, []) + protocol_notes(part, eval_settings)
+            if not normalised:
+                lines += reported_note(part, reported)
             if normalised:
                 lines = ["(value − random) / (oracle − random) with the same kind's controls; controls left out."] + lines
             tables.append(Table(name + (f"-{start // width + 1}" if start else ""), title, part, lines, normalised))
@@ -176,11 +195,13 @@ def table_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
 
 
 def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
-                    agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> str:
+                    agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+                    reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        for table in full_tables(group, eval_settings):
-            heads = ["Kind", "Method"] + [short_header(c) for c in table.columns]
+        not_ranked = (reported or {}).get((dataset, backbone), {})
+        for table in full_tables(group, eval_settings, not_ranked):
+            heads = ["Kind", "Method"] + [table_header(c, {} if table.normalised else not_ranked) for c in table.columns]
             lines = [f"### {dataset} / {backbone} — {table.title}", ""] + (table.notes + [""] if table.notes else [])
             lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
             for _, row in table_rows(group, table).iterrows():
@@ -218,7 +239,9 @@ def latex(text: str) -> str:
     """Table text as LaTeX: arrows, ≈, en dashes and the characters LaTeX reserves."""
     for old, new in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"),
                      ("–", "--"), ("−", "$-$"), ("±", "$\\pm$"), (TIE, "$\\approx$"), ("↑", "$\\uparrow$"),
-                     ("↓", "$\\downarrow$"), ("≥", "$\\geq$"), ("<", "$<$"), (">", "$>$"), ("²", "$^2$"), ("×", "$\\times$")):
+                     ("↓", "$\\downarrow$"), ("≥", "$\\geq$"), ("†", "$^\\dagger$"), ("α", "$\\alpha$"),
+                     ("δ", "$\\delta$"), ("τ", "$\\tau$"), ("ρ", "$\\rho$"), ("<", "$<$"), (">", "$>$"), ("²", "$^2$"),
+                     ("×", "$\\times$")):
         text = text.replace(old, new)
     return text
 
@@ -243,11 +266,13 @@ def latex_table(caption: str, heads: list[str], rows: list[list[str]], labels: i
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}"])
 
 
-def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any]) -> str:
+def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
+                 reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
     """summary.tex's full tables: one booktabs table per metric family, at most MAX_COLUMNS columns each."""
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
-        for table in full_tables(group, eval_settings):
+        not_ranked = (reported or {}).get((dataset, backbone), {})
+        for table in full_tables(group, eval_settings, not_ranked):
             cells = ("normalised scores" if table.normalised else
                      "mean ± sample std over seeds (stability: over seed pairs) [95 % hierarchical bootstrap CI]; bold: "
                      "significantly best (Wilcoxon signed-rank, Holm, p < 0.05); ≈: tied for best; controls in italics")
@@ -259,5 +284,6 @@ def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any]) -> str:
                 rows.append([latex(str(row["kind"])), method]
                             + [latex(format_number(row[f"{c.metric}_norm"], 2)) if table.normalised else latex_cell(row, c)
                                for c in table.columns])
-            parts.append(latex_table(caption, ["Kind", "Method"] + [latex(short_header(c)) for c in table.columns], rows, 2))
+            heads = [latex(table_header(c, {} if table.normalised else not_ranked)) for c in table.columns]
+            parts.append(latex_table(caption, ["Kind", "Method"] + heads, rows, 2))
     return "\n\n".join(parts) + "\n"

@@ -11,7 +11,8 @@ concatenated per-image tables it is made of.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from .table import METRICS, Row
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
                masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: EvalSettings | None = None,
                map_memo: dict | None = None, model_memo: dict | None = None,
-               method: MethodSpec | str | None = None, start: int = 0) -> dict[str, Row]:
+               method: MethodSpec | str | None = None, start: int = 0,
+               seconds: dict[str, float] | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
     Args:
@@ -52,6 +54,9 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     benchmark streams blocks; :func:`combine_blocks` joins their rows): the games play on the block's
     share of the set's first ``game_images``, and the metrics that read ``"inputs"`` run on the first
     block only. ``model_memo`` and ``map_memo`` must then be the block's own.
+    ``seconds`` (optional): each metric's wall time is added to it, by name (a computation that several
+    metrics share, such as deletion and insertion's games, is charged to the first that asks for it;
+    on CUDA the device is synchronised around each metric). The reliability card's cost reads it.
     """
     settings = EvalSettings() if settings is None else settings
     if not isinstance(settings, EvalSettings):
@@ -60,9 +65,27 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     spec = None if method is None else MethodSpec.parse(method)
     settings, reads = _block_settings(settings, start, images.shape[0])
     ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec)
-    scored = {info.name: info.compute(ctx) for info in METRICS.values()
-              if info.compute is not None and info.reads in reads and all(ctx.has(need) for need in info.needs)}
+    chosen = [info for info in METRICS.values()
+              if info.compute is not None and info.reads in reads and all(ctx.has(need) for need in info.needs)]
+    if seconds is None:
+        scored = {info.name: info.compute(ctx) for info in chosen}
+    else:
+        scored = {info.name: _timed(info.compute, ctx, seconds, info.name) for info in chosen}
     return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings
+
+
+def _timed(compute: Callable[[ScoringContext], Row | None], ctx: ScoringContext, seconds: dict[str, float],
+           name: str) -> Row | None:
+    """``compute(ctx)``, its wall time added to ``seconds[name]``."""
+    cuda = ctx.images.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(ctx.images.device)
+    start = time.perf_counter()
+    row = compute(ctx)
+    if cuda:
+        torch.cuda.synchronize(ctx.images.device)
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+    return row
 
 
 def _block_settings(settings: EvalSettings, start: int, count: int) -> tuple[EvalSettings, tuple[str, ...]]:

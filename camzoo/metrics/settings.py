@@ -20,6 +20,7 @@ from .faithfulness import SUBSTRATES
 # the metrics that explain new inputs with the cell's method (camzoo.metrics.discrimination)
 GRID_GAMES = ("gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus")
 SENSITIVITY_TESTS = ("randomisation_spearman", "random_logit_similarity")
+RELIABILITY_MODES = ("quick", "full")  # EvalSettings.reliability
 
 
 def _positive_int(value: object) -> bool:
@@ -65,6 +66,23 @@ class EvalSettings:
         sensitivity: class-sensitivity and sanity tests per method cell (``SENSITIVITY_TESTS``).
         randomisation_draws: independent full randomisations the ``randomisation_spearman`` test
             averages over (one random network is shared by all images of a draw).
+        reliability: how much of each metric's reliability card (camzoo.bench.reliability) a run
+            computes: "quick" every field from the stored per-image values; "full" also MetaQuantus'
+            noise resilience and adversarial reactivity, which re-explains and re-scores every method
+            cell under perturbed inputs and models (``perturbation_draws`` x 4 extra passes).
+        perturbation_draws: K, the draws of each MetaQuantus perturbation ("full" only).
+        input_noise: (small, large) ε of the input perturbation x + U(−ε, ε), in the model's
+            normalised input units: the small one should keep the prediction, the large one change it.
+        model_noise: (small, large) σ of the model perturbation weights × N(1, σ).
+        negligible_delta: a significant difference between two rows separates them (letters, bold,
+            rank-plot bars) only when Cliff's |δ| reaches this (Romano et al. 2006: below 0.147 is
+            "negligible") ...
+        negligible_span: ... and the paired median difference reaches this share of the column's
+            random–oracle span (where the controls span at least 2 % of the metric's range).
+        min_alpha: a column ranks only when the images agree on the order of the methods:
+            Krippendorff's α (ordinal) of the per-image rankings at least this.
+        min_oracle_share: a column ranks only when the oracle beats the random control on at least
+            this share of the images (where the run has both controls).
     """
 
     protocol: str = "default"
@@ -81,9 +99,17 @@ class EvalSettings:
     grid_count: int = 64
     sensitivity: tuple[str, ...] = ()
     randomisation_draws: int = 3
+    reliability: str = "quick"
+    perturbation_draws: int = 5
+    input_noise: tuple[float, float] = (0.01, 2.0)
+    model_noise: tuple[float, float] = (0.01, 1.0)
+    negligible_delta: float = 0.147
+    negligible_span: float = 0.05
+    min_alpha: float = 0.2
+    min_oracle_share: float = 0.6
 
     def __post_init__(self) -> None:
-        for key in ("substrates", "grid_games", "sensitivity"):
+        for key in ("substrates", "grid_games", "sensitivity", "input_noise", "model_noise"):
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         problems = self.problems()
@@ -93,7 +119,8 @@ class EvalSettings:
     def problems(self) -> list[str]:
         """Every invalid field, each as "eval.<field> must be ..., got ..." (the config's key)."""
         found = []
-        for key in ("deletion_steps", "chunk_size", "pointing_reference_size", "grid_count", "randomisation_draws"):
+        for key in ("deletion_steps", "chunk_size", "pointing_reference_size", "grid_count", "randomisation_draws",
+                    "perturbation_draws"):
             if not _positive_int(getattr(self, key)):
                 found.append(f"eval.{key} must be a positive integer, got {getattr(self, key)!r}")
         if self.protocol not in PROTOCOLS:
@@ -118,6 +145,18 @@ class EvalSettings:
             found.append(f"eval.deletion_fraction must be a number in (0, 1], got {self.deletion_fraction!r}")
         if not _number(self.pointing_tolerance) or self.pointing_tolerance < 0:
             found.append(f"eval.pointing_tolerance must be a number >= 0, got {self.pointing_tolerance!r}")
+        if self.reliability not in RELIABILITY_MODES:
+            found.append(f"eval.reliability must be one of {RELIABILITY_MODES}, got {self.reliability!r}")
+        for key in ("input_noise", "model_noise"):
+            pair = getattr(self, key)
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(_number(v) and v > 0 for v in pair)
+                    and pair[0] < pair[1]):
+                found.append(f"eval.{key} must be [small, large]: two positive numbers, small < large, got {pair!r}")
+        for key in ("negligible_delta", "negligible_span", "min_oracle_share"):
+            if not _number(getattr(self, key)) or not 0 <= getattr(self, key) <= 1:
+                found.append(f"eval.{key} must be a number in [0, 1], got {getattr(self, key)!r}")
+        if not _number(self.min_alpha) or not -1 <= self.min_alpha <= 1:
+            found.append(f"eval.min_alpha must be a number in [-1, 1], got {self.min_alpha!r}")
         return found
 
     @classmethod
@@ -128,7 +167,7 @@ class EvalSettings:
         values = {key: value for key, value in evaluation.items() if key in fields}
         if values.get("game_images") == "all":
             values["game_images"] = None
-        for key in ("substrates", "grid_games", "sensitivity"):
+        for key in ("substrates", "grid_games", "sensitivity", "input_noise", "model_noise"):
             if isinstance(values.get(key), (list, tuple)):
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -153,4 +192,4 @@ class EvalSettings:
         return self.protocol == "rise" or self.deletion_target == "prediction"
 
 
-__all__ = ["EvalSettings", "GRID_GAMES", "SENSITIVITY_TESTS", "SettingsError"]
+__all__ = ["EvalSettings", "GRID_GAMES", "RELIABILITY_MODES", "SENSITIVITY_TESTS", "SettingsError"]
