@@ -157,3 +157,15 @@ def test_verdict_thresholds_live_in_eval_settings():
         EvalSettings(input_noise=(0.5, 0.1))
     with pytest.raises(ValueError, match="eval.reliability"):
         EvalSettings(reliability="everything")
+
+
+def test_when_more_columns_pass_than_fit_the_leaderboard_keeps_the_most_reliable():
+    from camzoo.bench.leaderboard import WIDTH, board_columns
+    from camzoo.bench.summary import table_columns
+
+    columns = [c for c in table_columns() if c.source in ("method", "stability")][:WIDTH + 2]
+    alphas = np.linspace(0.9, 0.3, len(columns))[::-1]  # the first columns are the least reliable
+    cards = pd.DataFrame({"metric": [c.metric for c in columns], "verdict": "rank", "alpha": alphas})
+    chosen = board_columns(columns, cards)
+    assert [c.metric for c in chosen] == [c.metric for c in columns[2:]]  # table order, the two lowest α left out
+    assert board_columns(columns, cards.assign(verdict=["report"] * 3 + ["rank"] * (len(columns) - 3))) == columns[3:]

@@ -77,13 +77,24 @@ def ranked_metrics(cards: pd.DataFrame) -> set[str]:
     return set() if cards.empty else set(cards.loc[cards["verdict"] == "rank", "metric"])
 
 
+def board_columns(tested: Sequence[Column], cards: pd.DataFrame) -> list[Column]:
+    """The tested columns whose card says ``rank``, in table order; when more than ``WIDTH`` pass, the
+    ``WIDTH`` whose images agree most on the methods' order (the cards' Krippendorff's α)."""
+    chosen = ranked_metrics(cards)
+    columns = [c for c in tested if c.metric in chosen]
+    if len(columns) <= WIDTH:
+        return columns
+    alpha = dict(zip(cards["metric"], cards["alpha"]))
+    best = sorted(columns, key=lambda c: -alpha[c.metric] if alpha[c.metric] == alpha[c.metric] else 0.0)[:WIDTH]
+    return [c for c in columns if c in best]
+
+
 def leaderboard(group: pd.DataFrame, pairwise: pd.DataFrame, cards: pd.DataFrame) -> Board:
     """The leaderboard of one (dataset, backbone): ``group`` is its summary frame, ``pairwise`` its tests,
     ``cards`` its reliability cards: only the columns whose card says ``rank`` rank the rows, from every
-    table (discrimination included), in table order, at most ``WIDTH``."""
+    table (discrimination included), in table order, at most ``WIDTH`` (:func:`board_columns`)."""
     reference = group["reference"].astype(bool)
-    chosen = ranked_metrics(cards)
-    columns = [c for c in tested_columns(group, pairwise, None) if c.metric in chosen][:WIDTH]
+    columns = board_columns(tested_columns(group, pairwise, None), cards)
     competing = group[~reference].copy()  # one block per dtype again: assign() then adds a column cheaply
     ranked = competing.assign(mean_rank=mean_normalised_rank(competing, columns))
     ranked = ranked.sort_values("mean_rank", kind="stable", na_position="last")  # ties: the config's order
