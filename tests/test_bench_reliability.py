@@ -169,3 +169,21 @@ def test_when_more_columns_pass_than_fit_the_leaderboard_keeps_the_most_reliable
     chosen = board_columns(columns, cards)
     assert [c.metric for c in chosen] == [c.metric for c in columns[2:]]  # table order, the two lowest α left out
     assert board_columns(columns, cards.assign(verdict=["report"] * 3 + ["rank"] * (len(columns) - 3))) == columns[3:]
+
+
+def test_a_real_run_writes_a_card_per_column_with_its_cost(tiny_bench_run):
+    """The shared tiny bench: reliability.csv and camzoo.bench.load(...).reliability() agree, every
+    map column's card has a cost (seconds per image, recorded while scoring) and reasons in words."""
+    from camzoo.bench import load
+
+    written = pd.read_csv(tiny_bench_run / "reliability.csv")
+    loaded = load(tiny_bench_run).reliability(resamples=200)
+    assert list(loaded["metric"]) == list(written["metric"]) and list(loaded["verdict"]) == list(written["verdict"])
+    pd.testing.assert_series_equal(loaded["alpha"], written["alpha"], check_dtype=False, rtol=1e-9)
+    maps = written[written["metric"].isin(["deletion", "pointing_game", "pxap", "srg_zeros"])]
+    assert len(maps) == 4 and (maps["seconds_per_image"] > 0).all()
+    assert written.loc[written["metric"].str.startswith("stability_"), "seconds_per_image"].isna().all()
+    assert (written["reason"].str.len() > 10).all() and set(written["verdict"]) <= {"rank", "report"}
+    markdown = (tiny_bench_run / "summary.md").read_text(encoding="utf-8")
+    believe = markdown[markdown.index("## Which columns to believe"):markdown.index("## The run")]
+    assert all(f"(`{metric}`): **{verdict}**" in believe for metric, verdict in zip(written["metric"], written["verdict"]))

@@ -121,6 +121,7 @@ class _Group:
         self.cells_by_column, self.rows, self.columns = cells_by_column, rows, columns
         self.settings, self.store, self.run_id = settings, store, run_id
         self.dataset, self.backbone = dataset, backbone
+        self._seconds: dict[str, list[float]] | None = None  # metric -> seconds per image of each method cell
 
     # --- the per-image table of a column: images x method rows ---------------------------------------
     def vectors(self, column: Any, found: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
@@ -329,7 +330,21 @@ class _Group:
 
     # --- i. cost -----------------------------------------------------------------------------------------
     def cost(self, column: Any) -> float:
-        return math.nan
+        """Seconds per image of the metric's own scoring, mean over the method cells that recorded it
+        (``score_maps(seconds=)``; a computation several metrics share is charged to the first one)."""
+        from .summary import is_reference
+
+        if self._seconds is None:
+            names = {cell: array for cell, array in self.store.arrays(
+                self.run_id, "metric_names", dataset=self.dataset, backbone=self.backbone)}
+            self._seconds = {}
+            for cell, values in self.store.arrays(self.run_id, "metric_seconds", dataset=self.dataset,
+                                                  backbone=self.backbone):
+                if cell in names and not is_reference(cell.method):
+                    for name, value in zip(names[cell], values):
+                        self._seconds.setdefault(str(name), []).append(float(value))
+        found = self._seconds.get(column.metric)
+        return float(np.mean(found)) if found else math.nan
 
 
 def _agreement(table: np.ndarray, higher_is_better: bool) -> dict[str, float]:

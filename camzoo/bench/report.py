@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write, atomic_write_text
+from ..metrics.settings import EvalSettings
 from .explore import find_run, latest_run, load
 from .shards import merge_shards, shard_paths
 from .store import ResultsStore
@@ -29,6 +30,7 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
     seeds = len(models[0]["checkpoints"]) if models else len(config["seeds"]) * max(1, len(config["variants"]))
     prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(run["run_id"], "fingerprint"))
     evaluation = config["eval"]
+    settings = EvalSettings.from_config(evaluation)
     return [
         f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']} "
         "(runs are deterministic on one machine, not bit-identical across CPUs)",
@@ -39,12 +41,13 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
-        f"- **bold**: significantly better than every other non-control row of the column (Wilcoxon signed-rank "
-        f"on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}); ≈: tied for "
-        "the top (no test separates them); ms/image and rows without per-image values are never marked; "
-        "every tested pair is in pairwise.csv",
+        f"- **bold**: separated from and better than every other non-control row of the column (Wilcoxon signed-rank "
+        f"on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}, and an effect that "
+        f"is not negligible: Cliff's |δ| ≥ {settings.negligible_delta:g} and a median difference ≥ "
+        f"{settings.negligible_span:.0%} of the random–oracle span); ≈: tied for the top (nothing separates them); "
+        "ms/image and rows without per-image values are never marked; every tested pair is in pairwise.csv",
         "- significance groups: summary.csv's `<metric>_group` holds compact letters (Piepho 2004) from the same "
-        "tests: two rows that share a letter are not significantly different, two with none in common are"
+        "tests: two rows that share a letter are not separated, two with none in common are"
         + ("" if seeds >= 2 else "; none in this run: one model per kind, and one model's images say nothing "
            "about another training run"),
         "- controls (*random*, *centre*, *edges*, *oracle*) go through the same pipeline as the methods and are "
