@@ -1,6 +1,6 @@
-"""camzoo.bench.psychometrics against independent references: the `krippendorff` package, scipy,
-textbook loops and published values (Shrout & Fleiss 1979), and MetaQuantus' self-tests of an
-estimator that never reacts and of one that always does.
+"""camzoo.bench.psychometrics and camzoo.bench.metaquantus against independent references: the
+`krippendorff` package, scipy, textbook loops and published values (Shrout & Fleiss 1979), and
+MetaQuantus' self-tests of an estimator that never reacts and of one that always does.
 """
 
 from __future__ import annotations
@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from camzoo.bench import psychometrics
+from camzoo.bench import metaquantus, psychometrics
+from camzoo.bench.metaquantus import iac, iec_ar, iec_nr, meta_consistency
 from camzoo.bench.psychometrics import (
     cliffs_delta,
     cliffs_delta_many,
     cronbach_alpha,
-    iac,
     icc_2_1,
-    iec_ar,
-    iec_nr,
     kendall_tau_ci,
     krippendorff_alpha_ci,
     krippendorff_alpha_ordinal,
     mean_offdiagonal_spearman,
-    meta_consistency,
     within_image_ranks,
 )
 
@@ -355,7 +352,7 @@ def test_wilcoxon_rows_match_scipy_on_tiny_samples(pairs):
     for row in differences:
         row = row[~np.isnan(row)]
         expected.append(1.0 if not np.any(row) else scipy_stats.wilcoxon(row, zero_method="wilcox").pvalue)
-    np.testing.assert_allclose(psychometrics._wilcoxon_p_rows(differences), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(metaquantus._wilcoxon_p_rows(differences), expected, rtol=0, atol=1e-12)
 
 
 def test_iec_nr_matches_loop():

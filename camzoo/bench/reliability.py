@@ -35,11 +35,12 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.settings import SENSITIVITY_TESTS, EvalSettings
+from . import metaquantus
 from . import psychometrics as psy
+from .cells import Column, is_reference, paired_vector, table_columns
 from .store import ResultsStore
 
 RANKED_SCOPES = ("map", "stability")  # metrics of the maps; "model" (accuracy) and "cost" rank no method
-TRIVIAL_CONTROLS = ("random", "centre", "edges")
 GROUND_TRUTH = "difull_2x2"  # the ranking whose truth is exact by construction (docs/metrics.md)
 CI_RESAMPLES = 1000
 PERTURBATIONS = ("input", "model")
@@ -55,8 +56,6 @@ def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame, groups: Mappi
 
     ``groups``: (dataset, backbone) -> (metric -> {(kind, method): the summary's cell}, the store's rows
     of the pair with their per-image values); ``frame``/``pairwise``: the summary and its tests."""
-    from .summary import table_columns
-
     columns = {c.metric: c for c in table_columns()}
     cards = []
     for (dataset, backbone), (cells_by_column, rows) in groups.items():
@@ -74,6 +73,14 @@ def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame, groups: Mappi
             card.update(verdict(card, settings))
             cards.append(card)
     return pd.DataFrame(cards, columns=CARD_COLUMNS)
+
+
+def trivial_controls() -> list[str]:
+    """The controls that read neither the model's evidence nor the ground truth (random, centre, edges):
+    the registry's reference methods without ``needs_ground_truth``."""
+    from ..methods import get_method, reference_method_names
+
+    return [name for name in reference_method_names() if not get_method(name).needs_ground_truth]
 
 
 def _scope(metric: str) -> str:
@@ -124,18 +131,16 @@ class _Group:
         self._seconds: dict[str, list[float]] | None = None  # metric -> seconds per image of each method cell
 
     # --- the per-image table of a column: images x method rows ---------------------------------------
-    def vectors(self, column: Any, found: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
+    def vectors(self, column: Column, found: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
         """Method row ("kind/method") -> its per-image test vector (averaged over seeds), where it has one."""
-        from .summary import _test_vector, is_reference
-
-        found_vectors = {f"{kind}/{method}": _test_vector(cell, column) for (kind, method), cell in found.items()
+        found_vectors = {f"{kind}/{method}": paired_vector(cell, column) for (kind, method), cell in found.items()
                          if cell is not None and not is_reference(method)}
         vectors = {label: v for label, v in found_vectors.items() if v is not None}
         if len({v.shape for v in vectors.values()}) > 1:  # rows on different images cannot be ranked per image
             return {}
         return vectors
 
-    def card(self, column: Any, found: Mapping[tuple[str, str], Any], summary: pd.DataFrame,
+    def card(self, column: Column, found: Mapping[tuple[str, str], Any], summary: pd.DataFrame,
              tests: pd.DataFrame) -> dict[str, Any]:
         vectors = self.vectors(column, found)
         table = np.stack(list(vectors.values()), axis=1) if vectors else np.empty((0, 0))
@@ -151,9 +156,7 @@ class _Group:
         return card
 
     # --- a. controls ----------------------------------------------------------------------------------
-    def controls(self, column: Any, found: Mapping[tuple[str, str], Any], summary: pd.DataFrame) -> dict[str, Any]:
-        from .summary import _test_vector
-
+    def controls(self, column: Column, found: Mapping[tuple[str, str], Any], summary: pd.DataFrame) -> dict[str, Any]:
         higher = column.higher_is_better
         shares = []
         # the oracle's map is the object's mask whatever the class or the weights: no ceiling of a
@@ -163,7 +166,7 @@ class _Group:
             random_cell, oracle_cell = found.get((kind, "random")), found.get((kind, "oracle"))
             if random_cell is None or oracle_cell is None:
                 continue
-            random_vector, oracle_vector = _test_vector(random_cell, column), _test_vector(oracle_cell, column)
+            random_vector, oracle_vector = paired_vector(random_cell, column), paired_vector(oracle_cell, column)
             if random_vector is None or oracle_vector is None or random_vector.shape != oracle_vector.shape:
                 continue
             keep = ~(np.isnan(random_vector) | np.isnan(oracle_vector))
@@ -176,14 +179,14 @@ class _Group:
         wins = []
         if not methods.empty:
             best = methods.max() if higher else methods.min()
-            for control in TRIVIAL_CONTROLS:
+            for control in trivial_controls():
                 values = means[means.index == control].dropna()
                 if not values.empty and ((values.max() >= best) if higher else (values.min() <= best)):
                     wins.append(f"{control} {(values.max() if higher else values.min()):.3f} vs best method {best:.3f}")
         return {"oracle_beats_random": float(np.mean(shares)) if shares else math.nan, "control_wins": "; ".join(wins)}
 
     # --- b. separation --------------------------------------------------------------------------------
-    def separation(self, column: Any, summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, Any]:
+    def separation(self, column: Column, summary: pd.DataFrame, tests: pd.DataFrame) -> dict[str, Any]:
         letters = summary.loc[~summary["reference"].astype(bool), f"{column.metric}_group"] \
             if f"{column.metric}_group" in summary else pd.Series(dtype=object)
         letters = [v for v in letters if isinstance(v, str)]
@@ -193,7 +196,7 @@ class _Group:
         return {"groups": groups, "separated_share": share}
 
     # --- e. internal consistency -----------------------------------------------------------------------
-    def _items(self, column: Any, label: str) -> np.ndarray | None:
+    def _items(self, column: Column, label: str) -> np.ndarray | None:
         """(images, items) of one method row, averaged over seeds: what Cronbach's α reads."""
         kind, method = label.split("/", 1)
         metric = column.metric
@@ -225,17 +228,15 @@ class _Group:
         per_seed = self._per_seed(kind, method, metric)
         return None if per_seed is None else per_seed.mean(0)
 
-    def internal_consistency(self, column: Any, vectors: Mapping[str, np.ndarray]) -> float:
+    def internal_consistency(self, column: Column, vectors: Mapping[str, np.ndarray]) -> float:
         alphas = [psy.cronbach_alpha(items) for items in (self._items(column, label) for label in vectors)
                   if items is not None and items.ndim == 2]
         alphas = [a for a in alphas if a == a]
         return float(np.mean(alphas)) if alphas else math.nan
 
     # --- f. test-retest ---------------------------------------------------------------------------------
-    def test_retest(self, column: Any, found: Mapping[tuple[str, str], Any]) -> float:
+    def test_retest(self, column: Column, found: Mapping[tuple[str, str], Any]) -> float:
         from ..metrics import METRICS
-        from .summary import is_reference
-
         if column.source == "stability":
             return math.nan  # a stability value already compares seeds
         score = METRICS[column.metric].per_image_score
@@ -253,13 +254,11 @@ class _Group:
         return float(np.mean(iccs)) if iccs else math.nan
 
     # --- g. MetaQuantus ---------------------------------------------------------------------------------
-    def meta_consistency(self, column: Any, found: Mapping[tuple[str, str], Any]) -> dict[str, float]:
+    def meta_consistency(self, column: Column, found: Mapping[tuple[str, str], Any]) -> dict[str, float]:
         empty = dict.fromkeys(("iac_nr", "iac_ar", "iec_nr", "iec_ar", "mc", "mc_input", "mc_model"), math.nan)
         if self.settings.reliability != "full" or column.source == "stability":
             return empty
         from ..metrics import METRICS
-        from .summary import is_reference
-
         score = METRICS[column.metric].per_image_score
         by_test: dict[str, list[dict[str, float]]] = {test: [] for test in PERTURBATIONS}
         for test in PERTURBATIONS:
@@ -277,7 +276,7 @@ class _Group:
                     | {large[model][m].shape[-1] for m in methods}
                 if len(lengths) != 1:
                     continue
-                by_test[test].append(psy.meta_consistency(
+                by_test[test].append(metaquantus.meta_consistency(
                     original, np.stack([small[model][m] for m in methods], axis=1),
                     np.stack([large[model][m] for m in methods], axis=1), column.higher_is_better))
         result = dict(empty)
@@ -314,7 +313,7 @@ class _Group:
         return values if values.ndim == 1 else None
 
     # --- h. validity ------------------------------------------------------------------------------------
-    def validity(self, column: Any, vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def validity(self, column: Column, vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
         empty = {"tau_difull": math.nan, "tau_ci_low": math.nan, "tau_ci_high": math.nan}
         truth_cells = self.cells_by_column.get(GROUND_TRUTH)
         if truth_cells is None or not vectors:
@@ -329,11 +328,9 @@ class _Group:
         return {"tau_difull": tau, "tau_ci_low": low, "tau_ci_high": high}
 
     # --- i. cost -----------------------------------------------------------------------------------------
-    def cost(self, column: Any) -> float:
+    def cost(self, column: Column) -> float:
         """Seconds per image of the metric's own scoring, mean over the method cells that recorded it
         (``score_maps(seconds=)``; a computation several metrics share is charged to the first one)."""
-        from .summary import is_reference
-
         if self._seconds is None:
             names = {cell: array for cell, array in self.store.arrays(
                 self.run_id, "metric_names", dataset=self.dataset, backbone=self.backbone)}

@@ -24,43 +24,13 @@ import pandas as pd
 
 from ..metrics.settings import EvalSettings
 from . import stats
+from .cells import Cell, Column, is_reference, metric_info, table_columns, paired_vector
 from .store import ALL_SEEDS, ResultsStore
 
 RESAMPLES = 2000
 ALPHA = 0.05
 NORMALISED_SCOPES = ("map",)  # metrics whose controls give a floor (random) and a ceiling (oracle)
 MIN_CONTROL_GAP = 0.02  # normalise only where oracle and random differ by >= 2 % of the metric's range
-
-
-@dataclass(frozen=True)
-class Column:
-    metric: str  # name in the store
-    header: str
-    higher_is_better: bool
-    source: str  # "model": the model cell; "method": the method cell; "stability": across seeds
-    digits: int = 3
-    group: str = "main"  # which table of the report shows it
-
-
-_SOURCES = {"model": "model", "map": "method", "cost": "method", "stability": "stability", "dataset": "gallery"}
-
-
-def table_columns() -> tuple[Column, ...]:
-    """The summary tables' columns, generated from the metrics table (camzoo.metrics.table)."""
-    from ..metrics import table_columns as metric_columns
-
-    return tuple(Column(info.name, info.column, info.higher_is_better, _SOURCES[info.scope], info.digits, info.group)
-                 for info in metric_columns())
-
-
-def is_reference(method: str) -> bool:
-    """Whether a method is a control row (its class says so; unknown names are not)."""
-    from ..methods import get_method
-
-    try:
-        return bool(get_method(method).reference)
-    except ValueError:
-        return False
 
 
 def row_rank(config: Mapping[str, Any]) -> Callable[[str, str], tuple[int, int, str]]:
@@ -72,15 +42,6 @@ def row_rank(config: Mapping[str, Any]) -> Callable[[str, str], tuple[int, int, 
         return kinds.get(kind, len(kinds)), methods.get(method, len(methods)), method
 
     return rank
-
-
-@dataclass
-class _Cell:
-    """One (row, column): the per-seed (or per-pair) values and the per-image table, if kept."""
-
-    values: list[float]
-    per_image: np.ndarray | None  # (S, N) or (S, N, T) for MaxBoxAcc; stability: (pairs, N)
-    mean: float
 
 
 def _stack(arrays: list[Any]) -> np.ndarray | None:
@@ -98,7 +59,7 @@ def _by_cell(frame: pd.DataFrame) -> Rows:
     return {key: rows for key, rows in frame.groupby(["kind", "method", "metric"], sort=False)}
 
 
-def _cell(per_seed: Rows, stability: Rows, column: Column, kind: str, method: str) -> _Cell | None:
+def _cell(per_seed: Rows, stability: Rows, column: Column, kind: str, method: str) -> Cell | None:
     if column.source == "stability":
         chosen = stability.get((kind, method, column.metric))  # a group is never empty
         if chosen is None:
@@ -108,26 +69,20 @@ def _cell(per_seed: Rows, stability: Rows, column: Column, kind: str, method: st
         if per_image is not None and per_image.ndim == 1:  # an older store: one value per pair
             per_image = per_image[:, None]
         values = [] if per_image is None else list(per_image.mean(1))
-        return _Cell(values, per_image, float(row["value"]))
+        return Cell(values, per_image, float(row["value"]))
     source = "model" if column.source == "model" else method
     chosen = per_seed.get((kind, source, column.metric))
     if chosen is None:
         return None
     chosen = chosen.sort_values(["variant", "seed"])
     values = [float(v) for v in chosen["value"]]
-    return _Cell(values, _stack(list(chosen["per_image"])), float(np.mean(values)))
+    return Cell(values, _stack(list(chosen["per_image"])), float(np.mean(values)))
 
 
-def _info(column: Column):
-    from ..metrics import METRICS
-
-    return METRICS[column.metric]
-
-
-def _interval(cell: _Cell, column: Column, resamples: int) -> tuple[float, float]:
+def _interval(cell: Cell, column: Column, resamples: int) -> tuple[float, float]:
     """95 % CI: seeds (or pairs) then images resampled; a dataset-level metric is recomputed from
     each resample's pooled per-image tables, so the CI brackets the statistic the table shows."""
-    pooled = _info(column).pooled
+    pooled = metric_info(column).pooled
     if cell.per_image is None:
         return stats.hierarchical_bootstrap_ci(np.asarray(cell.values)[:, None], resamples) if cell.values else (math.nan,) * 2
     if pooled is not None and cell.per_image.ndim > 2:
@@ -135,16 +90,6 @@ def _interval(cell: _Cell, column: Column, resamples: int) -> tuple[float, float
     if cell.per_image.ndim != 2:
         return math.nan, math.nan  # tables without a pooled statistic: no CI rather than a wrong one
     return stats.hierarchical_bootstrap_ci(cell.per_image, resamples)
-
-
-def _test_vector(cell: _Cell, column: Column) -> np.ndarray | None:
-    """Per-image values averaged over seeds (or pairs): the unit the paired tests compare."""
-    if cell.per_image is None:
-        return None
-    score = _info(column).per_image_score
-    if score is not None and cell.per_image.ndim > 2:
-        return np.stack([score(tables) for tables in cell.per_image]).mean(0)
-    return cell.per_image.mean(0) if cell.per_image.ndim == 2 else None
 
 
 def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool, effect: Effect
@@ -219,7 +164,7 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     pairwise: list[dict[str, Any]] = []
     groups: dict[tuple[str, str], tuple[dict[str, dict], pd.DataFrame]] = {}
     for (dataset, backbone), group in rows.groupby(["dataset", "backbone"], sort=False):
-        cells_by_column: dict[str, dict[tuple[str, str], _Cell | None]] = {}
+        cells_by_column: dict[str, dict[tuple[str, str], Cell | None]] = {}
         per_seed, stability = group[group["seed"] != ALL_SEEDS], group[group["seed"] == ALL_SEEDS]
         cells = per_seed[~per_seed["method"].isin(["model", "gallery"])][["kind", "method"]].drop_duplicates()
         keys = sorted(((k, m) for k, m in cells.itertuples(index=False)), key=lambda km: rank(*km))
@@ -270,10 +215,10 @@ def _effect_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {"cliffs_delta": math.nan, "relative_difference": math.nan, "negligible": False, **record}
 
 
-def control_span(found: Mapping[tuple[str, str], _Cell | None], column: Column) -> float:
+def control_span(found: Mapping[tuple[str, str], Cell | None], column: Column) -> float:
     """|oracle − random| of the column, averaged over the kinds whose two controls are at least
     ``MIN_CONTROL_GAP`` of the metric's range apart; NaN where none are (no scale to judge a difference by)."""
-    info = _info(column)
+    info = metric_info(column)
     spans = []
     for kind in {kind for kind, _ in found}:
         random_cell, oracle_cell = found.get((kind, "random")), found.get((kind, "oracle"))
@@ -284,7 +229,7 @@ def control_span(found: Mapping[tuple[str, str], _Cell | None], column: Column) 
     return float(np.mean(spans)) if spans else math.nan
 
 
-def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column, effect: Effect
+def _column_marks(found: dict[tuple[str, str], Cell | None], column: Column, effect: Effect
                   ) -> tuple[set, set, list[dict], dict[tuple[str, str], str]]:
     """Marks among non-reference rows, and their significance letters (``stats.compact_letters``, from
     the same tests; only where every row has at least two seeds or pairs: one model's images say
@@ -293,7 +238,7 @@ def _column_marks(found: dict[tuple[str, str], _Cell | None], column: Column, ef
     label = (lambda key: key[0]) if column.source == "model" else (lambda key: f"{key[0]}/{key[1]}")
     vectors, means, replicated = {}, {}, True
     for key, cell in competing.items():
-        vector = _test_vector(cell, column)
+        vector = paired_vector(cell, column)
         if vector is not None:
             vectors[label(key)], means[label(key)] = vector, cell.mean
             # a stability value already compares two or more models; other columns need two seeds
