@@ -201,3 +201,22 @@ def first_images(block: EvalSet, count: int) -> EvalSet:
            for name, value in (("masks", block.masks), ("boxes", block.boxes))}
     return EvalSet(block.images[:count], block.labels[:count], cut["masks"], cut["boxes"], block.mean, block.std,
                    block.classes, start=block.start)
+
+
+def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torch.Tensor, settings: Any,
+                model_memo: dict, map_memo: dict | None, layer: str | None, reshape: Callable | None,
+                seconds: dict[str, float] | None = None) -> dict:
+    """One method row's rows on one block (``camzoo.metrics.score_maps``), as every cell is scored: the
+    controls share ``map_memo`` (their maps repeat across models, a method's never do), a ``[[models]]``
+    entry's ``reshape`` reaches the methods that take one; ``seconds`` collects each metric's time."""
+    from .. import metrics
+    from ..methods import get_method
+    from ..metrics import MethodSpec
+
+    name = MethodSpec.parse(method).name
+    memo = map_memo if get_method(method).reference else None
+    takes = reshape is not None and get_method(name)._takes_base_option("reshape")
+    spec = MethodSpec(name, layer, {"reshape": reshape} if takes else None)
+    return metrics.score_maps(scorer, block.images, maps, block.labels, block.masks, block.boxes, settings,
+                              map_memo=memo, model_memo=model_memo, method=spec, start=block.start, seconds=seconds)
+

@@ -329,8 +329,9 @@ class _Group:
 
     # --- i. cost -----------------------------------------------------------------------------------------
     def cost(self, column: Column) -> float:
-        """Seconds per image of the metric's own scoring, mean over the method cells that recorded it
-        (``score_maps(seconds=)``; a computation several metrics share is charged to the first one)."""
+        """Seconds per image that the metric's scoring took, mean over the method cells that recorded it
+        (``score_maps(seconds=)``: its own time plus every computation of the cell it read, so deletion
+        and insertion each show the whole game they share)."""
         if self._seconds is None:
             names = {cell: array for cell, array in self.store.arrays(
                 self.run_id, "metric_names", dataset=self.dataset, backbone=self.backbone)}
@@ -338,8 +339,8 @@ class _Group:
             for cell, values in self.store.arrays(self.run_id, "metric_seconds", dataset=self.dataset,
                                                   backbone=self.backbone):
                 if cell in names and not is_reference(cell.method):
-                    for name, value in zip(names[cell], values):
-                        self._seconds.setdefault(str(name), []).append(float(value))
+                    for name, value in zip(map(str, names[cell]), values):
+                        self._seconds.setdefault(name, []).append(float(value))
         found = self._seconds.get(column.metric)
         return float(np.mean(found)) if found else math.nan
 

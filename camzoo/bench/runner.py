@@ -30,7 +30,8 @@ import torch
 from .._version import __version__
 from ..modelutil import resolve_device
 from .cost import PEAK_METRIC, PeakMemory
-from .evaluation import EvalSet, EvalStream, Renormalised, cat_padded, first_images, explain_block, fingerprint
+from .evaluation import (EvalSet, EvalStream, Renormalised, cat_padded, explain_block, fingerprint, first_images,
+                         score_block)
 from .plan import MODEL_CELL, BenchPlan, DatasetSpec, ModelJob, StabilityGroup
 from .shards import ShardedStore, Worker, merge_shards
 from .sources import ModelSource
@@ -270,7 +271,12 @@ class BenchRunner:
         kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in parts}
         seconds: list[list[float]] = [[] for _ in groups]
         peaks = [0.0 for _ in groups]
+        metric_seconds: dict[str, dict[str, float]] = {m: {} for m in parts}  # the reliability card's cost
         labels = []
+        # eval.reliability = "full": every method also explained and scored under MetaQuantus' perturbations
+        full = [g for g in ([m for m in group if self.plan.settings_for(m).reliability == "full"] for group in groups)
+                if g]
+        perturbed: list = []  # one camzoo.bench.perturbation.PerturbedBlock per block
         for block in stream.blocks():
             labels.append(block.labels.cpu())
             model_memo: dict = {}  # what every cell of this model shares on this block (unperturbed scores, grids)
@@ -284,10 +290,17 @@ class BenchRunner:
                 peaks[index] = max(peaks[index], peak.megabytes)
                 for method in group:
                     maps, raw = explained.pop(method)
-                    parts[method].append(self._score(job, method, scorer, block, maps, model_memo, reshape))
+                    parts[method].append(self._score(job, method, scorer, block, maps, model_memo, reshape,
+                                                     metric_seconds[method]))
                     keep = min(self.plan.keep_maps - block.start, maps.shape[0])
                     if keep > 0:
                         kept[method].append((maps[:keep].half().cpu(), raw[:keep].float().cpu().clone()))
+            if full:  # after every method: the passes replay the grids the unperturbed cells played
+                from .perturbation import perturbed_block
+
+                perturbed.append(perturbed_block(model, scorer, block, full, self.plan.settings_for, layers=job.layers,
+                                                 reshape=reshape, batch_size=self.plan.batch_size, device=self.device,
+                                                 model_memo=model_memo))
         labels_all = torch.cat(labels)
         for index, group in enumerate(groups):
             for method in group:
@@ -296,25 +309,22 @@ class BenchRunner:
                 cell[PEAK_METRIC] = (peaks[index], None)
                 maps = kept.pop(method)
                 arrays = {"maps": torch.cat([m for m, _ in maps]).numpy(),
-                          "raw_maps": torch.cat([r for _, r in maps]).numpy()} if maps else None
-                self._write(job.key(method), cell, arrays)
+                          "raw_maps": torch.cat([r for _, r in maps]).numpy()} if maps else {}
+                timed = metric_seconds.pop(method)  # seconds per evaluation image, per metric
+                arrays["metric_names"] = np.array(list(timed), dtype=str)
+                arrays["metric_seconds"] = np.array(list(timed.values()), dtype=np.float64) / max(len(labels_all), 1)
+                if perturbed:
+                    from .perturbation import perturbed_arrays
+
+                    arrays = {**(arrays or {}), **perturbed_arrays(perturbed, method, reference=cell)}
+                self._write(job.key(method), cell, arrays or None)
 
     def _score(self, job: ModelJob, method: str, scorer, block: EvalSet, maps: torch.Tensor, model_memo: dict,
-               reshape: Callable | None) -> dict:
-        """One method's rows on one block."""
-        from .. import metrics
-        from ..methods import get_method
-        from ..metrics import MethodSpec
-
-        name = MethodSpec.parse(method).name
-        # controls only: their maps repeat across models, a method's never do (and the memo keeps each
-        # entry's per-image tables for the whole run; only the first block's memo lives that long)
-        memo = block.memo if get_method(method).reference else None
-        takes = reshape is not None and get_method(name)._takes_base_option("reshape")
-        spec = MethodSpec(name, job.layer(method), {"reshape": reshape} if takes else None)
-        return metrics.score_maps(scorer, block.images, maps, block.labels, block.masks, block.boxes,
-                                  self.plan.settings_for(method), map_memo=memo, model_memo=model_memo,
-                                  method=spec, start=block.start)
+               reshape: Callable | None, seconds: dict[str, float] | None = None) -> dict:
+        """One method's rows on one block; the controls share the block's memo (only the first block's
+        memo lives for the whole run, so it keeps their per-image tables no longer than needed)."""
+        return score_block(scorer, block, method, maps, self.plan.settings_for(method), model_memo, block.memo,
+                           job.layer(method), reshape, seconds)
 
     # --- across seeds ---------------------------------------------------------------------------
     def _lfi_script_sets(self, group: StabilityGroup, method: str, maps: list[torch.Tensor]) -> list[torch.Tensor]:

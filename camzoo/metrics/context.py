@@ -8,6 +8,7 @@ or per identical maps when the benchmark passes the memos.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -72,10 +73,26 @@ class ScoringContext:
     # the method that made the maps (metrics that need "method" explain new inputs with it)
     method: MethodSpec | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
+    # what each metric costs (score_maps(seconds=)): the metric being computed, the seconds of each
+    # per-cell computation, and which metrics read it (so two metrics sharing one both show its cost)
+    reading: str | None = None
+    cache_seconds: dict[str, float] = field(default_factory=dict)
+    cache_readers: dict[str, set[str]] = field(default_factory=dict)
+    _depth: int = 0
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        top = self._depth == 0  # a computation inside another is part of the outer one's time
+        if top and self.reading is not None:
+            self.cache_readers.setdefault(self.reading, set()).add(key)
         if key not in self._memo:
-            self._memo[key] = compute()
+            start = time.perf_counter()
+            self._depth += 1
+            try:
+                self._memo[key] = compute()
+            finally:
+                self._depth -= 1
+            if top:
+                self.cache_seconds[key] = time.perf_counter() - start
         return self._memo[key]
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 from .context import MethodSpec, ScoringContext
 from .settings import EvalSettings
-from .table import METRICS, Row
+from .table import METRICS, MetricInfo, Row
 
 
 def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor,
@@ -54,9 +54,9 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     benchmark streams blocks; :func:`combine_blocks` joins their rows): the games play on the block's
     share of the set's first ``game_images``, and the metrics that read ``"inputs"`` run on the first
     block only. ``model_memo`` and ``map_memo`` must then be the block's own.
-    ``seconds`` (optional): each metric's wall time is added to it, by name (a computation that several
-    metrics share, such as deletion and insertion's games, is charged to the first that asks for it;
-    on CUDA the device is synchronised around each metric). The reliability card's cost reads it.
+    ``seconds`` (optional): each metric's wall time is added to it, by name: its own time plus every
+    per-cell computation it read, so deletion and insertion each show the game they share (on CUDA the
+    device is synchronised around each metric). The reliability card's cost reads it.
     """
     settings = EvalSettings() if settings is None else settings
     if not isinstance(settings, EvalSettings):
@@ -70,22 +70,29 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     if seconds is None:
         scored = {info.name: info.compute(ctx) for info in chosen}
     else:
-        scored = {info.name: _timed(info.compute, ctx, seconds, info.name) for info in chosen}
+        scored = _timed(chosen, ctx, seconds)
     return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings
 
 
-def _timed(compute: Callable[[ScoringContext], Row | None], ctx: ScoringContext, seconds: dict[str, float],
-           name: str) -> Row | None:
-    """``compute(ctx)``, its wall time added to ``seconds[name]``."""
+def _timed(chosen: Sequence[MetricInfo], ctx: ScoringContext, seconds: dict[str, float]) -> dict[str, Row | None]:
+    """Each metric's row, and its cost added to ``seconds[name]``: its own time plus that of every
+    per-cell computation it read (``ScoringContext.cached``), whichever metric ran it first."""
     cuda = ctx.images.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(ctx.images.device)
-    start = time.perf_counter()
-    row = compute(ctx)
-    if cuda:
-        torch.cuda.synchronize(ctx.images.device)
-    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-    return row
+    scored, own = {}, {}
+    for info in chosen:
+        ctx.reading = info.name
+        if cuda:
+            torch.cuda.synchronize(ctx.images.device)
+        before, start = sum(ctx.cache_seconds.values()), time.perf_counter()
+        scored[info.name] = info.compute(ctx)
+        if cuda:
+            torch.cuda.synchronize(ctx.images.device)
+        own[info.name] = time.perf_counter() - start - (sum(ctx.cache_seconds.values()) - before)
+    ctx.reading = None
+    for name, value in own.items():
+        shared = sum(ctx.cache_seconds.get(key, 0.0) for key in ctx.cache_readers.get(name, ()))
+        seconds[name] = seconds.get(name, 0.0) + value + shared
+    return scored
 
 
 def _block_settings(settings: EvalSettings, start: int, count: int) -> tuple[EvalSettings, tuple[str, ...]]:
