@@ -149,7 +149,7 @@ def test_every_method_gets_the_same_draws(scored: dict) -> None:
 
 DIGITS = """
 preset = "custom"
-seeds = [0, 1]
+seeds = [0]
 kinds = ["baseline"]
 backbones = ["resnet8"]
 methods = ["gradcam", "eigencam", "random", "centre", "edges"]
