@@ -255,7 +255,10 @@ def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
     tiny = resolve_config(preset, overrides={
         "seeds": [0], "kinds": ["baseline"], "backbones": config["backbones"][:1], "datasets": [dataset],
         "methods": ["gradcam", "random"], "train": {"epochs": 1, "batch_size": 16},
-        "eval": {"images": 8, "batch_size": 8, "deletion_steps": 4, "substrates": ["zeros"], "gallery_images": 1},
+        # the standard preset's reliability = "full" re-scores every cell 4 x K times (13 s more here even with
+        # K = 1): tests/test_bench_perturbation.py runs that path on a smaller model, with grids and blocks
+        "eval": {"images": 8, "batch_size": 8, "deletion_steps": 4, "substrates": ["zeros"], "gallery_images": 1,
+                 "grid_count": 4, "randomisation_draws": 1, "reliability": "quick"},
     })
     out = tmp_path / "out"
     BenchRunner(build_plan(tiny, "cpu"), out, progress=False).run()

@@ -129,6 +129,7 @@ class _Group:
         self.settings, self.store, self.run_id = settings, store, run_id
         self.dataset, self.backbone = dataset, backbone
         self._seconds: dict[str, list[float]] | None = None  # metric -> seconds per image of each method cell
+        self._grouped: dict[tuple[str, str, str], pd.DataFrame] | None = None  # see _cell_rows
 
     # --- the per-image table of a column: images x method rows ---------------------------------------
     def vectors(self, column: Column, found: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
@@ -217,9 +218,17 @@ class _Group:
             return hits.mean(0)
         return None
 
+    def _cell_rows(self, kind: str, method: str, metric: str) -> pd.DataFrame | None:
+        """The store's rows of one (kind, method, metric), by (variant, seed): grouped once, not filtered per call."""
+        if self._grouped is None:
+            per_seed = self.rows[self.rows["seed"] >= 0]
+            self._grouped = {key: rows.sort_values(["variant", "seed"])
+                             for key, rows in per_seed.groupby(["kind", "method", "metric"], sort=False)}
+        return self._grouped.get((kind, method, metric))
+
     def _per_seed(self, kind: str, method: str, metric: str) -> np.ndarray | None:
-        chosen = self.rows[(self.rows["kind"] == kind) & (self.rows["method"] == method) & (self.rows["metric"] == metric)]
-        arrays = [a for a in chosen.sort_values(["variant", "seed"])["per_image"] if a is not None]
+        chosen = self._cell_rows(kind, method, metric)
+        arrays = [] if chosen is None else [a for a in chosen["per_image"] if a is not None]
         if not arrays or len({np.shape(a) for a in arrays}) != 1:
             return None
         return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
@@ -302,10 +311,9 @@ class _Group:
     def _original(self, method: str, model: tuple, metric: str, score: Any) -> np.ndarray | None:
         """One model's unperturbed per-image values of a method row (tables reduced like the perturbed ones)."""
         kind, variant, seed = model
-        rows = self.rows
-        chosen = rows[(rows["kind"] == kind) & (rows["method"] == method) & (rows["variant"] == variant)
-                      & (rows["seed"] == seed) & (rows["metric"] == metric)]
-        if chosen.empty or chosen.iloc[0]["per_image"] is None:
+        rows = self._cell_rows(kind, method, metric)
+        chosen = None if rows is None else rows[(rows["variant"] == variant) & (rows["seed"] == seed)]
+        if chosen is None or chosen.empty or chosen.iloc[0]["per_image"] is None:
             return None
         values = np.asarray(chosen.iloc[0]["per_image"], dtype=np.float64)
         if values.ndim > 1 and score is not None:
