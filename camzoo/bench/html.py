@@ -91,16 +91,16 @@ def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, pro
     evaluation = run["config"]["eval"]
     groups = []
     for (dataset, backbone), frame in summary.frame.groupby(["dataset", "backbone"], sort=False):
+        cards = group_pairwise(summary.reliability, dataset, backbone)
         board = (boards or {}).get((dataset, backbone))
         if board is None:
-            board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone),
-                                group_pairwise(summary.reliability, dataset, backbone))
+            board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone), cards)
         groups.append({
             "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, evaluation),
             "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),
-            "cards": card_data(group_pairwise(summary.reliability, dataset, backbone)),
+            "cards": card_data(cards),
             "tables": summary_tables(frame, evaluation, summary.agreement.get((dataset, backbone)),
-                                     reported_reasons(group_pairwise(summary.reliability, dataset, backbone))),
+                                     reported_reasons(cards)),
             "curves": curve_data(results, run["config"], dataset, backbone),
             "browser": browser_data(store, run, results, dataset, backbone, max_images, thumb),
         })

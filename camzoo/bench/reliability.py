@@ -50,19 +50,21 @@ CARD_COLUMNS = ["dataset", "backbone", "metric", "column", "higher_is_better", "
                 "mc", "mc_input", "mc_model", "tau_difull", "tau_ci_low", "tau_ci_high", "seconds_per_image"]
 
 
-def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame, groups: Mapping[tuple[str, str], tuple[dict, pd.DataFrame]],
+def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame,
+                      groups: Mapping[tuple[str, str], tuple[dict, dict, pd.DataFrame]],
                       settings: EvalSettings, store: ResultsStore, run_id: str) -> pd.DataFrame:
     """reliability.csv: one card per (dataset, backbone, metric) of the columns that could rank methods.
 
-    ``groups``: (dataset, backbone) -> (metric -> {(kind, method): the summary's cell}, the store's rows
-    of the pair with their per-image values); ``frame``/``pairwise``: the summary and its tests."""
+    ``groups``: (dataset, backbone) -> (metric -> {(kind, method): the summary's cell}, metric -> {"kind/method":
+    the method row's paired vector, as the summary's tests compared it}, the store's rows of the pair with
+    their per-image values); ``frame``/``pairwise``: the summary and its tests."""
     columns = {c.metric: c for c in table_columns()}
     cards = []
-    for (dataset, backbone), (cells_by_column, rows) in groups.items():
+    for (dataset, backbone), (cells_by_column, vectors_by_column, rows) in groups.items():
         summary = frame[(frame["dataset"] == dataset) & (frame["backbone"] == backbone)]
         tests = pairwise[(pairwise["dataset"] == dataset) & (pairwise["backbone"] == backbone)] if not pairwise.empty \
             else pairwise
-        context = _Group(cells_by_column, rows, columns, settings, store, run_id, dataset, backbone)
+        context = _Group(cells_by_column, vectors_by_column, rows, columns, settings, store, run_id, dataset, backbone)
         for metric, found in cells_by_column.items():
             column = columns[metric]
             if _scope(metric) not in RANKED_SCOPES or f"{metric}_mean" not in summary or summary[f"{metric}_mean"].isna().all():
@@ -123,27 +125,27 @@ def _count(value: float, noun: str) -> str:
 class _Group:
     """The cells of one (dataset, backbone), and how each card field reads them."""
 
-    def __init__(self, cells_by_column: dict, rows: pd.DataFrame, columns: Mapping[str, Any], settings: EvalSettings,
-                 store: ResultsStore, run_id: str, dataset: str, backbone: str) -> None:
-        self.cells_by_column, self.rows, self.columns = cells_by_column, rows, columns
+    def __init__(self, cells_by_column: dict, vectors_by_column: dict, rows: pd.DataFrame, columns: Mapping[str, Any],
+                 settings: EvalSettings, store: ResultsStore, run_id: str, dataset: str, backbone: str) -> None:
+        self.cells_by_column, self.vectors_by_column = cells_by_column, vectors_by_column
+        self.rows, self.columns = rows, columns
         self.settings, self.store, self.run_id = settings, store, run_id
         self.dataset, self.backbone = dataset, backbone
         self._seconds: dict[str, list[float]] | None = None  # metric -> seconds per image of each method cell
         self._grouped: dict[tuple[str, str, str], pd.DataFrame] | None = None  # see _cell_rows
 
     # --- the per-image table of a column: images x method rows ---------------------------------------
-    def vectors(self, column: Column, found: Mapping[tuple[str, str], Any]) -> dict[str, np.ndarray]:
-        """Method row ("kind/method") -> its per-image test vector (averaged over seeds), where it has one."""
-        found_vectors = {f"{kind}/{method}": paired_vector(cell, column) for (kind, method), cell in found.items()
-                         if cell is not None and not is_reference(method)}
-        vectors = {label: v for label, v in found_vectors.items() if v is not None}
+    def vectors(self, metric: str) -> dict[str, np.ndarray]:
+        """Method row ("kind/method") -> its per-image test vector (averaged over seeds), where it has one:
+        the summary's, from its paired tests."""
+        vectors = self.vectors_by_column.get(metric, {})
         if len({v.shape for v in vectors.values()}) > 1:  # rows on different images cannot be ranked per image
             return {}
         return vectors
 
     def card(self, column: Column, found: Mapping[tuple[str, str], Any], summary: pd.DataFrame,
              tests: pd.DataFrame) -> dict[str, Any]:
-        vectors = self.vectors(column, found)
+        vectors = self.vectors(column.metric)
         table = np.stack(list(vectors.values()), axis=1) if vectors else np.empty((0, 0))
         card: dict[str, Any] = {"methods": table.shape[1], "images": table.shape[0]}
         card.update(self.controls(column, found, summary))
@@ -323,10 +325,9 @@ class _Group:
     # --- h. validity ------------------------------------------------------------------------------------
     def validity(self, column: Column, vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
         empty = {"tau_difull": math.nan, "tau_ci_low": math.nan, "tau_ci_high": math.nan}
-        truth_cells = self.cells_by_column.get(GROUND_TRUTH)
-        if truth_cells is None or not vectors:
+        truth = self.vectors(GROUND_TRUTH)
+        if not truth or not vectors:
             return empty
-        truth = self.vectors(self.columns[GROUND_TRUTH], truth_cells)
         common = [label for label in vectors if label in truth]
         if len(common) < 3:
             return empty

@@ -316,8 +316,8 @@ class BenchRunner:
                 if perturbed:
                     from .perturbation import perturbed_arrays
 
-                    arrays = {**(arrays or {}), **perturbed_arrays(perturbed, method, reference=cell)}
-                self._write(job.key(method), cell, arrays or None)
+                    arrays.update(perturbed_arrays(perturbed, method, reference=cell))
+                self._write(job.key(method), cell, arrays)
 
     def _score(self, job: ModelJob, method: str, scorer, block: EvalSet, maps: torch.Tensor, model_memo: dict,
                reshape: Callable | None, seconds: dict[str, float] | None = None) -> dict:

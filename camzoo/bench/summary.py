@@ -162,9 +162,10 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     settings = EvalSettings.from_config(run["config"]["eval"])
     records: list[dict[str, Any]] = []
     pairwise: list[dict[str, Any]] = []
-    groups: dict[tuple[str, str], tuple[dict[str, dict], pd.DataFrame]] = {}
+    groups: dict[tuple[str, str], tuple[dict[str, dict], dict[str, dict], pd.DataFrame]] = {}
     for (dataset, backbone), group in rows.groupby(["dataset", "backbone"], sort=False):
         cells_by_column: dict[str, dict[tuple[str, str], Cell | None]] = {}
+        vectors_by_column: dict[str, dict[str, np.ndarray]] = {}  # metric -> row label -> its paired vector
         per_seed, stability = group[group["seed"] != ALL_SEEDS], group[group["seed"] == ALL_SEEDS]
         cells = per_seed[~per_seed["method"].isin(["model", "gallery"])][["kind", "method"]].drop_duplicates()
         keys = sorted(((k, m) for k, m in cells.itertuples(index=False)), key=lambda km: rank(*km))
@@ -186,17 +187,16 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
                 if column.source != "stability":
                     record["seeds"] = max(record.get("seeds", 0), len(cell.values))
             effect = Effect(settings.negligible_delta, settings.negligible_span, control_span(found, column))
-            best, tied, tested, letters = _column_marks(found, column, effect)
-            cells_by_column[column.metric] = found
+            best, tied, tested, letters, vectors = _column_marks(found, column, effect)
+            cells_by_column[column.metric], vectors_by_column[column.metric] = found, vectors
             for key in keys:
                 table[key][f"{column.metric}_best"] = key in best
                 table[key][f"{column.metric}_tie"] = key in tied
                 table[key][f"{column.metric}_group"] = letters.get(key, math.nan)  # NaN: no letters
-            pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **_effect_fields(r)}
-                         for r in tested]
+            pairwise += [{"dataset": dataset, "backbone": backbone, "metric": column.metric, **r} for r in tested]
         _normalise(table, columns)
         records += [table[key] for key in keys]
-        groups[(dataset, backbone)] = (cells_by_column, group)
+        groups[(dataset, backbone)] = (cells_by_column, vectors_by_column, group)
     frame = pd.DataFrame(records)
     agreement = {}
     for key, group in frame.groupby(["dataset", "backbone"], sort=False):
@@ -210,11 +210,6 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     return Summary(frame, pairwise_frame, agreement, cards)
 
 
-def _effect_fields(record: dict[str, Any]) -> dict[str, Any]:
-    """A pairwise.csv row: the test, and the effect size that decided whether it separates the rows."""
-    return {"cliffs_delta": math.nan, "relative_difference": math.nan, "negligible": False, **record}
-
-
 def control_span(found: Mapping[tuple[str, str], Cell | None], column: Column) -> float:
     """|oracle − random| of the column, averaged over the kinds whose two controls are at least
     ``MIN_CONTROL_GAP`` of the metric's range apart; NaN where none are (no scale to judge a difference by)."""
@@ -222,16 +217,22 @@ def control_span(found: Mapping[tuple[str, str], Cell | None], column: Column) -
     spans = []
     for kind in {kind for kind, _ in found}:
         random_cell, oracle_cell = found.get((kind, "random")), found.get((kind, "oracle"))
-        if random_cell is not None and oracle_cell is not None:
-            span = abs(oracle_cell.mean - random_cell.mean)
-            if span >= MIN_CONTROL_GAP * (info.high - info.low):
-                spans.append(span)
+        if random_cell is not None and oracle_cell is not None and _controls_apart(random_cell.mean, oracle_cell.mean, info):
+            spans.append(abs(oracle_cell.mean - random_cell.mean))
     return float(np.mean(spans)) if spans else math.nan
 
 
+def _controls_apart(floor: float, ceiling: float, info: Any) -> bool:
+    """Whether random and oracle are at least ``MIN_CONTROL_GAP`` of the metric's range apart: closer, a
+    difference relative to their span is noise over noise (e.g. deletion on a model that has not learned
+    the object)."""
+    return abs(ceiling - floor) >= MIN_CONTROL_GAP * (info.high - info.low)
+
+
 def _column_marks(found: dict[tuple[str, str], Cell | None], column: Column, effect: Effect
-                  ) -> tuple[set, set, list[dict], dict[tuple[str, str], str]]:
-    """Marks among non-reference rows, and their significance letters (``stats.compact_letters``, from
+                  ) -> tuple[set, set, list[dict], dict[tuple[str, str], str], dict[str, np.ndarray]]:
+    """Marks among non-reference rows, their significance letters and the rows' paired vectors (by row
+    label: "kind/method", or the kind for a model-level column) (``stats.compact_letters``, from
     the same tests; only where every row has at least two seeds or pairs: one model's images say
     nothing about another training run). A model-level column compares kinds (rows of one kind share it)."""
     competing = {key: cell for key, cell in found.items() if cell is not None and not is_reference(key[1])}
@@ -244,7 +245,7 @@ def _column_marks(found: dict[tuple[str, str], Cell | None], column: Column, eff
             # a stability value already compares two or more models; other columns need two seeds
             replicated = replicated and (column.source == "stability" or len(cell.values) >= 2)
     if len(vectors) < 2:
-        return set(), set(), [], {}
+        return set(), set(), [], {}, vectors
     best, tied, records = _marks(vectors, means, column.higher_is_better, effect)
     letters: dict[tuple[str, str], str] = {}
     if replicated and records:
@@ -252,7 +253,8 @@ def _column_marks(found: dict[tuple[str, str], Cell | None], column: Column, eff
         significant = [(r["a"], r["b"]) for r in records if r["significant"]]
         by_label = stats.compact_letters(order, significant)
         letters = {key: by_label[label(key)] for key in competing if label(key) in by_label}
-    return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records, letters)
+    return ({k for k in competing if label(k) in best}, {k for k in competing if label(k) in tied}, records, letters,
+            vectors)
 
 
 def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Column, ...]) -> None:
@@ -269,6 +271,6 @@ def _normalise(table: dict[tuple[str, str], dict[str, Any]], columns: tuple[Colu
         for (kind, _method), record in table.items():
             floor = table.get((kind, "random"), {}).get(f"{name}_mean", math.nan)
             ceiling = table.get((kind, "oracle"), {}).get(f"{name}_mean", math.nan)
-            separated = abs(ceiling - floor) >= MIN_CONTROL_GAP * (info.high - info.low)
             value = record.get(f"{name}_mean", math.nan)
-            record[f"{name}_norm"] = float(stats.normalised_score(value, floor, ceiling)) if separated else math.nan
+            apart = _controls_apart(floor, ceiling, info)
+            record[f"{name}_norm"] = float(stats.normalised_score(value, floor, ceiling)) if apart else math.nan
