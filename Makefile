@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg setup.py
 
 # ruff first: it takes a second, and a lint error should not wait for the suite. The suite runs on
 # TEST_WORKERS processes (pytest-xdist; each test runs torch on one thread), each file on one worker
-# (its fixtures built once; tests/conftest.py groups the files that share one): about 2.5-3.5 min on
+# (its fixtures built once; tests/conftest.py builds the expensive session fixtures once per run): about 2.5-3.5 min on
 # 2 cores (docs/performance.md). Bytecode is cached even where the environment sets
 # PYTHONDONTWRITEBYTECODE: each worker and each process a test starts would otherwise compile
 # camzoo and rewrite the test modules again (6 s of each worker's collection).

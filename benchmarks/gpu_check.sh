@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path in one command (`make gpu-check`): the test suite's CUDA tests (marker `cuda`), the
 # speed scripts with --device cuda, then the standard preset (and, with 2+ GPUs, the same preset on
-# every GPU through torchrun), all numbers written to docs/gpu-check.md with the GPU named.
+# every GPU through torchrun), all numbers written to docs/gpu-check.md (below its marker line) with the GPU named.
 # Without CUDA the CUDA tests skip, the script says so and writes nothing (CI runs this path).
 #
 # Environment: PYTHON (default .venv/bin/python, else python3); GPU_CHECK_OUT (default
@@ -39,15 +39,21 @@ section() {  # section TITLE COMMAND...: run it, put its output in the report as
     } >> "$TMP"
 }
 
+# The procedure and targets above the marker line stay; the results replace what is below it.
+MARK='<!-- benchmarks/gpu_check.sh replaces everything below this line -->'
+if [ -f "$OUT" ] && grep -qxF "$MARK" "$OUT"; then
+    awk -v mark="$MARK" '{ print } $0 == mark { exit }' "$OUT" > "$TMP"
+else
+    printf '# GPU check\n\n%s\n' "$MARK" > "$TMP"
+fi
 {
-    echo "# GPU check: $GPU"
+    echo
+    echo "## $GPU"
     echo
     echo "Written by benchmarks/gpu_check.sh on $(date -u +%Y-%m-%dT%H:%MZ): $COUNT x $GPU," \
          "torch $("$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')," \
          "camzoo $("$PY" -c 'import camzoo; print(camzoo.__version__)'). The CUDA tests passed."
-    echo "Targets (issue 12): every CAM method <= 1.05x a forward at batch 64; deletion+insertion <= 1.15x" \
-         "its floor; the standard preset <= 20 min; N GPUs >= 0.85 N x one GPU's throughput."
-} > "$TMP"
+} >> "$TMP"
 
 section "Explaining (benchmarks/explain_speed.py)" "$PY" benchmarks/explain_speed.py --device cuda --batch 64
 section "Metrics (benchmarks/metric_speed.py)" "$PY" benchmarks/metric_speed.py --device cuda --images 64 --batch 256

@@ -7,10 +7,12 @@ so maps are non-zero and should concentrate on the square.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
-import re
+import shutil
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -58,9 +60,36 @@ def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor,
     return torch.where(masks[:, None], colour, images), labels, masks
 
 
-@pytest.fixture(scope="session")
-def trained_resnet() -> dict:
-    """timm resnet10t (4 classes, 64 px) after 30 Adam steps; plus a held-out batch with masks."""
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this pytest run sees: the workers' common base under pytest-xdist
+    (its documented way to build a session fixture once), else this process's own base."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """``with built_once(factory, name) as (folder, ready)``: the first process to get here builds into
+    ``folder`` (``ready`` False) while the others wait on a file lock, then find it ``ready``.
+
+    Why: under ``pytest -n 2 --dist loadfile`` the files that share an expensive fixture may run on
+    both workers; the fixture is still built once per run (pytest-xdist's documentation, "Making
+    session-scoped fixtures execute only once"), without a scheduler of our own."""
+    from filelock import FileLock
+
+    root = _shared_dir(tmp_path_factory)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        ready = done.is_file()
+        if not ready:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        yield folder, ready
+        done.touch()
+
+
+def _train_quadrant_resnet() -> dict:
+    """timm resnet10t (4 classes, 64 px) after 30 Adam steps on :func:`quadrant_batch` images."""
     import timm
     import torch
 
@@ -75,7 +104,22 @@ def trained_resnet() -> dict:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    optimiser.zero_grad(set_to_none=True)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def trained_resnet(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """timm resnet10t (4 classes, 64 px) after 30 Adam steps; plus a held-out batch with masks. The
+    weights are trained once per run and shared through a file (``weights_only`` load)."""
+    import timm
+    import torch
+
+    with built_once(tmp_path_factory, "trained_resnet") as (folder, ready):
+        if not ready:
+            torch.save(_train_quadrant_resnet(), folder / "weights.pt")
+        state = torch.load(folder / "weights.pt", weights_only=True)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
+    model.load_state_dict(state)
     model.eval()
     test_images, test_labels, test_masks = quadrant_batch(16, seed=3)
     with torch.no_grad():
@@ -87,7 +131,7 @@ def trained_resnet() -> dict:
 def tiny_bench_run(tmp_path_factory: pytest.TempPathFactory):
     """A finished tiny bench (with report.html): test_bench's grid trimmed to two seeds (stability
     needs a pair), two kinds, one method of each sort, one substrate, 8 images. Read it, do not
-    change it: copy it first (shutil.copytree) where a test writes."""
+    change it: copy it first (shutil.copytree) where a test writes. Built once per run."""
     from click.testing import CliRunner
 
     from camzoo.cli import main
@@ -100,67 +144,36 @@ def tiny_bench_run(tmp_path_factory: pytest.TempPathFactory):
         "images = 16": "images = 8",
         "num_images = 128": "num_images = 64",
     }
-    base = tmp_path_factory.mktemp("camzoo-tiny-run")
-    config = tiny_config(base)
-    text = config.read_text(encoding="utf-8")
-    for old, new in trim.items():
-        assert old in text, f"test_bench.TINY changed: {old!r} is gone"
-        text = text.replace(old, new)
-    config.write_text(text, encoding="utf-8")
-    out = base / "out"
-    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
+    with built_once(tmp_path_factory, "camzoo-tiny-run") as (base, ready):
+        out = base / "out"
+        if not ready:
+            config = tiny_config(base)
+            text = config.read_text(encoding="utf-8")
+            for old, new in trim.items():
+                assert old in text, f"test_bench.TINY changed: {old!r} is gone"
+                text = text.replace(old, new)
+            config.write_text(text, encoding="utf-8")
+            result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--no-progress"])
+            assert result.exit_code == 0, result.output
     return out
 
 
-# What takes seconds to build once per pytest process: the session fixtures, and tests/forked.py's
-# fork server (its preloaded interpreter). Under `pytest -n N --dist loadfile` (the Makefile's), the
-# files that name one of them run on one worker, so each is built once, not once per worker.
-SHARED_FIXTURES = ("trained_resnet", "tiny_bench_run", "forked")
+def _slow_marks(path: Path) -> int:
+    return path.read_text(encoding="utf-8").count("@pytest.mark.slow") if path.is_file() else 0
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """pytest-xdist's file scheduling, with the files that share an expensive fixture as one unit, and
-    the units with the most ``slow`` tests first (a file of one 30-s test that starts last runs alone
-    on one core while the other idles).
-
-    Why a scheduler and not ``xdist_group`` marks: pytest-xdist 3.8 puts the group into a node id
-    attribute that pytest 9.2 no longer reads, so ``--dist loadgroup`` groups nothing there.
-    """
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    root = config.rootpath
-
-    @functools.cache
-    def source(file: str) -> str:
-        return (root / file).read_text(encoding="utf-8") if (root / file).is_file() else ""
-
-    @functools.cache
-    def unit_of(file: str) -> str:
-        return next((name for name in SHARED_FIXTURES if re.search(rf"\b{name}\b", source(file))), file)
-
-    def slow_tests(nodeids) -> int:
-        """``slow`` marks in the files of a unit's tests."""
-        return sum(source(file).count("@pytest.mark.slow") for file in {n.split("::", 1)[0] for n in nodeids})
-
-    class SharedFixtureScheduling(LoadFileScheduling):
-        _ordered = False
-
-        def _split_scope(self, nodeid: str) -> str:
-            return unit_of(super()._split_scope(nodeid))
-
-        def _assign_work_unit(self, node) -> None:
-            if not self._ordered:  # the first call: the queue of units is complete
-                self._ordered = True
-                units = sorted(self.workqueue.items(), key=lambda unit: (-slow_tests(unit[1]), -len(unit[1])))
-                self.workqueue.clear()
-                self.workqueue.update(units)
-            super()._assign_work_unit(node)
-
-    return SharedFixtureScheduling(config, log)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files with the most ``slow`` tests first, then the larger files (a file of one 30-s test
+    that started last ran alone on one core while the other idled). ``--dist loadfile`` hands the
+    files out in this order: it is the order the workers report their collection in."""
+    order: dict[Path, tuple[int, int, int]] = {}
+    for index, item in enumerate(items):
+        path = Path(str(item.path))
+        if path not in order:
+            order[path] = (-_slow_marks(path), 0, index)
+        slow, count, first = order[path]
+        order[path] = (slow, count - 1, first)
+    items.sort(key=lambda item: order[Path(str(item.path))])
 
 
 def _load_benchmark_script(name: str):

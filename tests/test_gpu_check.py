@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,14 @@ def test_gpu_check_script_without_cuda_skips_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" in result.stdout and "torch sees no CUDA device" in result.stdout
     assert not out.exists()
+
+
+def test_gpu_check_doc_keeps_its_procedure_above_the_scripts_marker():
+    """The script replaces only what follows its marker line: the doc must hold that exact line, after
+    the procedure and the targets, or a GPU run would overwrite them."""
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text(encoding="utf-8")
+    (mark,) = re.findall(r"^MARK='(.+)'$", script, flags=re.MULTILINE)
+    doc = (ROOT / "docs" / "gpu-check.md").read_text(encoding="utf-8").splitlines()
+    assert mark in doc, "docs/gpu-check.md lost the line benchmarks/gpu_check.sh writes below"
+    above = "\n".join(doc[:doc.index(mark)])
+    assert "## Procedure" in above and "## Targets" in above
