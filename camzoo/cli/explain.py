@@ -139,7 +139,8 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--save-maps", is_flag=True, help="Also write each map as float16 .npy at the photo's size.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--method-option", "method_option_texts", multiple=True, metavar="KEY=VALUE",
-              help="An option of the method(s), value read as a Python literal, e.g. sliding_window_shapes=(3,8,8); "
+              help="An option of the method(s), value a number, Python literal, JSON or text (docs/cli.md), "
+                   "e.g. sliding_window_shapes=(3,8,8); "
                    "repeatable; applies to every --method.")
 def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | None, checkpoint: Path | None,
                     num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layers: tuple[str, ...],
