@@ -54,11 +54,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when torch sees one, else CPU; an explicit CUDA device must exist."""
-    if name == "auto":
+    """auto | cpu | cuda | cuda:N (any case, spaces ignored) -> a torch.device that exists here.
+
+    Why the one resolver: the CLI, the bench plan, the trainer and every rank of a torchrun group
+    must read a device name the same way, and a name that cannot work here (``gpu``, CUDA on a
+    machine without it, ``cuda:9`` on one GPU) must fail before any work with a ValueError that says
+    what exists, not deep inside a model's ``.to()``. "auto" is CUDA when torch sees one, else CPU.
+    """
+    text = name.strip().lower() if isinstance(name, str) else name
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(text)
     except (RuntimeError, TypeError):
         raise ValueError(f"{name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
@@ -66,8 +73,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device; use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r} does not exist: torch sees {count} CUDA device(s) "
+                             f"(cuda:0..cuda:{count - 1})")
     return device
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camzoo"
 # Lower layers first; a module may import only from its own layer or below.
 LAYERS = [
     {"camzoo._version", "camzoo.io", "camzoo.maps", "camzoo.modelutil", "camzoo.batchnorm_folding", "camzoo.groundtruth",
-     "camzoo.registry"},
+     "camzoo.registry", "camzoo.world"},
     {"camzoo.inputs", "camzoo.explanation"},
     {"camzoo.data"},
     {"camzoo.models"},

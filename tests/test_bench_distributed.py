@@ -210,3 +210,28 @@ def test_jobs_go_to_the_first_rank_that_asks():
     assert taken[0] == ["job0", "job2", "job3", "job4"] and taken[1] == ["job1", "job5", "job6"]
     # a new launch (another run id or restart) starts from the first job again
     assert list(claimed_jobs(jobs[:2], "other-run", Worker(0, 2), store)) == jobs[:2]
+
+
+def test_a_bench_rank_reads_its_place_and_device_from_camzoo_world(monkeypatch):
+    """world_from_env and rank_device are camzoo.world's rules in the bench's types: a Worker, a
+    device name; one process (no torchrun, or a world of one) is not a worker."""
+    from camzoo.bench.distributed import rank_device, world_from_env
+    from camzoo.world import WorldError
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert world_from_env() is None
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert world_from_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    worker = world_from_env()
+    assert (worker.rank, worker.world_size) == (1, 3)
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(WorldError, match="RANK='x'"):
+        world_from_env()
+    assert rank_device("cpu") == "cpu"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert rank_device("auto") == "cuda:2" and rank_device("cuda:3") == "cuda:3"

@@ -250,9 +250,10 @@ def test_a_one_channel_timm_model_explains_a_grayscale_png_from_the_api_and_the_
 
 
 def test_method_options_reach_captum_and_bad_ones_are_one_usage_line(tmp_path, checkpoint):
-    from camzoo.cli.explain import _parse_method_options
+    from camzoo.cli.options import parse_options
 
-    assert _parse_method_options(["a=(3,4,4)", "b=16", "c=abs", "d='x'"]) == {"a": (3, 4, 4), "b": 16, "c": "abs", "d": "x"}
+    assert parse_options(["a=(3,4,4)", "b=16", "c=abs", "d='x'"], "--method-option") == {"a": (3, 4, 4), "b": 16, "c": "abs",
+                                                                                        "d": "x"}
     image = picture(tmp_path / "a.png")
     base = [image, "--checkpoint", checkpoint, "--method", "captum:Occlusion", "--out", tmp_path / "o"]
     ok = explain(*base, "--method-option", "sliding_window_shapes=(3,4,4)", "--method-option", "strides=2")

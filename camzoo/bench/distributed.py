@@ -22,41 +22,30 @@ A rank killed at any point loses at most the cell it was computing: rerunning th
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .. import world
 from .plan import BenchPlan, ConfigError, ModelJob, build_plan
 from .runner import BenchRunner
 from .shards import ShardedStore, Worker, merge_shards
 from .store import CellKey, ResultsStore
 
-# Ranks wait at the barriers for the slowest rank's models: hours on a large grid.
-BARRIER_TIMEOUT = timedelta(hours=int(os.environ.get("CAMZOO_DIST_TIMEOUT_HOURS", "48")))
-
 
 def world_from_env() -> Worker | None:
-    """This process's place in a torchrun group (RANK/WORLD_SIZE), or None when not launched by one."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    try:
-        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except ValueError:
-        raise ConfigError(f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not integers") from None
-    return Worker(rank, size) if size > 1 else None
+    """This process's place in a torchrun group (camzoo.world), or None when not launched as one of
+    several ranks."""
+    place = world.place_from_env()
+    return Worker(place.rank, place.world_size) if place is not None else None
 
 
 def rank_device(requested: str) -> str:
-    """One device per rank: "auto"/"cuda" -> cuda:LOCAL_RANK where CUDA exists; "cpu" stays the CPU."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return "cpu"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if requested.startswith("cuda:"):
-        return requested  # the user pinned one device (e.g. one rank per node)
-    return f"cuda:{local}"
+    """One device per rank (camzoo.world.rank_device): "auto"/"cuda" -> cuda:LOCAL_RANK where CUDA
+    exists; "cpu" stays the CPU; "cuda:N" is kept."""
+    return str(world.rank_device(requested))
 
 
 # What every rank of a bench imports before its first cell (torch._dynamo: torch's optimizers import
@@ -96,15 +85,6 @@ def _all_ok(ok: bool, device: str) -> bool:
     return int(flag.item()) == 0
 
 
-def _barrier(device: str) -> None:
-    import torch.distributed as dist
-
-    if device.startswith("cuda"):
-        dist.barrier(device_ids=[torch.device(device).index or 0])
-    else:
-        dist.barrier()
-
-
 def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Worker, device: str | None = None,
                     progress: bool = True, echo: Callable[[str], None] = print) -> BenchRunner:
     """This rank's share of the grid (see the module docstring); returns its runner (rank 0's holds
@@ -112,9 +92,7 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
     import torch.distributed as dist
 
     device = rank_device(device or config["device"])
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=BARRIER_TIMEOUT)
+    world.join(torch.device(device))
     try:
         error, plan = None, None
         try:
@@ -135,7 +113,7 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
         jobs = runner.pending_jobs()  # the same list on every rank (from the broadcast cells)
         runner.record_run()
         runner.run_models(claimed_jobs(jobs, runner.run_id, worker))
-        _barrier(device)
+        world.barrier(device)
         if worker.rank == 0:
             merged = ResultsStore(out_dir)
             merge_shards(out_dir, merged)

@@ -73,7 +73,7 @@ def run_on_ranks(nproc: int, device: str, preload: Sequence[str] = ()) -> NoRetu
 
 def _register() -> None:
     # Sub-command modules import torch lazily inside their commands, so `camzoo --help` stays fast.
-    for module_name in ("explain", "datasets", "train", "bench"):
+    for module_name in ("methods", "explain", "datasets", "train", "bench"):
         module = __import__(f"{__name__}.{module_name}", fromlist=["register"])
         module.register(main)
 

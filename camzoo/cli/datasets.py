@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import click
 
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, object]:
-    """KEY=VALUE pairs; values that read as ints stay ints."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value
-    return out
+from .checks import check_writable
+from .options import parse_options
 
 
 def _load(name: str, split: str, root: str | None, image_size: int | None, options: dict[str, object]):
@@ -58,7 +50,7 @@ def register(group: click.Group) -> None:
             entry = info(name)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
-        opts = _parse_options(options)
+        opts = parse_options(options, "--option", "num_classes=5")
         loaded = 0
         for split in entry.splits:
             try:
@@ -107,12 +99,11 @@ def register(group: click.Group) -> None:
 
         from ..data import DatasetError
         from ..data.preview import preview_grid
-        from .explain import check_writable
 
         if rows < 1 or cols < 1 or scale < 1:
             raise click.BadParameter("rows, cols and scale must be >= 1")
         check_writable(Path(out), "--out", is_dir=False)
-        ds = _load(name, split, root, image_size, _parse_options(options))
+        ds = _load(name, split, root, image_size, parse_options(options, "--option", "num_images=40"))
         try:
             path = preview_grid(ds, out, rows=rows, cols=cols, scale=scale, annotate=annotate)
         except DatasetError as err:  # a bad image, box or mask among the previewed items: as `check --verify` says it

@@ -1,4 +1,4 @@
-"""``camzoo methods`` and ``camzoo explain``: heat-maps for image files and folders from the command line.
+"""``camzoo explain``: heat-maps for image files and folders from the command line.
 
 Why a batch runner here and not a shell loop: a folder of photos is decoded one file at a time
 (an unreadable file is reported and skipped), explained in batches on the device with every
@@ -15,12 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
 import click
+
+from .checks import check_writable, resolve_device_option
+from .options import parse_options
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("input", "method", "layer", "target", "target_name", "score", "width", "height", "overlay", "map")
@@ -39,79 +41,8 @@ def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: i
         raise click.BadParameter(str(err), param_hint=f"--{err.param}") from err
 
 
-def resolve_device_option(text: str, param: str = "--device"):
-    """auto | cpu | cuda | cuda:N -> torch.device, or a usage error that says what exists.
-
-    Why here: ``torch.device("gpu")`` raises a several-line RuntimeError, and asking for CUDA on a
-    machine without one must fail before any work, not deep inside a model's ``.to()``.
-    """
-    import torch
-
-    from ..modelutil import resolve_device
-
-    try:
-        device = resolve_device(text.strip().lower())
-    except (RuntimeError, ValueError) as err:
-        if "no CUDA" in str(err):
-            raise click.BadParameter(f"{text!r}: torch sees no CUDA device on this machine; use cpu or auto",
-                                     param_hint=param) from err
-        raise click.BadParameter(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N", param_hint=param) from err
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise click.BadParameter(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})", param_hint=param)
-    return device
-
-
-def check_writable(path: Path, param: str, is_dir: bool) -> None:
-    """Fail now, as a usage error, when ``path`` cannot be written (a file where a folder is
-    needed or the reverse, a read-only or impossible place) — not after minutes of work."""
-    if is_dir and path.exists() and not path.is_dir():
-        raise click.BadParameter(f"{str(path)!r} is a file; give a directory (created if missing)", param_hint=param)
-    if not is_dir and path.is_dir():
-        raise click.BadParameter(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'out.png')!r}",
-                                 param_hint=param)
-    folder = path if is_dir else path.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise click.BadParameter(f"cannot write to {str(folder)!r}: {str(existing)!r} is a file, not a folder",
-                                 param_hint=param)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise click.BadParameter(f"cannot write to {str(folder)!r}: {err.strerror or err}", param_hint=param) from err
-
-
 def register(group: click.Group) -> None:
-    group.add_command(methods_command)
     group.add_command(explain_command)
-
-
-@click.command("methods")
-@click.option("--options", "show_options", is_flag=True,
-              help="Also show each method's facts (family, cost, one pass) and the options --method-option takes.")
-def methods_command(show_options: bool) -> None:
-    """List the CAM methods camzoo knows (one line each, with the paper), then the reference
-    (control) methods apart."""
-    from ..methods import method_names
-    from ..methods.registry import describe, method_facts
-
-    width = max(map(len, method_names())) + 2
-
-    def line(name: str) -> str:
-        info = describe(name)
-        text = f"  {name:{width}s}{info.summary}" + (f" [{info.paper}]" if info.paper else "")
-        return text + (f"\n  {'':{width}s}{method_facts(name)}" if show_options else "")
-
-    click.echo("methods:")
-    for name in method_names(reference=False):
-        click.echo(line(name))
-    click.echo(f"  {'captum:<Name>':{width}s}any captum.attr attribution (IntegratedGradients, Saliency, Occlusion, "
-               "LayerGradCam, ...), reduced to one map per image [Kokhlikyan et al. 2020]")
-    click.echo("\nreference methods (controls for benchmark tables, not explanations):")
-    for name in method_names(reference=True):
-        click.echo(line(name))
 
 
 def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] | None,
@@ -143,25 +74,6 @@ def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] 
             raise click.BadParameter(f"target {indices[-1]} is out of range for a model with {num_outputs} classes "
                                      f"(valid: 0..{num_outputs - 1})", param_hint="--target")
     return indices * count if len(indices) == 1 else indices
-
-
-def _parse_method_options(texts: Sequence[str]) -> dict[str, Any]:
-    """--method-option KEY=VALUE values -> {key: value}; a value is read as a Python literal
-    (``(3,4,4)``, ``16``, ``True``, ``'x'``), else kept as the plain string."""
-    import ast
-
-    options: dict[str, Any] = {}
-    for text in texts:
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise click.BadParameter(f"{text!r} is not KEY=VALUE (e.g. sliding_window_shapes=(3,8,8) or n_steps=16)",
-                                     param_hint="--method-option")
-        try:
-            options[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            options[key] = value.strip()
-    return options
 
 
 def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any,
@@ -227,7 +139,8 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--save-maps", is_flag=True, help="Also write each map as float16 .npy at the photo's size.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--method-option", "method_option_texts", multiple=True, metavar="KEY=VALUE",
-              help="An option of the method(s), value read as a Python literal, e.g. sliding_window_shapes=(3,8,8); "
+              help="An option of the method(s), value a number, Python literal, JSON or text (docs/cli.md), "
+                   "e.g. sliding_window_shapes=(3,8,8); "
                    "repeatable; applies to every --method.")
 def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | None, checkpoint: Path | None,
                     num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layers: tuple[str, ...],
@@ -254,7 +167,7 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
         colormap_function(colormap)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--colormap") from err
-    method_options = _parse_method_options(method_option_texts)
+    method_options = parse_options(method_option_texts, "--method-option", "sliding_window_shapes=(3,8,8) or n_steps=16")
     _check_out_is_not_an_input(out_dir, inputs)
     skipped: list[tuple[Path, str]] = []
     try:  # the --out folder is never read: overlays of a previous run are not explained again

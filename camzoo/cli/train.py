@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
-from .explain import check_writable, resolve_device_option
-
-
-def _parse_option(text: str, hint: str = "--model-option") -> tuple[str, object]:
-    """``key=value`` with value read as JSON when it parses (numbers, true/false, null, lists)."""
-    if "=" not in text:
-        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint=hint)
-    key, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+from .checks import check_writable, resolve_device_option
+from .options import parse_options
 
 
 @click.command("train")
@@ -70,17 +58,21 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     if kind not in kind_names():
         raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
     from ..train.ddp import init_from_env, world
+    from ..world import WorldError, place_from_env
 
     device = str(resolve_device_option(device))
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not yet a rank: start the ranks
-        from . import run_on_ranks
+    options = parse_options(model_options, "--model-option", "fin_width=64")
+    data_options = parse_options(dataset_options, "--dataset-option", "num_classes=4")
+    try:
+        if nproc > 1 and place_from_env() is None:  # not yet a rank: start the ranks
+            from . import run_on_ranks
 
-        run_on_ranks(nproc, device, preload=("camzoo.data", "camzoo.train", "torch._dynamo"))
-    device = init_from_env(device)  # under torchrun: this rank's device, DDP
+            run_on_ranks(nproc, device, preload=("camzoo.data", "camzoo.train", "torch._dynamo"))
+        device = init_from_env(device)  # under torchrun: this rank's device, DDP
+    except WorldError as err:  # torchrun's variables, or a rank without a GPU of its own
+        raise click.ClickException(str(err)) from err
     rank, world_size = world()
     check_writable(Path(out_dir), "--out", is_dir=True)
-    options = dict(_parse_option(text) for text in model_options)
-    data_options = dict(_parse_option(text, "--dataset-option") for text in dataset_options)
     config = TrainConfig(
         kind=kind, backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         schedule=schedule, warmup=warmup, nesterov=nesterov, seed=seed, augment=augment, device=device,

@@ -18,6 +18,7 @@ from .registry import (
     shares_one_pass,
     split_layer,
 )
+from .run import run_method
 
 __all__ = [
     "CAMMethod",
@@ -30,6 +31,7 @@ __all__ = [
     "one_pass_groups",
     "reference_method_names",
     "register",
+    "run_method",
     "select_methods",
     "shares_one_pass",
     "split_layer",

@@ -46,21 +46,11 @@ def method_explain_fn(method: str | ExplainFn, layer: Any = None, batch_size: in
                         f"{type(method).__name__}")
 
     def run(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from ..methods import run_method  # lazy: metrics do not import the methods at import time
+
         return run_method(model, images, method, targets, layer, batch_size, method_options).maps
 
     return run
-
-
-def run_method(model: nn.Module, images: torch.Tensor, method: str, targets: torch.Tensor, layer: Any = None,
-               batch_size: int | None = None, method_options: Mapping[str, Any] | None = None,
-               ground_truth: Mapping[str, torch.Tensor] | None = None):
-    """One registered method on a normalised batch, as ``camzoo.explain`` runs it on a tensor (its
-    options checked against the method's signature); the Explanation."""
-    from ..methods import get_method  # lazy: metrics do not import the methods at import time
-
-    cls = get_method(method)
-    explainer = cls(model, layer=layer, batch_size=batch_size, **cls.check_options(method_options))
-    return explainer(images, targets, ground_truth=ground_truth)
 
 
 def _similarity(maps_a: torch.Tensor, maps_b: torch.Tensor, measure: str) -> torch.Tensor:

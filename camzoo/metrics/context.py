@@ -49,7 +49,7 @@ class MethodSpec:
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                 ground_truth: Mapping[str, torch.Tensor] | None = None, batch_size: int | None = None):
         """The method on a normalised batch, as the cell's maps were made: an ``Explanation``."""
-        from .class_sensitivity import run_method
+        from ..methods import run_method
 
         return run_method(model, images, self.name, targets, self.layer, batch_size, self.options, ground_truth)
 

@@ -358,7 +358,7 @@ def play_grid_game(model: nn.Module, grids: dict, explain: Any, game: str = "gri
     size = (int(images.shape[-2]), int(images.shape[-1]))
     raw_result = None
     if isinstance(explain, str):
-        from .class_sensitivity import run_method
+        from ..methods import run_method
 
         truth = {"mask": cell_masks(jobs["cell"], n, size[0], size[1], device=inputs.device)}  # for `oracle`
         explanation = run_method(net, inputs, explain, targets, layer, batch_size, method_options, truth)

@@ -13,38 +13,32 @@ and the logits are gathered back into index order: exactly the numbers of one pr
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..world import barrier, join, place_from_env, rank_device
+from ..world import current as world
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of an initialised process group; (0, 1) otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# The trainer's loop reaches the group through this module: its world() and barrier() are camzoo.world's.
+__all__ = ["DistributedModel", "all_sum", "barrier", "evaluate_sharded", "init_from_env", "predict_sharded", "world",
+           "wrap"]
 
 
 def init_from_env(device: str) -> str:
-    """Under torchrun (WORLD_SIZE > 1): join the group (NCCL on CUDA, else gloo) and return this
-    rank's device (cuda:LOCAL_RANK for "cuda"/"auto" with CUDA). Without torchrun: ``device`` as is."""
+    """Under torchrun (a rank of several, camzoo.world): join the group and return this rank's device
+    (``camzoo.world.rank_device``: cuda:LOCAL_RANK for "cuda"/"auto" with CUDA, else as given).
+    Without torchrun, or once joined: ``device`` as is."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    place = place_from_env()
+    if place is None or dist.is_initialized():
         return device
-    if device in ("cuda", "auto") and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    elif device == "auto":
-        device = "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return device
+    resolved = rank_device(device, place.local_rank)
+    join(resolved)
+    return str(resolved)
 
 
 class _TrainForward(nn.Module):
@@ -79,13 +73,6 @@ def all_sum(*tensors: torch.Tensor) -> None:
     if world()[1] > 1:
         for tensor in tensors:
             dist.all_reduce(tensor)
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
 
 
 @torch.no_grad()

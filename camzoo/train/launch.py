@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..modelutil import resolve_device
+
 
 def launch(nproc: int, arguments: Sequence[str], device: str = "auto",
            command: Callable[[list[str]], Any] | None = None, preload: Sequence[str] = ()) -> int:
@@ -34,7 +36,7 @@ def launch(nproc: int, arguments: Sequence[str], device: str = "auto",
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
-        if command is not None and (device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
+        if command is not None and _on_cpu(device):
             _launch_forked(nproc, list(arguments), command, preload)
         else:
             from torch.distributed.run import parse_args, run
@@ -46,6 +48,15 @@ def launch(nproc: int, arguments: Sequence[str], device: str = "auto",
     except SignalException as err:  # Ctrl-C or a kill: torchrun stopped the ranks first
         return 128 + int(err.sigval)
     return 0
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether ranks asked for ``device`` run on the CPU (camzoo.modelutil.resolve_device); a name
+    that resolves to nothing here is left to the ranks, which say what is wrong with it."""
+    try:
+        return resolve_device(device).type == "cpu"
+    except ValueError:
+        return False
 
 
 def _launch_forked(nproc: int, arguments: list[str], command: Callable[[list[str]], Any],

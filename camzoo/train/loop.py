@@ -30,7 +30,7 @@ from ..data.transforms import augment_batch
 from ..inference import evaluate
 from ..models import build_model
 from ..models.checkpoint import save_model
-from ..modelutil import cpu_has_native_bf16
+from ..modelutil import cpu_has_native_bf16, resolve_device
 from . import ddp
 from .config import TrainConfig, TrainResult
 from .schedule import learning_rate
@@ -59,7 +59,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
             "that would augment twice; load the dataset with augment=False or set augment='none'"
         )
     out_dir = Path(out_dir)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device or "auto")
     is_cuda = device.type == "cuda"
     amp = is_cuda if config.amp is None else config.amp
     if amp and device.type == "cpu" and not cpu_has_native_bf16():
