@@ -66,8 +66,8 @@ def scoring_defaults() -> dict[str, Any]:
 
 
 def _base() -> dict[str, Any]:
-    """The config every preset starts from: ``_BASE`` with the scoring defaults in its [eval] (built on
-    first use: reading them imports the metrics, which ``import camzoo.bench.config`` need not pay for)."""
+    """The config every preset starts from: ``_BASE`` with the scoring defaults in its [eval] (built when a
+    config is resolved: reading them imports the metrics, which ``import camzoo.bench.config`` need not pay for)."""
     base = copy.deepcopy(_BASE)
     base["eval"].update(scoring_defaults())
     return base
