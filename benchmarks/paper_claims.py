@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from camzoo.bench import stats
-from camzoo.bench.report import find_run, latest_run
+from camzoo.bench.record import find_run, latest_run
 from camzoo.bench.store import ALL_SEEDS, ResultsStore
 
 RESAMPLES = 2000

@@ -33,7 +33,8 @@ from camzoo.batchnorm_folding import fold_batchnorm
 from camzoo.bench import build_plan
 from camzoo.bench import summary as summary_module
 from camzoo.bench.config import resolve_config
-from camzoo.bench.report import latest_run, write_report
+from camzoo.bench.record import RunRecord, latest_run
+from camzoo.bench.report import write_report
 from camzoo.bench.evaluation import explain_group, load_eval_set
 from camzoo.bench.store import ResultsStore
 from camzoo.bench.summary import summarise
@@ -87,12 +88,12 @@ def report_seconds(store: ResultsStore, run: dict, directory: Path) -> dict[str,
     summary_module.stats.significant_best = timed
     try:
         begin = time.perf_counter()
-        summarise(store, run, resamples=2000)
+        summarise(store, RunRecord.from_row(run), resamples=2000)
         full = time.perf_counter() - begin
     finally:
         summary_module.stats.significant_best = original
     begin = time.perf_counter()
-    summarise(store, run, resamples=1)
+    summarise(store, RunRecord.from_row(run), resamples=1)
     one = time.perf_counter() - begin
     begin = time.perf_counter()
     write_report(directory, run["run_id"], html=True)

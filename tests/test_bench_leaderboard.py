@@ -18,6 +18,7 @@ from PIL import Image
 from scipy.stats import rankdata
 
 from camzoo.bench.leaderboard import joined_runs, leaderboard, mean_normalised_rank, separated_pairs
+from camzoo.bench.record import RunRecord
 from camzoo.bench.summary import table_columns
 
 
@@ -180,7 +181,7 @@ def test_ties_keep_the_config_order_and_wide_families_continue(monkeypatch):
     assert list(board.ranked["method"]) == ["m2", "m3", "m1"] and list(board.controls["method"]) == ["random"]
     assert "No letters in this run: the store has no per-image values" in tables_note(board)
     monkeypatch.setattr(tables, "MAX_COLUMNS", 4)  # two metric columns per table
-    split = [(t.name, t.title, [c.metric for c in t.columns]) for t in tables.full_tables(frame, {"deletion_steps": 4})]
+    split = [(t.name, t.title, [c.metric for c in t.columns]) for t in tables.full_tables(frame, steps_record(4))]
     assert split == [("causal", "accuracy and deletion / insertion", ["deletion"]),
                      ("localisation", "localization", ["pointing_game", "energy_pointing_game_mask"]),
                      ("localisation-2", "localization", ["pxap"])]
@@ -191,10 +192,15 @@ def rank_every(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"metric": [c[:-len("_mean")] for c in frame if c.endswith("_mean")], "verdict": "rank"})
 
 
+def steps_record(steps: int) -> RunRecord:
+    """A run record whose games take ``steps`` steps (the protocol the notes describe)."""
+    return RunRecord.from_config({"eval": {"images": 8, "deletion_steps": steps}})
+
+
 def tables_note(board) -> str:
     from camzoo.bench.leaderboard import note
 
-    return note(board, {"deletion_steps": 4})
+    return note(board, steps_record(4))
 
 
 def test_pictures_without_controls_or_letters_say_so(run_dir, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import pytest
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.leaderboard import leaderboard
+from camzoo.bench.record import RunRecord
 from camzoo.bench.reliability import CARD_COLUMNS
 from camzoo.bench.store import CellKey, ResultsStore
 from camzoo.bench.summary import summarise
@@ -44,7 +45,7 @@ def write_store(directory, columns: dict[str, dict[str, np.ndarray]], evaluation
 
 def summary_of(directory, run):
     with ResultsStore(directory) as store:
-        return summarise(store, run, resamples=200)
+        return summarise(store, RunRecord.from_store(store, run["run_id"]), resamples=200)
 
 
 def noise(rng: np.random.Generator, shift: float = 0.0) -> np.ndarray:

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.explore import latest_run
+from camzoo.bench.record import RunRecord
 from camzoo.bench.plan import build_plan
 from camzoo.bench.report import gallery_plot
 from camzoo.bench.runner import BenchRunner
@@ -202,7 +203,7 @@ def test_entry_overrides_reach_the_images_and_the_method(folder, tmp_path, monke
         np.testing.assert_allclose(logits["plain"], model(default).numpy(), rtol=1e-4, atol=1e-4)
     # the gallery shows the 48-px entry's maps over the dataset's 32-px images
     with ResultsStore(out) as store:
-        assert gallery_plot(store, run, "annotated", "big", tmp_path / "big.png").stat().st_size > 0
+        assert gallery_plot(store, RunRecord.from_store(store, run), "annotated", "big", tmp_path / "big.png").stat().st_size > 0
 
 
 def test_normalisation_defaults_follow_camzoo_explain():
@@ -257,5 +258,6 @@ def test_keep_maps_zero_stores_no_maps_and_no_stability(folder, tmp_path):
         run = latest_run(store)["run_id"]
         assert not list(store.arrays(run, "maps")) and not [c for c in store.cells(run) if c.seed == -1 and c.method != "gallery"]
         (images,) = [array for _, array in store.arrays(run, "eval_images", method="gallery")]
-        assert images.shape[0] == 0 and gallery_plot(store, run, "annotated", "resnet10t", tmp_path / "g.png") is None
+        record = RunRecord.from_store(store, run)
+        assert images.shape[0] == 0 and gallery_plot(store, record, "annotated", "resnet10t", tmp_path / "g.png") is None
         assert len(store.results(run)) > 0

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.plan import build_plan
+from camzoo.bench.record import RunRecord
 from camzoo.bench.tables import causal_description, markdown_tables
 from camzoo.metrics import faithfulness
 from camzoo.metrics import EvalSettings
@@ -86,10 +87,15 @@ def test_game_images_setting_is_validated_and_shown():
         build_plan(resolve_config("quick", overrides={"eval": {"game_images": 0}}))
     with pytest.raises(ValueError, match="eval.game_images"):
         build_plan(resolve_config("quick", overrides={"eval": {"game_images": "some"}}))
-    quick = resolve_config("quick")["eval"]
+    config = resolve_config("quick")
+    quick = RunRecord.from_config(config)
+
+    def games(value: object) -> RunRecord:
+        return RunRecord.from_config({**config, "eval": {**config["eval"], "game_images": value}})
+
     assert causal_description(quick) == "label, 6 steps over first 15% px, first 48 images"
-    assert causal_description({**quick, "game_images": "all"}) == "label, 6 steps over first 15% px"
-    assert causal_description({**quick, "game_images": 500}) == "label, 6 steps over first 15% px"
+    assert causal_description(games("all")) == "label, 6 steps over first 15% px"
+    assert causal_description(games(500)) == "label, 6 steps over first 15% px"
     frame = pd.DataFrame([{"dataset": "d", "backbone": "b", "kind": "baseline", "method": "gradcam",
                            "reference": False, "srg_zeros_mean": 0.1, "srg_zeros_std": 0.0}])
     assert "(SRG = LeRF − MoRF AUC, first 48 images)" in markdown_tables(frame, quick)

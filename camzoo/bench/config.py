@@ -34,6 +34,8 @@ _BASE: dict[str, Any] = {
     # "checkpoints": ["a.pth", "b.pth"], "label": ..., "options": {...}, "layer": ...}]. When given,
     # only these are scored (kinds, backbones, seeds, variants and [train] are not used).
     "models": [],
+    # [eval]: the harness's own keys (below), then every scoring setting of camzoo.metrics.EvalSettings
+    # at its field's default (resolve_config adds them: one copy of the defaults, documented there).
     "eval": {
         "images": 256,  # evaluation images per model (the first N of the test split)
         "batch_size": 128,  # images per explain() call
@@ -42,52 +44,34 @@ _BASE: dict[str, Any] = {
         # maps only for the first keep_maps (the gallery, report.html and cross-seed stability read those).
         "block_images": 1000,
         "keep_maps": 1000,
-        # Deletion/insertion: "default" plays the games below; "rise" is RISE's published protocol
-        # exactly (28 steps over all pixels, the predicted class) and ignores the next three keys.
-        "protocol": "default",
-        "deletion_steps": 28,  # steps (points = steps + 1); RISE: 28 (1,792 px per step at 224 px)
-        "deletion_fraction": 1.0,  # play over the first fraction of the pixels (partial AUC); 1 = all
-        "deletion_target": "label",  # "label": the class each map explains; "prediction": the top-1 class
-        # MoRF/LeRF (SRG) with these substrates, same steps and pixel fraction; the report gives the
-        # rank agreement between them (Kendall's tau). [] skips them.
-        "substrates": ["zeros", "blur", "road"],
-        # The perturbation games (deletion/insertion, MoRF/LeRF) cost a few dozen forwards per image,
-        # the other metrics none or one: they may play on the first N evaluation images only ("all":
-        # every one). Every row of a column is scored on the same images, so rows stay paired.
-        "game_images": "all",
-        "chunk_size": 64,  # images per model forward inside deletion/insertion
         "gallery_images": 4,  # test images shown in the gallery plot
-        # The pointing game's 15-px tolerance (TorchRay) refers to ~224-px images; it is scaled to ours.
-        "pointing_tolerance": 15.0,
-        "pointing_reference_size": 224,
-        # Discrimination (docs/metrics.md): games on new inputs whose evidence's place is known, each
-        # explained with the cell's method; [] plays none. Grid games: "gridpg_2x2", "gridpg_3x3",
-        # "difull_2x2", "dipart_2x2", "focus" (the grid size is in the name).
-        "grid_games": [],
-        "grid_threshold": 0.99,  # a grid cell: an evaluation image classified correctly with this confidence
-        "grid_count": 64,  # grids (and Focus mosaics) per model, built once from the evaluation images
-        # Class sensitivity and sanity: "random_logit_similarity", "randomisation_spearman"; [] runs none.
-        "sensitivity": [],
-        "randomisation_draws": 3,  # full randomisations averaged by randomisation_spearman
-        # Each metric's reliability card (reliability.csv; docs/metrics.md "Which columns to believe"):
-        # "quick" computes every field from the stored per-image values; "full" also MetaQuantus' noise
-        # resilience and adversarial reactivity (each method cell re-explained and re-scored under
-        # perturbation_draws perturbed inputs and models, small and large: 4 x draws extra passes).
-        "reliability": "quick",
-        "perturbation_draws": 5,
-        "input_noise": [0.01, 2.0],  # (small, large) ε of x + U(-ε, ε), in normalised input units
-        "model_noise": [0.01, 1.0],  # (small, large) σ of weights x N(1, σ)
-        # The verdicts: two rows are separated only by a significant AND non-negligible difference
-        # (Cliff's |δ| >= negligible_delta and |median difference| >= negligible_span of the
-        # random-oracle span); a column ranks in the leaderboard only when no control wins it, it
-        # separates some methods, Krippendorff's α >= min_alpha and the oracle beats random on at least
-        # min_oracle_share of the images.
-        "negligible_delta": 0.147,
-        "negligible_span": 0.05,
-        "min_alpha": 0.2,
-        "min_oracle_share": 0.6,
     },
 }
+
+
+def scoring_defaults() -> dict[str, Any]:
+    """``EvalSettings``' field defaults as config values (TOML has lists, not tuples; "all" images is
+    ``game_images = "all"``): what ``EvalSettings.from_config`` reads back as the same settings."""
+    import dataclasses
+
+    from ..metrics.settings import EvalSettings
+
+    def value(field: dataclasses.Field) -> Any:
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+        if default is None:  # game_images, the one optional field: every image
+            return "all"
+        return list(default) if isinstance(default, tuple) else default
+
+    return {field.name: value(field) for field in dataclasses.fields(EvalSettings)}
+
+
+def _base() -> dict[str, Any]:
+    """The config every preset starts from: ``_BASE`` with the scoring defaults in its [eval] (built when a
+    config is resolved: reading them imports the metrics, which ``import camzoo.bench.config`` need not pay for)."""
+    base = copy.deepcopy(_BASE)
+    base["eval"].update(scoring_defaults())
+    return base
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a 2-core CPU, a few minutes, numbers that mean something.
@@ -191,7 +175,7 @@ def resolve_config(
     preset_name = from_file.get("preset") or preset or "quick"
     if preset_name not in PRESETS and preset_name != "custom":
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-    config = _merge(_BASE, PRESETS.get(preset_name, {}))
+    config = _merge(_base(), PRESETS.get(preset_name, {}))
     config = _merge(config, from_file)
     config = _merge(config, overrides or {})
     if config["kinds"] is None:

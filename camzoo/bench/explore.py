@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .record import RunRecord, find_run, latest_run
 from .store import ALL_SEEDS, STORE_NAME, ResultsStore
 from .summary import RESAMPLES, summarise
 
@@ -23,22 +24,6 @@ CELL_COLUMNS = ["dataset", "backbone", "kind", "variant", "seed", "method"]
 LONG_COLUMNS = [*CELL_COLUMNS, "metric", "pair", "image", "value"]
 CURVE_COLUMNS = [*CELL_COLUMNS, "metric", "step", "fraction", "value"]
 BOOKKEEPING = ("gallery",)  # cells that hold the evaluation images, not results
-
-
-def latest_run(store: ResultsStore) -> dict[str, Any]:
-    """The newest run in the store, or a clear error when there is none."""
-    runs = store.runs()
-    if not runs:
-        raise ValueError(f"{store.path} holds no benchmark run yet; run `camzoo bench --out {store.directory}` first")
-    return runs[-1]
-
-
-def find_run(store: ResultsStore, run_id: str) -> dict[str, Any]:
-    """The run of that id in the store, or a clear error listing the runs there."""
-    run = next((r for r in store.runs() if r["run_id"] == run_id), None)
-    if run is None:
-        raise ValueError(f"no run {run_id!r} in {store.path}; runs: {', '.join(r['run_id'] for r in store.runs())}")
-    return run
 
 
 def open_store(directory: str | Path) -> ResultsStore:
@@ -54,33 +39,45 @@ class Results:
     """One run of a store, as DataFrames (see :func:`load`)."""
 
     directory: Path
-    run_id: str
-    config: dict[str, Any]
-    provenance: dict[str, Any]
-    created_at: str
+    record: RunRecord  # the run: id, stored config and provenance, scoring settings (camzoo.bench.record)
     cells: pd.DataFrame  # one row per (cell, metric): the stored value (the mean the tables average over seeds)
     long: pd.DataFrame  # one row per (cell, metric, [pair,] image): metrics with one number per image
     curves: pd.DataFrame  # one row per (cell, curve, step): deletion/insertion curves averaged over images
 
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self.record.config
+
+    @property
+    def provenance(self) -> Mapping[str, Any]:
+        return self.record.provenance
+
+    @property
+    def created_at(self) -> str:
+        return self.record.created_at
+
     def summary(self, resamples: int = RESAMPLES) -> pd.DataFrame:
         """The frame behind summary.csv (means, stds, CIs, marks, normalised scores), by the report's own code."""
         with open_store(self.directory) as store:
-            return summarise(store, find_run(store, self.run_id), resamples).frame
+            return summarise(store, self.record, resamples).frame
 
     def reliability(self, resamples: int = RESAMPLES) -> pd.DataFrame:
         """The frame behind reliability.csv: one reliability card per (dataset, backbone, metric) with its
         verdict (``rank``/``report``) and reason (camzoo.bench.reliability; docs/metrics.md)."""
         with open_store(self.directory) as store:
-            return summarise(store, find_run(store, self.run_id), resamples).reliability
+            return summarise(store, self.record, resamples).reliability
 
 
-def curve_fractions(evaluation: Mapping[str, Any], points: int) -> np.ndarray:
+def curve_fractions(record: RunRecord, points: int) -> np.ndarray:
     """x of a deletion/insertion curve: the fraction of the pixels changed at each of its points."""
-    fraction = 1.0 if evaluation.get("protocol") == "rise" else float(evaluation.get("deletion_fraction", 1.0))
-    return np.linspace(0.0, fraction, points)
+    return np.linspace(0.0, record.game_fraction, points)
 
 
-def _frames(rows: list[dict[str, Any]], evaluation: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _frames(rows: list[dict[str, Any]], record: RunRecord) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(cells, long, curves) from the store's result rows (per-image blobs decoded)."""
     cells, long_parts, curve_parts = [], [], []
     for row in rows:
@@ -96,7 +93,7 @@ def _frames(rows: list[dict[str, Any]], evaluation: Mapping[str, Any]) -> tuple[
         if row["metric"].endswith("_curve") and values.ndim == 2:
             mean = values.mean(0)
             curve_parts.append(pd.DataFrame({**key, "step": np.arange(len(mean)),
-                                             "fraction": curve_fractions(evaluation, len(mean)), "value": mean}))
+                                             "fraction": curve_fractions(record, len(mean)), "value": mean}))
         elif values.ndim == 1 or (row["seed"] == ALL_SEEDS and values.ndim == 2):
             table = values.reshape(-1, values.shape[-1])  # (pairs or 1, images)
             pairs, images = np.indices(table.shape)
@@ -122,7 +119,8 @@ def load(results_dir: str | Path, run: str | None = None) -> Results:
       test image). Dataset-level metrics (MaxBoxAcc, PxAP) keep tables, not numbers, per image.
     - ``curves``: deletion/insertion curves averaged over images, per cell and step, with
       ``fraction`` = the share of pixels changed.
-    - ``config``, ``provenance``: the run's resolved config and versions/device/host.
+    - ``config``, ``provenance``: the run's resolved config and versions/device/host; ``record``: the
+      run typed (camzoo.bench.record.RunRecord: its scoring settings as an ``EvalSettings``).
     - ``summary()``: the summary.csv frame (CIs, significance marks), computed on demand.
     - ``reliability()``: the reliability.csv frame (a card per metric: rank or report, and why).
 
@@ -131,16 +129,22 @@ def load(results_dir: str | Path, run: str | None = None) -> Results:
         run: a run id in the store; None: the latest run.
 
     Returns:
-        A frozen :class:`Results` with ``directory``, ``run_id``, ``config``, ``provenance``, ``created_at``
-        and the ``cells``, ``long`` and ``curves`` DataFrames described above.
+        A frozen :class:`Results` with ``directory``, ``record`` (and its ``run_id``, ``config``,
+        ``provenance``, ``created_at``) and the ``cells``, ``long`` and ``curves`` DataFrames described above.
 
     Raises:
         FileNotFoundError: ``results_dir`` holds no results store (one is never created).
         ValueError: the store holds no run, or no run ``run``.
     """
     with open_store(results_dir) as store:
-        found = find_run(store, run) if run else latest_run(store)
-        rows = store.results(found["run_id"], with_per_image=True)
-    cells, long, curves = _frames(rows, found["config"]["eval"])
-    return Results(Path(results_dir), found["run_id"], found["config"], found["provenance"], found["created_at"],
-                   cells, long, curves)
+        return read_results(store, RunRecord.from_store(store, run), results_dir)
+
+
+def read_results(store: ResultsStore, record: RunRecord, directory: str | Path | None = None) -> Results:
+    """:func:`load` of an open store and a record already built (camzoo report reads both once)."""
+    cells, long, curves = _frames(store.results(record.run_id, with_per_image=True), record)
+    return Results(Path(directory if directory is not None else store.directory), record, cells, long, curves)
+
+
+# find_run and latest_run (the run rows) live in camzoo.bench.record; importable from here as before
+__all__ = ["Results", "curve_fractions", "find_run", "latest_run", "load", "open_store", "read_results"]

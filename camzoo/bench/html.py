@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 
 from ..io import atomic_write_text
-from .explore import Results, load
+from .explore import Results, read_results
+from .record import RunRecord
 from .store import ALL_SEEDS, ResultsStore
 from .leaderboard import Board, group_pairwise, leaderboard, letters, note
 from .reliability import CARD_COLUMNS, card_line, reported_reasons
@@ -40,17 +41,17 @@ MAX_IMAGES = 256  # evaluation images in the per-image browser (the first N)
 THUMB = 48  # longest side of a map thumbnail, in pixels
 
 
-def write_html(directory: str | Path, store: ResultsStore, run: Mapping[str, Any], summary: Summary,
+def write_html(directory: str | Path, store: ResultsStore, record: RunRecord, summary: Summary,
                provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
                out: str | Path | None = None, pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
                results: Results | None = None, boards: Mapping[tuple[str, str], Board] | None = None) -> Path:
-    """Write ``report.html`` for ``run`` of the store in ``directory`` into ``out`` (default: the
+    """Write ``report.html`` for the run ``record`` of the store in ``directory`` into ``out`` (default: the
     directory; elsewhere for a store in a read-only place) and return its path. ``pictures``: the PNGs
     of camzoo.bench.plots per (dataset, backbone), embedded at the top of each group; ``results``: the
     run as camzoo.bench.load reads it, when the caller has it already (else it is read here); ``boards``:
     the leaderboards summary.md shows, per (dataset, backbone) (else they are built here)."""
-    results = load(directory, run["run_id"]) if results is None else results
-    data = page_data(store, run, summary, provenance, results, max_images, thumb, pictures, boards)
+    results = read_results(store, record, directory) if results is None else results
+    data = page_data(store, record, summary, provenance, results, max_images, thumb, pictures, boards)
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")
@@ -83,12 +84,11 @@ def inline_markdown(text: str) -> str:
     return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
 
 
-def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, provenance: list[str],
+def page_data(store: ResultsStore, record: RunRecord, summary: Summary, provenance: list[str],
               results: Results, max_images: int = MAX_IMAGES, thumb: int = THUMB,
               pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
               boards: Mapping[tuple[str, str], Board] | None = None) -> dict[str, Any]:
     """Everything the page shows, as plain JSON-able data."""
-    evaluation = run["config"]["eval"]
     groups = []
     for (dataset, backbone), frame in summary.frame.groupby(["dataset", "backbone"], sort=False):
         cards = group_pairwise(summary.reliability, dataset, backbone)
@@ -96,41 +96,41 @@ def page_data(store: ResultsStore, run: Mapping[str, Any], summary: Summary, pro
         if board is None:
             board = leaderboard(frame, group_pairwise(summary.pairwise, dataset, backbone), cards)
         groups.append({
-            "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, evaluation),
+            "dataset": dataset, "backbone": backbone, "leaderboard": board_data(board, record),
             "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),
             "cards": card_data(cards),
-            "tables": summary_tables(frame, evaluation, summary.agreement.get((dataset, backbone)),
+            "tables": summary_tables(frame, record, summary.agreement.get((dataset, backbone)),
                                      reported_reasons(cards)),
-            "curves": curve_data(results, run["config"], dataset, backbone),
-            "browser": browser_data(store, run, results, dataset, backbone, max_images, thumb),
+            "curves": curve_data(results, dataset, backbone),
+            "browser": browser_data(store, record, results, dataset, backbone, max_images, thumb),
         })
     from ..methods import reference_method_names
 
-    return {"run_id": run["run_id"], "created_at": run["created_at"], "preset": run["config"].get("preset"),
+    return {"run_id": record.run_id, "created_at": record.created_at, "preset": record.config.get("preset"),
             "controls": reference_method_names(),  # the registry's control rows (dashed curves, "(control)")
             "provenance_html": [inline_markdown(line[2:] if line.startswith("- ") else line) for line in provenance],
-            "provenance": dict(run["provenance"]), "config": run["config"], "groups": groups}
+            "provenance": dict(record.provenance), "config": record.config, "groups": groups}
 
 
 # --- tables ---------------------------------------------------------------------------------------
-def board_data(board: Board, evaluation: Mapping[str, Any]) -> dict[str, Any]:
+def board_data(board: Board, record: RunRecord) -> dict[str, Any]:
     """The leaderboard: summary.md's, with separate kind, method and rank cells (the page has no column limit)."""
     def cells(row: pd.Series) -> list[dict[str, Any]]:
         return [{"text": format_number(row[f"{c.metric}_mean"], c.digits), "letters": letters(row, c),
                  "value": float(row[f"{c.metric}_mean"])} for c in board.columns]
 
-    return {"note": note(board, evaluation), "columns": _columns(board.columns, evaluation),
+    return {"note": note(board, record), "columns": _columns(board.columns, record),
             "rows": [{"kind": r["kind"], "method": r["method"], "rank": float(r["mean_rank"]), "cells": cells(r)}
                      for _, r in board.ranked.iterrows()],
             "controls": [{"kind": r["kind"], "method": r["method"], "cells": cells(r)} for _, r in board.controls.iterrows()]}
 
 
-def _columns(columns: list[Column], evaluation: Mapping[str, Any], reported: Mapping[str, str] | None = None
+def _columns(columns: list[Column], record: RunRecord, reported: Mapping[str, str] | None = None
              ) -> list[dict[str, str]]:
     """Short headers (marked † where the column does not rank); the full description and protocol on hover."""
     reported = reported or {}
     return [{"metric": c.metric, "header": table_header(c, reported),
-             "title": description(c, evaluation) + (f" — not ranked: {reported[c.metric]}" if c.metric in reported else "")}
+             "title": description(c, record) + (f" — not ranked: {reported[c.metric]}" if c.metric in reported else "")}
             for c in columns]
 
 
@@ -141,12 +141,12 @@ def card_data(cards: pd.DataFrame) -> list[dict[str, Any]]:
             for _, card in cards.iterrows()]
 
 
-def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
+def summary_tables(frame: pd.DataFrame, record: RunRecord,
                    agreement: Mapping[str, Any] | None, reported: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The full tables of summary.md for one (dataset, backbone), cell for cell, with sortable values;
     each cell also in parts (mean, "± std [CI]", mark), so that the page can fold the CIs away."""
     tables = []
-    for table in full_tables(frame, evaluation, reported):
+    for table in full_tables(frame, record, reported):
         rows = []
         for _, row in table_rows(frame, table).iterrows():
             cells = []
@@ -160,7 +160,7 @@ def summary_tables(frame: pd.DataFrame, evaluation: Mapping[str, Any],
                          "reference": bool(row.get("reference", False)), "cells": cells})
         text = agreement_text(agreement) if table.name == "faithfulness" and agreement else ""
         tables.append({"name": table.name, "title": table.title, "notes": table.notes, "note": text, "rows": rows,
-                       "columns": _columns(table.columns, evaluation, {} if table.normalised else reported)})
+                       "columns": _columns(table.columns, record, {} if table.normalised else reported)})
     return tables
 
 
@@ -171,9 +171,9 @@ def picture_uris(pictures: Mapping[str, Path]) -> list[dict[str, str]]:
 
 
 # --- curves ---------------------------------------------------------------------------------------
-def curve_data(results: Results, config: Mapping[str, Any], dataset: str, backbone: str) -> list[dict[str, Any]]:
+def curve_data(results: Results, dataset: str, backbone: str) -> list[dict[str, Any]]:
     """Deletion and insertion curves (mean over images) of every model, grouped by (kind, method)."""
-    rank = row_rank(config)
+    rank = row_rank(results.config)
     curves = results.curves[(results.curves["dataset"] == dataset) & (results.curves["backbone"] == backbone)]
     found = []
     for metric, title in (("deletion_curve", "Deletion (lower is better)"), ("insertion_curve", "Insertion (higher is better)")):
@@ -227,12 +227,12 @@ def _model_key(kind: str, variant: str, seed: int) -> str:
     return f"{kind}|{variant}|{seed}"
 
 
-def browser_data(store: ResultsStore, run: Mapping[str, Any], results: Results, dataset: str, backbone: str,
+def browser_data(store: ResultsStore, record: RunRecord, results: Results, dataset: str, backbone: str,
                  max_images: int, thumb: int) -> dict[str, Any] | None:
     """Maps (sprites), images, ground truth, predictions and per-image metric values of one group."""
     from ..metrics import METRICS
 
-    run_id, rank = run["run_id"], row_rank(run["config"])
+    run_id, rank = record.run_id, row_rank(record.config)
     maps = {(c.kind, c.method, c.variant, c.seed): a
             for c, a in store.arrays(run_id, "maps", dataset=dataset, backbone=backbone)}
     if not maps:

@@ -18,11 +18,11 @@ spread, and normalising keeps a column that lacks a row comparable with the othe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
+from .record import RunRecord
 from .reliability import RANKED_SCOPES
 from .summary import ALPHA, Column
 from .tables import (MAX_COLUMNS, by_family, format_number, latex, latex_table, present_columns, protocol_notes,
@@ -120,7 +120,7 @@ def letters(row: pd.Series, column: Column) -> str:
     return found if isinstance(found, str) else ""
 
 
-def note(board: Board, eval_settings: Mapping[str, Any]) -> str:
+def note(board: Board, record: RunRecord) -> str:
     """The leaderboard's header lines: its order, how to read the letters, and the protocol."""
     if not board.columns:
         return ("No column passes its reliability card (see \"Which columns to believe\" and reliability.csv), so no "
@@ -135,7 +135,7 @@ def note(board: Board, eval_settings: Mapping[str, Any]) -> str:
         text += f" No letters in this run: {board.why_no_letters}."
     if not board.controls.empty:
         text += " Controls last, for reference (not ranked)."
-    return " ".join([text, *protocol_notes(board.columns, eval_settings)])
+    return " ".join([text, *protocol_notes(board.columns, record)])
 
 
 def label(row: pd.Series) -> str:
@@ -146,10 +146,10 @@ def rank_text(row: pd.Series) -> str:
     return format_number(row.get("mean_rank", float("nan")), 2)
 
 
-def markdown(board: Board, eval_settings: Mapping[str, Any]) -> str:
+def markdown(board: Board, record: RunRecord) -> str:
     """The leaderboard as a Markdown table (at most MAX_COLUMNS columns) under its header lines."""
     heads = ["Kind / method (mean rank)"] + [short_header(c) for c in board.columns]
-    lines = [f"### {board.dataset} / {board.backbone} — leaderboard", "", note(board, eval_settings), "",
+    lines = [f"### {board.dataset} / {board.backbone} — leaderboard", "", note(board, record), "",
              "| " + " | ".join(heads) + " |", "|---|" + "---:|" * len(board.columns)]
     for _, row in board.ranked.iterrows():
         cells = [f"{label(row)} ({rank_text(row)})"]
@@ -162,7 +162,7 @@ def markdown(board: Board, eval_settings: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def latex_board(board: Board, eval_settings: Mapping[str, Any]) -> str:
+def latex_board(board: Board, record: RunRecord) -> str:
     """The leaderboard as a booktabs table: letters as superscripts, controls below a rule."""
     heads = ["Kind / method (mean rank)"] + [latex(short_header(c)) for c in board.columns]
     rows = [[latex(f"{label(row)} ({rank_text(row)})")]
@@ -171,7 +171,7 @@ def latex_board(board: Board, eval_settings: Mapping[str, Any]) -> str:
     controls = [[f"\\textit{{{latex(label(row))}}} (control)"]
                 + [latex(format_number(row[f"{c.metric}_mean"], c.digits)) for c in board.columns]
                 for _, row in board.controls.iterrows()]
-    caption = latex(f"{board.dataset} / {board.backbone}: leaderboard. {note(board, eval_settings)}")
+    caption = latex(f"{board.dataset} / {board.backbone}: leaderboard. {note(board, record)}")
     return latex_table(caption, heads, rows, 1, controls)
 
 

@@ -38,6 +38,7 @@ from ..metrics.settings import SENSITIVITY_TESTS, EvalSettings
 from . import metaquantus
 from . import psychometrics as psy
 from .cells import Column, is_reference, paired_vector, table_columns
+from .record import RunRecord
 from .store import ResultsStore
 
 RANKED_SCOPES = ("map", "stability")  # metrics of the maps; "model" (accuracy) and "cost" rank no method
@@ -52,19 +53,19 @@ CARD_COLUMNS = ["dataset", "backbone", "metric", "column", "higher_is_better", "
 
 def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame,
                       groups: Mapping[tuple[str, str], tuple[dict, dict, pd.DataFrame]],
-                      settings: EvalSettings, store: ResultsStore, run_id: str) -> pd.DataFrame:
+                      record: RunRecord, store: ResultsStore) -> pd.DataFrame:
     """reliability.csv: one card per (dataset, backbone, metric) of the columns that could rank methods.
 
     ``groups``: (dataset, backbone) -> (metric -> {(kind, method): the summary's cell}, metric -> {"kind/method":
     the method row's paired vector, as the summary's tests compared it}, the store's rows of the pair with
-    their per-image values); ``frame``/``pairwise``: the summary and its tests."""
+    their per-image values); ``frame``/``pairwise``: the summary and its tests; ``record``: the run (settings)."""
     columns = {c.metric: c for c in table_columns()}
     cards = []
     for (dataset, backbone), (cells_by_column, vectors_by_column, rows) in groups.items():
         summary = frame[(frame["dataset"] == dataset) & (frame["backbone"] == backbone)]
         tests = pairwise[(pairwise["dataset"] == dataset) & (pairwise["backbone"] == backbone)] if not pairwise.empty \
             else pairwise
-        context = _Group(cells_by_column, vectors_by_column, rows, columns, settings, store, run_id, dataset, backbone)
+        context = _Group(cells_by_column, vectors_by_column, rows, columns, record, store, dataset, backbone)
         for metric, found in cells_by_column.items():
             column = columns[metric]
             if _scope(metric) not in RANKED_SCOPES or f"{metric}_mean" not in summary or summary[f"{metric}_mean"].isna().all():
@@ -72,7 +73,7 @@ def reliability_cards(frame: pd.DataFrame, pairwise: pd.DataFrame,
             card = {"dataset": dataset, "backbone": backbone, "metric": metric, "column": column.header,
                     "higher_is_better": column.higher_is_better}
             card.update(context.card(column, found, summary, tests))
-            card.update(verdict(card, settings))
+            card.update(verdict(card, record.settings))
             cards.append(card)
     return pd.DataFrame(cards, columns=CARD_COLUMNS)
 
@@ -126,10 +127,10 @@ class _Group:
     """The cells of one (dataset, backbone), and how each card field reads them."""
 
     def __init__(self, cells_by_column: dict, vectors_by_column: dict, rows: pd.DataFrame, columns: Mapping[str, Any],
-                 settings: EvalSettings, store: ResultsStore, run_id: str, dataset: str, backbone: str) -> None:
+                 record: RunRecord, store: ResultsStore, dataset: str, backbone: str) -> None:
         self.cells_by_column, self.vectors_by_column = cells_by_column, vectors_by_column
         self.rows, self.columns = rows, columns
-        self.settings, self.store, self.run_id = settings, store, run_id
+        self.settings, self.store, self.run_id = record.settings, store, record.run_id
         self.dataset, self.backbone = dataset, backbone
         self._seconds: dict[str, list[float]] | None = None  # metric -> seconds per image of each method cell
         self._grouped: dict[tuple[str, str, str], pd.DataFrame] | None = None  # see _cell_rows

@@ -7,13 +7,12 @@ models or the data, and a new aggregation must never need a rerun.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..io import atomic_write, atomic_write_text
-from ..metrics.settings import EvalSettings
-from .explore import find_run, latest_run, load
+from .explore import Results, read_results
+from .record import RunRecord
 from .shards import merge_shards, shard_paths
 from .store import ResultsStore
 from .summary import ALPHA, RESAMPLES, row_rank, summarise
@@ -24,20 +23,18 @@ from .reliability import believe_markdown, reported_reasons
 from .tables import causal_description, latex_tables, markdown_tables
 
 
-def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
-    config, provenance = run["config"], run["provenance"]
-    models = config.get("models") or []  # loaded checkpoints: each one is a seed of its entry
-    seeds = len(models[0]["checkpoints"]) if models else len(config["seeds"]) * max(1, len(config["variants"]))
-    prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(run["run_id"], "fingerprint"))
-    evaluation = config["eval"]
-    settings = EvalSettings.from_config(evaluation)
+def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
+    config, provenance, settings = record.config, record.provenance, record.settings
+    seeds = record.replicates
+    prints = ", ".join(f"{cell.dataset} `{array.item()}`" for cell, array in store.arrays(record.run_id, "fingerprint"))
     return [
-        f"- run `{run['run_id']}` (preset `{config['preset']}`), {run['created_at']}; device: {provenance['device']} "
+        f"- run `{record.run_id}` (preset `{config['preset']}`), {record.created_at}; device: {provenance['device']} "
         "(runs are deterministic on one machine, not bit-identical across CPUs)",
         f"- camzoo {provenance['camzoo']}, torch {provenance['torch']}, timm {provenance['timm']}, Python {provenance['python']}",
-        (f"- {seeds} checkpoint(s) per model entry" if models else f"- {seeds} models per kind (seeds {config['seeds']}"
+        (f"- {seeds} checkpoint(s) per model entry" if config.get("models") else
+         f"- {seeds} models per kind (seeds {list(record.seeds)}"
          + (f" x {len(config['variants'])} variants" if config["variants"] else "") + ")")
-        + f"; {evaluation['images']} evaluation images; deletion/insertion: {causal_description(evaluation)}",
+        + f"; {record.images} evaluation images; deletion/insertion: {causal_description(record)}",
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
@@ -57,9 +54,9 @@ def _provenance_lines(store: ResultsStore, run: dict[str, Any]) -> list[str]:
     ]
 
 
-def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
+def curves_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: str, path: Path) -> Path | None:
     """Mean deletion and insertion curves per (kind, method), averaged over images and seeds."""
-    rank = row_rank(find_run(store, run_id)["config"])
+    rank, run_id = row_rank(record.config), record.run_id
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,9 +88,9 @@ def curves_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, p
     return path
 
 
-def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, path: Path) -> Path | None:
+def gallery_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: str, path: Path) -> Path | None:
     """The same test images explained by every (kind, method) and every seed, side by side."""
-    rank = row_rank(find_run(store, run_id)["config"])
+    rank, run_id = row_rank(record.config), record.run_id
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,12 +154,12 @@ def gallery_plot(store: ResultsStore, run_id: str, dataset: str, backbone: str, 
 
 
 def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[str, str], dict[str, Path]],
-                     provenance: list[str], tables: str, evaluation: dict[str, Any], believe: str = "") -> str:
+                     provenance: list[str], tables: str, record: RunRecord, believe: str = "") -> str:
     """summary.md: the leaderboards and their pictures first, then which columns to believe, then how
     the run was made, then the full tables."""
     parts = ["# camzoo benchmark"]
     for key, board in boards.items():
-        parts.append(board_markdown(board, evaluation))
+        parts.append(board_markdown(board, record))
         if pictures.get(key):
             parts.append(" ".join(f"![{name}]({png.name})" for name, png in pictures[key].items()))
     parts += [believe] if believe else []
@@ -194,23 +191,22 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if not store.read_only:
             merge_shards(directory, store)  # a distributed run's shards, finished or not (exactly once)
         target.mkdir(parents=True, exist_ok=True)
-        run = find_run(store, run_id) if run_id else latest_run(store)
-        if not any(cell.method not in ("model", "gallery") for cell in store.cells(run["run_id"])):
-            raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet (it stopped "
+        record = RunRecord.from_store(store, run_id)  # the run, read once and passed to every part of the report
+        if not any(cell.method not in ("model", "gallery") for cell in store.cells(record.run_id)):
+            raise ValueError(f"run {record.run_id} in {store.path} has no finished method cells yet (it stopped "
                              f"before its first explanation); rerun `camzoo bench --out {directory}` to resume it")
-        summary = summarise(store, run)
+        summary = summarise(store, record)
         frame, pairwise = summary.frame, summary.pairwise
         if frame.empty:
-            raise ValueError(f"run {run['run_id']} in {store.path} has no finished method cells yet")
+            raise ValueError(f"run {record.run_id} in {store.path} has no finished method cells yet")
         files: dict[str, Path] = {}
-        evaluation = run["config"]["eval"]
-        provenance = _provenance_lines(store, run)
+        provenance = _provenance_lines(store, record)
         boards, pictures = {}, {}
-        results = None  # every number per image (camzoo.bench.load): read once, for long.csv.gz and report.html
+        results: Results | None = None  # every number per image (camzoo.bench.load): read once, for long.csv.gz and report.html
         for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
             stem = f"{dataset}_{backbone}"
             for kind, plot in (("curves", curves_plot), ("gallery", gallery_plot)):
-                written = plot(store, run["run_id"], dataset, backbone, target / f"{kind}_{stem}.png")
+                written = plot(store, record, dataset, backbone, target / f"{kind}_{stem}.png")
                 if written is not None:
                     files[written.name] = written
             tests = group_pairwise(pairwise, dataset, backbone)
@@ -222,23 +218,23 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         reported = {key: reported_reasons(group_pairwise(cards, *key)) for key in boards}
         if "md" in formats:
             files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
-                boards, pictures, provenance, markdown_tables(frame, evaluation, summary.agreement, reported), evaluation,
+                boards, pictures, provenance, markdown_tables(frame, record, summary.agreement, reported), record,
                 believe_markdown(cards)))
         if "csv" in formats:
             files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
             files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
             files["reliability.csv"] = atomic_write_text(target / "reliability.csv", cards.to_csv(index=False))
-            results = load(directory, run["run_id"]) if results is None else results
+            results = read_results(store, record, directory) if results is None else results
             long = results.long  # gzip: ~10 MB of text for the quick preset
             files["long.csv.gz"] = atomic_write(
                 target / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
         if "tex" in formats:
-            boards_tex = [latex_board(board, evaluation) for board in boards.values()]
+            boards_tex = [latex_board(board, record) for board in boards.values()]
             files["summary.tex"] = atomic_write_text(target / "summary.tex",
-                                                     "\n\n".join(boards_tex + [latex_tables(frame, evaluation, reported)]))
+                                                     "\n\n".join(boards_tex + [latex_tables(frame, record, reported)]))
         if html:
             from .html import write_html
 
-            files["report.html"] = write_html(directory, store, run, summary, provenance, out=target, pictures=pictures,
+            files["report.html"] = write_html(directory, store, record, summary, provenance, out=target, pictures=pictures,
                                               results=results, boards=boards)
         return files

@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..metrics.settings import EvalSettings
 from . import stats
 from .cells import Cell, Column, is_reference, metric_info, table_columns, paired_vector
+from .record import RunRecord
 from .store import ALL_SEEDS, ResultsStore
 
 RESAMPLES = 2000
@@ -110,7 +110,7 @@ def _marks(vectors: dict[str, np.ndarray], means: dict[str, float], higher: bool
 
 @dataclass(frozen=True)
 class Effect:
-    """When a significant difference is large enough to separate two rows (``EvalSettings``):
+    """When a significant difference is large enough to separate two rows (the run's ``EvalSettings``):
     Cliff's |δ| of their per-image values at least ``min_delta`` and, where the column's controls span a
     range (``span``: |oracle − random|, NaN where they do not), the paired median difference at least
     ``min_span`` of it. Why: with hundreds of paired images a Wilcoxon test calls a 1e-4 difference
@@ -152,14 +152,14 @@ def substrate_agreement(frame: pd.DataFrame) -> dict[str, Any] | None:
     return agreement(scores)
 
 
-def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESAMPLES) -> Summary:
+def summarise(store: ResultsStore, run: RunRecord, resamples: int = RESAMPLES) -> Summary:
     """Every summary number of a run: see :class:`Summary`."""
     columns = table_columns()
-    rank = row_rank(run["config"])
-    rows = pd.DataFrame(store.results(run["run_id"], with_per_image=True))
+    rank = row_rank(run.config)
+    rows = pd.DataFrame(store.results(run.run_id, with_per_image=True))
     if rows.empty:
         return Summary(pd.DataFrame(), pd.DataFrame(), {}, pd.DataFrame())
-    settings = EvalSettings.from_config(run["config"]["eval"])
+    settings = run.settings
     records: list[dict[str, Any]] = []
     pairwise: list[dict[str, Any]] = []
     groups: dict[tuple[str, str], tuple[dict[str, dict], dict[str, dict], pd.DataFrame]] = {}
@@ -206,7 +206,7 @@ def summarise(store: ResultsStore, run: Mapping[str, Any], resamples: int = RESA
     pairwise_frame = pd.DataFrame(pairwise)
     from .reliability import reliability_cards
 
-    cards = reliability_cards(frame, pairwise_frame, groups, settings, store, run["run_id"])
+    cards = reliability_cards(frame, pairwise_frame, groups, run, store)
     return Summary(frame, pairwise_frame, agreement, cards)
 
 

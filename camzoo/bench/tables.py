@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from ..metrics.causal import RISE_PROTOCOL
+from .record import RunRecord
 from .summary import Column, table_columns
 
 TIE = "≈"
@@ -94,45 +96,44 @@ def short_header(column: Column) -> str:
     return f"{column.header} {'↑' if column.higher_is_better else '↓'}"
 
 
-def header(column: Column, eval_settings: Mapping[str, Any]) -> str:
+def header(column: Column, record: RunRecord) -> str:
     """A column's header with its direction, and for deletion/insertion the protocol that made it."""
     text = short_header(column)
     if column.metric in ("deletion", "insertion"):
-        text += f" ({causal_description(eval_settings)})"
+        text += f" ({causal_description(record)})"
     return text
 
 
-def description(column: Column, eval_settings: Mapping[str, Any]) -> str:
+def description(column: Column, record: RunRecord) -> str:
     """What a column means, in full (report.html's header tooltip): the metric's description and protocol."""
     from ..metrics import METRICS
 
-    return f"{header(column, eval_settings)}: {METRICS[column.metric].description}"
+    return f"{header(column, record)}: {METRICS[column.metric].description}"
 
 
-def causal_description(eval_settings: Mapping[str, Any]) -> str:
-    return _causal_rule(eval_settings) + game_images_note(eval_settings)
+def causal_description(record: RunRecord) -> str:
+    """How the run played deletion/insertion, from its settings: "label, 6 steps over first 15% px"."""
+    return _causal_rule(record) + game_images_note(record)
 
 
-def _causal_rule(eval_settings: Mapping[str, Any]) -> str:
-    if eval_settings.get("protocol") == "rise":
-        return "RISE protocol: 28 steps, predicted class"
-    fraction = float(eval_settings.get("deletion_fraction", 1.0))
+def _causal_rule(record: RunRecord) -> str:
+    settings = record.settings
+    if settings.protocol == RISE_PROTOCOL.name:  # the protocol's own steps and target, whatever the config says
+        return f"RISE protocol: {RISE_PROTOCOL.steps} steps, {RISE_PROTOCOL.target} class"
+    fraction = record.game_fraction
     span = "" if fraction >= 1 else f" over first {fraction:.0%} px"
-    return f"{eval_settings.get('deletion_target', 'label')}, {eval_settings['deletion_steps']} steps{span}"
+    return f"{settings.deletion_target}, {settings.deletion_steps} steps{span}"
 
 
-def game_images_note(eval_settings: Mapping[str, Any]) -> str:
+def game_images_note(record: RunRecord) -> str:
     """", first N images" when the perturbation games play on fewer images than the other metrics."""
-    games, images = eval_settings.get("game_images", "all"), eval_settings.get("images")
-    if games == "all" or images is None or int(games) >= int(images):
-        return ""
-    return f", first {int(games)} images"
+    return "" if record.game_images >= record.images else f", first {record.game_images} images"
 
 
-def protocol_notes(columns: list[Column], eval_settings: Mapping[str, Any]) -> list[str]:
+def protocol_notes(columns: list[Column], record: RunRecord) -> list[str]:
     """The header lines of a table: how its deletion/insertion columns were played, if it has any."""
     if any(c.metric in ("deletion", "insertion") for c in columns):
-        return [f"Deletion/insertion: {causal_description(eval_settings)}."]
+        return [f"Deletion/insertion: {causal_description(record)}."]
     return []
 
 
@@ -161,15 +162,15 @@ def reported_note(columns: list[Column], reported: Mapping[str, str]) -> list[st
     return [f"{NOT_RANKED} Not ranked (reliability card): " + "; ".join(found) + "."] if found else []
 
 
-def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any], reported: Mapping[str, str] | None = None
+def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, str] | None = None
                 ) -> list[Table]:
     """The full tables of one (dataset, backbone), one per metric family, then the normalised scores;
     ``reported``: metric -> why its reliability card keeps it out of the leaderboard (a † and a note)."""
     reported = reported or {}
     families = by_family(present_columns(group, None))
-    notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(eval_settings)}), "
+    notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(record)}), "
                               "one column per substrate; controls skip these columns."],
-             "discrimination": [discrimination_note(eval_settings)]}
+             "discrimination": [discrimination_note(record)]}
     found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
     found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
     tables = []
@@ -177,7 +178,7 @@ def full_tables(group: pd.DataFrame, eval_settings: Mapping[str, Any], reported:
     for name, title, columns, normalised in found:
         for start in range(0, len(columns), width):
             part = columns[start:start + width]
-            lines = notes.get(name, []) + protocol_notes(part, eval_settings)
+            lines = notes.get(name, []) + protocol_notes(part, record)
             if not normalised:
                 lines += reported_note(part, reported)
             if normalised:
@@ -194,13 +195,13 @@ def table_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
     return group[keep]
 
 
-def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
+def markdown_tables(frame: pd.DataFrame, record: RunRecord,
                     agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
                     reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
         not_ranked = (reported or {}).get((dataset, backbone), {})
-        for table in full_tables(group, eval_settings, not_ranked):
+        for table in full_tables(group, record, not_ranked):
             heads = ["Kind", "Method"] + [table_header(c, {} if table.normalised else not_ranked) for c in table.columns]
             lines = [f"### {dataset} / {backbone} — {table.title}", ""] + (table.notes + [""] if table.notes else [])
             lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
@@ -215,11 +216,11 @@ def markdown_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
     return "\n\n".join(parts)
 
 
-def discrimination_note(eval_settings: Mapping[str, Any]) -> str:
+def discrimination_note(record: RunRecord) -> str:
     """How the discrimination table's grids were made (the count per model is the ``grid_count_NxN``
     metric of each cell: 0 where too few images were confident)."""
-    return (f"Grid games: up to {eval_settings.get('grid_count', 64)} grids per model of evaluation images "
-            f"classified with confidence ≥ {eval_settings.get('grid_threshold', 0.99):g}; chance: 1/N² per N×N grid, "
+    return (f"Grid games: up to {record.settings.grid_count} grids per model of evaluation images "
+            f"classified with confidence ≥ {record.settings.grid_threshold:g}; chance: 1/N² per N×N grid, "
             "0.5 for Focus.")
 
 
@@ -266,13 +267,13 @@ def latex_table(caption: str, heads: list[str], rows: list[list[str]], labels: i
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}"])
 
 
-def latex_tables(frame: pd.DataFrame, eval_settings: Mapping[str, Any],
+def latex_tables(frame: pd.DataFrame, record: RunRecord,
                  reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
     """summary.tex's full tables: one booktabs table per metric family, at most MAX_COLUMNS columns each."""
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
         not_ranked = (reported or {}).get((dataset, backbone), {})
-        for table in full_tables(group, eval_settings, not_ranked):
+        for table in full_tables(group, record, not_ranked):
             cells = ("normalised scores" if table.normalised else
                      "mean ± sample std over seeds (stability: over seed pairs) [95 % hierarchical bootstrap CI]; bold: "
                      "significantly best (Wilcoxon signed-rank, Holm, p < 0.05); ≈: tied for best; controls in italics")
