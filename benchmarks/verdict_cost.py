@@ -124,7 +124,7 @@ def timed_cell(scorer, eval_set, maps, settings, method: str, layer: str | None,
                              method=MethodSpec(MethodSpec.parse(method).name, layer))
     costs = {}
     for name, info in METRICS.items():
-        if info.compute is None or not all(context.has(need) for need in info.needs):
+        if info.compute is None or not info.selected(settings) or not all(context.has(need) for need in info.needs):
             continue
         begin = time.perf_counter()
         if info.compute(context) is not None:

@@ -13,9 +13,10 @@ maps of inputs where the evidence's place or class is known by construction:
 
 The grids and mosaics are built once per model (``ScoringContext.per_model``) from the evaluation
 images the model classifies correctly with confidence >= ``EvalSettings.grid_threshold``, so every
-method row of a model is scored on the same grids (paired rows). Each compute returns None (no value)
-when the settings do not ask for its metric, when too few images qualify, or where the method cannot
-play: the DiFull/DiPart wrappers explain their own stitched feature map, so a row at another layer
+method row of a model is scored on the same grids (paired rows). Which of them a cell scores is the
+table's declaration (``MetricInfo.selected_by``: eval.grid_games, eval.sensitivity), read by
+``score_maps``; a compute here returns None (no value) when too few images qualify, or where the method
+cannot play: the DiFull/DiPart wrappers explain their own stitched feature map, so a row at another layer
 (``gradcam@layer2``) and a kind's own ``attention`` map have no value there.
 """
 
@@ -31,7 +32,8 @@ from .class_sensitivity import random_logit_similarity, randomisation_spearman
 from .context import ScoringContext
 from .focus import build_focus_mosaics, focus
 from .grid_models import GridWrapper, play_grid_game
-from .grids import build_grids
+from .grids import build_grids, confident_cells
+from .settings import EvalSettings
 
 Row = tuple[float, "np.ndarray | None"]
 GRID_SEED, FOCUS_SEED, CLASS_SEED = 1, 0, 0
@@ -69,11 +71,8 @@ def _runnable(ctx: ScoringContext) -> bool:
 
 def grid_game(game: str, n: int) -> Callable[[ScoringContext], Row | None]:
     """The ``{game}_{n}x{n}`` column: the cell's method explains every cell of every grid."""
-    name = f"{game}_{n}x{n}"
 
     def compute(ctx: ScoringContext) -> Row | None:
-        if name not in ctx.settings.grid_games:
-            return None
         played = grids(ctx, n)
         spec = ctx.method
         if played is None:
@@ -87,24 +86,26 @@ def grid_game(game: str, n: int) -> Callable[[ScoringContext], Row | None]:
     return compute
 
 
-def grid_count(n: int) -> Callable[[ScoringContext], Row | None]:
+def plays_grids(n: int | None = None) -> Callable[[EvalSettings], bool]:
+    """Whether the settings play a game on N x N grids (any grid game when ``n`` is None): what selects
+    the grids' counts, which follow the games (a game's grid size is its name's ``_NxN``)."""
+    if n is None:
+        return lambda settings: bool(settings.grid_games)
+    return lambda settings: any(game.endswith(f"_{n}x{n}") for game in settings.grid_games)
+
+
+def grid_count(n: int) -> Callable[[ScoringContext], Row]:
     """How many N x N grids the cell's games played (0: too few confident images of distinct classes)."""
 
-    def compute(ctx: ScoringContext) -> Row | None:
-        if not any(g.endswith(f"_{n}x{n}") for g in ctx.settings.grid_games):
-            return None
+    def compute(ctx: ScoringContext) -> Row:
         played = grids(ctx, n)
         return (0.0 if played is None else float(played["labels"].shape[0])), None
 
     return compute
 
 
-def grid_qualified(ctx: ScoringContext) -> Row | None:
+def grid_qualified(ctx: ScoringContext) -> Row:
     """Evaluation images that may become grid cells (correct, confidence >= the threshold)."""
-    if not ctx.settings.grid_games:
-        return None
-    from .grids import confident_cells
-
     found = ctx.per_model(("grid_qualified", ctx.settings.grid_threshold), lambda: confident_cells(
         ctx.model, ctx.images, ctx.labels, ctx.settings.grid_threshold, ctx.settings.chunk_size)["qualified"])
     return float(found), None
@@ -113,8 +114,6 @@ def grid_qualified(ctx: ScoringContext) -> Row | None:
 def focus_score(ctx: ScoringContext) -> Row | None:
     """Focus: the cell's method explains each 2 x 2 mosaic's target class; its share on the target cells."""
     settings = ctx.settings
-    if "focus" not in settings.grid_games:
-        return None
 
     def build() -> dict[str, Any] | None:
         try:
@@ -147,7 +146,7 @@ def _explain_fn(ctx: ScoringContext, copies: int) -> Callable[..., torch.Tensor]
 
 def random_logit(ctx: ScoringContext) -> Row | None:
     """The Random Logit test: Spearman of the map for the label and for a random other class."""
-    if "random_logit_similarity" not in ctx.settings.sensitivity or not _runnable(ctx):
+    if not _runnable(ctx):
         return None
     result = random_logit_similarity(ctx.model, ctx.images, _explain_fn(ctx, 2), ctx.labels, seed=CLASS_SEED)
     return _row(result, "random_logit_similarity")
@@ -155,11 +154,12 @@ def random_logit(ctx: ScoringContext) -> Row | None:
 
 def randomisation(ctx: ScoringContext) -> Row | None:
     """Spearman of each map with the map of the fully randomised model (mean over draws)."""
-    if "randomisation_spearman" not in ctx.settings.sensitivity or not _runnable(ctx):
+    if not _runnable(ctx):
         return None
     result = randomisation_spearman(ctx.model, ctx.images, _explain_fn(ctx, 1), ctx.labels, cascade=False,
                                     seed=CLASS_SEED, draws=ctx.settings.randomisation_draws)
     return _row(result, "randomisation_spearman")
 
 
-__all__ = ["focus_score", "grid_count", "grid_game", "grid_qualified", "grids", "random_logit", "randomisation"]
+__all__ = ["focus_score", "grid_count", "grid_game", "grid_qualified", "grids", "plays_grids", "random_logit",
+           "randomisation"]

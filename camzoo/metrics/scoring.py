@@ -38,7 +38,8 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
 
     Returns:
         ``{metric name: (value, per-image values or None)}`` for every metric whose needs are met and
-        that the settings ask for.
+        that the settings ask for (``MetricInfo.selected_by``: e.g. a grid game only when
+        ``settings.grid_games`` lists it; the others are not computed).
 
     ``map_memo`` (the benchmark passes one dict per image set: same images, labels and ground truth,
     never reused for another) returns MaxBoxAcc, the costliest metric that reads only the maps, for
@@ -65,13 +66,13 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     spec = None if method is None else MethodSpec.parse(method)
     settings, reads = _block_settings(settings, start, images.shape[0])
     ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec)
-    chosen = [info for info in METRICS.values()
-              if info.compute is not None and info.reads in reads and all(ctx.has(need) for need in info.needs)]
+    chosen = [info for info in METRICS.values() if info.compute is not None and info.reads in reads
+              and info.selected(settings) and all(ctx.has(need) for need in info.needs)]
     if seconds is None:
         scored = {info.name: info.compute(ctx) for info in chosen}
     else:
         scored = _timed(chosen, ctx, seconds)
-    return {name: row for name, row in scored.items() if row is not None}  # None: not asked for by the settings
+    return {name: row for name, row in scored.items() if row is not None}  # None: no value (e.g. too few grids)
 
 
 def _timed(chosen: Sequence[MetricInfo], ctx: ScoringContext, seconds: dict[str, float]) -> dict[str, Row | None]:

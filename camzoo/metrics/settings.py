@@ -15,11 +15,13 @@ from typing import Any
 from collections.abc import Mapping
 
 from .causal import PROTOCOLS
-from .faithfulness import SUBSTRATES
+from .selection import SELECTING_FIELDS, Choices
 
-# the metrics that explain new inputs with the cell's method (camzoo.metrics.discrimination)
-GRID_GAMES = ("gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus")
-SENSITIVITY_TESTS = ("randomisation_spearman", "random_logit_similarity")
+# the metrics that explain new inputs with the cell's method (camzoo.metrics.discrimination): the names
+# eval.grid_games and eval.sensitivity may list, read from the metrics table's entries (their
+# ``selected_by``), so a registered grid game or test is selectable with no edit here
+GRID_GAMES = Choices("grid_games")
+SENSITIVITY_TESTS = Choices("sensitivity")
 RELIABILITY_MODES = ("quick", "full")  # EvalSettings.reliability
 
 
@@ -42,6 +44,10 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class EvalSettings:
     """How :func:`~camzoo.metrics.score_maps` scores one cell (defaults: RISE's steps, TorchRay's tolerance).
+
+    ``substrates``, ``grid_games`` and ``sensitivity`` list names that select metrics: the names the
+    table's entries declare (``MetricInfo.selected_by``; :mod:`camzoo.metrics.selection`), and
+    ``score_maps`` skips an entry whose name is not listed.
 
     Attributes:
         protocol: deletion/insertion protocol, a name in ``PROTOCOLS``: "default" plays the games below;
@@ -127,13 +133,8 @@ class EvalSettings:
             found.append(f"eval.protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
         if self.deletion_target not in ("label", "prediction"):
             found.append(f"eval.deletion_target must be 'label' or 'prediction', got {self.deletion_target!r}")
-        substrates = self.substrates
-        if not isinstance(substrates, tuple) or not all(isinstance(s, str) for s in substrates) or \
-                set(substrates) - set(SUBSTRATES) or len(set(substrates)) != len(substrates):
-            found.append(f"eval.substrates must be a list of distinct names from {SUBSTRATES}, got "
-                         f"{substrates!r}")
-        for key, allowed in (("grid_games", GRID_GAMES), ("sensitivity", SENSITIVITY_TESTS)):
-            chosen = getattr(self, key)
+        for key in SELECTING_FIELDS:  # substrates, grid games, tests: the names the table's entries declare
+            chosen, allowed = getattr(self, key), Choices(key)
             if not isinstance(chosen, tuple) or not all(isinstance(c, str) for c in chosen) or \
                     set(chosen) - set(allowed) or len(set(chosen)) != len(chosen):
                 found.append(f"eval.{key} must be a list of distinct names from {allowed}, got {chosen!r}")

@@ -7,12 +7,13 @@ Each :class:`MetricInfo` says a metric's name, direction, range, what it needs (
 the table column it fills (if any), and — for map metrics — ``compute(context) -> (value,
 per-image values)``. ``score_maps`` (:mod:`camzoo.metrics.scoring`) and the report's columns are
 generated from this table, so adding a metric is one entry here (docs/contributing.md shows one).
-Each metric declares which images it ``reads`` and, for a dataset-level metric, how blocks ``combine``.
+Each metric declares which images it ``reads``, for a dataset-level metric how blocks ``combine``, and
+for a metric that only some runs want the setting that selects it (``selected_by``: a grid game, a
+sensitivity test, an SRG substrate is one entry; the settings accept exactly the names declared here).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Sequence
@@ -21,11 +22,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..modelutil import model_normalisation
-from ..registry import Registry
-from . import causal, confidence, discrimination, faithfulness, localization, wsol
-from . import games as games_module
+from . import confidence, discrimination, faithfulness, game_rows, localization, wsol
 from .context import ScoringContext
+from .selection import METRICS, SELECTING_FIELDS
 from .settings import EvalSettings
 
 Row = tuple[float, np.ndarray | None]
@@ -61,6 +60,20 @@ class MetricInfo:
     # How blocks join when the value is not the mean of the per-image values: (per-image values of
     # every metric, concatenated over blocks; labels) -> the value over all images.
     combine: Callable[[dict[str, np.ndarray], np.ndarray], float] | None = None
+    # Which setting asks for the metric (score_maps skips it otherwise): an EvalSettings field that lists
+    # names (``SELECTING_FIELDS``: "substrates", "grid_games", "sensitivity") and must list ``selected_as``
+    # (None: the metric's name) — the names a field accepts are read from these declarations — or a
+    # predicate on the settings (a metric that follows others, e.g. the grids' counts); None: always.
+    selected_by: str | Callable[[EvalSettings], bool] | None = None
+    selected_as: str | None = None
+
+    def selected(self, settings: EvalSettings) -> bool:
+        """Whether ``settings`` ask for this metric (see ``selected_by``)."""
+        if self.selected_by is None:
+            return True
+        if callable(self.selected_by):
+            return bool(self.selected_by(settings))
+        return (self.selected_as or self.name) in getattr(settings, self.selected_by)
 
     @property
     def arrow(self) -> str:
@@ -81,45 +94,14 @@ def _row(value: Any, per_image: torch.Tensor | np.ndarray) -> Row:
 
 
 # --- the shared computations ------------------------------------------------------------------
-def causal_settings(settings: EvalSettings) -> dict[str, Any]:
-    """deletion_insertion's arguments from the eval settings: RISE's protocol exactly, or the
-    "default" game with the configured steps and pixel fraction."""
-    if settings.protocol == "rise":
-        return {"protocol": "rise"}
-    return {"protocol": "default", "steps": settings.deletion_steps, "fraction": settings.deletion_fraction}
+def _game(key: str) -> Callable[[ScoringContext], Row]:
+    """One output of the deletion/insertion game, which its four metrics share (camzoo.metrics.game_rows)."""
 
+    def compute(ctx: ScoringContext) -> Row:
+        played = game_rows.causal_games(ctx)
+        return _row(played[key].mean(), played[key])
 
-def _causal(ctx: ScoringContext) -> dict[str, torch.Tensor]:
-    def play() -> dict[str, torch.Tensor]:
-        options = causal_settings(ctx.settings)
-        games = ctx.games
-        targets = None if ctx.settings.predicted_target else ctx.labels[games]
-        softmax = causal.causal_protocol(options["protocol"]).softmax
-        return causal.deletion_insertion(ctx.model, ctx.images[games], ctx.maps[games], targets,
-                                         chunk_size=ctx.settings.chunk_size,
-                                         autocast=ctx.images.device.type == "cuda",
-                                         original_scores=ctx.unperturbed_scores()[games] if softmax else None,
-                                         **options)
-
-    key = ("causal", repr(causal_settings(ctx.settings)), ctx.settings.game_images, ctx.settings.predicted_target,
-           ctx.settings.chunk_size, _game_digest(ctx, both_orders=False))
-    return ctx.cached("causal", lambda: ctx.per_model(key, play))
-
-
-def _game_digest(ctx: ScoringContext, both_orders: bool) -> str:
-    """What a pixel game of this cell's maps depends on, as a digest: the first point at which each
-    pixel is changed, per ordering (MoRF; LeRF too with ``both_orders``). ``games.play`` changes a pixel
-    at point k exactly when its rank is below ``counts[k]``, so two maps with the same digest play the
-    same game on the same model and images: a model's rows whose maps order the pixels alike (Grad-CAM,
-    XGrad-CAM and HiResCAM at a layer before global pooling, up to the last float bits) share one game
-    through the model's memo. RISE's protocol keys on the ranks themselves."""
-    maps = ctx.maps[ctx.games]
-    ranks = torch.stack([causal.saliency_rank(maps)] + ([causal.saliency_rank(-maps)] if both_orders else []))
-    if ctx.settings.protocol == "default":
-        budget = games_module.pixel_budget(ctx.settings.deletion_fraction, maps[0].numel())
-        counts = games_module.point_counts(ctx.settings.deletion_steps, budget, ranks.device)
-        ranks = torch.searchsorted(counts, ranks.contiguous(), right=True)
-    return hashlib.sha256(ranks.to(torch.int32).cpu().numpy().tobytes()).hexdigest()
+    return compute
 
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -130,38 +112,6 @@ def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
 
 def _boxes(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     return ctx.shared("max_box_acc", lambda: wsol.max_box_acc(ctx.maps, boxes=ctx.boxes, masks=ctx.masks))
-
-
-def _srg(substrate: str) -> Callable[[ScoringContext], Row | None]:
-    """SRG = AUC(LeRF) - AUC(MoRF) with one substrate, when the settings ask for it (eval.substrates)."""
-
-    def compute(ctx: ScoringContext) -> Row | None:
-        if substrate not in ctx.settings.substrates:
-            return None
-        # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
-        road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
-        games = ctx.games
-        key = (f"srg_{substrate}", ctx.settings.deletion_steps, ctx.settings.deletion_fraction, ctx.settings.game_images,
-               ctx.settings.protocol, ctx.settings.predicted_target, ctx.settings.chunk_size,
-               _game_digest(ctx, both_orders=True))
-        result = ctx.per_model(key, lambda: faithfulness.morf_lerf(
-            ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
-            steps=ctx.settings.deletion_steps, fraction=ctx.settings.deletion_fraction,
-            chunk_size=ctx.settings.chunk_size, autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
-            morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None,
-            original_scores=ctx.unperturbed_scores()[games]))
-        return _row(result["srg"].mean(), result["srg"])
-
-    return compute
-
-
-def _deletion_as_morf(ctx: ScoringContext) -> torch.Tensor | None:
-    """The deletion curve when it *is* the zero substrate's MoRF curve (the default protocol scoring the
-    labels: same images, targets, order, steps, pixel span and substrate), so that it is not played
-    twice; None otherwise (RISE's protocol scores the prediction)."""
-    if ctx.settings.protocol != "default" or ctx.settings.predicted_target:
-        return None
-    return _causal(ctx)["deletion_curve"]
 
 
 def _pointing(ctx: ScoringContext) -> dict[str, torch.Tensor]:
@@ -238,17 +188,16 @@ _ENTRIES = (
     # -- from each method's maps
     _info("deletion", False, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are deleted", needs=("model",), column="Deletion AUC",
-          reads="games",
-          compute=lambda c: _row(_causal(c)["deletion"].mean(), _causal(c)["deletion"])),
+          reads="games", compute=_game("deletion")),
     _info("insertion", True, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are restored on a blurred image", needs=("model",),
-          column="Insertion AUC", reads="games", compute=lambda c: _row(_causal(c)["insertion"].mean(), _causal(c)["insertion"])),
+          column="Insertion AUC", reads="games", compute=_game("insertion")),
     _info("deletion_curve", False, 0, 1, "deletion_insertion",
           "the deletion curve (per image: the probability at each step)", needs=("model",), reads="games",
-          compute=lambda c: _row(_causal(c)["deletion_curve"].mean(), _causal(c)["deletion_curve"])),
+          compute=_game("deletion_curve")),
     _info("insertion_curve", True, 0, 1, "deletion_insertion",
           "the insertion curve (per image: the probability at each step)", needs=("model",), reads="games",
-          compute=lambda c: _row(_causal(c)["insertion_curve"].mean(), _causal(c)["insertion_curve"])),
+          compute=_game("insertion_curve")),
     _info("average_drop", False, 0, 100, "average_drop_increase",
           "mean relative drop (%) of the target's score on image x map", needs=("model",),
           compute=lambda c: _row(_drop(c)["average_drop"], _drop(c)["drop"] * 100)),
@@ -289,33 +238,37 @@ _ENTRIES = (
     # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
     *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
-            column=f"SRG {name}", group="faithfulness", compute=_srg(name), reads="games")
+            column=f"SRG {name}", group="faithfulness", compute=game_rows.srg(name), reads="games", selected_by="substrates",
+            selected_as=name)
       for name in faithfulness.SUBSTRATES),
     # -- discrimination: new inputs explained with the cell's method (metrics.discrimination; eval.grid_games
-    # and eval.sensitivity ask for them); a table of their own
+    # and eval.sensitivity ask for them: a game or test is one entry here); a table of their own
     *(_info(f"{game}_{n}x{n}", True, 0, 1, "play_grid_game",
             f"{title}: share of positive attribution in the explained cell of {n}x{n} grids (chance 1/{n * n})",
             needs=("method",), column=f"{header} {n}x{n}", group="discrimination",
-            compute=discrimination.grid_game(game, n), reads="inputs")
+            compute=discrimination.grid_game(game, n), reads="inputs", selected_by="grid_games")
       for game, n, title, header in (("gridpg", 2, "Grid Pointing Game", "GridPG"),
                                      ("gridpg", 3, "Grid Pointing Game", "GridPG"),
                                      ("difull", 2, "Grid Pointing Game on the DiFull wrapper", "DiFull"),
                                      ("dipart", 2, "Grid Pointing Game on the DiPart wrapper", "DiPart"))),
     _info("focus", True, 0, 1, "focus", "Focus: share of positive attribution on the two target-class cells of "
           "2x2 mosaics (chance 0.5)", needs=("method",), column="Focus", group="discrimination",
-          compute=discrimination.focus_score, reads="inputs"),
+          compute=discrimination.focus_score, reads="inputs", selected_by="grid_games"),
     _info("random_logit_similarity", False, -1, 1, "random_logit_similarity",
           "Spearman of the map for the label and for a random other class (1: class-agnostic)", needs=("method",),
-          column="Random logit sim.", group="discrimination", compute=discrimination.random_logit, reads="inputs"),
+          column="Random logit sim.", group="discrimination", compute=discrimination.random_logit, reads="inputs",
+          selected_by="sensitivity"),
     _info("randomisation_spearman", False, -1, 1, "randomisation_spearman",
           "Spearman of the map with the fully randomised model's map (Adebayo et al.)", needs=("method",),
-          column="Randomisation ρ", group="discrimination", compute=discrimination.randomisation, reads="inputs"),
+          column="Randomisation ρ", group="discrimination", compute=discrimination.randomisation, reads="inputs",
+          selected_by="sensitivity"),
     *(_info(f"grid_count_{n}x{n}", True, 0, float("inf"), "build_grids",
             f"{n}x{n} grids the model's cells played (0: too few confident images of distinct classes)",
-            digits=0, compute=discrimination.grid_count(n), reads="inputs") for n in (2, 3)),
+            digits=0, compute=discrimination.grid_count(n), reads="inputs", selected_by=discrimination.plays_grids(n))
+      for n in (2, 3)),
     _info("grid_qualified", True, 0, float("inf"), "confident_cells",
           "evaluation images classified correctly with confidence >= eval.grid_threshold (grid cells)",
-          digits=0, compute=discrimination.grid_qualified, reads="inputs"),
+          digits=0, compute=discrimination.grid_qualified, reads="inputs", selected_by=discrimination.plays_grids()),
     # -- across seeds (the stability cell)
     # stability compares the stored maps: those of the first eval.keep_maps images (camzoo.bench.runner)
     _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100 (the maps "
@@ -346,7 +299,6 @@ _ENTRIES = (
           digits=1),
 )
 
-METRICS: Registry[MetricInfo] = Registry("metric")
 SCOPES = ("model", "map", "stability", "cost", "dataset")
 NEEDS = ("model", "masks", "boxes", "annotations", "method")
 READS = ("images", "games", "inputs")
@@ -357,13 +309,16 @@ def register_metric(info: MetricInfo) -> MetricInfo:
 
     Args:
         info: the metric's name, direction, range, scope, needs and ``compute``; its ``aliases`` let
-            results stored under an old name load and report under the new one.
+            results stored under an old name load and report under the new one; its ``selected_by``
+            (e.g. "grid_games") makes it a name that settings list may hold (``GRID_GAMES``), scored
+            only when listed.
 
     Returns:
         ``info``, now in ``METRICS``.
 
     Raises:
-        ValueError: a taken or empty name, an unknown scope or need, a column without ``compute``.
+        ValueError: a taken or empty name, an unknown scope or need, a column without ``compute``, a
+            ``selected_by`` that is no settings list of names nor a predicate.
     """
     if not info.name or info.name in METRICS:
         raise ValueError(f"a metric needs a new, non-empty name; {info.name!r} is taken or empty")
@@ -375,6 +330,11 @@ def register_metric(info: MetricInfo) -> MetricInfo:
         raise ValueError(f"metric {info.name!r}: reads must be one of {READS}, got {info.reads!r}")
     if info.scope == "map" and info.compute is None and info.column:
         raise ValueError(f"metric {info.name!r} has a table column but no compute(context) to fill it")
+    if not (info.selected_by is None or callable(info.selected_by) or info.selected_by in SELECTING_FIELDS):
+        raise ValueError(f"metric {info.name!r}: selected_by must be None, a predicate on EvalSettings or one of "
+                         f"{SELECTING_FIELDS}, got {info.selected_by!r}")
+    if info.selected_as is not None and not isinstance(info.selected_by, str):
+        raise ValueError(f"metric {info.name!r}: selected_as names it in a settings list; give selected_by the list")
     return METRICS.add(info.name, info, info.aliases)
 
 
