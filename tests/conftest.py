@@ -13,14 +13,10 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    import torch
-
-SQUARE_COLOUR = (2.0, -1.0, 1.5)  # in normalised units: far from the N(0, 0.5) background noise
+from helpers import quadrant_batch  # the quadrant task's images (and the name test files imported from here)
 
 # The suite's tensors are tiny: one thread avoids OpenMP hand-offs that cost more than the maths, and
 # keeps the suite's time steady on a loaded machine (measured: 2 threads under load were up to 50x
@@ -36,28 +32,6 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n images (3,size,size) of noise with one square in quadrant `label`; returns images, labels, masks."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, size, size, generator=generator) * 0.5
-    labels = torch.randint(0, 4, (n,), generator=generator)
-    half, side = size // 2, size // 4
-    top = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels // 2) * half
-    left = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels % 2) * half
-    rows = torch.arange(size)[None, :, None]
-    cols = torch.arange(size)[None, None, :]
-    masks = (
-        (rows >= top[:, None, None])
-        & (rows < top[:, None, None] + side)
-        & (cols >= left[:, None, None])
-        & (cols < left[:, None, None] + side)
-    )
-    colour = torch.tensor(SQUARE_COLOUR)[None, :, None, None]
-    return torch.where(masks[:, None], colour, images), labels, masks
 
 
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

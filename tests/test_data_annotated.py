@@ -14,14 +14,9 @@ from PIL import Image
 import camzoo.data as data
 from camzoo.cli import main
 from camzoo.data import DatasetError
+from helpers import picture
 
-RNG = np.random.default_rng(0)
 CLASS_MAP = {"ant": 3, "bee": 0, "cat": 9, "dog": 5}  # 4 folders in a 10-output model's index space
-
-
-def photo(path: Path, width: int, height: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(RNG.integers(0, 255, size=(height, width, 3), dtype=np.uint8)).save(path)
 
 
 def mask(path: Path, width: int, height: int, region: tuple[slice, slice]) -> None:
@@ -34,9 +29,9 @@ def mask(path: Path, width: int, height: int, region: tuple[slice, slice]) -> No
 def write_tree(root: Path) -> Path:
     """ant/a0 (40x20, two boxes), ant/a1 (20x10, mask), bee/b0 (mask), bee/b1 (nothing), cat/c0 (one box),
     cat/broken.png (not an image), dog/d0 (mask); classes.txt maps into 10 outputs."""
-    photo(root / "ant" / "a0.png", 40, 20)
+    picture(root / "ant" / "a0.png", (40, 20))
     for rel in ("ant/a1.png", "bee/b0.png", "bee/b1.png", "cat/c0.png", "dog/d0.png"):
-        photo(root / rel, 20, 10)
+        picture(root / rel, (20, 10))
     (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     for rel in ("ant/a1.png", "bee/b0.png", "dog/d0.png"):
         mask(root / "masks" / rel, 20, 10, (slice(0, 5), slice(10, 20)))  # top right quarter
@@ -101,7 +96,7 @@ def test_unannotated_keep_and_error(tmp_path):
 def test_without_class_map_or_annotations(tmp_path):
     root = tmp_path / "plain"
     for rel in ("b/1.png", "a/1.png", "a/2.jpg"):
-        photo(root / rel, 12, 9)
+        picture(root / rel, (12, 9))
     ds = data.load("annotated", "train", root=root, image_size=8)
     assert ds.classes == ["a", "b"] == ds.folder_classes and ds.class_map is None and ds.num_model_classes == 2
     assert ds.annotations == () and [r.label for r in ds.records] == [0, 0, 1] and ds.skipped == []
@@ -120,9 +115,9 @@ def test_without_class_map_or_annotations(tmp_path):
 
 def test_split_folders(tmp_path):
     root = tmp_path / "splits"
-    photo(root / "train" / "x" / "1.png", 10, 10)
-    photo(root / "val" / "x" / "1.png", 10, 10)
-    photo(root / "val" / "y" / "1.png", 10, 10)
+    picture(root / "train" / "x" / "1.png", (10, 10))
+    picture(root / "val" / "x" / "1.png", (10, 10))
+    picture(root / "val" / "y" / "1.png", (10, 10))
     (root / "boxes.csv").write_text("file,x0,y0,x1,y1\nval/y/1.png,0,0,5,5\ntrain/x/1.png,1,1,2,2\n")
     val = data.load("annotated", "val", root=root, image_size=10, unannotated="keep")
     assert len(val) == 2 and val.classes == ["x", "y"] and val.annotations == ("boxes",)
@@ -168,7 +163,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, edit, message):
 def test_verify_finds_truncated_images(tmp_path):
     root = write_tree(tmp_path / "set")
     path = root / "dog" / "d1.jpg"
-    photo(path, 64, 64)
+    picture(path, (64, 64))
     path.write_bytes(path.read_bytes()[:-200])  # a valid header, part of the pixels
     ds = data.load("annotated", "test", root=root, unannotated="keep")
     assert len(ds.skipped) == 1 and len(ds) == 7  # the header alone reads fine; decoding the item fails
@@ -201,7 +196,7 @@ def test_boxes_are_in_the_upright_image(tmp_path):
     (root / "a").mkdir(parents=True)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(RNG.integers(0, 255, size=(10, 20, 3), dtype=np.uint8)).save(root / "a" / "p.jpg", exif=exif)
+    picture(root / "a" / "p.jpg", (20, 10), exif=exif)
     (root / "boxes.csv").write_text("file,x0,y0,x1,y1\na/p.jpg,0,10,10,20\n")
     ds = data.load("annotated", "test", root=root, image_size=20)
     assert ds[0][2]["boxes"].tolist() == [[0.0, 10.0, 20.0, 20.0]]

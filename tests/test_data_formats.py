@@ -16,6 +16,7 @@ from PIL import Image
 import camzoo.data as data
 from camzoo.cli import main
 from camzoo.data import DatasetError
+from helpers import cli, picture, runtime_error
 
 RNG = np.random.default_rng(0)
 
@@ -184,6 +185,18 @@ def test_corrupt_image_names_file_and_record(tmp_path):
     ds = data.load("imagefolder", "train", root=tmp_path)
     with pytest.raises(DatasetError, match=r"cat/1\.png: cannot read image"):
         ds[1]
+
+
+def test_preview_of_a_folder_with_an_unreadable_image_says_what_check_says(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            picture(tmp_path / "ds" / "train" / cls / f"{i}.png", size=(16, 16), seed=i)
+    (tmp_path / "ds" / "train" / "a" / "bad.png").write_bytes(b"junk")
+    checked = cli("datasets", "check", "imagefolder", "--root", tmp_path / "ds", "--verify")
+    previewed = cli("datasets", "preview", "imagefolder", "--root", tmp_path / "ds", "--out", tmp_path / "p.png")
+    runtime_error(checked, "cannot read image")
+    runtime_error(previewed, "cannot read image")
+    assert previewed.output.strip().splitlines()[-1] == checked.output.strip().splitlines()[-1]
 
 
 # ---------------------------------------------------------------- CUB-200-2011

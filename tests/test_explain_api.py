@@ -13,12 +13,18 @@ from torch import nn
 
 import camzoo
 from camzoo.methods.base import upsample_and_normalise
+from helpers import no_cfg_model, resnet8, timm_model
 
 
 @pytest.fixture(scope="module")
 def small_model() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
+    return timm_model(num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    """A camzoo ResNet-8 whose classes have names."""
+    return resnet8(class_names=["cat", "dog", "fox"])
 
 
 def no_hooks_left(model: nn.Module) -> bool:
@@ -105,6 +111,25 @@ def test_targets_int_sequence_tensor(trained_resnet):
     assert not torch.equal(by_class[0], by_class[1]), "Grad-CAM must depend on the target class"
 
 
+def test_targets_by_class_name(tiny):
+    images = torch.randn(2, 3, 32, 32)
+    assert camzoo.explain(tiny, images, target="dog").targets.tolist() == [1, 1]
+    assert camzoo.explain(tiny, images, target=["fox", 0]).targets.tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"not one of the model's class names. Did you mean 'dog'"):
+        camzoo.explain(tiny, images, target="dgo")
+
+
+def test_a_one_logit_model_scores_with_the_sigmoid():
+    torch.manual_seed(0)
+    model = no_cfg_model(outputs=1).eval()
+    images = torch.randn(3, 3, 16, 16)
+    result = camzoo.explain(model, images)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(images)[:, 0])
+    assert result.targets.tolist() == [0, 0, 0]
+    assert torch.allclose(result.scores, expected) and not torch.all(result.scores == 1.0)
+
+
 def test_chunked_batches_equal_one_batch(trained_resnet):
     model, images, labels = trained_resnet["model"], trained_resnet["images"][:5], trained_resnet["labels"][:5]
     for method in ("gradcam", "eigencam"):
@@ -151,6 +176,26 @@ def test_explanation_save_and_overlay(trained_resnet, tmp_path):
     assert len(manifest["files"]["overlays"]) == 3
     assert Image.open(out / manifest["files"]["overlays"][2]).size == (64, 64)
     assert not list(out.glob("*.tmp")), "no temporary files may be left behind"
+
+
+def test_overlay_at_the_original_size_and_aspect_with_a_colormap(tiny):
+    result = camzoo.explain(tiny, torch.randn(1, 3, 32, 32))
+    photo = Image.new("RGB", (90, 30), (10, 20, 30))
+    assert result.overlay(0, image=photo).size == (90, 30)
+    assert np.array_equal(np.asarray(result.overlay(0, alpha=0.0, image=photo)), np.asarray(photo))
+    viridis = np.asarray(result.overlay(0, alpha=1.0, colormap="viridis"))
+    jet = np.asarray(result.overlay(0, alpha=1.0))
+    assert viridis.shape == jet.shape and not np.array_equal(viridis, jet)
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        result.overlay(0, colormap="nope")
+    assert result.map_at(0, (30, 90)).shape == (30, 90)
+
+
+def test_label_out_of_range_is_an_index_error(tiny):
+    result = camzoo.explain(tiny, torch.randn(2, 3, 32, 32))
+    assert result.label(-1) == result.label(1)
+    with pytest.raises(IndexError, match="image index 2 is out of range for an explanation of 2 images"):
+        result.label(2)
 
 
 class AttentionToy(nn.Module):
@@ -243,6 +288,35 @@ def test_nan_weights_give_a_clear_error():
         model.layer4[0].conv1.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN"):
         camzoo.explain(model, torch.randn(1, 3, 64, 64), method="eigencam")
+
+
+def test_a_headless_model_is_refused():
+    headless = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    with pytest.raises(ValueError, match="no classifier head"):
+        camzoo.explain(headless, torch.randn(1, 3, 32, 32))
+
+
+def test_a_model_that_fails_on_the_input_says_so_in_one_short_line():
+    model = no_cfg_model(kernel=5).eval()
+    with pytest.raises(ValueError, match=r"the model failed on a batch of shape \(1, 3, 2, 2\)") as info:
+        camzoo.explain(model, torch.randn(1, 3, 2, 2))
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+
+
+def test_a_meta_model_a_squeezing_model_and_a_url_get_the_right_result_or_the_right_cause():
+    with torch.device("meta"):
+        meta = no_cfg_model()
+    with pytest.raises(ValueError, match="'meta' device"):
+        camzoo.explain(meta, torch.randn(1, 3, 16, 16))
+    torch.manual_seed(0)
+    plain, x = no_cfg_model().eval(), torch.randn(1, 3, 16, 16)
+    squeezing = no_cfg_model(squeeze=True).eval()
+    squeezing.load_state_dict(plain.state_dict())
+    for method in ("gradcam", "captum:Saliency"):
+        a, b = camzoo.explain(plain, x, method=method), camzoo.explain(squeezing, x, method=method)
+        assert torch.equal(a.targets, b.targets) and torch.allclose(a.maps, b.maps) and torch.allclose(a.scores, b.scores)
+    with pytest.raises(ValueError, match="http://example.com/a.jpg.*URL"):
+        camzoo.explain(plain, "http://example.com/a.jpg")
 
 
 def test_methods_lists_names():

@@ -11,12 +11,12 @@ from torch import nn
 
 import camzoo
 from camzoo.methods import get_method
+from helpers import picture, timm_model
 
 
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("resnet10t", pretrained=False, num_classes=4).eval()
+    return timm_model(num_classes=4)
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -151,14 +151,11 @@ def test_target_by_class_name(resnet):
 def test_cli_fuses_repeated_layers(tmp_path):
     import csv
 
-    import numpy as np
     from click.testing import CliRunner
-    from PIL import Image
 
     from camzoo.cli import main
 
-    image = tmp_path / "a.png"
-    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(image)
+    image = picture(tmp_path / "a.png", size=(40, 40))
     result = CliRunner().invoke(main, ["explain", str(image), "--model", "resnet10t", "--layer", "layer2",
                                        "--layer", "layer3", "--image-size", "64", "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output

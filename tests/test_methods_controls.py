@@ -18,6 +18,7 @@ import camzoo
 from camzoo.methods import get_method, method_names, reference_method_names
 from camzoo.methods.base import CAMMethod, upsample_and_normalise
 from camzoo.methods.controls import RandomMap
+from helpers import minmax
 
 CONTROLS = ["centre", "edges", "oracle", "random"]
 HEIGHT, WIDTH = 15, 22  # odd/even and non-square: catches a swapped axis or a wrong centre
@@ -34,13 +35,6 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def minmax(array: np.ndarray) -> np.ndarray:
-    """Per-image min-max over the last two axes; constant -> zeros (the documented contract)."""
-    low = array.min(axis=(-2, -1), keepdims=True)
-    span = array.max(axis=(-2, -1), keepdims=True) - low
-    return np.where(span > 0, (array - low) / np.where(span > 0, span, 1), 0.0)
 
 
 @pytest.fixture(scope="module")

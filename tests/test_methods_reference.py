@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import camzoo
 from camzoo.methods.eigen import first_component_projection
-
-
-def per_image_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1)
-    b = b.reshape(len(b), -1)
-    return np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)])
+from helpers import linear_head_cnn, per_image_correlation
 
 
 def test_fixture_model_learned_the_task(trained_resnet):
@@ -79,27 +73,10 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_its_sign(trained_resnet):
     assert np.abs(np.abs(signed) - np.abs(reference_projection)).max() < 1e-3 * np.abs(signed).max()
 
 
-class LinearHeadCNN(nn.Module):
-    """features = conv (identity kernels); logits = W @ mean_hw(features) + b: Grad-CAM has a closed form."""
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.features = nn.Conv2d(3, 3, 1, bias=False)
-        with torch.no_grad():
-            self.features.weight.copy_(torch.eye(3)[:, :, None, None])
-        self.head = nn.Linear(3, weight.shape[0])
-        with torch.no_grad():
-            self.head.weight.copy_(weight)
-            self.head.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean((2, 3)))
-
-
 def test_gradcam_closed_form_on_a_linear_head():
     torch.manual_seed(0)
     weight = torch.randn(5, 3)
-    model = LinearHeadCNN(weight)
+    model = linear_head_cnn(weight)
     images = torch.randn(4, 3, 6, 7)
     targets = torch.tensor([0, 1, 2, 4])
     result = camzoo.explain(model, images, target=targets, layer="features")

@@ -17,7 +17,7 @@ from torch import nn
 import camzoo
 from camzoo.methods.eigen import first_component_projection
 from camzoo.methods.perturbation import AblationCAM, PerturbationCAM
-from test_methods_reference import LinearHeadCNN, per_image_correlation
+from helpers import linear_head_cnn, minmax, per_image_correlation
 
 GRADIENT_FAMILY = {
     "gradcampp": "GradCAMPlusPlus",
@@ -25,12 +25,6 @@ GRADIENT_FAMILY = {
     "layercam": "LayerCAM",
     "hirescam": "HiResCAM",
 }
-
-
-def minmax(a: np.ndarray) -> np.ndarray:
-    flat = a.reshape(len(a), -1)
-    low, high = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-    return (flat - low) / np.where(high > low, high - low, 1.0)
 
 
 def pytorch_grad_cam(cls_name: str, model: nn.Module, layer: str, images: torch.Tensor, labels: torch.Tensor):
@@ -156,7 +150,7 @@ def test_gradient_family_closed_forms_on_a_linear_head():
     and LayerCAM is ReLU(sum_c ReLU(W_c) A_c) / (h*w)."""
     torch.manual_seed(0)
     weight = torch.randn(5, 3)
-    model = LinearHeadCNN(weight)
+    model = linear_head_cnn(weight)
     images = torch.rand(4, 3, 6, 7) + 0.1  # positive activations: XGrad-CAM's sum_hw A is not ~0
     targets = torch.tensor([0, 1, 2, 4])
     w = weight[targets] / 42

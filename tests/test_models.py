@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ import camzoo
 from camzoo.models import build_model, load_model, save_model
 from camzoo.models.backbones import build_backbone, output_stride, split_timm_model
 from camzoo.models.lfi import FeatureImportanceNetwork, lfi_attention, normalize_channels
+from helpers import fail_writes
 
 KINDS = ("baseline", "abn", "lfi")
 # (backbone, image size, ABN map size, LFI map size): CIFAR ResNet at 32 px (ABN at stride 2x2=4
@@ -318,6 +321,18 @@ def test_corrupt_and_foreign_checkpoints_error_clearly(tmp_path):
         load_model(plain)
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_save_on_a_full_disk_keeps_the_finished_file(tmp_path, monkeypatch):
+    model = camzoo.build_model("baseline", "resnet8", num_classes=3, image_size=32)
+    path = save_model(model, tmp_path / "model.pt")
+    before = path.read_bytes()
+    fail_writes(monkeypatch, ".pt")
+    with pytest.raises(OSError) as caught:
+        save_model(model, path)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+    assert torch.load(path, weights_only=True)["camzoo_version"] == camzoo.__version__  # and it says who wrote it
 
 
 def test_wrong_architecture_checkpoint_errors_clearly(tmp_path):

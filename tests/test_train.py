@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from camzoo.models import build_model, load_model
 from camzoo.train import TrainConfig, augment_batch, learning_rate, train, train_step
+from helpers import cli
 
 SIZE = 16
 
@@ -235,6 +236,23 @@ def test_cli_train_resolves_the_dataset_through_camzoo_data(tmp_path, monkeypatc
     bad = CliRunner().invoke(main, ["train", "--kind", "lfi", "--backbone", "nope_net", "--out", str(tmp_path / "x"),
                                     "--epochs", "1"])
     assert bad.exit_code != 0 and "unknown backbone 'nope_net'" in bad.output
+
+
+def test_ctrl_c_during_train_says_what_was_kept(tmp_path, monkeypatch):
+    import camzoo.train
+
+    out = tmp_path / "run"
+
+    def interrupted(config, train_set, out_dir, **kwargs):
+        (out / "checkpoint.pt").write_bytes(b"")
+        (out / "train_log.json").write_text('{"history": [{}, {}]}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(camzoo.train, "train", interrupted)
+    result = cli("train", "--kind", "baseline", "--backbone", "resnet8", "--data-root", tmp_path / "cache",
+                 "--dataset-option", "num_images=32", "--image-size", "32", "--epochs", "5", "--out", out, "--no-progress")
+    assert result.exit_code == 130
+    assert "checkpoint.pt keeps 2 of 5 epochs; rerun the same command" in result.output
 
 
 def test_augmenting_twice_is_an_error_and_the_result_carries_the_checkpointed_model(tmp_path):

@@ -1,0 +1,208 @@
+"""What several test files build: pictures, checkpoints, small models, min-max, CLI calls.
+
+Why here: a test module imported as a library couples two test files (and collects nothing new);
+``from helpers import ...`` works in every test file (pytest puts tests/ on ``sys.path``).
+Only the standard library is imported at the top: conftest.py imports this module in pytest-xdist's
+controller too, where importing torch delayed both workers' start (see conftest's
+``pytest_configure``), so each helper imports what it needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import click.testing
+    import numpy as np
+    import pytest
+    import torch
+    from torch import nn
+
+SQUARE_COLOUR = (2.0, -1.0, 1.5)  # in normalised units: far from the N(0, 0.5) background noise
+
+
+def quadrant_batch(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n images (3,size,size) of noise with one square in quadrant `label`; returns images, labels, masks."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=generator) * 0.5
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    half, side = size // 2, size // 4
+    top = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels // 2) * half
+    left = torch.randint(0, half - side + 1, (n,), generator=generator) + (labels % 2) * half
+    rows = torch.arange(size)[None, :, None]
+    cols = torch.arange(size)[None, None, :]
+    masks = (
+        (rows >= top[:, None, None])
+        & (rows < top[:, None, None] + side)
+        & (cols >= left[:, None, None])
+        & (cols < left[:, None, None] + side)
+    )
+    colour = torch.tensor(SQUARE_COLOUR)[None, :, None, None]
+    return torch.where(masks[:, None], colour, images), labels, masks
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def picture(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, gray: bool = False, **save: Any) -> Path:
+    """A seeded noise picture of ``size`` (width, height), RGB or 8-bit gray, written to ``path`` (its
+    folders made; ``save``: PIL's save options, e.g. ``exif``); returns ``path``."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0]) if gray else (size[1], size[0], 3)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, shape, np.uint8)).save(path, **save)
+    return path
+
+
+def timm_model(name: str = "resnet10t", seed: int = 0, **kwargs: Any) -> nn.Module:
+    """A timm model with random weights drawn after ``torch.manual_seed(seed)``, in eval mode."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def timm_weights(path: Path, name: str = "resnet10t", seed: int = 0, **kwargs: Any) -> Path:
+    """The state dict of :func:`timm_model` saved at ``path``: what ``--model NAME --checkpoint`` reads."""
+    import torch
+
+    torch.save(timm_model(name, seed, **kwargs).state_dict(), path)
+    return path
+
+
+def resnet8(seed: int = 0, **options: Any) -> nn.Module:
+    """camzoo's baseline ResNet-8 with 3 classes, weights drawn after ``torch.manual_seed(seed)``, in
+    eval mode: the fastest camzoo model (``options``: build_model's, e.g. class_names, image_size)."""
+    import torch
+
+    import camzoo
+
+    torch.manual_seed(seed)
+    return camzoo.build_model("baseline", "resnet8", num_classes=3, **options).eval()
+
+
+def camzoo_checkpoint(path: Path, **options: Any) -> Path:
+    """:func:`resnet8` at 32 px saved as a camzoo checkpoint at ``path``: what ``camzoo explain
+    --checkpoint`` runs without ``--model``."""
+    from camzoo.models.checkpoint import save_model
+
+    return save_model(resnet8(image_size=32, **options), path)
+
+
+def manifest_rows(out: Path) -> list[str]:
+    """The rows of ``camzoo explain``'s manifest.csv in ``out``, header left out (bytes that are not
+    UTF-8, as in a Latin-1 file name, kept as surrogates)."""
+    return (out / "manifest.csv").read_bytes().decode("utf-8", "surrogateescape").splitlines()[1:]
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, suffix: str, code: int = errno.ENOSPC) -> None:
+    """Path.write_bytes of files ending in ``suffix`` fails with ``code``, as a full disk's write does."""
+    real = pathlib.Path.write_bytes
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        if f"{suffix}." in self.name or self.name.endswith(suffix):  # the temp file ".a.npy.x1y2.tmp" too
+            raise OSError(code, os.strerror(code))
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+
+
+# --- maps --------------------------------------------------------------------------------------
+
+
+def minmax(array: np.ndarray) -> np.ndarray:
+    """Per-image min-max over the last two axes; constant -> zeros (the documented contract)."""
+    import numpy as np
+
+    low = array.min(axis=(-2, -1), keepdims=True)
+    span = array.max(axis=(-2, -1), keepdims=True) - low
+    return np.where(span > 0, (array - low) / np.where(span > 0, span, 1), 0.0)
+
+
+def per_image_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each image's map in ``a`` with the same image's in ``b``."""
+    import numpy as np
+
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    return np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)])
+
+
+# --- small models ------------------------------------------------------------------------------
+
+
+def linear_head_cnn(weight: torch.Tensor) -> nn.Module:
+    """features = conv (identity kernels); logits = W @ mean_hw(features) + b: Grad-CAM has a closed form."""
+    import torch
+    from torch import nn
+
+    class LinearHeadCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 3, 1, bias=False)
+            with torch.no_grad():
+                self.features.weight.copy_(torch.eye(3)[:, :, None, None])
+            self.head = nn.Linear(3, weight.shape[0])
+            with torch.no_grad():
+                self.head.weight.copy_(weight)
+                self.head.bias.zero_()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean((2, 3)))
+
+    return LinearHeadCNN()
+
+
+def no_cfg_model(outputs: int = 3, kernel: int = 3, squeeze: bool = False) -> nn.Module:
+    """A torchvision-like classifier (the one benchmarks/bad_inputs.py feeds inputs to): no
+    pretrained_cfg, so pixel inputs run at their own size; ``squeeze`` drops a batch of one's axis."""
+    from torch import nn
+
+    class NoCfg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, kernel), nn.Linear(4, outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = self.fc(self.conv(x).relu().mean((2, 3)))
+            return logits.squeeze() if squeeze else logits
+
+    return NoCfg()
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def cli(*args: Any) -> click.testing.Result:
+    """``camzoo ARGS`` in this process (paths as they are, bytes included); any exception other than
+    click's own exit is a traceback a user would see, so it fails the test."""
+    from click.testing import CliRunner
+
+    from camzoo.cli import main
+
+    result = CliRunner().invoke(main, [a if isinstance(a, str) else os.fspath(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
+    return result
+
+
+def usage_error(result: click.testing.Result, message: str) -> None:
+    """Exit code 2 (click's usage errors) with ``message`` in the output."""
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+
+
+def runtime_error(result: click.testing.Result, message: str) -> None:
+    """Exit code 1 with ``message`` and without click's Usage banner: a failure at run time, not a misuse."""
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Usage:" not in result.output, result.output
