@@ -206,3 +206,18 @@ def runtime_error(result: click.testing.Result, message: str) -> None:
     """Exit code 1 with ``message`` and without click's Usage banner: a failure at run time, not a misuse."""
     assert result.exit_code == 1, result.output
     assert message in result.output and "Usage:" not in result.output, result.output
+
+
+def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
+    """(heading, rows of cells; the first row is the header) of every table in a Markdown text."""
+    found, heading, rows = [], "", []
+    for line in text.splitlines() + [""]:
+        if line.startswith("### "):
+            heading = line[4:]
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            found.append((heading, rows))
+            rows = []
+    return found

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 from scipy.stats import rankdata
 
+from helpers import markdown_tables
+
 from camzoo.bench.leaderboard import joined_runs, leaderboard, mean_normalised_rank, separated_pairs
 from camzoo.bench.record import RunRecord
 from camzoo.bench.summary import table_columns
@@ -25,21 +27,6 @@ from camzoo.bench.summary import table_columns
 @pytest.fixture(scope="module")
 def run_dir(tiny_bench_run) -> Path:
     return tiny_bench_run
-
-
-def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
-    """(heading, rows of cells; the first row is the header) of every table in a Markdown text."""
-    found, heading, rows = [], "", []
-    for line in text.splitlines() + [""]:
-        if line.startswith("### "):
-            heading = line[4:]
-        if line.startswith("|"):
-            if not line.startswith("|---"):
-                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif rows:
-            found.append((heading, rows))
-            rows = []
-    return found
 
 
 def test_the_leaderboard_comes_first_ordered_by_mean_normalised_rank(run_dir):

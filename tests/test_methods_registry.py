@@ -25,14 +25,14 @@ def test_a_registered_method_is_described_from_its_class():
     class Doubled(CAMMethod):
         """Twice the channel mean. A second sentence that is not shown."""
 
-        name = "hardening_doubled"
+        name = "doubled_channel_mean"
         paper = "Nobody et al. 2099"
 
         def compute(self, activations, gradients):
             return 2 * activations.mean(1)
 
     try:
-        assert describe("hardening_doubled") == ("hardening_doubled", "Twice the channel mean", "Nobody et al. 2099", False)
-        assert "hardening_doubled  Twice the channel mean [Nobody et al. 2099]" in cli("methods").output
+        assert describe("doubled_channel_mean") == ("doubled_channel_mean", "Twice the channel mean", "Nobody et al. 2099", False)
+        assert "doubled_channel_mean  Twice the channel mean [Nobody et al. 2099]" in cli("methods").output
     finally:
-        METHODS.remove("hardening_doubled")
+        METHODS.remove("doubled_channel_mean")

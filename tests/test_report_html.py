@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_bench_leaderboard import markdown_tables
+from helpers import markdown_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = re.compile(r"const DATA = (.*?);\n", re.S)

@@ -1,4 +1,5 @@
-"""Explain fixes from the trial (issue 11, item 5): each failure mode a new user hit, as a test."""
+"""camzoo.explain on the model forms users bring: dtypes, grad modes, structured outputs, targets
+(issue 11, item 5: each failure mode a new user hit, as a test)."""
 
 from __future__ import annotations
 
