@@ -80,3 +80,17 @@ def test_a_stability_cell_compares_every_pair_of_models():
     compat = pairwise_stability([torch.from_numpy(m.astype(np.float32)) for m in maps], lfi_compat=True)
     assert fallback["stability_iou_lfi_compat"][0] == pytest.approx(float(compat["mean"]["iou"]))
     assert stability_cell("gradcam", maps[:1], raw[:1]) is None  # one model: nothing to compare
+
+
+def test_a_reshape_rule_reaches_exactly_the_methods_that_take_one():
+    """One public answer per method class (``base_options``), read once for explaining and scoring."""
+    from camzoo.bench.evaluation import method_options
+    from camzoo.methods import get_method
+
+    def flip(output: torch.Tensor) -> torch.Tensor:
+        return output.flip(-1)
+
+    assert get_method("gradcam").base_options() == {"output", "reshape"}
+    assert get_method("attention").base_options() == frozenset()  # reads its model's own map
+    assert method_options("gradcam", flip) == {"reshape": flip} and method_options("gradcam", None) == {}
+    assert method_options("attention", flip) == {}
