@@ -235,3 +235,43 @@ def test_a_bench_rank_reads_its_place_and_device_from_camzoo_world(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     monkeypatch.setenv("LOCAL_RANK", "2")
     assert rank_device("auto") == "cuda:2" and rank_device("cuda:3") == "cuda:3"
+
+
+def test_rank_0_builds_the_plan_once_and_every_rank_runs_it(tmp_path, monkeypatch):
+    """Ranks receive rank 0's plan (pickled, as torch.distributed sends it) instead of rebuilding it; a
+    problem rank 0 finds stops every rank with rank 0's message."""
+    import pickle
+
+    import torch.distributed as dist
+
+    from camzoo.bench import distributed
+    from camzoo.bench.plan import ConfigError
+
+    sent: list[bytes] = []
+
+    def broadcast(objects: list, src: int) -> None:  # rank 0 calls first; the other ranks get its objects
+        if not sent:
+            sent.append(pickle.dumps(objects))
+        else:
+            objects[:] = pickle.loads(sent.pop())
+
+    built = []
+    real = distributed.build_plan
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(distributed, "_all_ok", lambda ok, device: ok)
+    monkeypatch.setattr(distributed, "build_plan", lambda *args: built.append(args) or real(*args))
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
+    config = resolve_config(None, config_path)
+    zero = distributed._shared_plan(config, "cpu", Worker(0, 2))
+    one = distributed._shared_plan(config, "cpu", Worker(1, 2))
+    assert len(built) == 1 and one.jobs == zero.jobs and one.run_id == zero.run_id and one is not zero
+    assert (one.device, one.device_label) == (zero.device, zero.device_label)
+
+    config["train"]["epochs"] = 0
+    with pytest.raises(ConfigError) as first:
+        distributed._shared_plan(config, "cpu", Worker(0, 2))
+    with pytest.raises(ConfigError) as other:
+        distributed._shared_plan(config, "cpu", Worker(1, 2))
+    assert str(other.value) == str(first.value) and "epochs must be an integer >= 1" in str(other.value)
+    assert len(built) == 2  # rank 1 never built a plan

@@ -126,7 +126,7 @@ def test_stores_written_under_old_names_report_under_the_new_ones(tmp_path):
 
 
 def test_the_runner_stores_only_numbers_the_metrics_table_knows(tmp_path):
-    from camzoo.bench.runner import BenchRunner
+    from camzoo.bench.runner import BenchRunner, commit_cell
 
     config = resolve_config("quick", overrides={
         "seeds": [0], "kinds": ["baseline"], "methods": ["gradcam"],
@@ -135,8 +135,8 @@ def test_the_runner_stores_only_numbers_the_metrics_table_knows(tmp_path):
     runner = BenchRunner(build_plan(config, device="cpu"), tmp_path / "out", progress=False)
     key = CellKey("shapes", "-", "-", "-", ALL_SEEDS, "gallery")
     with pytest.raises(ValueError, match=r"not in the metrics table: \['made_up'\]"):
-        runner._write(key, {"eval_images": (8.0, None), "made_up": (1.0, None)})
-    runner._write(key, {"eval_images": (8.0, None)})
+        commit_cell(runner.store, runner.run_id, key, {"eval_images": (8.0, None), "made_up": (1.0, None)})
+    commit_cell(runner.store, runner.run_id, key, {"eval_images": (8.0, None)})
     runner.close()
     for name in ("train_seconds", "train_loss", "stability_pairs", "eval_images", "peak_memory_mb", "ms_per_image"):
         assert name in METRICS, name

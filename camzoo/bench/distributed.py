@@ -5,8 +5,9 @@ Why torch.distributed and not a scheduler of our own: torchrun already starts on
 device on one or many nodes, restarts or tears down the group when one dies, and gives every
 process its rank; all the benchmark adds is who computes which cell and where it is written:
 
-1. every rank builds the run's plan from the config on its own device, which validates it (a
-   failure on any rank stops all, before any cell); the plan is what each rank then executes;
+1. rank 0 builds the run's plan from the config, which validates it, and sends it to every rank (a
+   problem stops all ranks with rank 0's message, before any cell); each rank executes that plan on
+   its own device;
 2. rank 0 merges the shards of earlier attempts into results.sqlite and sends every rank the list
    of finished cells (no other rank opens results.sqlite, which may sit on a network share);
 3. the model jobs that still lack a cell go, in grid order, each to the first rank that asks for
@@ -22,6 +23,7 @@ A rank killed at any point loses at most the cell it was computing: rerunning th
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,6 +87,37 @@ def _all_ok(ok: bool, device: str) -> bool:
     return int(flag.item()) == 0
 
 
+def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker) -> BenchPlan:
+    """The run's plan on every rank: rank 0 builds (and so validates) it once and sends it to the others;
+    each rank runs it on its own device. A problem stops every rank with rank 0's message."""
+    import torch.distributed as dist
+
+    from ..modelutil import describe_device, resolve_device
+
+    sent: list[Any] = [None, None]  # the plan, or the message of why there is none
+    failure = None
+    if worker.rank == 0:
+        try:
+            sent[0] = build_plan(config, device, worker.world_size)
+        except Exception as err:  # every rank must hear of it, or the others wait here
+            failure = err
+            sent[1] = str(err) if isinstance(err, ValueError) else f"rank 0: {type(err).__name__}: {err}"
+    dist.broadcast_object_list(sent, src=0)
+    if failure is not None:
+        raise failure
+    plan, message = sent
+    if message is not None:
+        raise ConfigError(message)
+    error = None
+    try:  # this rank's own device (rank 0's was checked with the plan)
+        resolved = resolve_device(device)
+    except ValueError as err:
+        error = ConfigError(f"rank {worker.rank}: device: {err}")
+    if not _all_ok(error is None, device):
+        raise error or ConfigError(f"rank {worker.rank}: another rank cannot use its device (see its message)")
+    return replace(plan, device=str(resolved), device_label=describe_device(resolved))
+
+
 def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Worker, device: str | None = None,
                     progress: bool = True, echo: Callable[[str], None] = print) -> BenchRunner:
     """This rank's share of the grid (see the module docstring); returns its runner (rank 0's holds
@@ -94,14 +127,7 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
     device = rank_device(device or config["device"])
     world.join(torch.device(device))
     try:
-        error, plan = None, None
-        try:
-            plan = build_plan(config, device, worker.world_size)
-        except ValueError as err:
-            error = err
-        if not _all_ok(error is None, device):
-            raise error or ConfigError(f"rank {worker.rank}: another rank found the config invalid (see its message)")
-        assert isinstance(plan, BenchPlan)
+        plan = _shared_plan(config, device, worker)
         runner = BenchRunner(plan, out_dir, progress=progress, echo=echo, worker=worker)
         done = [None]
         if worker.rank == 0:  # the only rank that opens results.sqlite before the end

@@ -151,7 +151,7 @@ def explain_block(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
                   warm_up: bool = True) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[float]]:
     """:func:`explain_group` on one block: the maps and the seconds per image of every batch (the
     median is taken over all blocks); ``warm_up``: the untimed first call (the first block only)."""
-    from ..methods import get_method, split_layer
+    from ..methods import split_layer
     from ..methods.multi import explain_many
 
     truth = {"mask": eval_set.masks, "boxes": eval_set.boxes}
@@ -163,8 +163,7 @@ def explain_block(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
 
     calls = []  # (layer, {method: row}, options): a reshape goes to the methods that take one
     for layer, rows in by_layer.items():
-        takes = {name: row for name, row in rows.items()
-                 if reshape is not None and get_method(name)._takes_base_option("reshape")}
+        takes = {name: row for name, row in rows.items() if method_options(name, reshape)}
         rest = {name: row for name, row in rows.items() if name not in takes}
         calls += [(layer, part, options) for part, options in ((takes, {"reshape": reshape}), (rest, {})) if part]
 
@@ -215,8 +214,14 @@ def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torc
 
     name = MethodSpec.parse(method).name
     memo = map_memo if get_method(method).reference else None
-    takes = reshape is not None and get_method(name)._takes_base_option("reshape")
-    spec = MethodSpec(name, layer, {"reshape": reshape} if takes else None)
+    spec = MethodSpec(name, layer, method_options(name, reshape) or None)
     return metrics.score_maps(scorer, block.images, maps, block.labels, block.masks, block.boxes, settings,
                               map_memo=memo, model_memo=model_memo, method=spec, start=block.start, seconds=seconds)
 
+
+def method_options(name: str, reshape: Callable | None) -> dict[str, Any]:
+    """The options a method is explained and scored with on a model: a ``[[models]]`` entry's ``reshape``
+    rule for a method that takes one (``CAMMethod.base_options``), else none. Decided here for both."""
+    from ..methods import get_method
+
+    return {"reshape": reshape} if reshape is not None and "reshape" in get_method(name).base_options() else {}

@@ -1,66 +1,27 @@
 """A benchmark run as a frozen, typed plan: built (and so validated) once, before any work starts.
 
 Why: the runner, ``camzoo bench --check`` and every distributed rank must agree on what a config
-means — which datasets, which model jobs, which methods each model kind gets and in which one-pass
-groups, how cells are scored. ``build_plan`` turns the merged config (``camzoo.bench.config``) and
-the registries into that answer in one place; the runner only executes its cells.
+means — which datasets, which model jobs (each with the source of its model), which methods each
+model kind gets and in which one-pass groups, how cells are scored. ``build_plan`` turns the merged
+config (``camzoo.bench.config``) and the registries into that answer in one place; the runner only
+executes its cells, and the ranks of a distributed run receive the plan rank 0 built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ..metrics import EvalSettings
 from .config import run_id
+from .specs import GALLERY_CELL, DatasetSpec, Frozen, Variant
 from .store import ALL_SEEDS, CellKey
-from .sources import SOURCE_KIND, ModelSource, load_problems, sources
-from .validate import (
-    ConfigError,
-    dataset_probe,
-    load_split,
-    model_problems,
-    shape_problems,
-    split_shape,
-    train_config,
-)
+from .sources import SOURCE_KIND, ModelSource, TrainedSource, load_problems, sources
+from .validate import ConfigError, config_problems, dataset_probe, eval_settings, model_problems, split_shape
 
 MODEL_CELL = "model"
-GALLERY_CELL = "gallery"
 ALL_VARIANTS = "*"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One ``[[datasets]]`` entry: what to load, at which size, with which loader options."""
-
-    name: str
-    root: str
-    image_size: int
-    options: Mapping[str, Any]
-    annotated: bool  # masks or boxes: the localization metrics and the oracle control need them
-
-    def as_config(self) -> dict[str, Any]:
-        return {"name": self.name, "root": self.root, "image_size": self.image_size, "options": dict(self.options)}
-
-    def load(self, split: str, **extra: Any):
-        """One split (``extra`` overrides loader options)."""
-        return load_split(self.as_config(), split, **extra)
-
-    @property
-    def gallery_key(self) -> CellKey:
-        return CellKey(self.name, "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A hyper-parameter variant (``[[variants]]``); a config without any has one, "default"."""
-
-    name: str
-    train: Mapping[str, Any]
-    model: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,15 +35,16 @@ class ModelJob:
     seed: int
     methods: tuple[str, ...]  # the methods that apply to this kind and dataset, in the config's order
     groups: tuple[tuple[str, ...], ...]  # the same methods in one-pass groups (camzoo.methods.one_pass_groups)
-    train: Any  # camzoo.train.TrainConfig; None for a model loaded from a checkpoint
-    # the layer each method row explains ("gradcam@layer2" -> "layer2"); None: the method's default
-    layers: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+    source: TrainedSource | ModelSource  # where the model comes from: trained (or reused), or a [[models]] checkpoint
 
-    source: ModelSource | None = None  # a [[models]] checkpoint, loaded instead of trained
+    @property
+    def layers(self) -> Mapping[str, str | None]:
+        """The layer each method row explains ("gradcam@layer2" -> "layer2"; None: the method's default)."""
+        return {method: self.source.layer_for(method) for method in self.methods}
 
     def layer(self, method: str) -> str | None:
         """The layer a method row explains (None: the method's default)."""
-        return self.layers.get(method)
+        return self.source.layer_for(method)
 
     def key(self, method: str) -> CellKey:
         return CellKey(self.dataset.name, self.backbone, self.kind, self.variant.name, self.seed, method)
@@ -92,9 +54,18 @@ class ModelJob:
         return (MODEL_CELL, *self.methods)
 
     @property
+    def cell_keys(self) -> tuple[CellKey, ...]:
+        """The keys of every cell the job writes (the model cell first)."""
+        return tuple(self.key(cell) for cell in self.cells)
+
+    @property
     def label(self) -> str:
-        variant = "" if self.variant.name == "default" else f"/{self.variant.name}"
-        return f"{self.dataset.name}/{self.backbone}/{self.kind}{variant}/seed{self.seed}"
+        return job_label(self.dataset.name, self.backbone, self.kind, self.variant.name, self.seed)
+
+
+def job_label(dataset: str, backbone: str, kind: str, variant: str, seed: int) -> str:
+    """How a model job is named (progress bar, checkpoint directory): dataset/backbone/kind[/variant]/seedN."""
+    return f"{dataset}/{backbone}/{kind}{'' if variant == 'default' else f'/{variant}'}/seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -112,8 +83,10 @@ class StabilityGroup:
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """Everything a run will do. ``config`` is the merged config the plan came from (stored with the
-    run, hashed into ``run_id``); the rest is what the runner reads."""
+    """Everything a run will do, typed: nothing after :func:`build_plan` reads a config dict. ``config``
+    is the merged config the plan came from, kept only to be stored with the run (it is hashed into
+    ``run_id``); the rest is what the runner reads. It pickles: a distributed run builds it once and
+    sends it to every rank."""
 
     config: Mapping[str, Any]
     run_id: str
@@ -126,7 +99,7 @@ class BenchPlan:
     eval_images: int  # the first N test images every method of every model explains
     batch_size: int  # images per explain call and per accuracy forward
     gallery_images: int
-    world_size: int = 1
+    world_size: int = 1  # the ranks that share the model jobs (for the printed plan)
     block_images: int = 1000  # evaluation images on the device at once (streamed in blocks)
     keep_maps: int = 1000  # maps stored for the first N evaluation images (gallery, report.html, stability)
 
@@ -149,10 +122,6 @@ class BenchPlan:
     @property
     def cells(self) -> int:
         return len(self.jobs) + self.method_cells + self.stability_cells + len(self.datasets)
-
-    @property
-    def per_rank(self) -> list[int]:
-        return [len(range(rank, len(self.jobs), self.world_size)) for rank in range(self.world_size)]
 
     def text(self) -> str:
         """What ``camzoo bench --check`` prints."""
@@ -179,13 +148,17 @@ class BenchPlan:
             lines.append(f"discrimination: {', '.join(s.discrimination)}; {s.grid_count} grids per model of images "
                          f"with confidence >= {s.grid_threshold:g}")
         if self.world_size > 1:
-            lines.append(f"{self.world_size} ranks: model jobs per rank {self.per_rank}; stability cells on rank 0 "
-                         "after all ranks finish")
+            lines.append(f"{self.world_size} ranks: each takes the next model job when it is free; stability cells "
+                         "on rank 0 after all ranks finish")
         return "\n".join(lines)
 
 
 def build_plan(config: Mapping[str, Any], device: str | None = None, world_size: int = 1) -> BenchPlan:
     """Check everything a run needs and lay out its cells; a :class:`ConfigError` lists every problem.
+
+    Every spec is parsed from the config here, once: the scoring settings, the datasets, the variants,
+    each model's TrainConfig (validated once, and the model probes read it) or each ``[[models]]``
+    checkpoint.
 
     Args:
         config: a merged config (``camzoo.bench.config.resolve_config``).
@@ -197,60 +170,63 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
     """
     from ..modelutil import describe_device, resolve_device
 
-    problems = shape_problems(config)
-    if problems:  # the config's shape is wrong: nothing else can be checked
-        raise ConfigError("invalid benchmark config (nothing was run or written):\n  - " + "\n  - ".join(problems))
+    problems = config_problems(config)
+    settings, found = eval_settings(config["eval"])
+    problems += found
+    datasets, found = DatasetSpec.parse_all(config["datasets"])
+    problems += found
+    variants, found = Variant.parse_all(config["variants"])
+    problems += found
+    _stop(problems)  # the config's shape is wrong: nothing else can be checked
     resolved = None
     try:
         resolved = resolve_device(device or config["device"])
     except ValueError as err:
         problems.append(f"device: {err}")
     probes: dict[str, Any] = {}  # dataset -> its test split (an on-disk index, or one generated image)
-    for dataset in config["datasets"]:
+    for dataset in datasets:
         try:
-            probes[dataset["name"]] = dataset_probe(dataset)
+            probes[dataset.name] = dataset_probe(dataset)
         except (ValueError, OSError) as err:
-            problems.append(f"dataset {dataset['name']!r}: {err}")
-    variants = [dict(v) for v in config["variants"]] or [{"name": "default", "train": {}, "model": {}}]
+            problems.append(f"dataset {dataset.name!r}: {err}")
+    datasets = tuple(d.with_annotations(probes[d.name]) if d.name in probes else d for d in datasets)
     if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
-        problems += load_problems(config["models"], probes)
+        entries = [sources(entry) for entry in config["models"]]
+        problems += load_problems(entries, probes)
+        _stop(problems)
+        jobs, stability = _loaded(config["methods"], datasets, entries)
     else:
+        trainers = {}  # (variant, kind, backbone, seed) -> its TrainConfig, built and validated once
+        for variant in variants:
+            for kind in config["kinds"]:
+                for backbone in config["backbones"]:
+                    for seed in config["seeds"]:
+                        trainer, found = variant.train_config(config["train"], kind, backbone, seed, str(resolved))
+                        trainers[variant.name, kind, backbone, seed] = trainer
+                        problems += found
+        first = [(name, trainer) for (name, _, _, seed), trainer in trainers.items() if seed == config["seeds"][0]]
         shapes = {name: split_shape(split) for name, split in probes.items()}
-        problems += model_problems(config, variants, shapes)
-    if problems:
-        raise ConfigError("invalid benchmark config (nothing was run or written):\n  - " + "\n  - ".join(problems))
-    datasets = tuple(_dataset(entry, probes[entry["name"]]) for entry in config["datasets"])
-    if config["models"]:
-        jobs, stability = _loaded(config, datasets)
-    else:
-        jobs, stability = _grid(config, datasets, [_variant(v) for v in variants], str(resolved))
+        problems += model_problems(first, config["methods"], shapes)
+        _stop(problems)
+        jobs, stability = _grid(config, datasets, variants, trainers)
     evaluation = config["eval"]
     return BenchPlan(
-        config=MappingProxyType(dict(config)), run_id=run_id(config), device=str(resolved),
+        config=Frozen(config), run_id=run_id(config), device=str(resolved),
         device_label=describe_device(resolved), datasets=datasets, jobs=jobs, stability=stability,
-        settings=EvalSettings.from_config(evaluation), eval_images=evaluation["images"],
+        settings=settings, eval_images=evaluation["images"],
         batch_size=evaluation["batch_size"], gallery_images=evaluation["gallery_images"], world_size=world_size,
         block_images=evaluation["block_images"], keep_maps=evaluation["keep_maps"],
     )
 
 
-def _dataset(entry: Mapping[str, Any], probe: Any) -> DatasetSpec:
-    """A dataset entry; it is annotated when its loaded split holds masks or boxes (a folder may have
-    neither: its localization columns and the oracle are then left out)."""
-    from ..data import info
-
-    annotations = getattr(probe, "annotations", None)
-    annotated = bool(info(entry["name"]).annotations if annotations is None else annotations)
-    return DatasetSpec(entry["name"], entry["root"], entry["image_size"], MappingProxyType(dict(entry["options"])),
-                       annotated)
+def _stop(problems: list[str]) -> None:
+    """Raise one ConfigError listing every problem (each once), if there is any."""
+    if problems:
+        listed = "\n  - ".join(dict.fromkeys(problems))
+        raise ConfigError(f"invalid benchmark config (nothing was run or written):\n  - {listed}")
 
 
-def _variant(entry: Mapping[str, Any]) -> Variant:
-    return Variant(entry["name"], MappingProxyType(dict(entry.get("train", {}))),
-                   MappingProxyType(dict(entry.get("model", {}))))
-
-
-def _methods(config: Mapping[str, Any], dataset: DatasetSpec, kind: str) -> tuple[str, ...]:
+def _methods(methods: Sequence[str], dataset: DatasetSpec, kind: str) -> tuple[str, ...]:
     """The config's methods that apply to this kind (each method asks the kind's class: "attention"
     needs a kind that makes its own map; a loaded model is any nn.Module) and to this dataset (the
     oracle needs ground truth)."""
@@ -260,15 +236,15 @@ def _methods(config: Mapping[str, Any], dataset: DatasetSpec, kind: str) -> tupl
     from ..models import get_kind
 
     model_class = nn.Module if kind == SOURCE_KIND else get_kind(kind)
-    return tuple(m for m in config["methods"] if get_method(m).applies_to(model_class)
+    return tuple(m for m in methods if get_method(m).applies_to(model_class)
                  and (dataset.annotated or not get_method(m).needs_ground_truth))
 
 
-def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants: list[Variant],
-          device: str) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
+def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants: tuple[Variant, ...],
+          trainers: Mapping[tuple, Any]) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
     """dataset x backbone x kind x variant x seed, in that order; one stability group per (dataset,
     backbone, kind) with more than one model."""
-    from ..methods import one_pass_groups, split_layer
+    from ..methods import one_pass_groups
 
     jobs: list[ModelJob] = []
     stability: list[StabilityGroup] = []
@@ -276,39 +252,35 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
     for dataset in datasets:
         for backbone in config["backbones"]:
             for kind in config["kinds"]:
-                methods = _methods(config, dataset, kind)
+                methods = _methods(config["methods"], dataset, kind)
                 groups = tuple(tuple(g) for g in one_pass_groups(methods))  # one group per layer
-                layers = MappingProxyType({m: split_layer(m)[1] for m in methods})
                 for variant in variants:
-                    variant_config = {"name": variant.name, "train": dict(variant.train), "model": dict(variant.model)}
                     for seed in config["seeds"]:
-                        trainer = train_config(config, kind, backbone, seed, variant_config, device)
-                        jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, trainer, layers))
+                        label = job_label(dataset.name, backbone, kind, variant.name, seed)
+                        source = TrainedSource.for_job(trainers[variant.name, kind, backbone, seed], label)
+                        jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, source))
                 if models_per_group > 1:
                     stability.append(StabilityGroup(dataset, backbone, kind, methods))
     return tuple(jobs), tuple(stability)
 
 
-def _loaded(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...]
+def _loaded(methods: Sequence[str], datasets: tuple[DatasetSpec, ...], entries: Sequence[Sequence[ModelSource]]
             ) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
     """dataset x [[models]] entry x checkpoint (checkpoint i is seed i); one stability group per
     (dataset, entry) with more than one checkpoint."""
-    from ..methods import one_pass_groups, split_layer
+    from ..methods import one_pass_groups
 
     jobs: list[ModelJob] = []
     stability: list[StabilityGroup] = []
-    default = Variant("default", MappingProxyType({}), MappingProxyType({}))
     for dataset in datasets:
-        methods = _methods(config, dataset, SOURCE_KIND)
-        for entry in config["models"]:
-            found = sources(entry)
-            layers = MappingProxyType({m: split_layer(m)[1] or found[0].layer for m in methods})
-            groups = tuple(tuple(g) for g in one_pass_groups(methods))
+        applied = _methods(methods, dataset, SOURCE_KIND)
+        groups = tuple(tuple(g) for g in one_pass_groups(applied))
+        for found in entries:
             for seed, source in enumerate(found):
-                jobs.append(ModelJob(dataset, source.label, SOURCE_KIND, default, seed, methods, groups, None,
-                                     layers, source))
+                jobs.append(ModelJob(dataset, source.label, SOURCE_KIND, Variant("default"), seed, applied, groups,
+                                     source))
             if len(found) > 1:
-                stability.append(StabilityGroup(dataset, found[0].label, SOURCE_KIND, methods))
+                stability.append(StabilityGroup(dataset, found[0].label, SOURCE_KIND, applied))
     return tuple(jobs), tuple(stability)
 
 

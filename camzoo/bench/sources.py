@@ -15,24 +15,82 @@ callable turning the layer's output into (B,C,h,w); default: camzoo's rule for t
 channels-last outputs), ``image_size`` (default: the dataset entry's, as ``explain(image_size=...)``)
 and ``mean``/``std`` (default: the dataset options' own ``mean``/``std`` where given, else the
 model's declared normalisation, its ``pretrained_cfg``, else the dataset's).
+
+A model the benchmark trains is a :class:`TrainedSource`. Both kinds of source answer the same
+questions, so a model job never asks which one it has: :meth:`obtain` the model (train, reuse or
+load), the evaluation split it sees (:meth:`evaluation`), and the options of a method row on it
+(:meth:`layer_for`, :meth:`reshape_function`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
-from typing import Any
-from collections.abc import Callable, Mapping, Sequence
-
+import dataclasses
+import hashlib
 import importlib
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from .specs import Frozen
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
+    from .datasets import DatasetData
+    from .evaluation import EvalStream
+
 SOURCE_KIND = "checkpoint"  # the Kind column of a loaded model's rows
 ENTRY_KEYS = ("name", "checkpoints", "label", "options", "layer", "reshape", "image_size", "mean", "std")
+
+
+class Obtained(NamedTuple):
+    """A job's model (eval mode, on the device) and what its model cell records besides accuracy."""
+
+    model: nn.Module
+    numbers: dict[str, tuple[float, None]]
+
+
+@dataclass(frozen=True)
+class TrainedSource:
+    """A model of the grid: trained with ``config`` into ``OUT/models/<checkpoint>``, or reused from
+    there when an earlier run finished it (camzoo.train resumes or returns the finished model)."""
+
+    config: TrainConfig  # validated when the plan was built
+    checkpoint: str  # the directory under OUT/models: "<job label>-<digest of the training fingerprint>"
+
+    @classmethod
+    def for_job(cls, config: TrainConfig, label: str) -> TrainedSource:
+        """The source of the job ``label``: its directory names the job and what it trains, so a
+        changed recipe never reuses another's weights."""
+        digest = hashlib.sha256(repr(sorted(config.fingerprint().items())).encode()).hexdigest()[:10]
+        return cls(config, f"{label.replace('/', '-')}-{digest}")
+
+    def obtain(self, data: DatasetData, device: torch.device, models: Path) -> Obtained:
+        """Train (or reuse) on the dataset's train split, on ``device`` (a rank's own, for a plan built
+        on another rank: the device is a runtime field, not part of the fingerprint)."""
+        from ..train import train
+
+        result = train(dataclasses.replace(self.config, device=str(device)), data.train, models / self.checkpoint)
+        return Obtained(result.model, {"train_seconds": (result.total_train_time_s, None),
+                                       "train_loss": (result.train_loss, None)})
+
+    def evaluation(self, model: nn.Module, data: DatasetData) -> tuple[Any, EvalStream]:
+        """The dataset's own test split and stream: a trained model was trained on its preparation."""
+        return data.test, data.stream
+
+    def layer_for(self, method: str) -> str | None:
+        """The layer a method row explains: its own (``NAME@LAYER``), else the method's default."""
+        from ..methods import split_layer
+
+        return split_layer(method)[1]
+
+    def reshape_function(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """None: camzoo's own rule for the layer's output (a grid model needs no other)."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -70,6 +128,23 @@ class ModelSource:
         model = load_any_model(self.name, self.checkpoint, num_classes, dict(self.options) or None)
         return model.to(device).eval()
 
+    def obtain(self, data: DatasetData, device: torch.device, models: Path) -> Obtained:
+        """The checkpoint loaded, never trained (its model cell records accuracy only)."""
+        return Obtained(self.load(device), {})
+
+    def evaluation(self, model: nn.Module, data: DatasetData) -> tuple[Any, EvalStream]:
+        """The test split and stream the model sees: the dataset's, or, with the entry's own image size
+        or mean/std (:meth:`normalisation`), the same images prepared for it."""
+        options = data.spec.split_options("test")
+        mean, std = self.normalisation(model, data.test, explicit="mean" in options or "std" in options)
+        return data.prepared(self.image_size or data.spec.image_size, mean, std)
+
+    def layer_for(self, method: str) -> str | None:
+        """The layer a method row explains: its own (``NAME@LAYER``), else the entry's, else the method's default."""
+        from ..methods import split_layer
+
+        return split_layer(method)[1] or self.layer
+
 
 def entry_label(entry: Mapping[str, Any]) -> str:
     """An entry's Backbone column: its ``label``, else its name, else its first checkpoint's stem."""
@@ -82,7 +157,7 @@ def entry_label(entry: Mapping[str, Any]) -> str:
 
 def sources(entry: Mapping[str, Any]) -> tuple[ModelSource, ...]:
     """The checkpoints of an entry, in order (seed i = checkpoint i)."""
-    options = MappingProxyType(dict(entry.get("options") or {}))
+    options = Frozen(entry.get("options") or {})
     stats = {key: tuple(float(v) for v in entry[key]) if entry.get(key) else None for key in ("mean", "std")}
     return tuple(ModelSource(entry.get("name") or None, str(path), entry_label(entry), options,
                              entry.get("layer") or None, entry.get("reshape") or None, entry.get("image_size"),
@@ -160,16 +235,16 @@ def entry_problems(models: object) -> list[str]:
     return problems
 
 
-def load_problems(models: list[Mapping[str, Any]], datasets: Mapping[str, Any]) -> list[str]:
+def load_problems(models: Sequence[Sequence[ModelSource]], datasets: Mapping[str, Any]) -> list[str]:
     """Load every checkpoint on the CPU and check it against every dataset: it must load (one line
     naming missing/unexpected keys otherwise), and its outputs must be the dataset's classes — or
     cover the dataset's class map (``classes.txt`` / ``class_index``, e.g. ImageNet's 1,000 outputs on
-    a 10-class folder). ``datasets``: name -> the loaded test split."""
+    a 10-class folder). ``models``: each entry's sources; ``datasets``: name -> the loaded test split."""
     from ..models.loading import ModelSpecError
 
     problems: list[str] = []
     for entry in models:
-        for source in sources(entry):
+        for source in entry:
             if not Path(source.checkpoint).is_file():
                 problems.append(f"model {source.label}: checkpoint {source.checkpoint!r} does not exist")
                 continue

@@ -7,21 +7,18 @@ stops there); then every check does the real thing on the cheapest input: datase
 (on-disk splits: their index; generated ones: one image with the same generator arguments), every
 (kind, backbone, model options) is built and runs one image of the configured size forward, every
 training config is built and validated. All problems are collected and reported together.
-``camzoo.bench.plan.build_plan`` calls these and is their only caller.
+``camzoo.bench.plan.build_plan`` calls these. The shape of a ``[[datasets]]`` or ``[[variants]]``
+entry is its spec's own business (camzoo.bench.specs); here are the checks that belong to no spec.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
-SPLITS = ("train", "test")
-DATASET_KEYS = ("name", "root", "image_size", "options")
-VARIANT_KEYS = ("name", "train", "model")
-# [eval] keys that are the harness's own (how many images, batching, the gallery), not scoring settings
-HARNESS_EVAL_KEYS = ("images", "batch_size", "gallery_images", "block_images", "keep_maps")
+from .specs import SPLITS, DatasetSpec, Variant
 
 
 class ConfigError(ValueError):
@@ -29,7 +26,15 @@ class ConfigError(ValueError):
 
 
 def shape_problems(config: Mapping[str, Any]) -> list[str]:
-    """What is wrong with the config's shape: types, ranges and names, without loading anything."""
+    """What is wrong with the config's shape, without loading anything: :func:`config_problems`, then
+    what the dataset and variant specs find in their entries (``camzoo bench --print-config``)."""
+    return (config_problems(config) + eval_settings(config["eval"])[1] + DatasetSpec.parse_all(config["datasets"])[1]
+            + Variant.parse_all(config["variants"])[1])
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the shape of the config's parts that no spec parses: types, ranges and names
+    (the scoring settings are :func:`eval_settings`'s)."""
     from ..methods import get_method
     from ..models import kind_names
 
@@ -55,20 +60,12 @@ def shape_problems(config: Mapping[str, Any]) -> list[str]:
                 get_method(method)
             except (TypeError, ValueError) as err:
                 problems.append(str(err))
-    problems += _dataset_problems(config["datasets"])
     from .sources import entry_problems
 
     problems += entry_problems(config["models"])
     for key in ("kind", "backbone", "seed"):
         if key in config["train"]:
             problems.append(f"train.{key} is set by the grid (kinds/backbones/seeds), not in [train]")
-    names = [v.get("name") if isinstance(v, Mapping) else None for v in config["variants"]]
-    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
-        problems.append(f"every variant needs a distinct non-empty name, got {names!r}")
-    for variant in config["variants"]:
-        extra = set(variant) - set(VARIANT_KEYS) if isinstance(variant, Mapping) else set()
-        if extra:
-            problems.append(f"variant {variant['name']!r} has unknown keys {sorted(extra)} (valid: name, train, model)")
     evaluation = config["eval"]
     for key in ("images", "batch_size", "block_images"):
         if not isinstance(evaluation[key], int) or isinstance(evaluation[key], bool) or evaluation[key] < 1:
@@ -76,54 +73,23 @@ def shape_problems(config: Mapping[str, Any]) -> list[str]:
     for key in ("gallery_images", "keep_maps"):
         if not isinstance(evaluation[key], int) or isinstance(evaluation[key], bool) or evaluation[key] < 0:
             problems.append(f"eval.{key} must be an integer >= 0, got {evaluation[key]!r}")
-    problems += _settings_problems(evaluation)
     device = config["device"]
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         problems.append(f"device must be auto, cpu or cuda, got {device!r}")
     return problems
 
 
-def _dataset_problems(datasets: object) -> list[str]:
-    if not isinstance(datasets, list) or not datasets:
-        return ["datasets must name at least one dataset"]
-    problems = []
-    for dataset in datasets:
-        if not isinstance(dataset, Mapping) or "name" not in dataset:
-            problems.append(f"each dataset needs a name, got {dataset!r}")
-            continue
-        extra = set(dataset) - set(DATASET_KEYS)
-        if extra:
-            problems.append(f"dataset {dataset['name']!r} has unknown keys {sorted(extra)} "
-                            "(valid: name, root, image_size, options)")
-    return problems
-
-
-def _settings_problems(evaluation: Mapping[str, Any]) -> list[str]:
-    """The scoring settings' own checks (camzoo.metrics.EvalSettings), with the config's key names."""
+def eval_settings(evaluation: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """The scoring settings of the ``[eval]`` table (``camzoo.metrics.EvalSettings``, which checks
+    itself with the config's key names), or None, and what is wrong with them."""
     from ..metrics.settings import EvalSettings, SettingsError
 
     try:
-        EvalSettings.from_config(evaluation)
+        return EvalSettings.from_config(evaluation), []
     except SettingsError as err:
-        return err.problems
+        return None, err.problems
     except (TypeError, ValueError) as err:
-        return [str(err)]
-    return []
-
-
-def split_options(dataset: Mapping[str, Any], split: str) -> dict[str, Any]:
-    """A dataset entry's loader options for one split: the shared ones, then the split's own table."""
-    options = {k: v for k, v in dataset["options"].items() if k not in SPLITS}
-    options.update(dataset["options"].get(split, {}))
-    return options
-
-
-def load_split(dataset: Mapping[str, Any], split: str, **extra: Any):
-    """One split of a config's dataset entry (``extra`` overrides options, e.g. a 1-image probe)."""
-    from .. import data
-
-    return data.load(dataset["name"], split, root=dataset["root"] or None, image_size=dataset["image_size"],
-                     **{**split_options(dataset, split), **extra})
+        return None, [str(err)]
 
 
 def split_shape(split: Any) -> tuple[int, int]:
@@ -131,78 +97,59 @@ def split_shape(split: Any) -> tuple[int, int]:
     return len(split.classes), int(split[0][0].shape[-1])
 
 
-def dataset_probe(dataset: Mapping[str, Any]):
+def dataset_probe(dataset: DatasetSpec):
     """Load what is cheap to load and return the test split: an on-disk dataset's index (both splits
     are loaded, so a missing one shows), a generated dataset's first image with the same arguments."""
     from ..data import info
 
-    entry = info(dataset["name"])
+    entry = info(dataset.name)
     found = None
     for split in SPLITS:
         if entry.needs_root:
-            found = load_split(dataset, split)  # an on-disk split: its index (and, for array formats, its data)
+            found = dataset.load(split)  # an on-disk split: its index (and, for array formats, its data)
             if len(found) == 0:
                 raise ValueError(f"the {split} split is empty")
         else:
-            count = split_options(dataset, split).get("num_images", 1)
+            count = dataset.split_options(split).get("num_images", 1)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{split}.num_images must be a positive integer, got {count!r}")
-            found = load_split(dataset, split, num_images=1, cache=False)  # the generator's arguments, one image
+            found = dataset.load(split, num_images=1, cache=False)  # the generator's arguments, one image
     return found
 
 
-def train_config(config: Mapping[str, Any], kind: str, backbone: str, seed: int, variant: Mapping[str, Any],
-                 device: str):
-    """The TrainConfig of one model of the grid ([train], then the variant's train/model tables)."""
-    from ..train import TrainConfig
-
-    settings = {**config["train"], **variant.get("train", {})}
-    model_options = {**settings.pop("model_options", {}), **variant.get("model", {})}
-    if "milestones" in settings:
-        settings["milestones"] = tuple(settings["milestones"])
-    try:
-        return TrainConfig(kind=kind, backbone=backbone, seed=seed, device=device, model_options=model_options,
-                           progress=False, **settings)
-    except TypeError as err:
-        raise ValueError(f"[train] in the benchmark config: {err}") from err
-
-
-def model_problems(config: Mapping[str, Any], variants: list[Mapping[str, Any]],
+def model_problems(trainers: Sequence[tuple[str, Any]], methods: Sequence[str],
                    shapes: Mapping[str, tuple[int, int]]) -> list[str]:
-    """Every model of the grid: its TrainConfig validates, and it builds and runs one image forward
-    (at each dataset's classes and image size; 10 classes at 32 px where no dataset loaded)."""
+    """Every model of the grid builds and runs one image forward (at each dataset's classes and image
+    size; 10 classes at 32 px where no dataset loaded), and its ``NAME@LAYER`` rows find their layer.
+    ``trainers``: (variant name, its TrainConfig, or None where it could not be built) for each
+    (variant, kind, backbone): the model's options and classes are the TrainConfig's."""
     from ..models import build_model
 
     problems: list[str] = []
     built: set[tuple] = set()
-    for variant in variants:
-        where = "" if variant["name"] == "default" else f" (variant {variant['name']!r})"
-        for kind in config["kinds"]:
-            for backbone in config["backbones"]:
-                try:
-                    train_config(config, kind, backbone, config["seeds"][0], variant, "cpu").validate()
-                except ValueError as err:
-                    problems.append(f"train{where}: {err}")
-                settings = {**config["train"], **variant.get("train", {})}
-                options = {**settings.get("model_options", {}), **variant.get("model", {})}
-                for classes, side in set(shapes.values()) or {(10, 32)}:
-                    classes = settings.get("num_classes") or classes
-                    key = (kind, backbone, repr(sorted(options.items())), classes, side)
-                    if key in built:
-                        continue
-                    built.add(key)
-                    try:  # on the CPU: the meta device cannot run autocast regions (LFI-CAM's attention)
-                        model = build_model(kind, backbone, classes, image_size=side, **options).eval()
-                        with torch.no_grad():
-                            model(torch.zeros(1, 3, side, side))
-                    except (ValueError, RuntimeError, TypeError) as err:
-                        problems.append(f"model {kind}/{backbone}{where} at {side} px: {err}")
-                        continue
-                    problems += _layer_problems(config["methods"], model, f"{kind}/{backbone}")
+    for variant, trainer in trainers:
+        if trainer is None:  # an unknown [train] key: named where the TrainConfig was built
+            continue
+        where = "" if variant == "default" else f" (variant {variant!r})"
+        kind, backbone, options = trainer.kind, trainer.backbone, trainer.model_options
+        for classes, side in set(shapes.values()) or {(10, 32)}:
+            classes = trainer.num_classes or classes
+            key = (kind, backbone, repr(sorted(options.items())), classes, side)
+            if key in built:
+                continue
+            built.add(key)
+            try:  # on the CPU: the meta device cannot run autocast regions (LFI-CAM's attention)
+                model = build_model(kind, backbone, classes, image_size=side, **options).eval()
+                with torch.no_grad():
+                    model(torch.zeros(1, 3, side, side))
+            except (ValueError, RuntimeError, TypeError) as err:
+                problems.append(f"model {kind}/{backbone}{where} at {side} px: {err}")
+                continue
+            problems += _layer_problems(methods, model, f"{kind}/{backbone}")
     return list(dict.fromkeys(problems))
 
 
-def _layer_problems(methods: list[str], model: torch.nn.Module, where: str) -> list[str]:
+def _layer_problems(methods: Sequence[str], model: torch.nn.Module, where: str) -> list[str]:
     """Rows ``NAME@LAYER``: the layer exists in the model and the method explains a layer."""
     from ..methods import get_method, split_layer
     from ..methods.layers import get_layer

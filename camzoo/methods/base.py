@@ -228,18 +228,20 @@ class CAMMethod:
         return found
 
     @classmethod
-    def _takes_base_option(cls, name: str) -> bool:
-        """Whether the method's constructor passes ``output=`` / ``reshape=`` on (the base takes both;
-        a method that reads its model's own map, like ``attention``, takes neither)."""
+    def base_options(cls) -> frozenset[str]:
+        """The base class's options this method's constructor passes on, of ``output`` and ``reshape``
+        (the base takes both; a method that reads its model's own map, like ``attention``, takes
+        neither). Callers (``check_options``, the benchmark's ``[[models]]`` reshape) ask this, once."""
         parameters = inspect.signature(cls.__init__).parameters
-        return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        return frozenset(name for name in ("output", "reshape") if name in parameters or keywords)
 
     @classmethod
     def check_options(cls, options: Mapping[str, object] | None) -> dict[str, object]:
         """``options`` checked against :meth:`option_parameters`: unknown names and values of the wrong
         simple type (int, float, bool, str) fail with a message that lists what the method takes."""
         options = dict(options or {})
-        refused = [key for key in ("output", "reshape") if key in options and not cls._takes_base_option(key)]
+        refused = [key for key in ("output", "reshape") if key in options and key not in cls.base_options()]
         if refused:
             raise TypeError(f"method {cls.name!r} does not accept {' or '.join(f'{k}=' for k in refused)}; "
                             "drop it for this method")

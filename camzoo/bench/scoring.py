@@ -1,0 +1,97 @@
+"""A model's method cells: every block of evaluation images explained with every one-pass group, scored,
+and the blocks joined into one cell per method.
+
+Why a function of its own: what a method cell holds (its numbers, the kept maps, the cost of each
+metric, MetaQuantus' perturbed passes) is the benchmark's definition of a score, and it must not
+depend on where cells are written; it runs on a model and its blocks alone, without a store. It is
+not in camzoo.bench.evaluation because the perturbed passes (camzoo.bench.perturbation) are built on
+that module's explain and score steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .cost import PEAK_METRIC, PeakMemory
+from .evaluation import EvalSet, explain_block, score_block
+
+Cell = dict[str, tuple[float | None, np.ndarray | None]]
+
+
+def score_model(model: torch.nn.Module, scorer: torch.nn.Module, blocks: Iterable[EvalSet],
+                groups: Sequence[Sequence[str]], settings_for: Callable[[str], Any], *,
+                layers: Mapping[str, str | None], reshape: Callable | None, batch_size: int,
+                device: torch.device, keep_maps: int) -> Iterator[tuple[str, Cell, dict[str, np.ndarray]]]:
+    """Explain and score every block with every group, then yield each method's cell: the blocks' rows
+    joined (``metrics.combine_blocks``), the maps of the first ``keep_maps`` images, each metric's time.
+
+    Args:
+        model: the classifier the methods explain; scorer: its BatchNorm-folded copy, which the games
+            query (``fold_batchnorm``; docs/benchmark.md).
+        blocks: the evaluation images in order (``EvalStream.blocks()``); the first block's memo lives
+            for the whole run and shares the controls' map-only results across models.
+        groups: the methods in one-pass groups (``ModelJob.groups``, finished methods left out).
+        settings_for: how a method row is scored (``BenchPlan.settings_for``).
+        layers, reshape: each row's layer and a ``[[models]]`` entry's reshape rule (the job's source).
+        batch_size, device: images per explain call, and where the blocks live.
+        keep_maps: maps are kept for the first N evaluation images (gallery, report.html, stability).
+
+    Yields:
+        ``(method, numbers, arrays)`` per method, group by group, ready to be written as one cell.
+    """
+    from .. import metrics
+
+    parts: dict[str, list[dict]] = {m: [] for group in groups for m in group}
+    kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in parts}
+    seconds: list[list[float]] = [[] for _ in groups]
+    peaks = [0.0 for _ in groups]
+    metric_seconds: dict[str, dict[str, float]] = {m: {} for m in parts}  # the reliability card's cost
+    labels = []
+    # eval.reliability = "full": every method also explained and scored under MetaQuantus' perturbations
+    full = [g for g in ([m for m in group if settings_for(m).reliability == "full"] for group in groups) if g]
+    perturbed: list = []  # one camzoo.bench.perturbation.PerturbedBlock per block
+    for block in blocks:
+        labels.append(block.labels.cpu())
+        model_memo: dict = {}  # what every cell of this model shares on this block (unperturbed scores, grids)
+        for index, group in enumerate(groups):
+            # a shared pass's time and peak memory are recorded for each of its methods: its forward
+            # and backward dominate, so they are close to what each method costs alone (docs/benchmark.md)
+            with PeakMemory(device) as peak:
+                explained, timed = explain_block(model, block, group, batch_size, device, layers, reshape,
+                                                 warm_up=block.start == 0)
+            seconds[index] += timed
+            peaks[index] = max(peaks[index], peak.megabytes)
+            for method in group:
+                maps, raw = explained.pop(method)
+                # the controls share the block's memo (only the first block's memo lives for the whole run)
+                parts[method].append(score_block(scorer, block, method, maps, settings_for(method), model_memo,
+                                                 block.memo, layers.get(method), reshape, metric_seconds[method]))
+                keep = min(keep_maps - block.start, maps.shape[0])
+                if keep > 0:
+                    kept[method].append((maps[:keep].half().cpu(), raw[:keep].float().cpu().clone()))
+        if full:  # after every method: the passes replay the grids the unperturbed cells played
+            from .perturbation import perturbed_block
+
+            perturbed.append(perturbed_block(model, scorer, block, full, settings_for, layers=layers, reshape=reshape,
+                                             batch_size=batch_size, device=device, model_memo=model_memo))
+    labels_all = torch.cat(labels)
+    for index, group in enumerate(groups):
+        for method in group:
+            cell = metrics.combine_blocks(parts.pop(method), labels_all)
+            cell["ms_per_image"] = (1000.0 * float(np.median(seconds[index])), None)
+            cell[PEAK_METRIC] = (peaks[index], None)
+            maps = kept.pop(method)
+            arrays = {"maps": torch.cat([m for m, _ in maps]).numpy(),
+                      "raw_maps": torch.cat([r for _, r in maps]).numpy()} if maps else {}
+            timed = metric_seconds.pop(method)  # seconds per evaluation image, per metric
+            arrays["metric_names"] = np.array(list(timed), dtype=str)
+            arrays["metric_seconds"] = np.array(list(timed.values()), dtype=np.float64) / max(len(labels_all), 1)
+            if perturbed:
+                from .perturbation import perturbed_arrays
+
+                arrays.update(perturbed_arrays(perturbed, method, reference=cell))
+            yield method, cell, arrays
