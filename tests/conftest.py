@@ -109,7 +109,7 @@ def tiny_bench_run(tmp_path_factory: pytest.TempPathFactory):
     from click.testing import CliRunner
 
     from camzoo.cli import main
-    from test_bench import tiny_config
+    from helpers import tiny_config
 
     trim = {
         'methods = ["gradcam", "eigencam", "attention", "random", "oracle"]':

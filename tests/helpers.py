@@ -221,3 +221,134 @@ def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
             found.append((heading, rows))
             rows = []
     return found
+
+
+# The benchmark tests' tiny grid: 2 seeds x (baseline, lfi) x resnet8 on 4-class shapes at 32 px.
+TINY_GRID = """
+preset = "custom"
+seeds = [0, 1]
+kinds = ["baseline", "lfi"]
+backbones = ["resnet8"]
+methods = ["gradcam", "eigencam", "attention", "random", "oracle"]
+
+[[datasets]]
+name = "shapes"
+root = "{cache}"
+image_size = 32
+options = {{num_classes = 4, train = {{num_images = 128}}, test = {{num_images = 48}}}}
+
+[train]
+epochs = {epochs}
+batch_size = 32
+
+[eval]
+images = 16
+batch_size = 8
+deletion_steps = 4
+substrates = ["zeros", "road"]
+chunk_size = 32
+gallery_images = 2
+"""
+
+
+def tiny_config(tmp_path: Path, epochs: int = 1) -> Path:
+    """:data:`TINY_GRID` written to ``tmp_path/tiny.toml``, its dataset cached under ``tmp_path/cache``."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_GRID.format(cache=tmp_path / "cache", epochs=epochs), encoding="utf-8")
+    return path
+
+
+# Two seeds of one baseline, CPU: the smallest grid two ranks can share.
+TINY_RANKS = """
+preset = "custom"
+seeds = [0, 1]
+kinds = ["baseline"]
+backbones = ["resnet8"]
+methods = ["gradcam", "random"]
+device = "cpu"
+
+[[datasets]]
+name = "shapes"
+root = "{cache}"
+image_size = 32
+options = {{num_classes = 4, train = {{num_images = 64}}, test = {{num_images = 16}}}}
+
+[train]
+epochs = 1
+batch_size = 32
+
+[eval]
+images = 8
+batch_size = 8
+deletion_steps = 4
+substrates = ["zeros"]
+chunk_size = 32
+gallery_images = 1
+"""
+
+
+# the class folders of :func:`write_folder`
+CLASSES = ("ant", "bee", "cat", "dog")
+
+
+def write_folder(root: Path, per_class: int = 4, side: int = 48) -> Path:
+    """A 4-class folder: a bright square on noise per image, its box in boxes.csv, masks for half."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["file,x0,y0,x1,y1"]
+    for label, name in enumerate(CLASSES):
+        for index in range(per_class):
+            pixels = rng.integers(0, 80, size=(side, side, 3), dtype=np.uint8)
+            x0, y0 = int(rng.integers(0, side // 2)), int(rng.integers(0, side // 2))
+            pixels[y0:y0 + side // 3, x0:x0 + side // 3, label % 3] = 250
+            rel = f"{name}/{name}{index}.png"
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / rel)
+            rows.append(f"{rel},{x0},{y0},{x0 + side // 3},{y0 + side // 3}")
+            if index % 2 == 0:
+                mask = np.zeros((side, side), np.uint8)
+                mask[y0:y0 + side // 3, x0:x0 + side // 3] = 255
+                (root / "masks" / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(root / "masks" / rel)
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+# ---------------------------------------------------------------- CIFAR's python layout
+def cifar_rows(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random CIFAR rows (3,072 bytes: the red, green and blue 32x32 planes)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
+
+
+def dump_py2_style(obj: Any, path: Path) -> None:
+    """Pickled as the official CIFAR files are."""
+    import pickle
+
+    # Protocol 2 with bytes keys, as the official files (written by Python 2's cPickle) load.
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar10(root: Path, per_batch: int = 3) -> dict[str, np.ndarray]:
+    """A tiny CIFAR-10 in the official python layout (5 training batches and a test batch); returns
+    each batch's rows and labels for comparison."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    dump_py2_style({b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072},
+                   folder / "batches.meta")
+    rows = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows[name] = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        dump_py2_style({b"batch_label": name.encode(), b"labels": labels, b"data": rows[name],
+                        b"filenames": [f"img_{k}.png".encode() for k in range(per_batch)]}, folder / name)
+        rows[name + "_labels"] = np.array(labels)
+    return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,42 +23,12 @@ from camzoo.cli import main
 from camzoo.methods import method_names, reference_method_names
 from camzoo.metrics import lfi_script_maps, pairwise_stability
 from forked import Forked, camzoo_main
+from helpers import tiny_config, write_cifar10
 
-TINY = """
-preset = "custom"
-seeds = [0, 1]
-kinds = ["baseline", "lfi"]
-backbones = ["resnet8"]
-methods = ["gradcam", "eigencam", "attention", "random", "oracle"]
-
-[[datasets]]
-name = "shapes"
-root = "{cache}"
-image_size = 32
-options = {{num_classes = 4, train = {{num_images = 128}}, test = {{num_images = 48}}}}
-
-[train]
-epochs = {epochs}
-batch_size = 32
-
-[eval]
-images = 16
-batch_size = 8
-deletion_steps = 4
-substrates = ["zeros", "road"]
-chunk_size = 32
-gallery_images = 2
-"""
 
 # baseline: model + gradcam + eigencam + 2 controls; lfi: model + the three methods + 2 controls; per
 # seed. Then stability per (kind, method) and the gallery cell.
 EXPECTED_CELLS = 2 * (5 + 6) + (4 + 5) + 1
-
-
-def tiny_config(tmp_path: Path, epochs: int = 1) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(cache=tmp_path / "cache", epochs=epochs), encoding="utf-8")
-    return path
 
 
 def cell_counts(out: Path) -> pd.DataFrame:
@@ -65,21 +36,58 @@ def cell_counts(out: Path) -> pd.DataFrame:
         return pd.read_sql("SELECT * FROM cells", db)
 
 
-@pytest.mark.slow
-def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
-    out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tmp_path)), "--out", str(out), "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert "| Kind | Method |" in result.output  # the final table goes to the terminal
+@dataclass(frozen=True)
+class TinyGrid:
+    """The tiny grid run once for the tests below: its folder, output directory and CLI result."""
 
+    base: Path
+    out: Path
+    exit_code: int
+    output: str
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> TinyGrid:
+    """``camzoo bench`` on :data:`helpers.TINY_GRID`, once for this file's end-to-end tests (each checks
+    one part of it, so one failure does not hide the rest)."""
+    base = tmp_path_factory.mktemp("tiny-grid")
+    out = base / "out"
+    result = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(base)), "--out", str(out), "--no-progress"])
+    return TinyGrid(base, out, result.exit_code, result.output)
+
+
+def finished(grid: TinyGrid) -> Path:
+    """The grid's output directory, once the run is known to have finished."""
+    assert grid.exit_code == 0, grid.output
+    return grid.out
+
+
+def stored_rows(out: Path) -> tuple[pd.DataFrame, dict]:
+    with ResultsStore(out) as store:
+        (run,) = store.runs()
+        return pd.DataFrame(store.results(with_per_image=True)), run
+
+
+@pytest.mark.slow
+def test_tiny_grid_finishes_and_prints_its_table(tiny_grid):
+    finished(tiny_grid)
+    assert "| Kind | Method |" in tiny_grid.output  # the final table goes to the terminal
+
+
+@pytest.mark.slow
+def test_tiny_grid_writes_every_cell_once_with_its_provenance(tiny_grid):
+    out = finished(tiny_grid)
     cells = cell_counts(out)
     assert len(cells) == EXPECTED_CELLS
     assert not cells.duplicated(["dataset", "backbone", "kind", "variant", "seed", "method"]).any()
-    with ResultsStore(out) as store:
-        rows = pd.DataFrame(store.results(with_per_image=True))
-        (run,) = store.runs()
+    rows, run = stored_rows(out)
     assert run["provenance"]["torch"] and run["provenance"]["device"].startswith("cpu")
     assert set(rows["run_id"]) == {run["run_id"]}
+
+
+@pytest.mark.slow
+def test_tiny_grid_stores_every_metric_with_per_image_values(tiny_grid):
+    rows, _ = stored_rows(finished(tiny_grid))
     lfi_attention = rows[(rows["kind"] == "lfi") & (rows["method"] == "attention") & (rows["seed"] == 0)]
     metrics = set(lfi_attention["metric"])
     assert {"deletion", "insertion", "pointing_game", "pointing_game_class_mean", "energy_pointing_game_mask",
@@ -87,6 +95,12 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     deletion = lfi_attention[lfi_attention["metric"] == "deletion"].iloc[0]
     assert deletion["per_image"].shape == (16,) and abs(deletion["per_image"].mean() - deletion["value"]) < 1e-6
     assert rows[rows["metric"] == "deletion_curve"].iloc[0]["per_image"].shape == (16, 5)
+
+
+@pytest.mark.slow
+def test_tiny_grid_stability_cells_and_the_lfi_compatible_iou(tiny_grid):
+    out = finished(tiny_grid)
+    rows, run = stored_rows(out)
     stability = rows[(rows["seed"] == -1) & (rows["metric"] == "stability_iou")]
     assert len(stability) == 9 and stability["value"].between(0, 1).all()
     assert stability.iloc[0]["per_image"].shape == (1, 16)  # one seed pair x the images
@@ -99,6 +113,11 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     compat = rows[(rows["seed"] == -1) & (rows["kind"] == "lfi") & (rows["method"] == "attention")
                   & (rows["metric"] == "stability_iou_lfi_compat")].iloc[0]
     assert compat["value"] == pytest.approx(float(expected["mean"]["iou"]), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_grid_summary_csv_has_controls_intervals_and_normalised_scores(tiny_grid):
+    out = finished(tiny_grid)
     for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex", "curves_shapes_resnet8.png",
                  "gallery_shapes_resnet8.png"):
         assert (out / name).stat().st_size > 0, name
@@ -115,10 +134,23 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     # one epoch: oracle and random delete alike, so no normalised deletion (it would be noise / noise)
     gap = (summary.set_index(["kind", "method"])["deletion_mean"].unstack()[["oracle", "random"]].diff(axis=1).abs())
     assert summary[summary["method"] == "gradcam"]["deletion_norm"].isna().all() == bool((gap.iloc[:, 1] < 0.02).all())
-    pairwise = pd.read_csv(out / "pairwise.csv")
+    assert summary["srg_mean_mean"].isna().all()  # not asked for, not computed
+    assert summary[summary["reference"]]["srg_zeros_mean"].isna().all()  # controls skip the substrates
+    assert summary[~summary["reference"]]["srg_road_mean"].notna().all()
+
+
+@pytest.mark.slow
+def test_tiny_grid_pairwise_tests_agree_with_the_letters(tiny_grid):
+    out = finished(tiny_grid)
+    summary, pairwise = pd.read_csv(out / "summary.csv"), pd.read_csv(out / "pairwise.csv")
     assert {"metric", "a", "b", "median_difference", "p", "p_holm", "significant"} <= set(pairwise)
     assert_letters_agree_with_pairwise(summary, pairwise)
     assert not pairwise["a"].str.contains("random|oracle").any() and (pairwise["p_holm"] >= pairwise["p"] - 1e-12).all()
+
+
+@pytest.mark.slow
+def test_tiny_grid_summary_markdown_and_latex(tiny_grid):
+    out = finished(tiny_grid)
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     markdown = (out / "summary.md").read_text()
     assert markdown.split("\n### ")[1].startswith("shapes / resnet8 — leaderboard")  # summary.md starts with it
@@ -126,16 +158,17 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
     assert "Deletion/insertion: label, 4 steps." in markdown  # the protocol: a header line, not a column name
     assert "*random* (control)" in markdown and "normalised (0 = random, 1 = oracle)" in markdown
     assert "SRG zeros ↑" in markdown and "SRG road ↑" in markdown and "Rank agreement of the 5 method rows" in markdown
-    assert summary["srg_mean_mean"].isna().all() and "SRG mean" not in markdown  # not asked for, not computed
-    assert summary[summary["reference"]]["srg_zeros_mean"].isna().all()  # controls skip the substrates
-    assert summary[~summary["reference"]]["srg_road_mean"].notna().all()
+    assert "SRG mean" not in markdown  # not asked for, not computed
     assert "fingerprint (sha256 of pixels and labels): shapes `" in markdown
 
+
+@pytest.mark.slow
+def test_tiny_grid_benchmark_scripts_read_its_store(tiny_grid, benchmark_script):
+    out = finished(tiny_grid)
     # the paper-claims study reads the same store (this grid has no ABN: it says so, no traceback)
     claims = benchmark_script("paper_claims").claims(out)
     assert "| lfi/attention |" in claims and "| baseline/gradcam |" in claims and "LFI-CAM minus baseline" in claims
     assert "| abn/attention |" not in claims
-
     # the cost script runs on this directory (8 images: a smoke test, not a measurement)
     assert benchmark_script("verdict_cost").main([str(out), "--images", "8"]) == 0
     # the quick preset's separations, checked on this run: the oracle must beat random in every check
@@ -149,19 +182,25 @@ def test_tiny_grid_end_to_end(tmp_path, benchmark_script):
         assert {(group, m, "random", "deletion") for m in ("gradcam", "eigencam")} <= listed
     assert all(c.right_way for c in found if c.better == "oracle") and not any("abn" in c.group for c in found)
 
-    # the report is rebuilt from the store alone: no models, no data
-    for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex"):
-        (out / name).unlink()
+
+@pytest.mark.slow
+def test_tiny_grid_report_needs_only_the_store_and_a_rerun_does_nothing(tiny_grid):
+    """Last of the tiny-grid tests: it removes the run's models and data to prove neither is read."""
     import shutil
 
+    out = finished(tiny_grid)
+    markdown = (out / "summary.md").read_text()
+    for name in ("summary.md", "summary.csv", "pairwise.csv", "summary.tex"):
+        (out / name).unlink()
     shutil.rmtree(out / "models")
-    shutil.rmtree(tmp_path / "cache")
+    shutil.rmtree(tiny_grid.base / "cache")
     rebuilt = CliRunner().invoke(main, ["report", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert (out / "summary.md").read_text() == markdown
 
     # a rerun finds everything finished: nothing is trained or scored again
-    again = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tmp_path)), "--out", str(out), "--no-progress"])
+    again = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tiny_grid.base)), "--out", str(out),
+                                      "--no-progress"])
     assert again.exit_code == 0, again.output
     assert len(cell_counts(out)) == EXPECTED_CELLS
     assert not (out / "models").exists(), "finished cells must not retrain their models"
@@ -245,8 +284,6 @@ def test_every_preset_runs_one_tiny_cell(preset, tmp_path):
     config = resolve_config(preset)
     dataset = dict(config["datasets"][0])
     if dataset["name"] == "cifar10":  # the paper preset reads a local CIFAR-10 in the official layout
-        from test_data_formats import write_cifar10  # the data tests' writer of that layout
-
         write_cifar10(tmp_path / "data", per_batch=6)
         dataset["root"] = str(tmp_path / "data" / "cifar-10-batches-py")
     else:

@@ -20,33 +20,8 @@ from camzoo.bench.runner import BenchRunner
 from camzoo.bench.shards import SHARD_DIR, Worker, merge_shards, shard_paths
 from camzoo.bench.store import CellKey, ResultsStore
 from forked import Forked, camzoo_main, run_camzoo
+from helpers import TINY_RANKS
 
-TINY = """
-preset = "custom"
-seeds = [0, 1]
-kinds = ["baseline"]
-backbones = ["resnet8"]
-methods = ["gradcam", "random"]
-device = "cpu"
-
-[[datasets]]
-name = "shapes"
-root = "{cache}"
-image_size = 32
-options = {{num_classes = 4, train = {{num_images = 64}}, test = {{num_images = 16}}}}
-
-[train]
-epochs = 1
-batch_size = 32
-
-[eval]
-images = 8
-batch_size = 8
-deletion_steps = 4
-substrates = ["zeros"]
-chunk_size = 32
-gallery_images = 1
-"""
 KEY = ["dataset", "backbone", "kind", "variant", "seed", "method"]
 
 
@@ -85,7 +60,7 @@ def test_merging_shards_copies_each_cell_once(tmp_path):
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_table_of_one_process(tmp_path):
     config_path = tmp_path / "tiny.toml"
-    config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
+    config_path.write_text(TINY_RANKS.format(cache=tmp_path / "cache"), encoding="utf-8")
     config = resolve_config(None, config_path)
     plan = build_plan(config)
     planned = plan.cells
@@ -160,7 +135,7 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     """A rank killed with SIGKILL after its first finished cells: torchrun stops the group, and the same
     command run again completes the grid, keeping the dead rank's finished cells, each cell once."""
     config_path = tmp_path / "tiny.toml"
-    config_path.write_text(TINY.format(cache=tmp_path / "cache").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]"),
+    config_path.write_text(TINY_RANKS.format(cache=tmp_path / "cache").replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]"),
                            encoding="utf-8")
     planned = build_plan(resolve_config(None, config_path)).cells
     out = tmp_path / "out"
@@ -261,7 +236,7 @@ def test_rank_0_builds_the_plan_once_and_every_rank_runs_it(tmp_path, monkeypatc
     monkeypatch.setattr(distributed, "_all_ok", lambda ok, device: ok)
     monkeypatch.setattr(distributed, "build_plan", lambda *args: built.append(args) or real(*args))
     config_path = tmp_path / "tiny.toml"
-    config_path.write_text(TINY.format(cache=tmp_path / "cache"), encoding="utf-8")
+    config_path.write_text(TINY_RANKS.format(cache=tmp_path / "cache"), encoding="utf-8")
     config = resolve_config(None, config_path)
     zero = distributed._shared_plan(config, "cpu", Worker(0, 2))
     one = distributed._shared_plan(config, "cpu", Worker(1, 2))

@@ -9,44 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import timm
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from camzoo.bench.config import resolve_config
+from helpers import timm_weights, write_folder
 from camzoo.cli import main
-
-CLASSES = ("ant", "bee", "cat", "dog")
-
-
-def write_folder(root: Path, per_class: int = 4, side: int = 48) -> Path:
-    """A 4-class folder: a bright square on noise per image, its box in boxes.csv, masks for half."""
-    rng = np.random.default_rng(0)
-    rows = ["file,x0,y0,x1,y1"]
-    for label, name in enumerate(CLASSES):
-        for index in range(per_class):
-            pixels = rng.integers(0, 80, size=(side, side, 3), dtype=np.uint8)
-            x0, y0 = int(rng.integers(0, side // 2)), int(rng.integers(0, side // 2))
-            pixels[y0:y0 + side // 3, x0:x0 + side // 3, label % 3] = 250
-            rel = f"{name}/{name}{index}.png"
-            (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / rel)
-            rows.append(f"{rel},{x0},{y0},{x0 + side // 3},{y0 + side // 3}")
-            if index % 2 == 0:
-                mask = np.zeros((side, side), np.uint8)
-                mask[y0:y0 + side // 3, x0:x0 + side // 3] = 255
-                (root / "masks" / name).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask).save(root / "masks" / rel)
-    (root / "boxes.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return root
-
-
-def state_dict(path: Path, name: str, seed: int, **kwargs) -> Path:
-    torch.manual_seed(seed)
-    torch.save(timm.create_model(name, pretrained=False, **kwargs).state_dict(), path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
@@ -59,8 +27,8 @@ def bench(*arguments: str):
 
 @pytest.mark.slow
 def test_two_resnet18_checkpoints_on_an_annotated_folder(folder, tmp_path):
-    a = state_dict(tmp_path / "a.pth", "resnet18", 0, num_classes=4)
-    b = state_dict(tmp_path / "b.pth", "resnet18", 1, num_classes=4)
+    a = timm_weights(tmp_path / "a.pth", "resnet18", 0, num_classes=4)
+    b = timm_weights(tmp_path / "b.pth", "resnet18", 1, num_classes=4)
     out = tmp_path / "out"
     # the games on 8 images, without MoRF/LeRF: the same code paths, a fifth of the time
     lighter = tmp_path / "lighter.toml"
@@ -100,7 +68,7 @@ def test_two_resnet18_checkpoints_on_an_annotated_folder(folder, tmp_path):
 
 
 def test_a_vision_transformer_checkpoint(folder, tmp_path):
-    vit = state_dict(tmp_path / "vit.pth", "vit_tiny_patch16_224", 0, num_classes=4, img_size=64)
+    vit = timm_weights(tmp_path / "vit.pth", "vit_tiny_patch16_224", 0, num_classes=4, img_size=64)
     config = tmp_path / "vit.toml"
     config.write_text(f'''
 methods = ["gradcam", "@controls"]
@@ -125,7 +93,7 @@ substrates = []
 
 
 def test_a_checkpoint_with_other_classes_fails_in_one_line_and_leaves_nothing(folder, tmp_path):
-    ten = state_dict(tmp_path / "ten.pth", "resnet18", 0, num_classes=10)
+    ten = timm_weights(tmp_path / "ten.pth", "resnet18", 0, num_classes=10)
     out = tmp_path / "out"
     result = bench("--model", "resnet18", "--checkpoint", str(ten), "--data", str(folder), "--image-size", "32",
                    "--out", str(out))
@@ -135,7 +103,7 @@ def test_a_checkpoint_with_other_classes_fails_in_one_line_and_leaves_nothing(fo
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: state_dict(p, "resnet34", 0, num_classes=4), "does not fit timm model 'resnet18': unexpected keys"),
+    (lambda p: timm_weights(p, "resnet34", 0, num_classes=4), "does not fit timm model 'resnet18': unexpected keys"),
     (lambda p: torch.save(torch.nn.Linear(2, 2), p) or p, "refuses to unpickle"),  # a pickled module
     (lambda p: p, "does not exist"),
 ])

@@ -20,7 +20,7 @@ from camzoo.bench.config import resolve_config
 from camzoo.bench.plan import build_plan
 from camzoo.bench.runner import BenchRunner
 from camzoo.bench.store import ResultsStore
-from test_bench_own_models import write_folder
+from helpers import write_folder
 
 MAX_METHODS = 10  # the hard limit of issue 33 (methods, properties and dunder methods together)
 

@@ -11,7 +11,7 @@ from camzoo.bench.evaluation import EvalSet, explain_block, score_block
 from camzoo.bench.scoring import score_model
 from camzoo.bench.stability_cells import stability_cell
 from camzoo.metrics import EvalSettings, combine_blocks, pairwise_stability
-from conftest import quadrant_batch
+from helpers import quadrant_batch
 
 SETTINGS = EvalSettings(deletion_steps=2, deletion_fraction=0.5, substrates=(), game_images=4, grid_games=(),
                         chunk_size=16)

@@ -14,7 +14,7 @@ from camzoo.bench.evaluation import EvalStream, Renormalised
 from camzoo.bench.sources import ModelSource, TrainedSource
 from camzoo.bench.specs import DatasetSpec
 from camzoo.train import TrainConfig
-from test_bench_own_models import write_folder
+from helpers import write_folder
 
 QUESTIONS = ("obtain", "evaluation", "layer_for", "reshape_function")
 

@@ -28,8 +28,8 @@ from camzoo.bench.store import ResultsStore
 from camzoo.cli import main
 from camzoo.data import load
 from camzoo.metrics import METRICS, EvalSettings, combine_blocks, score_maps
-from conftest import quadrant_batch
-from test_bench_own_models import write_folder
+from helpers import quadrant_batch
+from helpers import timm_weights, write_folder
 
 TIMINGS = {"ms_per_image", "peak_memory_mb"}
 
@@ -85,12 +85,6 @@ def test_metrics_that_build_new_inputs_run_on_the_first_block_only(scored):
         "gridpg_2x2", "difull_2x2", "focus", "random_logit_similarity", "randomisation_spearman", "grid_qualified"}
 
 
-def _resnet(path: Path) -> Path:
-    torch.manual_seed(0)
-    torch.save(timm.create_model("resnet10t", pretrained=False, num_classes=4).state_dict(), path)
-    return path
-
-
 def _config(tmp_path: Path, folder: Path, entries: str, evaluation: str, name: str, images: int = 16,
             methods: str = '"gradcam", "@controls"') -> Path:
     path = tmp_path / f"{name}.toml"
@@ -136,7 +130,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_streamed_blocks_score_as_one_and_keep_maps_for_the_first_images(folder, tmp_path):
-    checkpoint = _resnet(tmp_path / "a.pth")
+    checkpoint = timm_weights(tmp_path / "a.pth", num_classes=4)
     entry = f'[[models]]\nname = "resnet10t"\ncheckpoints = ["{checkpoint}"]\n'
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     methods = '"gradcam", "centre", "oracle"'  # a control's map-only results are shared across blocks' memos
@@ -173,7 +167,7 @@ def test_streamed_blocks_score_as_one_and_keep_maps_for_the_first_images(folder,
 
 
 def test_entry_overrides_reach_the_images_and_the_method(folder, tmp_path, monkeypatch):
-    checkpoint = _resnet(tmp_path / "a.pth")
+    checkpoint = timm_weights(tmp_path / "a.pth", num_classes=4)
     (tmp_path / "flipping.py").write_text("def flip(output):\n    return output.flip(-1)\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     entries = "".join(f'[[models]]\nname = "resnet10t"\ncheckpoints = ["{checkpoint}"]\nlabel = "{label}"\n{extra}\n'
@@ -248,7 +242,7 @@ def test_a_model_that_does_not_run_at_the_entry_size_is_one_line(folder, tmp_pat
 
 
 def test_keep_maps_zero_stores_no_maps_and_no_stability(folder, tmp_path):
-    a, b = _resnet(tmp_path / "a.pth"), tmp_path / "b.pth"
+    a, b = timm_weights(tmp_path / "a.pth", num_classes=4), tmp_path / "b.pth"
     b.write_bytes(a.read_bytes())
     entry = f'[[models]]\nname = "resnet10t"\ncheckpoints = ["{a}", "{b}"]\n'
     out = tmp_path / "out"

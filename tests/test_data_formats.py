@@ -16,7 +16,7 @@ from PIL import Image
 import camzoo.data as data
 from camzoo.cli import main
 from camzoo.data import DatasetError
-from helpers import cli, picture, runtime_error
+from helpers import cifar_rows, cli, dump_py2_style, picture, runtime_error, write_cifar10
 
 RNG = np.random.default_rng(0)
 
@@ -28,32 +28,6 @@ def unnormalise(image: torch.Tensor, ds) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- CIFAR
-def cifar_rows(n: int) -> np.ndarray:
-    return RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
-def dump_py2_style(obj, path: Path) -> None:
-    # Protocol 2 with bytes keys, as the official files (written by Python 2's cPickle) load.
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def write_cifar10(root: Path, per_batch: int = 3) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    dump_py2_style({b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072},
-                   folder / "batches.meta")
-    rows = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        rows[name] = cifar_rows(per_batch)
-        labels = [int(v) for v in RNG.integers(0, 10, per_batch)]
-        dump_py2_style({b"batch_label": name.encode(), b"labels": labels, b"data": rows[name],
-                        b"filenames": [f"img_{k}.png".encode() for k in range(per_batch)]}, folder / name)
-        rows[name + "_labels"] = np.array(labels)
-    return rows
-
-
 def test_cifar10_reads_official_layout(tmp_path):
     rows = write_cifar10(tmp_path)
     train = data.load("cifar10", "train", root=tmp_path)

@@ -84,7 +84,7 @@ def test_autocast_deletion_insertion_on_cuda_is_close_to_float32():
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 2+ CUDA devices (one per rank)")
 def test_distributed_bench_with_nccl_on_every_gpu(tmp_path):
-    from test_bench_distributed import TINY
+    from helpers import TINY_RANKS as TINY
 
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.format(cache=tmp_path / "cache").replace('device = "cpu"', 'device = "cuda"'),
