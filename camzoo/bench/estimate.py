@@ -41,13 +41,13 @@ from .probe import (BUDGET_S, COSTLY, Calibration, Counter, Scoring, Shape, Unit
                     training_rate)
 
 PHASES = ("train", "explain", "games", "grids", "stability", "report")
-# The report (tables, bootstrap CIs, paired tests, plots, report.html), measured on the idle development
-# VM (probe.cpu_speed there: REFERENCE_CPU_SPEED s) on two finished stores — 46 method cells x 32 images:
-# 5.1 s (+1.3 s of first imports), the quick preset's 70 x 96: 10.5 s — as a fixed part and a part per
-# method cell and 1,000 evaluation images.
-REFERENCE_CPU_SPEED = 0.0027
-REPORT_FIXED_S = 4.9
-REPORT_PER_CELL_S = 1.03
+# The report (tables, bootstrap CIs, paired tests, plots, report.html, then the command's exit), measured
+# on the development VM with probe.cpu_speed at REFERENCE_CPU_SPEED s: write_report took 8.2 s on 46 method
+# cells x 32 images and 12.7-14.8 s on the quick preset's 70 x 96 (1.05 s per method cell and 1,000 images);
+# the quick preset's report phase (last cell to exit) ran ~4.5 s longer than write_report alone.
+REFERENCE_CPU_SPEED = 0.0083
+REPORT_FIXED_S = 11.0
+REPORT_PER_CELL_S = 1.05
 
 
 def _train_config(job: ModelJob) -> Any:
@@ -142,14 +142,13 @@ def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Ca
                     break
         for job in plan.jobs:
             for method in job.methods:
-                key = (shape_of(job, calibration).size, plan.settings_for(method), job.dataset.annotated)
+                key = scoring_key(plan, calibration, job, method)
                 if key not in calibration.scoring:
                     classes = calibration.datasets[job.dataset.name][0]
-                    calibration.scoring[key] = scoring_rate(key[1], key[0], classes, key[2], device)
-        for group in plan.stability:
-            size = group.dataset.image_size
-            if size not in calibration.stability:
-                calibration.stability[size] = stability_rate(size, device)
+                    calibration.scoring[key] = scoring_rate(plan.settings_for(method), key[0], classes, key[1],
+                                                            device, warm=not calibration.scoring)
+        for size in sorted({spec.image_size for spec in plan.datasets}):  # cheap: every size, stability or not
+            calibration.stability[size] = stability_rate(size, device)
         calibration.cpu_speed = cpu_speed()
     calibration.seconds = time.perf_counter() - begin
     calibration.forward_calls = counter.calls
@@ -193,6 +192,13 @@ def _explain(calibration: Calibration, job: ModelJob, shape: Shape, model: torch
         calibration.problems.append(f"{job.dataset.name}/{shape.backbone}/{shape.kind} at {shape.size} px, "
                                     f"{' '.join(group)}: {err}")
         return None
+
+
+def scoring_key(plan: BenchPlan, calibration: Calibration, job: ModelJob, method: str) -> tuple:
+    """What a cell's per-image metric costs depend on: image size, annotations, the games' settings."""
+    s = plan.settings_for(method)
+    return (shape_of(job, calibration).size, job.dataset.annotated, s.protocol, s.deletion_steps, s.deletion_fraction,
+            s.deletion_target, s.substrates, s.chunk_size)
 
 
 def _fwd_bwd(units: Units) -> float:
@@ -273,7 +279,7 @@ def job_cost(plan: BenchPlan, calibration: Calibration, job: ModelJob) -> JobCos
     group_of = {m: group for group in job.groups for m in group}
     for method in job.methods:
         settings = plan.settings_for(method)
-        score: Scoring = calibration.scoring[(shape.size, settings, job.dataset.annotated)]
+        score: Scoring = calibration.scoring[scoring_key(plan, calibration, job, method)]
         played = evaluated if settings.game_images is None else min(evaluated, settings.game_images)
         games += evaluated * (score.images_s + score.images_forwards * units.forward)
         games += played * (score.games_s + score.games_forwards * units.forward)

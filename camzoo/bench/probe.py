@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 MIN_CALL_S = 0.05  # a timed call does at least this much work, or runs at the run's own batch
-MIN_TRAIN_S = 0.25  # training, most of a small run's time: a step near the run's batch (per-image cost falls
+MIN_TRAIN_S = 0.15  # training, most of a small run's time: a step near the run's batch (per-image cost falls
 # with the batch on a CPU too, by ~1.5x from 8 to 64 images for a CIFAR ResNet-8)
 BUDGET_S = 8.0  # past it, further image sizes of a timed model are scaled by pixels instead of timed
 SCORE_IMAGES = 32  # images the scoring probe runs its metrics on, at most
@@ -125,10 +125,13 @@ class Counter:
 
 
 def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: int = 2, warm: bool = True,
-              least: float = MIN_CALL_S) -> float:
-    """Seconds per image of ``run(batch)``: a warm-up call (``warm``), then the batch doubles from ``start``
-    until a call takes ``least`` seconds or the batch reaches ``cap`` (the run's own); a short last call
-    is repeated and the faster one kept."""
+              least: float = MIN_CALL_S, points: int = 1, repeat: bool = False) -> float:
+    """Seconds per image of ``run(batch)`` at the run's batch ``cap``: a warm-up call (``warm``), then the
+    batch doubles from ``start`` until a call takes ``least`` seconds (and ``points`` calls were timed)
+    or reaches ``cap``. Short of ``cap``, the last two calls give a per-call and a per-image part (a call
+    on few images is mostly fixed costs: Opti-CAM's 50 steps on one image cost ~4x per image what they
+    cost on 16), extrapolated to ``cap``; a short last call (or with ``repeat`` any) is timed twice, the
+    faster kept."""
     from ..modelutil import synchronize
 
     def timed(batch: int) -> float:
@@ -141,13 +144,17 @@ def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: 
     batch = max(1, min(start, cap))
     if warm:
         run(batch)
-    seconds = timed(batch)
-    while seconds < least and batch < cap:
+    found = [(batch, timed(batch))]
+    while (found[-1][1] < least or len(found) < points) and batch < cap:
         batch = min(cap, batch * 2)
-        seconds = timed(batch)
-    if seconds < 4 * least:
-        seconds = min(seconds, timed(batch))
-    return seconds / batch
+        found.append((batch, timed(batch)))
+    if repeat or found[-1][1] < least:
+        found[-1] = (batch, min(found[-1][1], timed(batch)))
+    (small, before), (batch, seconds) = found[max(0, len(found) - 2)], found[-1]
+    if batch >= cap or small == batch:
+        return seconds / batch
+    slope = min(seconds / batch, max((seconds - before) / (batch - small), 0.05 * seconds / batch))
+    return (max(seconds - slope * batch, 0.0) / cap + slope)
 
 
 def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch.device):
@@ -190,7 +197,7 @@ def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.dev
     deterministic = device.type == "cpu" if config.deterministic is None else config.deterministic
     with runtime_settings(deterministic, device, config.num_threads):
         return per_image(lambda b: train_step(model, optimizer, scaler, x[:b], y[:b], autocast)[0].item(), device,
-                         config.batch_size, least=MIN_TRAIN_S)
+                         config.batch_size, least=MIN_TRAIN_S, repeat=True)
 
 
 def forward_rate(scorer: nn.Module, size: int, batch: int, device: torch.device) -> float:
@@ -211,7 +218,8 @@ def explain_rate(model: nn.Module, group: tuple[str, ...], images: Any, batch: i
     from .evaluation import explain_block, first_images
 
     return per_image(lambda b: explain_block(model, first_images(images, b), group, b, device, layers,
-                                             warm_up=False), device, batch, 1 if costly else 2, warm=not costly)
+                                             warm_up=False), device, batch, 1 if costly else 2, warm=not costly,
+                     points=2 if costly else 1)
 
 
 def layer_channels(model: nn.Module, method: str, layer: str | None, size: int, device: torch.device) -> int:
@@ -245,19 +253,21 @@ class StandIn(nn.Module):
         return self.head(x.float().mean((2, 3)))
 
 
-def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device: torch.device) -> Scoring:
+def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device: torch.device,
+                 warm: bool = True) -> Scoring:
     """A cell's metrics with the stand-in model: the "images" metrics alone (the block starts past the
-    games' images), then with the games, on 2 images (a warm-up: OpenCV and the substrates' first calls),
-    then on 4, 8, ... images until the games take ``MIN_TRAIN_S`` (or on ``SCORE_IMAGES``). The
-    discrimination metrics are left to the cost model: they explain new inputs with the cell's method."""
+    games' images), then with the games, on 1 image (``warm``: OpenCV's and the substrates' first calls
+    in this process), then on 2, 4, ... images until the games take ``MIN_TRAIN_S`` (or on
+    ``SCORE_IMAGES``). The discrimination metrics are left to the cost model: they explain new inputs
+    with the cell's method."""
     from ..metrics import score_maps
 
     images = eval_set(SCORE_IMAGES, size, classes, annotated, device)
-    grid = torch.linspace(-1, 1, size, device=device)
-    blob = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) * 4)
-    noise = torch.rand(SCORE_IMAGES, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-    maps = blob + 0.1 * noise
-    maps = maps / maps.amax((1, 2), keepdim=True)
+    # maps like a CAM's: a coarse random field (a layer's resolution) upsampled; contours, and so
+    # MaxBoxAcc's cost, depend on how smooth a map is
+    coarse = torch.rand(SCORE_IMAGES, 1, max(1, size // 8), max(1, size // 8), generator=torch.Generator().manual_seed(1))
+    maps = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    maps = maps.to(device) / maps.amax((1, 2), keepdim=True).to(device)
     plain = dataclasses.replace(settings, grid_games=(), sensitivity=())
 
     def run(count: int) -> tuple[float, float, float, float]:
@@ -273,8 +283,9 @@ def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device
         (only_s, only_f, all_s, all_f) = found
         return only_s, only_f, max(0.0, all_s - only_s), max(0.0, all_f - only_f)
 
-    run(2)
-    count = 4
+    if warm:
+        run(1)
+    count = 2
     while (found := run(count))[2] * count < MIN_TRAIN_S and count < SCORE_IMAGES:
         count *= 2
     return Scoring(*found)
@@ -300,12 +311,12 @@ def cpu_speed() -> float:
     rng = np.random.default_rng(0)
     values = rng.random(1000)
     found = []
-    for _ in range(3):  # the fastest of three: a short timing on a shared machine only ever runs long
-        begin = time.perf_counter()
-        for _ in range(4):
+    for _ in range(8):  # the fastest of the last seven (the first warms the allocator up): a short timing
+        begin = time.perf_counter()  # on a shared machine only ever runs long
+        for _ in range(8):
             values[rng.integers(0, 1000, (200, 1000))].mean(1).sort()
         found.append(time.perf_counter() - begin)
-    return min(found)
+    return min(found[1:])
 
 
 __all__ = ["BUDGET_S", "COSTLY", "Calibration", "Counter", "Scoring", "Shape", "StandIn", "Units", "cpu_speed",
