@@ -24,6 +24,9 @@ def register(group: click.Group) -> None:
               help="Also write report.html (tables, curves, every map of every image; one self-contained file).")
 @click.option("--check", is_flag=True,
               help="Validate the whole config (datasets, models, training, eval, device), print the plan and exit.")
+@click.option("--estimate/--no-estimate", "with_estimate", default=True, show_default=True,
+              help="With --check: time a few seconds of the plan's work on this machine and print the estimated "
+                   "wall time per phase.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this node (one device each), started as torchrun starts them.")
 @click.option("--model", "model_name", help="Your trained model: a timm name, torchvision:NAME or package.module:factory "
@@ -40,7 +43,7 @@ def register(group: click.Group) -> None:
 @click.option("--images", type=click.IntRange(min=1), help="Evaluation images (the first N of --data).")
 @click.option("--image-size", type=click.IntRange(min=8), help="Side the --data images are resized to.")
 def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
-                  print_config: bool, no_progress: bool, html: bool, check: bool, nproc: int,
+                  print_config: bool, no_progress: bool, html: bool, check: bool, with_estimate: bool, nproc: int,
                   model_name: str | None, checkpoints: tuple[Path, ...], data_root: Path | None, dataset_name: str,
                   method_list: str | None, images: int | None, image_size: int | None) -> None:
     """Train or load every model of the grid, explain, score, and write tables and plots.
@@ -74,9 +77,14 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     out_dir = out_dir or Path("results") / config["preset"]
     if check:
         try:
-            click.echo(build_plan(config, world_size=nproc).text())
+            plan = build_plan(config, world_size=nproc)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
+        click.echo(plan.text())
+        if with_estimate:
+            from ..bench.estimate import estimate
+
+            click.echo(estimate(plan, nproc).text())
         return
     from ..bench.distributed import run_distributed, world_from_env
 
