@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .plan import BenchPlan, ModelJob
+from .plan import BenchPlan, DatasetSpec, ModelJob
 from .probe import (BUDGET_S, COSTLY, Calibration, Counter, Scoring, Shape, Units, cpu_speed, eval_set,
                     explain_rate, forward_rate, layer_channels, rank_threads, scoring_rate, stability_rate, threads,
                     training_rate)
@@ -53,7 +53,7 @@ REPORT_PER_CELL_S = 1.05
 def _train_config(job: ModelJob) -> Any:
     """The job's camzoo.train.TrainConfig, or None for a model loaded from a checkpoint (the one place
     that reads how a job gets its model)."""
-    return getattr(job, "train", None) if getattr(job, "source", None) is None else None
+    return getattr(job.source, "config", None)  # a TrainedSource's; a [[models]] ModelSource has none
 
 
 def _method_class(method: str) -> type:
@@ -88,26 +88,29 @@ def _build(job: ModelJob, shape: Shape, device: torch.device) -> torch.nn.Module
     return build_model(job.kind, job.backbone, shape.classes, image_size=shape.size, **config.model_options).to(device)
 
 
-def dataset_counts(spec: Any) -> tuple[int, int, int]:
-    """(classes, training images, test images) of a dataset entry, loading as little as possible."""
+def dataset_counts(spec: DatasetSpec) -> tuple[int, int, int]:
+    """(classes, training images, test images) of a dataset entry, loading as little as possible: an
+    on-disk split's index, a generated dataset's first image (the plan's probes did the same)."""
     import importlib
 
     from ..data import info
-    from .validate import dataset_probe, split_options
 
-    probe = dataset_probe(spec.as_config())
-    counts = []
+    on_disk = info(spec.name).needs_root
+    counts, test = [], None
     for split in ("train", "test"):
-        asked = split_options(spec.as_config(), split).get("num_images")
-        if info(spec.name).needs_root:  # an on-disk split: its index is cheap
-            found = len(probe) if split == "test" else len(spec.load(split))
-            counts.append(found if asked is None else min(int(asked), found))
+        asked = spec.split_options(split).get("num_images")
+        if on_disk:  # an on-disk split: its index is cheap
+            loaded = spec.load(split)
+            test = loaded
+            counts.append(len(loaded) if asked is None else min(int(asked), len(loaded)))
             continue
         if asked is None:  # a generated dataset's default size, without generating it
             module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{spec.name}")
             asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get(split)
         counts.append(int(asked) if asked is not None else len(spec.load(split)))
-    return len(probe.classes), counts[0], counts[1]
+    if test is None:
+        test = spec.load("test", num_images=1, cache=False)
+    return len(test.classes), counts[0], counts[1]
 
 
 def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Calibration:
