@@ -119,7 +119,8 @@ def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker) -> Benc
 
 
 def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Worker, device: str | None = None,
-                    progress: bool = True, echo: Callable[[str], None] = print) -> BenchRunner:
+                    progress: bool = True, echo: Callable[[str], None] = print,
+                    job_seconds: Mapping[str, float] | None = None) -> BenchRunner:
     """This rank's share of the grid (see the module docstring); returns its runner (rank 0's holds
     the merged store). Call it in every process of a torchrun group."""
     import torch.distributed as dist
@@ -128,7 +129,7 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
     world.join(torch.device(device))
     try:
         plan = _shared_plan(config, device, worker)
-        runner = BenchRunner(plan, out_dir, progress=progress, echo=echo, worker=worker)
+        runner = BenchRunner(plan, out_dir, progress=progress, echo=echo, worker=worker, job_seconds=job_seconds)
         done = [None]
         if worker.rank == 0:  # the only rank that opens results.sqlite before the end
             with ResultsStore(out_dir) as merged:

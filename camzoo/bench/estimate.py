@@ -41,6 +41,8 @@ from .probe import (BUDGET_S, COSTLY, Calibration, Counter, Scoring, Shape, Unit
                     training_rate)
 
 PHASES = ("train", "explain", "games", "grids", "stability", "report")
+# each job's estimated seconds (JSON, by job label), from the process that launches the ranks to the ranks
+JOB_SECONDS_ENV = "CAMZOO_JOB_SECONDS"
 # The report (tables, bootstrap CIs, paired tests, plots, report.html, then the command's exit), measured
 # on the development VM with probe.cpu_speed at REFERENCE_CPU_SPEED s: write_report took 8.2 s on 46 method
 # cells x 32 images and 12.7-14.8 s on the quick preset's 70 x 96 (1.05 s per method cell and 1,000 images);
@@ -383,5 +385,5 @@ def estimate(plan: BenchPlan, nproc: int = 1, calibration: Calibration | None = 
                     tuple(calibration.problems))
 
 
-__all__ = ["PHASES", "Estimate", "JobCost", "calibrate", "discrimination_images", "duration", "estimate",
+__all__ = ["JOB_SECONDS_ENV", "PHASES", "Estimate", "JobCost", "calibrate", "discrimination_images", "duration", "estimate",
            "job_cost", "job_seconds", "makespan", "method_seconds", "method_unit", "shape_of"]

@@ -42,7 +42,8 @@ class BenchRunner:
     model job's cells, camzoo.bench.stability_cells for a stability cell)."""
 
     def __init__(self, plan: BenchPlan, out_dir: str | Path, progress: bool = True,
-                 echo: Callable[[str], None] = print, worker: Worker | None = None):
+                 echo: Callable[[str], None] = print, worker: Worker | None = None,
+                 job_seconds: Mapping[str, float] | None = None):
         if not isinstance(plan, BenchPlan):
             raise TypeError("BenchRunner runs a plan: BenchRunner(camzoo.bench.build_plan(config), out_dir); "
                             f"got {type(plan).__name__}")
@@ -54,6 +55,9 @@ class BenchRunner:
         self.progress = progress
         self.echo = echo
         self.worker = worker or Worker()
+        # each job's estimated seconds by label (camzoo.bench.estimate): the bar then counts them, so its
+        # ETA is the run's remaining time; None: it counts jobs
+        self.job_seconds = dict(job_seconds or {})
         self._store: ResultsStore | ShardedStore | None = None
 
     @property
@@ -104,15 +108,22 @@ class BenchRunner:
         write = partial(commit_cell, self.store, self.run_id, device=self.device_label, worker=self.worker.label)
         cells = JobCells(self.plan, self.device, self.out_dir / "models", self.echo)
         rank = f" [rank {self.worker.rank}/{self.worker.world_size}]" if self.worker.world_size > 1 else ""
-        total = len(jobs) if isinstance(jobs, Sized) else None
-        bar = tqdm(total=total, desc=f"camzoo bench{rank}", unit="job", disable=not self.progress, dynamic_ncols=True)
+        seconds = self.job_seconds  # estimated seconds of each job: the bar counts this rank's share of those left
+        if seconds:
+            total = sum(seconds.get(job.label, 0.0) for job in self.pending_jobs()) / self.worker.world_size
+            bar = tqdm(total=total, desc=f"camzoo bench{rank}", disable=not self.progress, dynamic_ncols=True,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left {postfix}")
+        else:
+            bar = tqdm(total=len(jobs) if isinstance(jobs, Sized) else None, desc=f"camzoo bench{rank}", unit="job",
+                       disable=not self.progress, dynamic_ncols=True)
         try:
             for job in jobs:
                 bar.set_postfix_str(job.label)
-                if not all(done(key) for key in job.cell_keys):
+                finished = all(done(key) for key in job.cell_keys)
+                if not finished:
                     for key, cell, arrays in cells.compute(job, done):
                         write(key, cell, arrays)
-                bar.update(1)
+                bar.update(1 if not seconds else 0.0 if finished else seconds.get(job.label, 0.0))
         finally:
             bar.close()
 

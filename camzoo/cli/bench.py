@@ -93,6 +93,7 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         from ..bench.lock import run_lock
 
         click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
+    seconds = _progress_estimate(config, nproc, worker is None and not no_progress)
     if nproc > 1 and worker is None:
         from . import run_on_ranks
         from ..bench.distributed import RANK_MODULES
@@ -104,7 +105,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
     try:
         if worker is None:
-            runner = BenchRunner(build_plan(config), out_dir, progress=not no_progress, echo=click.echo)
+            runner = BenchRunner(build_plan(config), out_dir, progress=not no_progress, echo=click.echo,
+                                 job_seconds=seconds)
             click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, "
                        f"out {out_dir}")
     except StoreBusyError as err:  # a runtime condition, not a usage error
@@ -117,7 +119,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         if worker is None:
             runner.run()
         else:
-            runner = run_distributed(config, out_dir, worker, progress=not no_progress, echo=click.echo)
+            runner = run_distributed(config, out_dir, worker, progress=not no_progress, echo=click.echo,
+                                     job_seconds=seconds)
             if worker.rank != 0:
                 return  # rank 0 merged the shards and writes the report
     except ConfigError as err:
@@ -132,6 +135,37 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     files = write_report(out_dir, runner.run_id, html=html)
     click.echo((out_dir / "summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
+
+
+def _progress_estimate(config: dict, nproc: int, launching: bool) -> dict[str, float] | None:
+    """Each model job's estimated seconds, for a progress bar whose ETA is the run's remaining time.
+
+    The launching process probes the machine (camzoo.bench.estimate, a few seconds), says the
+    estimate, and hands the numbers to its ranks through the environment; a rank reads them there.
+    Only where a person watches the bar (stderr is a terminal): a log needs no ETA, and the probe
+    would cost every scripted run its seconds. None: the bar counts jobs."""
+    import json
+    import os
+    import sys
+
+    from ..bench.estimate import JOB_SECONDS_ENV, duration, estimate
+
+    if not launching:
+        found = os.environ.get(JOB_SECONDS_ENV)
+        return json.loads(found) if found else None
+    if not sys.stderr.isatty():
+        return None
+    from ..bench.plan import build_plan
+
+    try:
+        found = estimate(build_plan(config, world_size=nproc), nproc)
+    except ValueError:
+        return None  # the run's own plan says what is wrong, below
+    click.echo(f"camzoo bench: estimated ~{duration(found.total)} on {found.device_label} with --nproc {nproc} "
+               "(camzoo bench --check shows each phase)")
+    seconds = {job.label: job.total for job in found.jobs}
+    os.environ[JOB_SECONDS_ENV] = json.dumps(seconds)
+    return seconds
 
 
 @click.command("report")
