@@ -72,8 +72,8 @@ def _free(group: tuple[str, ...]) -> bool:
 
 def shape_of(job: ModelJob, calibration: Calibration) -> Shape:
     """The model shape whose unit costs a job's work is charged at."""
-    classes = calibration.datasets[job.dataset.name][0]
     config = _train_config(job)
+    classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.name][0]
     if config is None:
         return Shape(job.kind, job.backbone, job.source.image_size or job.dataset.image_size, classes)
     return Shape(job.kind, job.backbone, job.dataset.image_size, classes, repr(sorted(config.model_options.items())))
@@ -103,9 +103,12 @@ def dataset_counts(spec: Any) -> tuple[int, int, int]:
             found = len(probe) if split == "test" else len(spec.load(split))
             counts.append(found if asked is None else min(int(asked), found))
             continue
-        if asked is None:  # a generated dataset's default size, without generating it
-            module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{spec.name}")
-            asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get(split)
+        if asked is None:  # a generated dataset's default size (its module's), without generating it
+            try:
+                module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{spec.name}")
+                asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get(split)
+            except ImportError:
+                asked = None
         counts.append(int(asked) if asked is not None else len(spec.load(split)))
     return len(probe.classes), counts[0], counts[1]
 
