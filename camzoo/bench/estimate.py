@@ -74,8 +74,8 @@ def _free(group: tuple[str, ...]) -> bool:
 
 def shape_of(job: ModelJob, calibration: Calibration) -> Shape:
     """The model shape whose unit costs a job's work is charged at."""
-    classes = calibration.datasets[job.dataset.name][0]
     config = _train_config(job)
+    classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.name][0]
     if config is None:
         return Shape(job.kind, job.backbone, job.source.image_size or job.dataset.image_size, classes)
     return Shape(job.kind, job.backbone, job.dataset.image_size, classes, repr(sorted(config.model_options.items())))
@@ -106,9 +106,12 @@ def dataset_counts(spec: DatasetSpec) -> tuple[int, int, int]:
             test = loaded
             counts.append(len(loaded) if asked is None else min(int(asked), len(loaded)))
             continue
-        if asked is None:  # a generated dataset's default size, without generating it
-            module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{spec.name}")
-            asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get(split)
+        if asked is None:  # a generated dataset's default size (its module's), without generating it
+            try:
+                module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{spec.name}")
+                asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get(split)
+            except ImportError:
+                asked = None
         counts.append(int(asked) if asked is not None else len(spec.load(split)))
     if test is None:
         test = spec.load("test", num_images=1, cache=False)

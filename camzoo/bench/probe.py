@@ -17,9 +17,9 @@ weights) at the plan's image sizes, with random inputs:
 * per image size: the stability metrics of one pair of map sets.
 
 Bounded: each timing doubles its batch from a few images until one call takes ``MIN_CALL_S`` (or reaches
-the run's batch), so a slow model is timed on a few images and a fast one on enough to amortise its
-overheads; once ``budget_s`` is spent, further image sizes of an already timed model are scaled by their
-pixels instead of timed.
+the run's batch), so a slow model is timed on a few images — the last two calls' per-call and per-image
+parts extrapolated to the run's batch — and a fast one on enough to amortise its overheads; once the
+budget is spent, further image sizes of an already timed model are scaled by their pixels instead.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from torch import nn
 MIN_CALL_S = 0.05  # a timed call does at least this much work, or runs at the run's own batch
 MIN_TRAIN_S = 0.15  # training, most of a small run's time: a step near the run's batch (per-image cost falls
 # with the batch on a CPU too, by ~1.5x from 8 to 64 images for a CIFAR ResNet-8)
+GROWTH = 1.3  # a settled timing: doubling the batch made the call at least this much longer
+MAX_CALL_S = 1.0  # ... or one call took this long
 BUDGET_S = 8.0  # past it, further image sizes of a timed model are scaled by pixels instead of timed
 SCORE_IMAGES = 32  # images the scoring probe runs its metrics on, at most
 STABILITY_MAPS = 16
@@ -126,12 +128,15 @@ class Counter:
 
 def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: int = 2, warm: bool = True,
               least: float = MIN_CALL_S, points: int = 1, repeat: bool = False) -> float:
-    """Seconds per image of ``run(batch)`` at the run's batch ``cap``: a warm-up call (``warm``), then the
-    batch doubles from ``start`` until a call takes ``least`` seconds (and ``points`` calls were timed)
-    or reaches ``cap``. Short of ``cap``, the last two calls give a per-call and a per-image part (a call
-    on few images is mostly fixed costs: Opti-CAM's 50 steps on one image cost ~4x per image what they
-    cost on 16), extrapolated to ``cap``; a short last call (or with ``repeat`` any) is timed twice, the
-    faster kept."""
+    """Seconds per image of ``run(batch)`` at the run's batch ``cap``.
+
+    A warm-up call (``warm``), then the batch doubles from ``start`` until a call takes ``least`` seconds
+    and doubling the batch made it at least ``GROWTH`` times longer (the per-image part dominates the
+    call's fixed part: a CPU training step of a timm ResNet-18 costs ~0.1 s on two images and on eight
+    alike), with at least ``points`` calls; or until the batch reaches ``cap`` or a call ``MAX_CALL_S``.
+    The last call (with ``repeat``, or a short one) is timed twice, the faster kept. Short of ``cap``, the
+    last two calls give a fixed and a per-image part, extrapolated to ``cap`` (Opti-CAM's 50 steps on one
+    image cost ~4x per image what they cost on 16)."""
     from ..modelutil import synchronize
 
     def timed(batch: int) -> float:
@@ -141,11 +146,17 @@ def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: 
         synchronize(device)
         return time.perf_counter() - begin
 
+    def settled() -> bool:
+        batch, seconds = found[-1]
+        grown = len(found) >= 2 and seconds >= GROWTH * found[-2][1]
+        return batch >= cap or seconds >= MAX_CALL_S or (
+            seconds >= least and len(found) >= points and (grown or len(found) == 1 and points < 2))
+
     batch = max(1, min(start, cap))
     if warm:
         run(batch)
     found = [(batch, timed(batch))]
-    while (found[-1][1] < least or len(found) < points) and batch < cap:
+    while not settled():
         batch = min(cap, batch * 2)
         found.append((batch, timed(batch)))
     if repeat or found[-1][1] < least:
@@ -153,8 +164,9 @@ def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: 
     (small, before), (batch, seconds) = found[max(0, len(found) - 2)], found[-1]
     if batch >= cap or small == batch:
         return seconds / batch
-    slope = min(seconds / batch, max((seconds - before) / (batch - small), 0.05 * seconds / batch))
-    return (max(seconds - slope * batch, 0.0) / cap + slope)
+    # bounded: noise in a difference of two timings must not make a call look free
+    slope = min(seconds / batch, max((seconds - before) / (batch - small), 0.2 * seconds / batch))
+    return max(seconds - slope * batch, 0.0) / cap + slope
 
 
 def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch.device):
@@ -197,7 +209,7 @@ def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.dev
     deterministic = device.type == "cpu" if config.deterministic is None else config.deterministic
     with runtime_settings(deterministic, device, config.num_threads):
         return per_image(lambda b: train_step(model, optimizer, scaler, x[:b], y[:b], autocast)[0].item(), device,
-                         config.batch_size, least=MIN_TRAIN_S, repeat=True)
+                         config.batch_size, least=MIN_TRAIN_S, points=2, repeat=True)
 
 
 def forward_rate(scorer: nn.Module, size: int, batch: int, device: torch.device) -> float:
@@ -261,11 +273,13 @@ def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device
     ``SCORE_IMAGES``). The discrimination metrics are left to the cost model: they explain new inputs
     with the cell's method."""
     from ..metrics import score_maps
+    from ..modelutil import synchronize
 
     images = eval_set(SCORE_IMAGES, size, classes, annotated, device)
     # maps like a CAM's: a coarse random field (a layer's resolution) upsampled; contours, and so
     # MaxBoxAcc's cost, depend on how smooth a map is
-    coarse = torch.rand(SCORE_IMAGES, 1, max(1, size // 8), max(1, size // 8), generator=torch.Generator().manual_seed(1))
+    side = max(1, size // 8)
+    coarse = torch.rand(SCORE_IMAGES, 1, side, side, generator=torch.Generator().manual_seed(1))
     maps = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     maps = maps.to(device) / maps.amax((1, 2), keepdim=True).to(device)
     plain = dataclasses.replace(settings, grid_games=(), sensitivity=())
@@ -279,6 +293,7 @@ def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device
                        None if images.masks is None else images.masks[:count],
                        None if images.boxes is None else images.boxes[:count],
                        dataclasses.replace(plain, game_images=games), map_memo={}, model_memo={}, start=start)
+            synchronize(device)
             found += [(time.perf_counter() - begin) / count, model.seen / count]
         (only_s, only_f, all_s, all_f) = found
         return only_s, only_f, max(0.0, all_s - only_s), max(0.0, all_f - only_f)
