@@ -30,7 +30,7 @@ import numpy as np
 from camzoo.bench.config import resolve_config
 from camzoo.bench.estimate import estimate
 from camzoo.bench.plan import build_plan
-from camzoo.bench.report import latest_run
+from camzoo.bench.record import latest_run
 from camzoo.bench.store import ResultsStore
 from camzoo.metrics import METRICS
 from verdict_cost import phase_seconds
