@@ -309,11 +309,29 @@ def full_disk_cases(tmp: Path) -> dict[str, tuple[str, str]]:
             for case in ("maps", "checkpoint")}
 
 
+def _python_catches_sigint(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the process's interpreter handles SIGINT (``SigCgt`` in /proc; elsewhere: return at
+    once). Before that, a Ctrl-C kills any Python program by the signal's default action: on a loaded
+    machine one second was sometimes too early, and the case read an interpreter's start as camzoo's."""
+    status, mask = Path(f"/proc/{pid}/status"), 1 << (signal.SIGINT - 1)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            line = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return
+        if int(line.split()[1], 16) & mask:
+            return
+        time.sleep(0.02)
+
+
 def interrupted_start(tmp: Path) -> tuple[str, str]:
-    """Ctrl-C one second into `camzoo explain` (while torch is imported): exit 130, no traceback."""
+    """Ctrl-C early in `camzoo explain` (half a second after the interpreter handles it: while torch is
+    imported): exit 130, no traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "camzoo", "explain", str(tmp / "good.png"), "--model", "resnet10t",
                              "--out", str(tmp / "int")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    _python_catches_sigint(proc.pid)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=HANG_S)
     if "Traceback" in err or "Aborted!" in err:

@@ -44,7 +44,8 @@ def write_config(tmp_path: Path, epochs: int = 1, device: str = "cpu", extra: st
 
 def check(tmp_path: Path, config: Path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--check"])
+    # the plan alone: the estimate's probe has its own tests (test_bench_estimate.py)
+    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(out), "--check", "--no-estimate"])
     assert not out.exists(), "--check must not create the results directory"
     return result
 
@@ -55,7 +56,8 @@ def test_check_prints_the_plan_of_a_valid_config(tmp_path):
     # baseline: model + gradcam, random, oracle; lfi: model + the four; 2 seeds; stability 3 + 4; gallery 1
     assert "4 model jobs" in result.output and "26 cells: 4 model, 14 method, 7 stability, 1 gallery" in result.output
     assert "config OK: device cpu" in result.output
-    spread = CliRunner().invoke(main, ["bench", "--config", str(tmp_path / "config.toml"), "--check", "--nproc", "3"])
+    spread = CliRunner().invoke(main, ["bench", "--config", str(tmp_path / "config.toml"), "--check", "--nproc", "3",
+                                       "--no-estimate"])
     assert spread.exit_code == 0 and "3 ranks: each takes the next model job when it is free" in spread.output, \
         spread.output
     assert "per rank" not in spread.output  # jobs are claimed as ranks free up: no fixed share to print
@@ -109,7 +111,8 @@ def test_report_on_a_run_without_method_cells_is_a_clear_error(tmp_path):
 
 def test_the_documented_check_of_the_standard_preset_is_what_it_prints():
     """docs/benchmark.md shows `camzoo bench --preset standard --check`: its counts and settings lines."""
-    result = CliRunner().invoke(main, ["bench", "--preset", "standard", "--check", "--device", "cpu"])
+    result = CliRunner().invoke(main, ["bench", "--preset", "standard", "--check", "--device", "cpu",
+                                       "--no-estimate"])
     assert result.exit_code == 0, result.output
     docs = (Path(__file__).resolve().parents[1] / "docs" / "benchmark.md").read_text(encoding="utf-8")
     lines = result.output.splitlines()
