@@ -16,6 +16,7 @@ from camzoo.bench.config import resolve_config
 from camzoo.bench.estimate import PHASES, calibrate, duration, estimate, job_seconds, makespan
 from camzoo.bench.plan import build_plan
 from camzoo.cli import main
+from helpers import TINY_RANKS
 
 
 def tiny(cache: Path, seeds: tuple[int, ...] = (0,), epochs: int = 1, images: int = 16, size: int = 32,
@@ -78,30 +79,7 @@ def test_ranks_share_the_jobs(probed):
 def test_check_prints_each_phase_and_a_total(probed, tmp_path):
     cache, _, _ = probed
     config = tmp_path / "tiny.toml"
-    config.write_text(f'''preset = "quick"
-seeds = [0]
-kinds = ["baseline"]
-backbones = ["resnet8"]
-methods = ["gradcam", "random"]
-device = "cpu"
-
-[[datasets]]
-name = "shapes"
-root = "{cache}"
-image_size = 32
-options = {{num_classes = 4, train = {{num_images = 64}}, test = {{num_images = 32}}}}
-
-[train]
-epochs = 1
-batch_size = 32
-
-[eval]
-images = 16
-game_images = 8
-deletion_steps = 4
-substrates = ["zeros"]
-grid_games = []
-''', encoding="utf-8")
+    config.write_text(TINY_RANKS.format(cache=cache), encoding="utf-8")
     result = CliRunner().invoke(main, ["bench", "--config", str(config), "--check", "--nproc", "2"])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("estimated wall time"))
