@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from ..bench.plan import BenchPlan
 
 
 def register(group: click.Group) -> None:
@@ -93,7 +97,9 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         from ..bench.lock import run_lock
 
         click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
-    seconds = _progress_estimate(config, nproc, worker is None and not no_progress)
+    # one process: its plan, built once for the estimate and the run (several: rank 0 builds theirs)
+    plan = _plan(config) if worker is None and nproc == 1 else None
+    seconds = _progress_estimate(config, nproc, worker is None and not no_progress, plan)
     if nproc > 1 and worker is None:
         from . import run_on_ranks
         from ..bench.distributed import RANK_MODULES
@@ -105,16 +111,11 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
     try:
         if worker is None:
-            runner = BenchRunner(build_plan(config), out_dir, progress=not no_progress, echo=click.echo,
-                                 job_seconds=seconds)
+            runner = BenchRunner(plan, out_dir, progress=not no_progress, echo=click.echo, job_seconds=seconds)
             click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, "
                        f"out {out_dir}")
     except StoreBusyError as err:  # a runtime condition, not a usage error
         raise click.ClickException(str(err)) from err
-    except ConfigError as err:
-        raise click.ClickException(f"{err}\nfix the config and rerun.") from err
-    except ValueError as err:
-        raise click.UsageError(str(err)) from err
     try:
         if worker is None:
             runner.run()
@@ -137,11 +138,25 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
 
 
-def _progress_estimate(config: dict, nproc: int, launching: bool) -> dict[str, float] | None:
+def _plan(config: dict) -> BenchPlan:
+    """The run's plan; a config that cannot run stops here, before anything is written."""
+    from ..bench.plan import ConfigError, build_plan
+
+    try:
+        return build_plan(config)
+    except ConfigError as err:
+        raise click.ClickException(f"{err}\nfix the config and rerun.") from err
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+
+
+def _progress_estimate(config: dict, nproc: int, launching: bool, plan: BenchPlan | None = None
+                       ) -> dict[str, float] | None:
     """Each model job's estimated seconds, for a progress bar whose ETA is the run's remaining time.
 
     The launching process probes the machine (camzoo.bench.estimate, a few seconds), says the
     estimate, and hands the numbers to its ranks through the environment; a rank reads them there.
+    ``plan``: the run's own, where this process built it (else the estimate builds one).
     Only where a person watches the bar (stderr is a terminal): a log needs no ETA, and the probe
     would cost every scripted run its seconds. None: the bar counts jobs."""
     import json
@@ -158,7 +173,7 @@ def _progress_estimate(config: dict, nproc: int, launching: bool) -> dict[str, f
     from ..bench.plan import build_plan
 
     try:
-        found = estimate(build_plan(config, world_size=nproc), nproc)
+        found = estimate(plan or build_plan(config, world_size=nproc), nproc)
     except ValueError:
         return None  # the run's own plan says what is wrong, below
     click.echo(f"camzoo bench: estimated ~{duration(found.total)} on {found.device_label} with --nproc {nproc} "
