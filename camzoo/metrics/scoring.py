@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modelutil import synchronize
 from .context import MethodSpec, ScoringContext
 from .settings import EvalSettings
 from .table import METRICS, MetricInfo, Row
@@ -78,16 +79,13 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
 def _timed(chosen: Sequence[MetricInfo], ctx: ScoringContext, seconds: dict[str, float]) -> dict[str, Row | None]:
     """Each metric's row, and its cost added to ``seconds[name]``: its own time plus that of every
     per-cell computation it read (``ScoringContext.cached``), whichever metric ran it first."""
-    cuda = ctx.images.device.type == "cuda"
     scored, own = {}, {}
     for info in chosen:
         ctx.reading = info.name
-        if cuda:
-            torch.cuda.synchronize(ctx.images.device)
+        synchronize(ctx.images.device)
         before, start = sum(ctx.cache_seconds.values()), time.perf_counter()
         scored[info.name] = info.compute(ctx)
-        if cuda:
-            torch.cuda.synchronize(ctx.images.device)
+        synchronize(ctx.images.device)
         own[info.name] = time.perf_counter() - start - (sum(ctx.cache_seconds.values()) - before)
     ctx.reading = None
     for name, value in own.items():
