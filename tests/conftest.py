@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import quadrant_batch  # the quadrant task's images (and the name test files imported from here)
+from helpers import quadrant_batch  # the quadrant task the trained fixture learns
 
 # The suite's tensors are tiny: one thread avoids OpenMP hand-offs that cost more than the maths, and
 # keeps the suite's time steady on a loaded machine (measured: 2 threads under load were up to 50x
