@@ -18,7 +18,7 @@ _BASE: dict[str, Any] = {
     "preset": "custom",
     "device": "auto",
     "seeds": [0, 1, 2],
-    "kinds": None,  # None: every registered model kind (camzoo.models.kind_names())
+    "kinds": None,  # None: every registered model kind whose task one of the datasets has
     "backbones": ["resnet20"],
     # Explanation methods, then the reference (control) methods every table carries: what noise,
     # a centre prior, image edges and the ground truth score through the very same pipeline. Names or
@@ -178,10 +178,11 @@ def resolve_config(
     config = _merge(_base(), PRESETS.get(preset_name, {}))
     config = _merge(config, from_file)
     config = _merge(config, overrides or {})
-    if config["kinds"] is None:
-        from ..models import kind_names
+    if config["kinds"] is None:  # every registered kind of a task some dataset has (a kind's ``task``)
+        from ..models import get_kind, kind_names
 
-        config["kinds"] = kind_names()
+        tasks = {d.get("task", "classification") for d in config["datasets"] if isinstance(d, dict)}
+        config["kinds"] = [k for k in kind_names() if getattr(get_kind(k), "task", "classification") in tasks]
     for dataset in config["datasets"]:
         if isinstance(dataset, dict):
             dataset.setdefault("root", "")

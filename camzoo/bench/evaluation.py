@@ -35,6 +35,11 @@ class EvalSet:
     # centre, edges and oracle controls' maps are the same for every model; metrics.score_maps)
     memo: dict = field(default_factory=dict, repr=False, compare=False)
     start: int = 0  # the index of its first image in the evaluation set
+    # The object track (camzoo.bench.objects): one entry per (image, object) pair. ``targets``: what each
+    # map explains (one output target per pair; None: the class in ``labels``); ``other_masks``: the
+    # pair's other objects (N,H,W) bool. Its maps are scored alone, without the model's games.
+    targets: Any = field(default=None, repr=False, compare=False)
+    other_masks: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 def load_eval_set(test_split, count: int, device: torch.device, start: int = 0,
@@ -171,7 +176,8 @@ def explain_block(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
         ground_truth = {k: v[start:stop] for k, v in truth.items() if v is not None}
         found = {}
         for layer, rows, options in calls:
-            results = explain_many(model, eval_set.images[start:stop], list(rows), target=eval_set.labels[start:stop],
+            targets = eval_set.labels if eval_set.targets is None else eval_set.targets
+            results = explain_many(model, eval_set.images[start:stop], list(rows), target=targets[start:stop],
                                    layer=layer, ground_truth=ground_truth or None, **options)
             found.update({rows[name]: result for name, result in results.items()})
         return found
@@ -215,8 +221,10 @@ def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torc
     name = MethodSpec.parse(method).name
     memo = map_memo if get_method(method).reference else None
     spec = MethodSpec(name, layer, method_options(name, reshape) or None)
-    return metrics.score_maps(scorer, block.images, maps, block.labels, block.masks, block.boxes, settings,
-                              map_memo=memo, model_memo=model_memo, method=spec, start=block.start, seconds=seconds)
+    objects = block.other_masks is not None  # the object track scores the maps alone (no games on a segmenter)
+    return metrics.score_maps(None if objects else scorer, block.images, maps, block.labels, block.masks, block.boxes,
+                              settings, map_memo=memo, model_memo=model_memo, method=None if objects else spec,
+                              start=block.start, seconds=seconds, other_masks=block.other_masks)
 
 
 def method_options(name: str, reshape: Callable | None) -> dict[str, Any]:

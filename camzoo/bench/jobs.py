@@ -18,6 +18,7 @@ import torch
 
 from .datasets import DatasetData, gallery_cell
 from .evaluation import EvalStream
+from .objects import ObjectStream
 from .plan import MODEL_CELL, BenchPlan, ModelJob
 from .scoring import Cell, score_model
 from .store import CellKey
@@ -28,9 +29,18 @@ CellOut = tuple[CellKey, Cell, dict[str, np.ndarray] | None]
 def model_cell(model: torch.nn.Module, split: Any, stream: EvalStream, batch_size: int, device: torch.device,
                keep_maps: int, numbers: Mapping[str, tuple[float, None]]) -> tuple[Cell, dict[str, np.ndarray]]:
     """The model cell: accuracy on the test split (per-image top-1 kept), the source's own ``numbers``
-    (training time and loss), and the kept evaluation images' logits for report.html."""
+    (training time and loss), and the kept evaluation images' logits for report.html. A segmenter's:
+    its pixel accuracy and mean IoU on the test split."""
     from .. import metrics
     from ..inference import predict
+
+    if getattr(model, "task", "classification") == "segmentation":
+        from ..inference import evaluate_segmentation
+
+        scores = evaluate_segmentation(model, split, batch_size, device)
+        cell = {name: (float(scores[name]), None) for name in ("pixel_accuracy", "miou")}
+        cell.update(numbers)
+        return cell, {}
 
     logits, labels = predict(model, split, batch_size, device)
     scores = metrics.accuracy(logits, labels)
@@ -56,7 +66,8 @@ class JobCells:
 
         plan, data = self.plan, self._datasets.get(job.dataset.name)
         if data is None:
-            data = self._datasets[job.dataset.name] = DatasetData(job.dataset, self._stream)
+            stream = self._objects if job.dataset.task == "segmentation" else self._stream
+            data = self._datasets[job.dataset.name] = DatasetData(job.dataset, stream)
             if not data.annotated:
                 self.echo(f"dataset {job.dataset.name}: no masks or boxes, so the localization columns and the "
                           "oracle control are left out")
@@ -79,3 +90,8 @@ class JobCells:
     def _stream(self, split: Any) -> EvalStream:
         plan = self.plan
         return EvalStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
+
+    def _objects(self, split: Any) -> EvalStream:
+        """A segmentation dataset's (image, object) pairs (camzoo.bench.objects)."""
+        plan = self.plan
+        return ObjectStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)

@@ -190,6 +190,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         except (ValueError, OSError) as err:
             problems.append(f"dataset {dataset.name!r}: {err}")
     datasets = tuple(d.with_annotations(probes[d.name]) if d.name in probes else d for d in datasets)
+    problems += task_problems(datasets, probes, [] if config["models"] else config["kinds"])
     if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
         entries = [sources(entry) for entry in config["models"]]
         problems += load_problems(entries, probes)
@@ -219,6 +220,21 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
     )
 
 
+def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
+    """A dataset whose task no kind of the grid has, or a segmentation dataset without every object's
+    mask (``get_objects``: the object track scores each object against the others)."""
+    problems = []
+    for dataset in datasets:
+        if kinds and not kinds_for(kinds, dataset):
+            problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {list(kinds)} "
+                            f"trains for it; add a kind of that task (camzoo train --help lists the kinds)")
+        probe = probes.get(dataset.name)
+        if dataset.task == "segmentation" and probe is not None and not callable(getattr(probe, "get_objects", None)):
+            problems.append(f"dataset {dataset.name!r} has task 'segmentation' but no per-object masks (get_objects); "
+                            "use the built-in 'scenes' dataset")
+    return problems
+
+
 def _stop(problems: list[str]) -> None:
     """Raise one ConfigError listing every problem (each once), if there is any."""
     if problems:
@@ -240,6 +256,13 @@ def _methods(methods: Sequence[str], dataset: DatasetSpec, kind: str) -> tuple[s
                  and (dataset.annotated or not get_method(m).needs_ground_truth))
 
 
+def kinds_for(kinds: Sequence[str], dataset: DatasetSpec) -> list[str]:
+    """The config's kinds whose task is the dataset's (a segmenter trains on a segmentation dataset only)."""
+    from ..models import get_kind
+
+    return [kind for kind in kinds if getattr(get_kind(kind), "task", "classification") == dataset.task]
+
+
 def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants: tuple[Variant, ...],
           trainers: Mapping[tuple, Any]) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
     """dataset x backbone x kind x variant x seed, in that order; one stability group per (dataset,
@@ -251,7 +274,7 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
     models_per_group = len(config["seeds"]) * len(variants)
     for dataset in datasets:
         for backbone in config["backbones"]:
-            for kind in config["kinds"]:
+            for kind in kinds_for(config["kinds"], dataset):
                 methods = _methods(config["methods"], dataset, kind)
                 groups = tuple(tuple(g) for g in one_pass_groups(methods))  # one group per layer
                 for variant in variants:

@@ -18,7 +18,10 @@ from .store import ALL_SEEDS, CellKey
 
 GALLERY_CELL = "gallery"
 SPLITS = ("train", "test")
-DATASET_KEYS = ("name", "root", "image_size", "options")
+DATASET_KEYS = ("name", "root", "image_size", "options", "task")
+# What a dataset's models do, and how their maps are scored: "classification" (the image's class), or
+# "segmentation" (each object of a scene, with the others as distractors: camzoo.bench.objects).
+TASKS = ("classification", "segmentation")
 VARIANT_KEYS = ("name", "train", "model")
 
 
@@ -51,6 +54,7 @@ class DatasetSpec:
     image_size: int
     options: Mapping[str, Any]
     annotated: bool = False  # masks or boxes: the localization metrics and the oracle control need them
+    task: str = "classification"  # TASKS: which model kinds it trains (a kind's ``task``) and how it scores
 
     @classmethod
     def parse(cls, entry: object) -> tuple[DatasetSpec | None, list[str]]:
@@ -62,14 +66,17 @@ class DatasetSpec:
         extra = set(entry) - set(DATASET_KEYS)
         if extra:
             problems.append(f"dataset {entry['name']!r} has unknown keys {sorted(extra)} "
-                            "(valid: name, root, image_size, options)")
+                            "(valid: name, root, image_size, options, task)")
+        task = entry.get("task", "classification")
+        if task not in TASKS:
+            problems.append(f"dataset {entry['name']!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
         options = entry.get("options", {})
         if not isinstance(options, Mapping) or not all(isinstance(options.get(s, {}), Mapping) for s in SPLITS):
             problems.append(f"dataset {entry['name']!r}: options must be a table (with optional train/test tables), "
                             f"got {options!r}")
         if problems:
             return None, problems
-        return cls(entry["name"], entry.get("root", ""), entry.get("image_size", 32), Frozen(options)), []
+        return cls(entry["name"], entry.get("root", ""), entry.get("image_size", 32), Frozen(options), task=task), []
 
     @classmethod
     def parse_all(cls, entries: object) -> tuple[tuple[DatasetSpec, ...], list[str]]:

@@ -36,6 +36,7 @@ from .localization import (
     relevance_rank_accuracy,
 )
 from .wsol import max_box_acc, max_box_acc_from_hits
+from .objects import object_share
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
 from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
@@ -65,6 +66,7 @@ __all__ = [
     "MetricInfo",
     "ScoringContext",
     "accuracy",
+    "object_share",
     "auc",
     "average_drop_increase",
     "boxes_to_masks",

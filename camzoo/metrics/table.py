@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from . import confidence, discrimination, faithfulness, game_rows, localization, wsol
+from . import confidence, discrimination, faithfulness, game_rows, localization, objects, wsol
 from .context import ScoringContext
 from .selection import METRICS, SELECTING_FIELDS
 from .settings import EvalSettings
@@ -128,6 +128,14 @@ def _energy(variant: str) -> Callable[[ScoringContext], Row]:
     return compute
 
 
+def _objects(name: str) -> Callable[[ScoringContext], Row]:
+    def compute(ctx: ScoringContext) -> Row:
+        result = ctx.cached("objects", lambda: objects.object_share(ctx.maps, ctx.masks, ctx.other_masks))
+        return _row(result[name].mean(), result[name])
+
+    return compute
+
+
 def _best_threshold_accuracy(mean_hits: np.ndarray) -> np.ndarray:
     """MaxBoxAcc from mean hit tables (R, IoU thresholds, CAM thresholds): the best CAM threshold per
     IoU threshold, then the mean over IoU thresholds (wsolevaluation's BoxEvaluator.compute)."""
@@ -185,6 +193,10 @@ _ENTRIES = (
     # -- once per trained model
     _info("top1", True, 0, 1, "accuracy", "top-1 accuracy", scope="model", column="Accuracy"),
     _info("top5", True, 0, 1, "accuracy", "top-5 accuracy (datasets with more than 5 classes)", scope="model"),
+    _info("pixel_accuracy", True, 0, 1, "", "a segmenter's share of correctly classified pixels (background "
+          "included)", scope="model", column="Pixel accuracy"),
+    _info("miou", True, 0, 1, "", "a segmenter's mean IoU over the classes present in its prediction or the "
+          "truth (background included)", scope="model", column="mIoU"),
     # -- from each method's maps
     _info("deletion", False, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are deleted", needs=("model",), column="Deletion AUC",
@@ -235,6 +247,13 @@ _ENTRIES = (
     _info("pxap", True, 0, 1, "pxap", "pixel-wise average precision against object masks", needs=("masks",),
           # per image: (positive, negative) histograms; each image's own AP is its paired-test value
           column="PxAP", compute=_pxap, pooled=_pooled_pxap, per_image_score=_pooled_pxap, combine=_combined_pxap),
+    # -- one object of a scene of several (the benchmark's object track): the target versus the distractors
+    _info("object_share", True, 0, 1, "object_share",
+          "share of positive attribution on the explained object, of that on all the scene's objects",
+          needs=("objects",), column="Object share", compute=_objects("object_share")),
+    _info("object_share_chance", True, 0, 1, "object_share",
+          "the object share of a map spread evenly over the objects: the explained object's share of their "
+          "area", needs=("objects",), column="Share at chance", compute=_objects("object_share_chance")),
     # -- faithfulness with headroom: the symmetric MoRF/LeRF gain over several substrates
     *(_info(f"srg_{name}", True, -1, 1, "morf_lerf",
             f"SRG = AUC(LeRF) - AUC(MoRF), removed pixels replaced by the {name!r} substrate", needs=("model",),
@@ -300,7 +319,7 @@ _ENTRIES = (
 )
 
 SCOPES = ("model", "map", "stability", "cost", "dataset")
-NEEDS = ("model", "masks", "boxes", "annotations", "method")
+NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects")
 READS = ("images", "games", "inputs")
 
 
