@@ -112,3 +112,90 @@ def test_options_of_another_task_and_bad_masks_are_one_line_usage_errors(tmp_pat
     usage_error(cli(*seg, "--target", "1", "--mask", tmp_path / "zero.png"), "zero.png' has no nonzero pixel")
     usage_error(cli(*det, "--model-option", "box_score_tresh=0"), "did you mean 'box_score_thresh'")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# --- end to end, on random-init torchvision models saved as state_dicts ---------------------------
+
+
+@pytest.fixture(scope="module")
+def segmenter_weights(tmp_path_factory):
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("seg") / "fcn.pth"
+    torch.save(torchvision.models.get_model("fcn_resnet50", weights=None, weights_backbone=None, num_classes=3)
+               .state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector_weights(tmp_path_factory):
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("det") / "frcnn.pth"
+    torch.save(torchvision.models.get_model(DETECTOR.split(":")[1], weights=None, weights_backbone=None,
+                                            num_classes=3).state_dict(), path)
+    return path
+
+
+def test_segmentation_explains_the_mask_or_the_predicted_region(tmp_path, segmenter_weights):
+    from camzoo.inputs import prepare_images
+    from camzoo.models.loading import load_any_model
+
+    photo = picture(tmp_path / "a.png", size=(64, 64))
+    model = load_any_model("torchvision:fcn_resnet50", segmenter_weights)
+    with torch.no_grad():
+        predicted = model(prepare_images(Image.open(photo), model))["out"].argmax(1)[0]
+    common = ("explain", photo, "--model", "torchvision:fcn_resnet50", "--checkpoint", segmenter_weights,
+              "--no-progress")
+    result = cli(*common, "--target", str(int(predicted.flatten().mode().values)), "--out", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert "gradcam class" in result.output and "region" in result.output
+    drawn = white(Image.open(tmp_path / "p" / "a_gradcam.png"))
+    assert drawn.any()  # the predicted region's outline
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 8:32] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    result = cli(*common, "--target", "2", "--mask", tmp_path / "m.png", "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    drawn = white(Image.open(tmp_path / "m" / "a_gradcam.png"))
+    rows, cols = np.nonzero(drawn)
+    assert (rows.min(), cols.min(), rows.max(), cols.max()) == (16, 8, 39, 31) and not drawn[17:39, 9:31].any()
+    row = (tmp_path / "m" / "manifest.csv").read_text().splitlines()
+    assert row[0].endswith("overlay,map") and ",2,2," in row[1]  # target 2, named by its index
+    usage_error(cli(*common, "--target", "3", "--out", tmp_path / "x"), "target 3 is out of range for a model with 3 "
+                                                                      "classes (valid: 0..2)")
+    usage_error(cli(*common, "--target", "sky", "--out", tmp_path / "x"), "'sky' is a class name, but this model has "
+                                                                        "no class names")
+
+
+def test_detection_explains_every_box_above_the_score_or_the_given_box(tmp_path, detector_weights):
+    import csv
+
+    photo = picture(tmp_path / "a.png", size=(80, 64))
+    common = ("explain", photo, "--model", DETECTOR, "--checkpoint", detector_weights, *TINY,
+              "--model-option", "box_score_thresh=0.0", "--no-progress")
+    result = cli(*common, "--score", "0", "--max-boxes", "2", "--out", tmp_path / "d")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "d" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["overlay"] for r in rows] == ["a_gradcam_box0.png", "a_gradcam_box1.png"]
+    assert float(rows[0]["box_score"]) >= float(rows[1]["box_score"]) and rows[0]["box"].count(",") == 3
+    assert result.output.count("detected with score") == 2
+    for r in rows:  # each overlay draws its own box, in the photo's pixels
+        x0, y0, x1, y1 = (float(v) for v in r["box"].split(","))
+        drawn = white(Image.open(tmp_path / "d" / r["overlay"]))
+        assert drawn.any() and Image.open(tmp_path / "d" / r["overlay"]).size == (80, 64)
+        rows_, cols_ = np.nonzero(drawn)
+        assert abs(cols_.min() - x0) <= 1 and abs(rows_.min() - y0) <= 1 and abs(cols_.max() + 1 - x1) <= 1.5
+    result = cli(*common, "--score", "0.999", "--out", tmp_path / "n")
+    assert result.exit_code == 0 and "no box scores >= 0.999 (the best scores" in result.output, result.output
+    assert "lower --score" in result.output and not list((tmp_path / "n").glob("*.png"))
+    result = cli(*common, "--target", "1", "--box", "8,16,40,48", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    drawn = white(Image.open(tmp_path / "b" / "a_gradcam_box0.png"))
+    rows_, cols_ = np.nonzero(drawn)
+    assert (rows_.min(), cols_.min(), rows_.max(), cols_.max()) == (16, 8, 47, 39)
+    usage_error(cli(*common, "--target", "0", "--out", tmp_path / "x"), "0 is a detector's background class")
+    usage_error(cli(*common, "--target", "3", "--out", tmp_path / "x"), "target 3 is out of range for a model with 3")

@@ -34,6 +34,13 @@ def no_downloads(monkeypatch):
     monkeypatch.setattr(tv_api.WeightsEnum, "get_state_dict", refuse)
 
 
+def test_the_guard_catches_a_builders_default_backbone_download(no_downloads):
+    import torchvision
+
+    with pytest.raises(AssertionError, match="a download was attempted"):
+        torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None)  # weights_backbone defaults to ImageNet
+
+
 def test_every_family_has_a_member():
     import torchvision
 

@@ -111,7 +111,7 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
                 outputs = class_count(model, task, model.eval()(list(blank) if task == "detection" else blank))
     except (ValueError, TypeError, MemoryError, RuntimeError, KeyError) as err:
         raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
-    target = probe_target(task, size)
+    target = probe_target(task, size, device)
     for explainer in explainers:
         try:
             if method_options:  # camzoo.explain checks the options against the method's own

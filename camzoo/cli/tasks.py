@@ -113,7 +113,9 @@ def check_box_inside(box: Box, files: Sequence[Path]) -> None:
 
     for path in files:
         try:
-            height, width = open_image(path, max_size=64)[1]
+            with warnings.catch_warnings():  # an animation's note comes when the run reads it
+                warnings.simplefilter("ignore")
+                height, width = open_image(path, max_size=64)[1]
         except (ValueError, FileNotFoundError):
             continue
         if box[2] > width or box[3] > height:
@@ -135,14 +137,14 @@ def class_count(model: Any, task: str, output: Any) -> int | None:
     return count if isinstance(count, int) else None
 
 
-def probe_target(task: str, size: tuple[int, int]) -> Any:
+def probe_target(task: str, size: tuple[int, int], device: Any = "cpu") -> Any:
     """A target the methods can be tried with on a blank image of ``size`` (None: the predicted class)."""
     from ..targets import BoxTarget, SegmentationTarget
 
     if task == "segmentation":
         import torch
 
-        return SegmentationTarget(0, mask=torch.ones(size, dtype=torch.bool))
+        return SegmentationTarget(0, mask=torch.ones(size, dtype=torch.bool, device=device))
     if task == "detection":
         return BoxTarget(1, (0.0, 0.0, float(size[1]), float(size[0])))
     return None
