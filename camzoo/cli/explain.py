@@ -156,13 +156,15 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--method", "methods", multiple=True, default=("gradcam",), show_default=True,
               help="CAM method, see `camzoo methods`; repeat for several.")
 @click.option("--target", "targets", multiple=True,
-              help="Class index or name to explain (default: the predicted class); once for all images, or once per image.")
+              help="Class index or name to explain (default: the predicted class; detection: every detected box's); "
+                   "once for all images, or once per image. Detection: --box's class, or only this class's boxes.")
 @click.option("--layer", "layers", multiple=True,
               help="Dotted module name to explain; repeat to fuse several (default: chosen per model family).")
 @click.option("--output", "output",
               help="Where the model's output holds the logits: an index (tuple) or a key/attribute name "
                    "(default: a tensor itself, a tuple's first item, a dict's 'logits').")
-@click.option("--image-size", type=click.IntRange(min=1), help="Side the model sees (default: the model's input size).")
+@click.option("--image-size", type=click.IntRange(min=1),
+              help="Side the model sees (default: the model's input size; none: each photo's own, e.g. for detectors).")
 @click.option("--max-size", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Longest side kept of each photo (larger ones are downscaled, aspect kept); 0: no limit.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
