@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from . import methods
+    from . import methods, targets
     from .api import explain, list_methods
     from .explanation import Explanation
     from .models import build_model
 
-_LAZY = {"methods": (".methods", None), "explain": (".api", "explain"), "list_methods": (".api", "list_methods"),
+_LAZY = {"methods": (".methods", None), "targets": (".targets", None),
+         "explain": (".api", "explain"), "list_methods": (".api", "list_methods"),
          "Explanation": (".explanation", "Explanation"), "build_model": (".models", "build_model")}
 
-__all__ = ["Explanation", "__version__", "build_model", "explain", "list_methods", "methods"]
+__all__ = ["Explanation", "__version__", "build_model", "explain", "list_methods", "methods", "targets"]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,7 +47,8 @@ def explain(
     """Explain ``model``'s decision on ``img`` with a CAM method, or with several at once.
 
     Args:
-        model: the classifier (a ``torch.nn.Module``); the images are moved to its device.
+        model: the classifier, segmenter or detector (a ``torch.nn.Module``); the images are moved to
+            its device.
         img: a normalised tensor (3,H,W) or (B,3,H,W) (resized to ``image_size`` when given); a PIL
             image, an HxWx3 uint8 array or a path (resized to ``image_size`` or the model's input size
             and normalised with its mean/std; EXIF orientation applied, 16-bit files scaled by bit
@@ -64,6 +65,10 @@ def explain(
             timm's ``label_names``, a Hugging Face ``id2label``), one for all images or one per image
             in order; or a function of the (B, num_classes) logits returning (B,) class indices.
             Scores are softmax probabilities (a one-logit model's score is the sigmoid of its logit).
+            Segmenters and detectors: a target of one image's output (``camzoo.targets``:
+            ``SegmentationTarget``, ``BoxTarget``, ``ClassTarget``, or any callable returning a
+            scalar), or a list with one per image; scores are then the targets' values
+            (docs/methods.md, "Segmentation and detection").
         layer: a module or dotted name, or a list of them (maps fused: each min-max normalised, resized
             to the finest layer's resolution, averaged); None picks the layer per model family and
             input size (docs/methods.md, "Layer choice per family").

@@ -7,6 +7,8 @@ x0,y0,x1,y1 in pixel-edge coordinates, (B,K,4), rows of NaN as padding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 
@@ -85,3 +87,55 @@ def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor
     inside_x = (centres_x >= x0) & (centres_x <= x1)  # (B,K,W)
     inside_y = (centres_y >= y0) & (centres_y <= y1)  # (B,K,H)
     return (inside_y[..., :, None] & inside_x[..., None, :]).any(1)
+
+
+# {"mask": (B,H,W) bool, "boxes": (B,K,4) float x0,y0,x1,y1 pixel edges, rows of NaN as padding};
+# either key may be absent or None.
+GroundTruth = Mapping[str, torch.Tensor | None]
+GROUND_TRUTH_KEYS = ("mask", "boxes")
+
+
+def check_ground_truth(ground_truth: GroundTruth | None, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Validate ground truth against a (B,3,H,W) batch; return it on the images' device (None if empty).
+
+    Why here: every method is called with the same ground truth by the benchmark, so a mask for the
+    wrong batch or the wrong image size must fail at the call, not as a plausible oracle row. A
+    ``None`` value counts as absent, so ``{"mask": dataset.masks, "boxes": dataset.boxes}`` works for
+    datasets that have only one of them.
+    """
+    if ground_truth is None:
+        return None
+    if not isinstance(ground_truth, Mapping):
+        raise TypeError(
+            "ground_truth must be a dict with 'mask' ((B,H,W) bool) and/or 'boxes' ((B,K,4) x0,y0,x1,y1, "
+            f"NaN-padded); got {type(ground_truth).__name__}"
+        )
+    unknown = sorted(str(key) for key in ground_truth if key not in GROUND_TRUTH_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown ground_truth key(s) {unknown}; use 'mask' ((B,H,W) bool) and/or 'boxes' ((B,K,4) "
+            "x0,y0,x1,y1 in pixel-edge coordinates, NaN-padded)"
+        )
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    truth: dict[str, torch.Tensor] = {}
+    mask = ground_truth.get("mask")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"ground_truth['mask'] must be a bool torch.Tensor (B,H,W); got {type(mask).__name__}")
+        if tuple(mask.shape) != (batch, height, width):
+            raise ValueError(
+                f"ground_truth['mask'] must be (B,H,W) = ({batch}, {height}, {width}), one mask per image at "
+                f"the images' resolution; got {tuple(mask.shape)}"
+            )
+        truth["mask"] = check_masks(mask, mask.shape).to(images.device)
+    boxes = ground_truth.get("boxes")
+    if boxes is not None:
+        if not isinstance(boxes, torch.Tensor):
+            raise TypeError(f"ground_truth['boxes'] must be a float torch.Tensor (B,K,4); got {type(boxes).__name__}")
+        if boxes.ndim not in (2, 3) or boxes.shape[0] != batch:
+            raise ValueError(
+                f"ground_truth['boxes'] must be (B,K,4) with B = {batch}, one row of boxes per image; got "
+                f"{tuple(boxes.shape)}"
+            )
+        truth["boxes"] = check_boxes(boxes, batch, height, width).to(images.device)
+    return truth or None

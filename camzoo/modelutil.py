@@ -27,8 +27,12 @@ def model_device(model: nn.Module, fallback: torch.device | None = None) -> torc
 
 
 def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the model expects, from its timm-style ``pretrained_cfg``; ImageNet's otherwise."""
+    """Mean/std the model expects, from its timm-style ``pretrained_cfg``; for a torchvision detector
+    (it normalises inside its ``GeneralizedRCNNTransform`` and takes images in [0, 1]) mean 0, std 1;
+    ImageNet's otherwise."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg and type(getattr(model, "transform", None)).__name__ == "GeneralizedRCNNTransform":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
     return mean, std

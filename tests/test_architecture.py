@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "camzoo"
 LAYERS = [
     {"camzoo._version", "camzoo.io", "camzoo.maps", "camzoo.modelutil", "camzoo.batchnorm_folding", "camzoo.groundtruth",
      "camzoo.registry", "camzoo.world"},
-    {"camzoo.inputs", "camzoo.explanation"},
+    {"camzoo.inputs", "camzoo.explanation", "camzoo.targets"},
     {"camzoo.data"},
     {"camzoo.models"},
     {"camzoo.methods", "camzoo.metrics"},

@@ -1,5 +1,6 @@
-"""Datasets: the built-in "shapes" dataset with exact masks and boxes, and loaders for local copies
-of standard datasets in their official on-disk layouts. See docs/datasets.md."""
+"""Datasets: the built-in "shapes" dataset with exact masks and boxes, "scenes" (several objects per
+image, each with its mask and box), and loaders for local copies of standard datasets in their
+official on-disk layouts. See docs/datasets.md."""
 
 from __future__ import annotations
 

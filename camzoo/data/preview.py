@@ -1,4 +1,8 @@
-"""A picture grid of a dataset's first images, with mask outlines and boxes, for eyeballing annotations."""
+"""A picture grid of a dataset's first images, with mask outlines and boxes, for eyeballing annotations.
+
+A dataset with per-object annotations (``get_objects``, e.g. "scenes") shows every object's outline
+and box, read through ``get_batch(indices, objects=True)`` so they follow any flip of the pixels.
+"""
 
 from __future__ import annotations
 
@@ -24,16 +28,36 @@ def _outline(mask: torch.Tensor) -> torch.Tensor:
     return (m - inner)[:, 0] > 0
 
 
+def _instance_outlines(instances: torch.Tensor) -> torch.Tensor:
+    """Pixels (B,H,W) on the outline of any object of an instance map (0 = background, k = object k-1)."""
+    out = torch.zeros(instances.shape, dtype=torch.bool)
+    for k in instances.unique().tolist():  # at most a few objects per image
+        if k > 0:
+            out |= _outline(instances == k)
+    return out
+
+
+def _first_items(dataset: CamzooDataset, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Images, outline pixels and boxes (NaN-padded) of the first n items: every object's when the
+    dataset has per-object annotations, else the targets' mask and boxes."""
+    if callable(getattr(dataset, "get_objects", None)):
+        images, _, targets = dataset.get_batch(torch.arange(n), objects=True)
+        return images, _instance_outlines(targets["instances"]), targets["object_boxes"]
+    images, _, targets = next(iter(loader(dataset, batch_size=n)))  # the first batch = the first n items
+    mask = targets.get("mask")
+    return images, None if mask is None else _outline(mask), targets.get("boxes")
+
+
 def render_grid(dataset: CamzooDataset, rows: int = 4, cols: int = 8, scale: int = 1, annotate: bool = True) -> np.ndarray:
     """(H,W,3) uint8 grid of the first rows*cols items, 2 px gaps."""
     n = min(rows * cols, len(dataset))
-    images, _, targets = next(iter(loader(dataset, batch_size=n)))  # the first batch = the first n items
+    images, outline, all_boxes = _first_items(dataset, n)
     pixels = to_display_images(images, dataset.mean, dataset.std).copy()
     size = pixels.shape[1]
-    if annotate and "mask" in targets:
-        pixels[_outline(targets["mask"]).numpy()] = OUTLINE
-    if annotate and "boxes" in targets:
-        for i, boxes in enumerate(targets["boxes"].numpy()):
+    if annotate and outline is not None:
+        pixels[outline.numpy()] = OUTLINE
+    if annotate and all_boxes is not None:
+        for i, boxes in enumerate(all_boxes.numpy()):
             for x0, y0, x1, y1 in boxes[~np.isnan(boxes).any(axis=1)]:
                 c0, r0 = int(np.clip(np.floor(x0), 0, size - 1)), int(np.clip(np.floor(y0), 0, size - 1))
                 c1, r1 = int(np.clip(np.ceil(x1) - 1, 0, size - 1)), int(np.clip(np.ceil(y1) - 1, 0, size - 1))

@@ -30,6 +30,12 @@ def _shapes(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDat
     return load_shapes(split, root=root, image_size=image_size, **options)
 
 
+def _scenes(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
+    from .scenes import load_scenes
+
+    return load_scenes(split, root=root, image_size=image_size, **options)
+
+
 def _cifar(num_classes: int) -> Callable[..., CamzooDataset]:
     def build(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
         from .cifar import load_cifar
@@ -70,6 +76,9 @@ def register_dataset(info: DatasetInfo, aliases: tuple[str, ...] = ()) -> Datase
 for _entry in (
         DatasetInfo("shapes", "built-in: one class-defining shape among distractors on real textures",
                     "", ("train", "val", "test"), ("mask", "boxes"), _shapes, needs_root=False),
+        DatasetInfo("scenes", "built-in: 2-4 shapes of distinct classes per image, every object's mask and box "
+                    "(segmentation and detection ground truth)",
+                    "", ("train", "val", "test"), ("mask", "boxes"), _scenes, needs_root=False),
         DatasetInfo("digits", "built-in: scikit-learn's 1,797 real 8x8 handwritten digits, upsampled (default 32 px)",
                     "", ("train", "val", "test"), (),
                     lambda split, root, image_size, **options: __import__(
@@ -115,8 +124,8 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, image_siz
     """A dataset split as a torch Dataset of ``(image, label, target)`` (see the data contract).
 
     ``root``: the local copy of an on-disk dataset (default: $CAMZOO_DATA/<name>), or the cache
-    directory of "shapes". ``image_size``: the side of the square images returned (default: the
-    dataset's native size, 224 for photo folders, 64 for "shapes").
+    directory of "shapes" and "scenes". ``image_size``: the side of the square images returned
+    (default: the dataset's native size, 224 for photo folders, 64 for "shapes" and "scenes").
     """
     entry = info(name)
     if split not in entry.splits:

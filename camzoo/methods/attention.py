@@ -25,6 +25,8 @@ class AttentionMap(CAMMethod):
         """Only to kinds whose forward pass produces their own map (ABN, LFI-CAM)."""
         return bool(getattr(model_class, "produces_attention", False))
 
+    serves_output_targets = False  # the model's own map is of its predicted class, not of a region or box
+
     def __init__(self, model: torch.nn.Module, layer: object = None, batch_size: int | None = None):
         if layer is not None:
             raise ValueError("method 'attention' reads the model's own map and takes no layer; drop layer=...")

@@ -27,7 +27,7 @@ from torch import nn
 from ..explanation import Explanation
 from ..modelutil import model_normalisation
 from ..maps import minmax_normalise
-from ..groundtruth import check_boxes, check_masks
+from ..groundtruth import GroundTruth, check_ground_truth
 from ..modelutil import eval_mode
 from .capture import LayerCapture, capture_layers, fuse_layer_maps
 from .layers import LayerSpec, resolve_layers
@@ -40,15 +40,16 @@ from .outputs import (  # noqa: F401  (re-exported: methods and the CLI import t
     run_model,
     select_targets,
 )
+from .objectives import OutputTargets, Targeted, output_targets, targeted_forward
 from .reshape import Reshape
+from ..targets import Target
 
 # None: the predicted class; an int or class name, or one per image; or a function of the (B,K) logits
-# returning (B,) class indices (e.g. ``lambda logits: logits.topk(2).indices[:, 1]``, the runner-up).
-TargetSpec = int | str | Sequence[int | str] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-# {"mask": (B,H,W) bool, "boxes": (B,K,4) float x0,y0,x1,y1 pixel edges, rows of NaN as padding};
-# either key may be absent or None.
-GroundTruth = Mapping[str, torch.Tensor | None]
-GROUND_TRUTH_KEYS = ("mask", "boxes")
+# returning (B,) class indices (e.g. ``lambda logits: logits.topk(2).indices[:, 1]``, the runner-up);
+# or output targets (methods/objectives.py): a camzoo.targets.Target, or a list of callables of one
+# image's output (one per image, or one for all).
+TargetSpec = int | str | Sequence[int | str] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | \
+    Target | Sequence[Callable[..., torch.Tensor]] | None
 
 
 def upsample_and_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -72,9 +73,13 @@ def _class_index(name: str, class_names: Sequence[str] | None) -> int:
 
 
 def expand_targets(target: TargetSpec, batch: int, class_names: Sequence[str] | None = None
-                   ) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None:
+                   ) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | OutputTargets | None:
     """Long (B,) targets from an int, a class name, a sequence of those, or a tensor (None stays None:
-    predicted class). One target applies to every image; otherwise give exactly one per image."""
+    predicted class); :class:`OutputTargets` from output targets. One target applies to every image;
+    otherwise give exactly one per image."""
+    outputs = output_targets(target, batch)
+    if outputs is not None:
+        return outputs
     if target is None or callable(target):
         return target  # a function of the logits is applied chunk by chunk (outputs.select_targets)
     if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
@@ -102,52 +107,6 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0])
     return logits.softmax(dim=1).gather(1, targets[:, None].to(logits.device))[:, 0]
-
-
-def check_ground_truth(ground_truth: GroundTruth | None, images: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Validate ground truth against a (B,3,H,W) batch; return it on the images' device (None if empty).
-
-    Why here: every method is called with the same ground truth by the benchmark, so a mask for the
-    wrong batch or the wrong image size must fail at the call, not as a plausible oracle row. A
-    ``None`` value counts as absent, so ``{"mask": dataset.masks, "boxes": dataset.boxes}`` works for
-    datasets that have only one of them.
-    """
-    if ground_truth is None:
-        return None
-    if not isinstance(ground_truth, Mapping):
-        raise TypeError(
-            "ground_truth must be a dict with 'mask' ((B,H,W) bool) and/or 'boxes' ((B,K,4) x0,y0,x1,y1, "
-            f"NaN-padded); got {type(ground_truth).__name__}"
-        )
-    unknown = sorted(str(key) for key in ground_truth if key not in GROUND_TRUTH_KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown ground_truth key(s) {unknown}; use 'mask' ((B,H,W) bool) and/or 'boxes' ((B,K,4) "
-            "x0,y0,x1,y1 in pixel-edge coordinates, NaN-padded)"
-        )
-    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-    truth: dict[str, torch.Tensor] = {}
-    mask = ground_truth.get("mask")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"ground_truth['mask'] must be a bool torch.Tensor (B,H,W); got {type(mask).__name__}")
-        if tuple(mask.shape) != (batch, height, width):
-            raise ValueError(
-                f"ground_truth['mask'] must be (B,H,W) = ({batch}, {height}, {width}), one mask per image at "
-                f"the images' resolution; got {tuple(mask.shape)}"
-            )
-        truth["mask"] = check_masks(mask, mask.shape).to(images.device)
-    boxes = ground_truth.get("boxes")
-    if boxes is not None:
-        if not isinstance(boxes, torch.Tensor):
-            raise TypeError(f"ground_truth['boxes'] must be a float torch.Tensor (B,K,4); got {type(boxes).__name__}")
-        if boxes.ndim not in (2, 3) or boxes.shape[0] != batch:
-            raise ValueError(
-                f"ground_truth['boxes'] must be (B,K,4) with B = {batch}, one row of boxes per image; got "
-                f"{tuple(boxes.shape)}"
-            )
-        truth["boxes"] = check_boxes(boxes, batch, height, width).to(images.device)
-    return truth or None
 
 
 # what the base class's constructor takes (not a method option) and the cost classes, cheapest first
@@ -208,6 +167,10 @@ class CAMMethod:
     cost: ClassVar[str] = "backward"
     # names this method was registered under before (a results store may hold them)
     aliases: ClassVar[tuple[str, ...]] = ()
+    # False for a method that explains classes only (it reads a model's own class map): output targets
+    # (camzoo.targets) are refused with one line
+    serves_output_targets: ClassVar[bool] = True
+    explains_outputs: bool = False  # whether the last run explained output targets (set by each forward)
 
     @classmethod
     def option_parameters(cls) -> dict[str, inspect.Parameter]:
@@ -315,8 +278,18 @@ class CAMMethod:
         with model_errors(images[:1]):  # the automatic choice may probe the model with one image
             self.layers = resolve_layers(self.model, self._layer_spec, probe=images[:1])
         self.layer = "+".join(self.layers)
-        return capture_layers(self.model, images, self.layers, targets, with_grad=self.uses_gradients,
-                              output=self.output, reshape=self.reshape)
+        captured = capture_layers(self.model, images, self.layers, targets, with_grad=self.uses_gradients,
+                                  output=self.output, reshape=self.reshape)
+        self.explains_outputs = captured.explains_outputs
+        return captured
+
+    def forward_targets(self, images: torch.Tensor, targets: torch.Tensor | OutputTargets | None) -> Targeted:
+        """One plain forward (no hooks, no autograd) and the targets it explains, for methods that do
+        not go through :meth:`capture` (controls, Captum)."""
+        with torch.no_grad():
+            result = targeted_forward(self.model, images, targets, self.output)
+        self.explains_outputs = result.explains_outputs
+        return result
 
     def __call__(
         self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None
@@ -339,6 +312,12 @@ class CAMMethod:
         batch = images.shape[0]
         chunk = self.batch_size or batch
         targets = expand_targets(target, batch, model_class_names(self.model))
+        if isinstance(targets, OutputTargets):
+            if not self.serves_output_targets:
+                raise ValueError(f"method {self.name!r} explains classes only; it cannot serve "
+                                 f"{type(targets.targets[0]).__name__} targets: use gradcam, eigencam or scorecam")
+            with eval_mode(self.model):
+                targets = targets.bound(self.model, images, self.output, chunk)
         truth = check_ground_truth(ground_truth, images)
         if self.needs_ground_truth and truth is None:
             raise ValueError(
@@ -380,7 +359,8 @@ class CAMMethod:
                 "weights and the input for NaN/inf"
             )
         maps = upsample_and_normalise(raw, tuple(images.shape[-2:]))
-        scores = target_scores(logits, targets)
+        # output targets: the score is the target's own value (a box's IoU + score, a region's summed logits)
+        scores = logits[:, 0].float() if self.explains_outputs else target_scores(logits, targets)
         mean, std = model_normalisation(self.model)
         return Explanation(
             maps=maps,

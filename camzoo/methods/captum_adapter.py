@@ -23,7 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .base import CAMMethod, run_model, select_targets
+from .base import CAMMethod, run_model
+from .objectives import OutputTargets
+from .outputs import forward_raw
 from .layers import get_layer, resolve_layers
 
 PREFIX = "captum:"
@@ -84,36 +86,59 @@ class CaptumMethod(CAMMethod):
         self.init_options = {k: v for k, v in options.items() if k in init_names}
         self.call_options = {k: v for k, v in options.items() if k in call_names and k not in init_names}
 
-    def _forward(self) -> Any:
+    def _forward(self, objective: Callable[..., torch.Tensor] | None = None) -> Any:
         """What Captum calls: the model itself where the attribution needs a module (GuidedBackprop),
-        else camzoo's run_model, so output= and a model that squeezes its batch axis work as for CAMs."""
+        else camzoo's run_model, so output= and a model that squeezes its batch axis work as for CAMs;
+        with an output target, the (n,) values of that one target on each of the n inputs."""
         first = next(iter(list(inspect.signature(self.attribution_class.__init__).parameters)[1:2]), "")
         if first != "forward_func":
+            if objective is not None:
+                raise ValueError(f"{self.name} attributes the model module's own output, so it cannot serve an "
+                                 f"output target ({objective!r}); use captum:IntegratedGradients or captum:Saliency")
             return self.model
+        if objective is not None:
+            return lambda inputs, *args: OutputTargets([objective] * inputs.shape[0]).values(
+                forward_raw(self.model, inputs), self.output)
         return lambda inputs, *args: run_model(self.model, inputs, self.output)
 
-    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            logits = run_model(self.model, images, self.output)
-        targets = select_targets(targets, logits)
+    def _attribute(self, images: torch.Tensor, target: torch.Tensor | None,
+                   objective: Callable[..., torch.Tensor] | None) -> torch.Tensor:
+        """One Captum ``attribute`` call on ``images``: for ``target`` classes, or one output target."""
+        forward = self._forward(objective)
         if self.is_layer_method:
             self.layers = resolve_layers(self.model, self._layer_spec, probe=images[:1])
             if len(self.layers) != 1:
                 raise ValueError(f"{self.name} explains one layer; got layer={self.layers}")
             self.layer = self.layers[0]
-            layer = get_layer(self.model, self.layer)
-            attribution = self.attribution_class(self._forward(), layer, **self.init_options)
+            attribution = self.attribution_class(forward, get_layer(self.model, self.layer), **self.init_options)
         else:
-            attribution = self.attribution_class(self._forward(), **self.init_options)
+            attribution = self.attribution_class(forward, **self.init_options)
         with torch.enable_grad():  # a leaf that requires grad: Captum would otherwise warn and set it
             inputs = images.detach().clone().requires_grad_(True)
             try:
-                result = attribution.attribute(inputs, target=targets, **self.call_options)
+                result = attribution.attribute(inputs, target=target, **self.call_options)
             except AssertionError as err:  # Captum checks its inputs with asserts (e.g. logits without a batch axis)
                 raise ValueError(f"{self.name}: Captum refused this model or these options: {err}") from err
         result = result[0] if isinstance(result, tuple) else result
-        result = result.detach().float()
+        return result.detach().float()
+
+    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        forward = self.forward_targets(images, targets)
+        logits, chosen = forward.logits, forward.chosen
+        if not forward.explains_outputs:
+            result = self._attribute(images, chosen, None)
+        else:  # Captum expands inputs (steps, samples) in its own order: one attribute call per distinct target
+            objective = targets if isinstance(targets, OutputTargets) else OutputTargets([targets] * len(images))
+            groups: dict[int, list[int]] = {}
+            for index, target in enumerate(objective.targets):
+                groups.setdefault(id(target), []).append(index)
+            parts = {tuple(rows): self._attribute(images[rows], None, objective.targets[rows[0]])
+                     for rows in groups.values()}
+            first = next(iter(parts.values()))
+            result = first.new_empty((len(images), *first.shape[1:]))
+            for rows, part in parts.items():
+                result[list(rows)] = part
         if result.ndim == 4:
             raw = result[:, 0] if result.shape[1] == 1 else REDUCTIONS[self.reduce](result)
         elif result.ndim == 3:
@@ -121,7 +146,7 @@ class CaptumMethod(CAMMethod):
         else:
             raise ValueError(f"{self.name} returned attributions of shape {tuple(result.shape)}; camzoo maps need "
                              "(B,C,H,W), (B,1,h,w) or (B,h,w)")
-        return logits.detach(), targets, raw
+        return logits.detach(), chosen, raw
 
 
 def captum_method(attribution: str) -> type[CaptumMethod]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ from torch import nn
 
 from ..maps import minmax_normalise
 from .layers import get_layer
-from .outputs import OutputSelector, TargetFunction, run_model, select_targets
+from .objectives import OutputTargets, targeted_forward
+from .outputs import OutputSelector, TargetFunction
 from .reshape import Reshape, check_spatial, to_feature_map
 
 
@@ -34,30 +35,50 @@ class LayerCapture:
     targets: torch.Tensor
     activations: list[torch.Tensor]
     gradients: list[torch.Tensor | None]
+    explains_outputs: bool = False  # output targets (camzoo.targets): ``logits`` holds their values as (B, 1)
+    outputs: tuple[object, ...] = ()  # each layer's output as the layer returned it, detached (Ablation-CAM)
+
+
+def layer_tensors(output: object) -> dict[str, torch.Tensor] | None:
+    """A layer's output as {key: tensor}: one tensor (key ""), or a dict of tensors (a detector's FPN
+    levels); None for anything else."""
+    if isinstance(output, torch.Tensor):
+        return {"": output}
+    if isinstance(output, Mapping) and output and all(isinstance(v, torch.Tensor) for v in output.values()):
+        return dict(output)
+    return None
+
+
+def rebuild_output(output: object, tensors: dict[str, torch.Tensor]) -> object:
+    """The layer's output with its tensors replaced (same container type)."""
+    return tensors[""] if isinstance(output, torch.Tensor) else type(output)(tensors)  # type: ignore[call-arg]
 
 
 @contextlib.contextmanager
-def _hooks(model: nn.Module, names: Sequence[str], with_grad: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each named module's output; with gradients, the first one reached becomes the leaf."""
-    captured: dict[str, torch.Tensor] = {}
+def _hooks(model: nn.Module, names: Sequence[str], with_grad: bool) -> Iterator[dict[str, object]]:
+    """Record each named module's output; with gradients, the first one reached becomes the leaf
+    (each tensor of a dict output becomes one)."""
+    captured: dict[str, object] = {}
     graph = {"on": False}
 
     def make_hook(name: str):
-        def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor | None:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another "
-                                "layer (a module whose output is one tensor)")
+        def hook(module: nn.Module, inputs: object, output: object) -> object:
+            tensors = layer_tensors(output)
+            if tensors is None:
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor or a dict of tensors; "
+                                "choose another layer (a module whose output is one tensor)")
             if not with_grad:
-                captured[name] = output.detach()
+                captured[name] = rebuild_output(output, {k: v.detach() for k, v in tensors.items()})
                 return None
-            if graph["on"] and output.requires_grad:  # below another explained layer: keep its graph
+            if graph["on"] and all(t.requires_grad for t in tensors.values()):  # below another explained layer
                 captured[name] = output
                 return None
             torch.set_grad_enabled(True)
             graph["on"] = True
-            leaf = output.detach().requires_grad_(True)
-            captured[name] = leaf
-            return leaf.clone()  # a non-leaf, so in-place ops after the layer stay legal
+            leaves = {k: v.detach().requires_grad_(True) for k, v in tensors.items()}
+            captured[name] = rebuild_output(output, leaves)
+            # non-leaves, so in-place ops after the layer stay legal
+            return rebuild_output(output, {k: v.clone() for k, v in leaves.items()})
 
         return hook
 
@@ -69,11 +90,28 @@ def _hooks(model: nn.Module, names: Sequence[str], with_grad: bool) -> Iterator[
             handle.remove()
 
 
+def _gradients(value: torch.Tensor, outputs: list[object], names: Sequence[str]) -> list[object]:
+    """d value / d each layer's output, in the output's own form (a dict for a dict output); a level
+    of a dict the value does not depend on gets zeros (a detector's RPN-only ``pool`` level)."""
+    flat = [(index, key, tensor) for index, out in enumerate(outputs) for key, tensor in layer_tensors(out).items()]
+    grads = torch.autograd.grad(value, [t for _, _, t in flat], allow_unused=True)
+    per_layer: list[dict[str, torch.Tensor | None]] = [{} for _ in outputs]
+    for (index, key, _), grad in zip(flat, grads):
+        per_layer[index][key] = grad
+    result = []
+    for name, out, found in zip(names, outputs, per_layer):
+        if all(g is None for g in found.values()):
+            raise RuntimeError(f"the explained scores do not depend on layer {name!r}; choose a layer the output uses")
+        tensors = layer_tensors(out)
+        result.append(rebuild_output(out, {k: g if g is not None else torch.zeros_like(tensors[k]) for k, g in found.items()}))
+    return result
+
+
 def capture_layers(
     model: nn.Module,
     images: torch.Tensor,
     names: Sequence[str],
-    targets: torch.Tensor | TargetFunction | None,
+    targets: torch.Tensor | TargetFunction | OutputTargets | None,
     *,
     with_grad: bool,
     output: OutputSelector = None,
@@ -87,30 +125,26 @@ def capture_layers(
         grad_was_enabled = torch.is_grad_enabled()
         try:
             torch.set_grad_enabled(False)  # the first hook switches autograd on at its layer
-            logits = run_model(model, images, output)
+            result = targeted_forward(model, images, targets, output)
         finally:
             torch.set_grad_enabled(grad_was_enabled)
     missing = [name for name in names if name not in captured]
     if missing:
         raise RuntimeError(f"layer {missing[0]!r} was not called during the forward pass; choose another layer")
-    chosen = select_targets(targets, logits.detach())
     outputs = [captured[name] for name in names]
-    gradients: list[torch.Tensor | None] = [None] * len(names)
+    gradients: list[object] = [None] * len(names)
     if with_grad:
-        if not logits.requires_grad:
-            raise RuntimeError(f"the logits do not depend on layer {names[0]!r}; choose a layer the output uses")
+        if not result.values.requires_grad:
+            raise RuntimeError(f"the explained scores do not depend on layer {names[0]!r}; choose a layer the "
+                               "output uses")
         with torch.enable_grad():  # also inside the caller's torch.no_grad()
-            selected = logits.gather(1, chosen[:, None]).sum()
-            grads = torch.autograd.grad(selected, outputs, allow_unused=True)
-        for name, grad in zip(names, grads):
-            if grad is None:
-                raise RuntimeError(f"the logits do not depend on layer {name!r}; choose a layer the output uses")
-        gradients = list(grads)
+            gradients = _gradients(result.values.sum(), outputs, names)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     activations: list[torch.Tensor] = []
+    maps: list[torch.Tensor | None] = []
     for index, name in enumerate(names):
         module = get_layer(model, name)
-        pair = [to_feature_map(t.detach(), model, name, module, size, reshape).float()
+        pair = [to_feature_map(_detached(t), model, name, module, size, reshape).float()
                 if t is not None else None for t in (outputs[index], gradients[index])]
         check_spatial(pair[0], name, size)
         for what, tensor in zip(("activations", "gradients"), pair):
@@ -118,8 +152,13 @@ def capture_layers(
                 raise FloatingPointError(f"the {what} of layer {name!r} contain NaN or infinite values; check the "
                                          "model's weights and the input for NaN/inf")
         activations.append(pair[0])
-        gradients[index] = pair[1]
-    return LayerCapture(logits.detach(), chosen, activations, gradients)
+        maps.append(pair[1])
+    return LayerCapture(result.logits.detach(), result.chosen, activations, maps, result.explains_outputs,
+                        tuple(_detached(out) for out in outputs))
+
+
+def _detached(output: object) -> object:
+    return rebuild_output(output, {k: v.detach() for k, v in layer_tensors(output).items()})
 
 
 def fuse_layer_maps(raws: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..groundtruth import boxes_to_masks
-from .base import CAMMethod, OutputSelector, run_model, select_targets
+from .base import CAMMethod, OutputSelector
 from .registry import register
 
 _MASK32 = 0xFFFFFFFF
@@ -177,10 +177,10 @@ class InputControl(CAMMethod):
         targets: torch.Tensor | None,
         ground_truth: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        result = self.forward_targets(images, targets)
         with torch.no_grad():
-            logits = run_model(self.model, images, self.output)
             raw = self.input_map(images, ground_truth)
-        return logits, select_targets(targets, logits), raw
+        return result.logits, result.chosen, raw
 
 
 def centre_gaussian(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

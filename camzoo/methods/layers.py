@@ -9,7 +9,10 @@ cached across sizes):
    final ``norm`` (the token map the head averages, so Grad-CAM there is the original CAM);
    torchvision ViT: the last encoder layer's ``ln_1``; torchvision Swin: the last stage's last
    block's ``norm1``. For Swin, a stage whose map is 1x1 at this size gives way to the one before.
-2. **Everything else** (CNNs, ConvNeXt, EfficientNet): one probe forward; take the *final spatial
+2. **Segmenters and detectors** (torchvision's): a segmenter's backbone stage that its head reads
+   (``backbone.layer4`` for FCN/DeepLabV3 on a ResNet); a detector's ``backbone``, whose feature
+   pyramid is read as one map (``reshape.pyramid_to_feature_map``).
+3. **Everything else** (CNNs, ConvNeXt, EfficientNet): one probe forward; take the *final spatial
    feature map* — the last 4-D output with more than one spatial position, not counting adaptive
    pooling in the head — then name a module that produced exactly that tensor: timm's own stage
    name where it declares one (``stages.3``), else the outermost module containing a convolution
@@ -81,9 +84,25 @@ def _last_index(container: object) -> int | None:
     return len(container) - 1 if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) else None
 
 
+def _dense_family_layer(model: nn.Module) -> str | None:
+    """torchvision segmenters: the backbone stage whose output the head reads (``out``, LRASPP's
+    ``high``: ``backbone.layer4`` for a ResNet); detectors: the whole ``backbone``, a feature pyramid."""
+    if _is_from(model, "torchvision.", "GeneralizedRCNN", "RetinaNet", "FCOS", "SSD"):
+        return "backbone"
+    if _is_from(model, "torchvision.", "FCN", "DeepLabV3", "LRASPP"):
+        returned = getattr(model.backbone, "return_layers", {})
+        for module, key in returned.items():
+            if key in ("out", "high"):
+                return f"backbone.{module}"
+    return None
+
+
 def family_candidates(model: nn.Module) -> list[str]:
     """The family's layer (see the module docstring), or its candidates in order of preference; [] if
-    the model is not of a known transformer/MLP family."""
+    the model is not of a known transformer/MLP/dense-prediction family."""
+    dense = _dense_family_layer(model)
+    if dense is not None:
+        return [dense]
     if _is_from(model, "torchvision.", "VisionTransformer"):
         layers = model.encoder.layers
         return [f"encoder.layers.{list(layers._modules)[-1]}.ln_1"]
@@ -163,7 +182,7 @@ def _family_layer(model: nn.Module, probe: torch.Tensor, size: tuple[int, int]) 
 
 
 def _final_feature_map(model: nn.Module, probe: torch.Tensor) -> str:
-    """The module producing the model's final spatial (B,C,h,w) feature map (rule 2 of the module docstring)."""
+    """The module producing the model's final spatial (B,C,h,w) feature map (rule 3 of the module docstring)."""
     if not has_conv(model):
         raise ValueError(
             f"{type(model).__name__} has no convolutional layer, so there is no spatial feature map to "

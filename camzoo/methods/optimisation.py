@@ -17,7 +17,7 @@ from torch import nn
 
 from ..maps import minmax_normalise
 from .base import CAMMethod
-from .outputs import run_model
+from .objectives import OutputTargets, target_values
 from .registry import register
 
 OPTICAM_ITERATIONS = 50  # the official generate_opticam.py's defaults: --max_iter 50 ...
@@ -68,7 +68,8 @@ class OptiCAM(CAMMethod):
 
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, targets, activations, _ = self.layer_outputs(images, targets)
+        logits, chosen, activations, _ = self.layer_outputs(images, targets)
+        objective = targets if isinstance(targets, OutputTargets) else chosen
         features = activations.float().clamp_min(0)
         size = (images.shape[-2], images.shape[-1])
         weights = torch.full(features.shape[:2], OPTICAM_START, device=features.device, requires_grad=True)
@@ -76,7 +77,7 @@ class OptiCAM(CAMMethod):
         with torch.enable_grad():
             for _ in range(self.iterations):
                 masked = images * self.mask(features, weights, size)[:, None].to(images.dtype)
-                score = run_model(self.model, masked, self.output).gather(1, targets[:, None].to(images.device))
+                score = target_values(self.model, masked, objective, self.output)
                 # gradient of the loss sum(y_c(X) - y_c(X * S)) with respect to u only: the model's
                 # parameters collect no gradient
                 (gradient,) = torch.autograd.grad(-score.sum(), weights)
@@ -84,4 +85,4 @@ class OptiCAM(CAMMethod):
                 optimiser.step()
         with torch.no_grad():
             raw = self.combine(features, weights)
-        return logits, targets, raw
+        return logits, chosen, raw

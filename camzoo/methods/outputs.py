@@ -117,22 +117,34 @@ def model_errors(images: torch.Tensor) -> Iterator[None]:
                          f"for this model?): {first}") from err
 
 
-def run_model(model: nn.Module, images: torch.Tensor, output: OutputSelector = None) -> torch.Tensor:
-    """``model(images)`` in the model's dtype, its logits selected (``output=``) and checked, as float32.
-
-    Why float32: a half or bfloat16 model's logits feed softmax scores and CAM weights, whose
-    arithmetic is done in float32; the cast is differentiable, so gradients still reach the layer.
-    """
+def forward_raw(model: nn.Module, images: torch.Tensor) -> object:
+    """``model(images)`` in the model's dtype, as the model returns it (a tensor, a dict, a list of
+    detections...), with torch's failures turned into one line (:func:`model_errors`)."""
     if images.device.type == "meta" or any(t.device.type == "meta" for t in model.parameters()):
         raise ValueError("the model's weights are on the 'meta' device (shapes only, no values); load real weights "
                          "first, e.g. model.to_empty(device='cpu') then model.load_state_dict(...)")
     with model_errors(images):
-        selected = select_output(model(images.to(model_dtype(model))), output)
+        return model(images.to(model_dtype(model)))
+
+
+def logits_of(raw: object, model: nn.Module, images: torch.Tensor, output: OutputSelector = None) -> torch.Tensor:
+    """A model's raw output -> its (B, K) logits (``output=`` selects them), checked, as float32.
+
+    Why float32: a half or bfloat16 model's logits feed softmax scores and CAM weights, whose
+    arithmetic is done in float32; the cast is differentiable, so gradients still reach the layer.
+    """
+    with model_errors(images):
+        selected = select_output(raw, output)
         if isinstance(selected, torch.Tensor) and images.shape[0] == 1 and (selected.ndim == 0 or (
                 selected.ndim == 1 and selected.shape[0] > 1)):
             selected = selected.reshape(1, -1)  # (C,) or () for one image: the model squeezed its batch axis away
         logits = check_logits(selected, model, batch=images.shape[0])
     return logits.float() if logits.is_floating_point() else logits
+
+
+def run_model(model: nn.Module, images: torch.Tensor, output: OutputSelector = None) -> torch.Tensor:
+    """``model(images)``'s (B, K) logits: :func:`forward_raw`, then :func:`logits_of`."""
+    return logits_of(forward_raw(model, images), model, images, output)
 
 
 TargetFunction = Callable[[torch.Tensor], torch.Tensor]

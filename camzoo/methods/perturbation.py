@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import CAMMethod, run_model
+from .capture import layer_tensors, rebuild_output
+from .objectives import OutputTargets, is_detection_output, scalar_values, target_values
+from .outputs import forward_raw
 from .layers import get_layer
 from .registry import register
 
@@ -87,8 +90,17 @@ class PerturbationCAM(CAMMethod):
         return torch.cat(parts) if parts else torch.empty(0)
 
 
-def _target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return logits.float().gather(1, targets[:, None].to(logits.device))[:, 0]
+Objective = torch.Tensor | OutputTargets  # chosen classes (B,), or one output target per image
+
+
+def _objective(targets: object, chosen: torch.Tensor) -> Objective:
+    """What the perturbed passes score: the output targets as given, else the chosen classes."""
+    return targets if isinstance(targets, OutputTargets) else chosen
+
+
+def _original_values(logits: torch.Tensor, chosen: torch.Tensor, explains_outputs: bool) -> torch.Tensor:
+    """(B,) the unperturbed scalars: output targets' values (held as (B, 1)), else the class logits."""
+    return logits[:, 0].float() if explains_outputs else logits.float().gather(1, chosen[:, None].to(logits.device))[:, 0]
 
 
 @register
@@ -111,7 +123,8 @@ class ScoreCAM(PerturbationCAM):
 
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, targets, activations, _ = self.layer_outputs(images, targets)
+        logits, chosen, activations, _ = self.layer_outputs(images, targets)
+        objective = _objective(targets, chosen)
         batch, channels = activations.shape[:2]
         size = tuple(images.shape[-2:])
         flat = activations.float().flatten(0, 1)  # (B*C, h, w)
@@ -120,9 +133,12 @@ class ScoreCAM(PerturbationCAM):
         scores = torch.empty(batch * channels, device=activations.device)
         with torch.no_grad():
             if constant.any():  # an all-zero mask: the same all-zero input for every such channel
-                zero_logits = run_model(self.model, torch.zeros_like(images[:1]), self.output)
-                scores[constant] = _target_logits(zero_logits.expand(batch, -1), targets).repeat_interleave(
-                    channels)[constant]
+                zeros = torch.zeros_like(images[:1])
+                if isinstance(objective, OutputTargets):  # each image's own target on the blank input
+                    blank = target_values(self.model, zeros.expand(batch, -1, -1, -1), objective, self.output)
+                else:
+                    blank = _original_values(run_model(self.model, zeros, self.output).expand(batch, -1), chosen, False)
+                scores[constant] = blank.to(scores.device).repeat_interleave(channels)[constant]
 
             def score(start: int, stop: int) -> torch.Tensor:
                 index = live[start:stop]
@@ -132,30 +148,56 @@ class ScoreCAM(PerturbationCAM):
                 low = upsampled.amin(dim=(1, 2), keepdim=True)
                 masks = (upsampled - low) / (upsampled.amax(dim=(1, 2), keepdim=True) - low + SCORECAM_EPS)
                 masked = images[image_index] * masks[:, None].to(images.dtype)
-                return _target_logits(run_model(self.model, masked, self.output), targets[image_index])
+                return target_values(self.model, masked, objective[image_index], self.output)
 
             sample_bytes = images[0].numel() * images.element_size()
             scores[live] = self.chunked_scores(live.numel(), self.chunk_size(sample_bytes), score).to(scores.device)
             weights = scores.view(batch, channels).softmax(dim=1)
             raw = torch.einsum("bc,bchw->bhw", weights, activations.float()).clamp_min(0)
-        return logits, targets, raw
+        return logits, chosen, raw
 
 
 class _LayerShapeError(ValueError):
-    """The explained layer's output is not the (B,C,h,w) tensor Ablation-CAM can zero channels of."""
+    """The explained layer's output is not a (B,C,h,w) tensor (or a pyramid of them) Ablation-CAM can zero."""
+
+
+def _ablated_copies(layer_output: object, activations: torch.Tensor, image: int, channels: torch.Tensor,
+                    layer: str) -> object:
+    """``len(channels)`` copies of one image's layer output, copy i with channel ``channels[i]`` zeroed.
+
+    Channels count as in the (B,C,h,w) map the CAM weights: one tensor's own; a pyramid's levels
+    concatenated in order (``reshape.pyramid_to_feature_map``), so channel c lives in one level.
+    """
+    tensors = layer_tensors(layer_output)
+    widths = [t.shape[1] if t.ndim == 4 else -1 for t in (tensors or {}).values()]
+    single = isinstance(layer_output, torch.Tensor)
+    if not tensors or min(widths) < 1 or sum(widths) != activations.shape[1] or (
+            single and tuple(layer_output.shape[1:]) != tuple(activations.shape[1:])):
+        shape = tuple(layer_output.shape) if single else type(layer_output).__name__
+        raise _LayerShapeError(f"ablationcam zeroes channels of a (B,C,h,w) layer output; layer {layer!r} outputs "
+                               f"{shape}: choose a convolutional layer")
+    count = channels.numel()
+    rows = torch.arange(count, device=channels.device)
+    copies, offset = {}, 0
+    for key, tensor in tensors.items():
+        copy = tensor[image].expand(count, -1, -1, -1).clone()
+        inside = (channels >= offset) & (channels < offset + tensor.shape[1])
+        copy[rows[inside], channels[inside] - offset] = 0
+        copies[key], offset = copy, offset + tensor.shape[1]
+    return rebuild_output(layer_output, copies)
 
 
 @contextlib.contextmanager
-def _replaced_output(module: nn.Module, replacement: torch.Tensor, expected: tuple[int, ...], layer: str
-                     ) -> Iterator[None]:
+def _replaced_output(module: nn.Module, replacement: object, layer: str) -> Iterator[None]:
     """The module's output is replaced by ``replacement`` for the block (the hook removed even on error)."""
+    expected = {k: tuple(v.shape[1:]) for k, v in layer_tensors(replacement).items()}
 
-    def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor) or tuple(output.shape[1:]) != expected:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise _LayerShapeError(f"ablationcam zeroes channels of a (B,C,h,w) layer output; layer {layer!r} "
-                                   f"outputs {shape}: choose a convolutional layer")
-        return replacement.to(output.dtype)
+    def hook(mod: nn.Module, inputs: object, output: object) -> object:
+        found = layer_tensors(output)
+        if found is None or {k: tuple(v.shape[1:]) for k, v in found.items()} != expected:
+            raise _LayerShapeError(f"ablationcam replaces layer {layer!r}'s output, but the layer returned a "
+                                   "different structure in the ablation pass; choose a convolutional layer")
+        return rebuild_output(output, {k: v.to(found[k].dtype) for k, v in layer_tensors(replacement).items()})
 
     handle = module.register_forward_hook(hook)
     try:
@@ -164,40 +206,56 @@ def _replaced_output(module: nn.Module, replacement: torch.Tensor, expected: tup
         handle.remove()
 
 
+def _batch_of(raw: object) -> int:
+    """How many images a raw model output holds (0 when it cannot tell)."""
+    if isinstance(raw, (list, tuple)):
+        return len(raw)
+    tensor = raw.get("out", raw.get("logits")) if isinstance(raw, Mapping) else raw
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.ndim else 0
+
+
 @register
 class AblationCAM(PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y_c - y_c^k) / y_c, map = ReLU(sum_k w_k A_k).
 
-    y_c^k is the target logit with channel k of the layer's output set to zero (the paper's
+    y_c^k is the target's score with channel k of the layer's output set to zero (the paper's
     ablation). pytorch-grad-cam zeroes too where the image's activations have minimum 0 (any layer
     after a ReLU) and otherwise uses min - 1e7; camzoo always zeroes. Where |y_c| < 1e-12 the
-    difference is not divided.
+    difference is not divided. A pyramid layer (a detector's ``backbone``) is ablated one channel of
+    one level at a time.
     """
 
     name = "ablationcam"
     tail_only: bool | None = None  # whether the model runs the ablated copies after the layer only
 
-    def ablated_logits(self, module: nn.Module, image: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
-        """Logits of the model with the layer's output replaced by ``ablated`` (n,C,h,w) copies."""
-        count, expected = ablated.shape[0], tuple(ablated.shape[1:])
+    def ablated_values(self, module: nn.Module, image: torch.Tensor, ablated: object, objective: Objective,
+                       count: int) -> torch.Tensor:
+        """(count,) target scores of the model with the layer's output replaced by the ablated copies."""
         if self.tail_only is not False:
             try:
-                with _replaced_output(module, ablated, expected, str(self.layer)):
-                    out = run_model(self.model, image, self.output)
-                if out.shape[0] == count:
+                with _replaced_output(module, ablated, str(self.layer)):
+                    raw = forward_raw(self.model, image)
+                # a detector's batch of proposals does not follow its features' batch: never trusted
+                if _batch_of(raw) == count and not is_detection_output(raw):
                     self.tail_only = True if count > 1 else self.tail_only
-                    return out
+                    return scalar_values(raw, self.model, image, objective, self.output)
             except (_LayerShapeError, MemoryError):
                 raise
             except (RuntimeError, ValueError, TypeError):
                 pass  # the part after the layer cannot take a batch larger than the input's
             self.tail_only = False
-        with _replaced_output(module, ablated, expected, str(self.layer)):
-            return run_model(self.model, image.expand(count, -1, -1, -1), self.output)
+        copies = image.expand(count, -1, -1, -1)
+        with _replaced_output(module, ablated, str(self.layer)):
+            return scalar_values(forward_raw(self.model, copies), self.model, copies, objective, self.output)
 
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, targets, activations, _ = self.layer_outputs(images, targets)
+        captured = self.capture(images, targets)
+        if len(captured.activations) != 1:
+            raise ValueError(f"method {self.name!r} explains one layer at a time; got layer={self.layers}")
+        logits, chosen, activations, layer_output = (captured.logits, captured.targets, captured.activations[0],
+                                                     captured.outputs[0])
+        objective = _objective(targets, chosen)
         batch, channels = activations.shape[:2]
         module = get_layer(self.model, self.layer)
         self.tail_only = None  # decided again for each layer and model state
@@ -207,17 +265,16 @@ class AblationCAM(PerturbationCAM):
             ablated_channels = torch.arange(start - image * channels, stop - image * channels,
                                             device=activations.device)
             count = ablated_channels.numel()
-            ablated = activations[image].expand(count, -1, -1, -1).clone()
-            ablated[torch.arange(count, device=ablated.device), ablated_channels] = 0
-            out = self.ablated_logits(module, images[image : image + 1], ablated)
-            return _target_logits(out, targets[image].expand(count))
+            ablated = _ablated_copies(layer_output, activations, image, ablated_channels, str(self.layer))
+            return self.ablated_values(module, images[image : image + 1], ablated,
+                                       objective[[image] * count], count)
 
         with torch.no_grad():
             chunk = self.chunk_size(activations[0].numel() * activations.element_size())
             ablated_scores = self.chunked_scores(batch * channels, chunk, score, segment=channels)
             ablated_scores = ablated_scores.view(batch, channels).to(activations.device)
-            original = _target_logits(logits, targets)[:, None].to(activations.device)
+            original = _original_values(logits, chosen, self.explains_outputs)[:, None].to(activations.device)
             safe = torch.where(original.abs() < 1e-12, torch.ones_like(original), original)
             weights = (original - ablated_scores) / safe
             raw = torch.einsum("bc,bchw->bhw", weights, activations.float()).clamp_min(0)
-        return logits, targets, raw
+        return logits, chosen, raw

@@ -15,6 +15,12 @@ can catch. So the layout is decided by what produced the tensor:
   ``SwinTransformer`` trunk, ``features`` and ``norm``). Permuted to (B,C,H,W).
 - **Channels-first (B, C, H, W)**: everything else 4-D (convolutions, CNN stages, ConvNeXt stages).
 
+- **Feature pyramids** (a dict of (B, C_l, h_l, w_l) levels: a torchvision detector's ``backbone``,
+  FPN levels "0", "1", ..., "pool"): every level resized bilinearly to the *finest* level's size
+  and concatenated along channels, in the dict's order. pytorch-grad-cam's detection tutorial
+  resizes to the coarsest level ("pool", 1x1 for a small input) and takes absolute values; camzoo
+  keeps the finest level's resolution and the sign, which gradients need.
+
 Anything else (a 2-D vector, a tuple, tokens of a model with no patch grid) fails with an error
 that names the layer and its shape and says how to pass ``layer=`` and ``reshape=``; a user's
 ``reshape`` callable replaces the rule (and is applied to activations and gradients alike).
@@ -22,12 +28,13 @@ that names the layer and its shape and says how to pass ``layer=`` and ``reshape
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-Reshape = Callable[[torch.Tensor], torch.Tensor]
+Reshape = Callable[[torch.Tensor], torch.Tensor]  # or of a dict of levels, for a pyramid layer
 
 _CHANNELS_FIRST_LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
                           nn.MaxPool2d, nn.AvgPool2d)
@@ -130,8 +137,20 @@ def _refuse_token_internals(output: torch.Tensor, model: nn.Module, name: str, i
                          f"one axis (attention heads x tokens?), not a (B,C,h,w) feature map; {_HOW_TO_FIX}")
 
 
+def pyramid_to_feature_map(levels: Mapping[str, torch.Tensor], name: str = "") -> torch.Tensor:
+    """A dict of (B, C_l, h_l, w_l) levels -> (B, sum C_l, h, w) at the finest level's size (module docstring)."""
+    tensors = list(levels.values())
+    if not tensors or any(t.ndim != 4 for t in tensors):
+        shapes = {k: tuple(v.shape) for k, v in levels.items()}
+        raise ValueError(f"layer {name!r} outputs a dict {shapes}; camzoo reads a dict only as a feature pyramid of "
+                         f"(B,C,h,w) levels; {_HOW_TO_FIX}")
+    size = max((tuple(t.shape[-2:]) for t in tensors), key=lambda hw: hw[0] * hw[1])
+    return torch.cat([t if tuple(t.shape[-2:]) == size else
+                      F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in tensors], dim=1)
+
+
 def to_feature_map(
-    output: torch.Tensor,
+    output: torch.Tensor | Mapping[str, torch.Tensor],
     model: nn.Module,
     name: str,
     module: nn.Module,
@@ -140,12 +159,14 @@ def to_feature_map(
 ) -> torch.Tensor:
     """A layer's output (tokens, NHWC or NCHW) -> (B,C,h,w); the user's ``reshape`` wins when given."""
     if reshape is not None:
-        result = reshape(output)
+        result = reshape(output)  # type: ignore[arg-type]
         if not isinstance(result, torch.Tensor) or result.ndim != 4:
             got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
             raise ValueError(f"reshape= must turn layer {name!r}'s output {tuple(output.shape)} into a "
                              f"(B,C,h,w) tensor; it returned {got}")
         return result
+    if isinstance(output, Mapping):
+        return pyramid_to_feature_map(output, name)
     if output.ndim == 4:
         _refuse_token_internals(output, model, name, input_size)
         return output.permute(0, 3, 1, 2) if is_channels_last(model, name, module) else output
