@@ -194,8 +194,31 @@ def test_detection_explains_every_box_above_the_score_or_the_given_box(tmp_path,
     assert "lower --score" in result.output and not list((tmp_path / "n").glob("*.png"))
     result = cli(*common, "--target", "1", "--box", "8,16,40,48", "--out", tmp_path / "b")
     assert result.exit_code == 0, result.output
+    assert "box 0 class 1 [8.0,16.0,40.0,48.0]" in result.output
+    # a box no detection of its class matches gets a zero target and one note line, not a Python warning
+    assert "(target 0)" not in result.output or "no predicted box of that label" in result.output
+    assert "UserWarning" not in result.output
     drawn = white(Image.open(tmp_path / "b" / "a_gradcam_box0.png"))
     rows_, cols_ = np.nonzero(drawn)
     assert (rows_.min(), cols_.min(), rows_.max(), cols_.max()) == (16, 8, 47, 39)
     usage_error(cli(*common, "--target", "0", "--out", tmp_path / "x"), "0 is a detector's background class")
     usage_error(cli(*common, "--target", "3", "--out", tmp_path / "x"), "target 3 is out of range for a model with 3")
+
+
+def test_a_users_own_segmenter_needs_task_segmentation(tmp_path, monkeypatch):
+    (tmp_path / "my_segmenters.py").write_text(
+        "import torchvision\n\n\n"
+        "def build(num_classes=3):\n"
+        "    return torchvision.models.segmentation.lraspp_mobilenet_v3_large(\n"
+        "        weights=None, weights_backbone=None, num_classes=num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    photo = picture(tmp_path / "a.png", size=(48, 40))
+    common = ("explain", photo, "--model", "my_segmenters:build", "--image-size", "64", "--no-progress")
+    usage_error(cli(*common, "--out", tmp_path / "x"), "not class logits; pass --task segmentation or --task detection")
+    mask = np.zeros((40, 48), np.uint8)
+    mask[:20] = 1
+    Image.fromarray(mask).save(tmp_path / "top.png")
+    result = cli(*common, "--task", "segmentation", "--target", "2", "--mask", tmp_path / "top.png", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    drawn = white(Image.open(tmp_path / "o" / "a_gradcam.png"))  # the top half's outline, back at the photo's size
+    assert drawn.shape == (40, 48) and drawn[0].all() and drawn[19].all() and not drawn[21:].any()

@@ -98,17 +98,22 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 
     from ..api import explain
     from ..inputs import model_in_channels
-    from ..methods.base import run_model
-    from .tasks import class_count, probe_target, quiet_probe
+    from ..methods.objectives import is_dense_output
+    from ..methods.outputs import forward_raw, logits_of
+    from .tasks import class_count, outputs_of, probe_target, quiet_probe
 
     blank = torch.zeros(1, model_in_channels(model), *size, device=device)
     try:
         with torch.no_grad():
             selector = explainers[0].output if explainers else None
             if task == "classification":
-                outputs = int(run_model(model.eval(), blank, selector).shape[1])
+                raw = forward_raw(model.eval(), blank)
+                if selector is None and is_dense_output(raw):
+                    raise click.UsageError("the model returns a segmenter's or a detector's output, not class logits; "
+                                           "pass --task segmentation or --task detection")
+                outputs = int(logits_of(raw, model, blank, selector).shape[1])
             else:
-                outputs = class_count(model, task, model.eval()(list(blank) if task == "detection" else blank))
+                outputs = class_count(model, task, outputs_of(model, blank, selector))
     except (ValueError, TypeError, MemoryError, RuntimeError, KeyError) as err:
         raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
     target = probe_target(task, size, device)
@@ -250,7 +255,8 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     num_outputs = _probe(model, explainers, size or PROBE_SIZE, torch_device, method_options, task)
     per_image_targets = _parse_targets(targets, len(files), model_class_names(model), num_outputs, task)
     plan = TaskPlan(task, per_image_targets, masks=None if not masks else masks * len(files) if len(masks) == 1 else masks,
-                    box=box, score=DEFAULT_SCORE if score is None else score, max_boxes=max_boxes or DEFAULT_MAX_BOXES)
+                    box=box, score=DEFAULT_SCORE if score is None else score, max_boxes=max_boxes or DEFAULT_MAX_BOXES,
+                    selector=explainers[0].output if explainers else None)
     # a photo explained at its own size (no fixed input size) is a batch of its own
     _run(files, output_names(files), explainers, model, size, plan, out_dir,
          max_size=max_size or None, batch_size=batch_size if size else 1, alpha=alpha, colormap=colormap,
@@ -327,7 +333,11 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
                 work = plan.work(model, batch, indices, own_sizes, lambda k, text: bar.write(
                     f"{display_path(files[k])}: {text}", file=sys.stdout))
                 for explainer in explainers if work.items else ():
-                    result = explainer(work.images, work.targets)
+                    with warnings.catch_warnings(record=True) as caught:  # a box no detection matches: one line
+                        result = explainer(work.images, work.targets)
+                    where = f"{display_path(files[indices[0]])}: " if len(indices) == 1 else ""
+                    for text in dict.fromkeys(str(w.message) for w in caught):
+                        bar.write(f"note: {where}{result.method}: {text}", file=sys.stderr)
                     for n, item in enumerate(work.items):
                         picture, stem, k = pictures[item.image], stems[indices[item.image]], indices[item.image]
                         overlay_path = out_dir / stem.parent / f"{stem.name}_{result.method}{item.suffix}.png"

@@ -123,16 +123,26 @@ def check_box_inside(box: Box, files: Sequence[Path]) -> None:
                                      f"({width}x{height} px): give it in that photo's pixels", param_hint="--box")
 
 
-def segmentation_logits(output: Any) -> Any:
-    """The (B, C, H, W) class scores of a segmenter's output: itself, or torchvision's ``out``."""
-    return output["out"] if isinstance(output, dict) else output
+def outputs_of(model: Any, images: Any, selector: Any = None) -> Any:
+    """Each image's output, read as the methods read it (a segmenter's (B, C, H, W) scores, its
+    ``out`` for torchvision's; a detector's list of dicts of boxes, labels and scores), without grad."""
+    import torch
+
+    from ..methods.objectives import per_image_outputs
+    from ..methods.outputs import forward_raw
+
+    with torch.no_grad():
+        return per_image_outputs(forward_raw(model.eval(), images), selector)
 
 
-def class_count(model: Any, task: str, output: Any) -> int | None:
+def class_count(model: Any, task: str, outputs: Any) -> int | None:
     """How many classes ``--target`` may name: the segmenter's output channels; the detector's
     ``num_classes`` (background included), None when it does not say."""
     if task == "segmentation":
-        return int(segmentation_logits(output).shape[1])
+        if not hasattr(outputs, "ndim") or outputs.ndim != 4:
+            raise ValueError(f"a segmenter must return (B, C, H, W) class scores; got {type(outputs).__name__} "
+                             f"{tuple(getattr(outputs, 'shape', ()))} (--output selects them)")
+        return int(outputs.shape[1])
     count = getattr(model, "num_classes", None)
     return count if isinstance(count, int) else None
 
@@ -183,6 +193,7 @@ class TaskPlan:
     box: Box | None = None
     score: float = DEFAULT_SCORE
     max_boxes: int = 10
+    selector: Any = None  # --output: where the model's output holds what the targets read
 
     def work(self, model: Any, batch: Any, indices: Sequence[int], own_sizes: Sequence[tuple[int, int]],
              say: Callable[[int, str], None]) -> Work:
@@ -202,8 +213,8 @@ class TaskPlan:
         from ..targets import SegmentationTarget
 
         size = tuple(batch.shape[-2:])
-        with torch.no_grad():
-            predicted = segmentation_logits(model.eval()(batch)).argmax(1)
+        if self.masks is None:  # the predicted regions: drawn, and checked for being empty
+            predicted = outputs_of(model, batch, self.selector).argmax(1)
         rows, targets, items = [], [], []
         for j, k in enumerate(indices):
             category = self.targets[k]  # type: ignore[index]
@@ -223,14 +234,11 @@ class TaskPlan:
 
     def _detection(self, model: Any, batch: Any, indices: Sequence[int], own_sizes: Sequence[tuple[int, int]],
                    say: Callable[[int, str], None]) -> Work:
-        import torch
-
         from ..targets import BoxTarget
 
         height, width = batch.shape[-2:]
         rows, targets, items = [], [], []
-        with torch.no_grad():
-            found = [] if self.box is not None else model.eval()(list(batch))
+        found = [] if self.box is not None else outputs_of(model, batch, self.selector)
         for j, k in enumerate(indices):
             sy, sx = height / own_sizes[j][0], width / own_sizes[j][1]
             if self.box is not None:
