@@ -23,22 +23,28 @@ import click
 
 from .checks import check_writable, resolve_device_option
 from .options import parse_options
+from .tasks import DEFAULT_SCORE, TASKS, TaskPlan
+
+DEFAULT_MAX_BOXES = 10
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("input", "method", "layer", "target", "target_name", "score", "width", "height", "overlay", "map")
+DETECTION_COLUMNS = ("box", "box_score")  # added for --task detection: the explained box, the detector's score
 
 
-def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: int | None):
+def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: int | None,
+                       model_options: dict[str, Any] | None = None):
     """camzoo.models.loading.load_any_model, its errors as click errors on the option at fault."""
     from ..models.loading import ModelSpecError, load_any_model
 
     try:
-        return load_any_model(name, checkpoint, num_classes)
+        return load_any_model(name, checkpoint, num_classes, model_options or None)
     except ModelSpecError as err:
         if err.param == "model" and name is None:
             raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model "
                                    "(from camzoo train or bench)") from err
-        raise click.BadParameter(str(err), param_hint=f"--{err.param}") from err
+        hint = "--model-option" if err.param == "factory-kwargs" else f"--{err.param}"
+        raise click.BadParameter(str(err), param_hint=hint) from err
 
 
 def register(group: click.Group) -> None:
@@ -46,11 +52,13 @@ def register(group: click.Group) -> None:
 
 
 def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] | None,
-                   num_outputs: int) -> list[int] | None:
-    """--target values -> one class index per image (None: the predicted class).
+                   num_outputs: int | None, task: str = "classification") -> list[int] | None:
+    """--target values -> one class index per image (None: the predicted class; for a detector,
+    every detected box's).
 
     One value applies to every image; otherwise give exactly one per image, in the order the images
-    are listed (folders and globs expanded, sorted). Values are indices or class names."""
+    are listed (folders and globs expanded, sorted). Values are indices or class names; a
+    detector's 0 is its background class, which it never detects."""
     if not texts:
         return None
     if len(texts) not in (1, count):
@@ -70,37 +78,53 @@ def _parse_targets(texts: Sequence[str], count: int, class_names: Sequence[str] 
         else:
             raise click.BadParameter(f"{text!r} is a class name, but this model has no class names; give a class "
                                      "index", param_hint="--target")
-        if not 0 <= indices[-1] < num_outputs:
-            raise click.BadParameter(f"target {indices[-1]} is out of range for a model with {num_outputs} classes "
-                                     f"(valid: 0..{num_outputs - 1})", param_hint="--target")
+        first = 1 if task == "detection" else 0
+        if indices[-1] < first or (num_outputs is not None and indices[-1] >= num_outputs):
+            valid = f"{first}..{num_outputs - 1}" if num_outputs is not None else f">= {first}"
+            background = "; 0 is a detector's background class" if task == "detection" else ""
+            known = f" for a model with {num_outputs} classes" if num_outputs is not None else ""
+            raise click.BadParameter(f"target {indices[-1]} is out of range{known} (valid: {valid}{background})",
+                                     param_hint="--target")
     return indices * count if len(indices) == 1 else indices
 
 
 def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any,
-           method_options: dict[str, Any] | None = None) -> int:
-    """Run the model and every method once on a blank image: the class count, or a usage error
-    when the model cannot run at ``size`` or a method cannot explain it (e.g. a --layer that is
-    not a feature map, or a --method-option it does not take) — before any file is read."""
+           method_options: dict[str, Any] | None = None, task: str = "classification") -> int | None:
+    """Run the model and every method once on a blank image: the class count (None: a detector
+    that does not say), or a usage error when the model cannot run at ``size`` or a method cannot
+    explain it (e.g. a --layer that is not a feature map, or a --method-option it does not take) —
+    before any file is read."""
     import torch
 
     from ..api import explain
     from ..inputs import model_in_channels
-    from ..methods.base import run_model
+    from ..methods.objectives import is_dense_output
+    from ..methods.outputs import forward_raw, logits_of
+    from .tasks import class_count, outputs_of, probe_target, quiet_probe
 
     blank = torch.zeros(1, model_in_channels(model), *size, device=device)
     try:
         with torch.no_grad():
             selector = explainers[0].output if explainers else None
-            outputs = int(run_model(model.eval(), blank, selector).shape[1])
-    except (ValueError, TypeError, MemoryError) as err:
+            if task == "classification":
+                raw = forward_raw(model.eval(), blank)
+                if selector is None and is_dense_output(raw):
+                    raise click.UsageError("the model returns a segmenter's or a detector's output, not class logits; "
+                                           "pass --task segmentation or --task detection")
+                outputs = int(logits_of(raw, model, blank, selector).shape[1])
+            else:
+                outputs = class_count(model, task, outputs_of(model, blank, selector))
+    except (ValueError, TypeError, MemoryError, RuntimeError, KeyError) as err:
         raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
+    target = probe_target(task, size, device)
     for explainer in explainers:
         try:
             if method_options:  # camzoo.explain checks the options against the method's own
-                explain(model, blank, method=explainer.name, layer=explainer._layer_spec, method_options=method_options,
-                        **({"output": explainer.output} if explainer.output is not None else {}))
+                quiet_probe(lambda e=explainer: explain(
+                    model, blank, method=e.name, layer=e._layer_spec, method_options=method_options, target=target,
+                    **({"output": e.output} if e.output is not None else {})))
             else:
-                explainer(blank)
+                quiet_probe(lambda e=explainer: e(blank, target))
         except (ValueError, TypeError, RuntimeError, FloatingPointError, MemoryError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             if method_options:
@@ -120,16 +144,32 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="A camzoo model (model.pt from camzoo train/bench), or local weights (.pth/.safetensors) for --model.")
 @click.option("--num-classes", type=int, help="Classifier size, if it cannot be read from the checkpoint (>= 1).")
+@click.option("--model-option", "model_option_texts", multiple=True, metavar="KEY=VALUE",
+              help="An argument of the model's builder, e.g. min_size=512 or box_score_thresh=0.3 (torchvision "
+                   "detectors); repeatable.")
+@click.option("--task", type=click.Choice(TASKS),
+              help="What the model does (default: the model's own task attribute, else classification).")
+@click.option("--mask", "mask_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Segmentation: the region to explain, a picture of the photo (nonzero = inside); once for all "
+                   "photos or once per photo (default: where the model predicts --target).")
+@click.option("--box", "box_text", metavar="X0,Y0,X1,Y1",
+              help="Detection: explain this box (in the photo's pixels) of class --target, instead of the detected ones.")
+@click.option("--score", type=click.FloatRange(min=0.0),
+              help=f"Detection: explain every detected box scoring at least this [default: {DEFAULT_SCORE}].")
+@click.option("--max-boxes", type=click.IntRange(min=1),
+              help=f"Detection: explain at most this many boxes per photo, the best first [default: {DEFAULT_MAX_BOXES}].")
 @click.option("--method", "methods", multiple=True, default=("gradcam",), show_default=True,
               help="CAM method, see `camzoo methods`; repeat for several.")
 @click.option("--target", "targets", multiple=True,
-              help="Class index or name to explain (default: the predicted class); once for all images, or once per image.")
+              help="Class index or name to explain (default: the predicted class; detection: every detected box's); "
+                   "once for all images, or once per image. Detection: --box's class, or only this class's boxes.")
 @click.option("--layer", "layers", multiple=True,
               help="Dotted module name to explain; repeat to fuse several (default: chosen per model family).")
 @click.option("--output", "output",
               help="Where the model's output holds the logits: an index (tuple) or a key/attribute name "
                    "(default: a tensor itself, a tuple's first item, a dict's 'logits').")
-@click.option("--image-size", type=click.IntRange(min=1), help="Side the model sees (default: the model's input size).")
+@click.option("--image-size", type=click.IntRange(min=1),
+              help="Side the model sees (default: the model's input size; none: each photo's own, e.g. for detectors).")
 @click.option("--max-size", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Longest side kept of each photo (larger ones are downscaled, aspect kept); 0: no limit.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
@@ -146,14 +186,21 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
                     num_classes: int | None, methods: tuple[str, ...], targets: tuple[str, ...], layers: tuple[str, ...],
                     output: str | None,
                     image_size: int | None, max_size: int, batch_size: int, device: str, alpha: float, colormap: str,
-                    save_maps: bool, progress: bool | None, method_option_texts: tuple[str, ...] = ()) -> None:
+                    save_maps: bool, progress: bool | None, method_option_texts: tuple[str, ...] = (),
+                    model_option_texts: tuple[str, ...] = (), task: str | None = None,
+                    mask_paths: tuple[Path, ...] = (), box_text: str | None = None, score: float | None = None,
+                    max_boxes: int | None = None) -> None:
     """Explain INPUTS (image files, folders searched recursively, glob patterns) and write one
-    overlay PNG per image and method to --out, mirroring the input tree, plus manifest.csv."""
+    overlay PNG per image and method to --out, mirroring the input tree, plus manifest.csv.
+
+    A segmenter's maps explain --target over a region, a detector's one box each (every detected
+    box scoring at least --score, or the --box given): see docs/cli.md."""
     from ..explanation import colormap_function
     from ..inputs import collect_image_files, output_names
     from ..methods import get_method
     from ..methods.outputs import model_class_names
     from ..modelutil import model_input_size
+    from .tasks import PROBE_SIZE, TaskPlan, check_box_inside, check_task_options, parse_box, read_mask, resolve_task
 
     try:
         classes = list(dict.fromkeys(get_method(m) for m in methods))  # a method named twice runs once
@@ -168,6 +215,9 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--colormap") from err
     method_options = parse_options(method_option_texts, "--method-option", "sliding_window_shapes=(3,8,8) or n_steps=16")
+    model_options = parse_options(model_option_texts, "--model-option", "min_size=512")
+    box = parse_box(box_text)
+    masks = [read_mask(path) for path in mask_paths]
     _check_out_is_not_an_input(out_dir, inputs)
     skipped: list[tuple[Path, str]] = []
     try:  # the --out folder is never read: overlays of a previous run are not explained again
@@ -176,12 +226,19 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
         raise click.UsageError(str(err)) from err
     check_writable(out_dir, "--out", is_dir=True)
     torch_device = resolve_device_option(device)
-    model = load_model_for_cli(model_name, checkpoint, num_classes)
+    model = load_model_for_cli(model_name, checkpoint, num_classes, model_options)
     if checkpoint is None:
         click.echo("warning: no --checkpoint given; the model has random weights, so its maps mean nothing", err=True)
     model = model.to(torch_device).eval()
+    task = resolve_task(task, model)
+    check_task_options(task, masks=masks, box=box, targets=targets, score=score, max_boxes=max_boxes)
+    if masks and len(masks) not in (1, len(files)):
+        raise click.BadParameter(f"got {len(masks)} masks for {len(files)} images; give one mask for all images, or one "
+                                 "per image in the order they are listed", param_hint="--mask")
+    if box is not None:
+        check_box_inside(box, files)
     size = (image_size, image_size) if image_size else model_input_size(model)
-    if size is None:
+    if size is None and task == "classification":
         raise click.UsageError("the model does not say its input size; pass --image-size")
     try:
         layer = None if not layers else layers[0] if len(layers) == 1 else list(layers)
@@ -195,11 +252,15 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
     except ValueError as err:
         hint = "--method-option" if method_options and any(k in str(err) for k in method_options) else None
         raise click.BadParameter(str(err), param_hint=hint or ("--layer" if layer else "--method")) from err
-    num_outputs = _probe(model, explainers, size, torch_device, method_options)
-    per_image_targets = _parse_targets(targets, len(files), model_class_names(model), num_outputs)
-    _run(files, output_names(files), explainers, model, size, per_image_targets, out_dir,
-         max_size=max_size or None, batch_size=batch_size, alpha=alpha, colormap=colormap, save_maps=save_maps,
-         progress=sys.stderr.isatty() if progress is None else progress, skipped=skipped)
+    num_outputs = _probe(model, explainers, size or PROBE_SIZE, torch_device, method_options, task)
+    per_image_targets = _parse_targets(targets, len(files), model_class_names(model), num_outputs, task)
+    plan = TaskPlan(task, per_image_targets, masks=None if not masks else masks * len(files) if len(masks) == 1 else masks,
+                    box=box, score=DEFAULT_SCORE if score is None else score, max_boxes=max_boxes or DEFAULT_MAX_BOXES,
+                    selector=explainers[0].output if explainers else None)
+    # a photo explained at its own size (no fixed input size) is a batch of its own
+    _run(files, output_names(files), explainers, model, size, plan, out_dir,
+         max_size=max_size or None, batch_size=batch_size if size else 1, alpha=alpha, colormap=colormap,
+         save_maps=save_maps, progress=sys.stderr.isatty() if progress is None else progress, skipped=skipped)
 
 
 def _check_out_is_not_an_input(out_dir: Path, inputs: Sequence[str]) -> None:
@@ -221,10 +282,12 @@ def _check_out_is_not_an_input(out_dir: Path, inputs: Sequence[str]) -> None:
                                      f"{display_path(out_dir / 'maps')!r}", param_hint="--out")
 
 
-def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any, size: tuple[int, int],
-         targets: list[int] | None, out_dir: Path, *, max_size: int | None, batch_size: int, alpha: float,
+def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any, size: tuple[int, int] | None,
+         plan: TaskPlan, out_dir: Path, *, max_size: int | None, batch_size: int, alpha: float,
          colormap: str, save_maps: bool, progress: bool, skipped: Sequence[tuple[Path, str]] = ()) -> None:
     """Decode, explain and write ``files`` batch by batch; unreadable files are skipped and listed.
+    ``plan`` says what each photo's maps explain (one per photo, or one per detected box) and what
+    their overlays draw; ``size`` None explains each photo at its own size.
 
     Paths are printed through ``display_path`` (a file name that is not UTF-8 would otherwise stop the
     run with UnicodeEncodeError after its overlay is written); the manifest keeps such names' raw bytes."""
@@ -242,19 +305,22 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
 
     def write_manifest() -> None:
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        columns = MANIFEST_COLUMNS + (DETECTION_COLUMNS if plan.task == "detection" else ())
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         write_bytes(out_dir / MANIFEST_NAME, text.getvalue().encode("utf-8", "surrogateescape"))
 
     try:
         for start in range(0, len(files), batch_size):
-            pictures, indices = [], []
+            pictures, indices, own_sizes = [], [], []
             for k in range(start, min(start + batch_size, len(files))):
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", FrameWarning)
-                        pictures.append(open_image(files[k], max_size)[0])
+                        picture, own = open_image(files[k], max_size)
+                    pictures.append(picture)
+                    own_sizes.append(own)
                     indices.append(k)
                     for warning in caught:
                         if issubclass(warning.category, FrameWarning):
@@ -264,26 +330,40 @@ def _run(files: list[Path], stems: list[Path], explainers: list[Any], model: Any
                     bar.write(f"skipped {display_path(files[k])}: {err}", file=sys.stderr)
             if pictures:
                 batch = prepare_images(pictures, model, image_size=size, max_size=max_size)
-                batch_targets = None if targets is None else [targets[k] for k in indices]
-                for explainer in explainers:
-                    result = explainer(batch, batch_targets)
-                    for j, k in enumerate(indices):
-                        picture, stem = pictures[j], stems[k]
-                        overlay_path = out_dir / stem.parent / f"{stem.name}_{result.method}.png"
-                        atomic_write(overlay_path, lambda tmp, r=result, j=j, p=picture:
-                                     r.overlay(j, alpha, colormap, image=p).save(tmp, format="PNG"))
+                work = plan.work(model, batch, indices, own_sizes, lambda k, text: bar.write(
+                    f"{display_path(files[k])}: {text}", file=sys.stdout))
+                for explainer in explainers if work.items else ():
+                    with warnings.catch_warnings(record=True) as caught:  # a box no detection matches: one line
+                        result = explainer(work.images, work.targets)
+                    where = f"{display_path(files[indices[0]])}: " if len(indices) == 1 else ""
+                    for text in dict.fromkeys(str(w.message) for w in caught):
+                        bar.write(f"note: {where}{result.method}: {text}", file=sys.stderr)
+                    for n, item in enumerate(work.items):
+                        picture, stem, k = pictures[item.image], stems[indices[item.image]], indices[item.image]
+                        overlay_path = out_dir / stem.parent / f"{stem.name}_{result.method}{item.suffix}.png"
+                        drawn = {"box": item.box, "outline": item.outline}
+                        atomic_write(overlay_path, lambda tmp, r=result, n=n, p=picture, d=drawn:
+                                     r.overlay(n, alpha, colormap, image=p, **d).save(tmp, format="PNG"))
                         map_name = ""
                         if save_maps:
                             map_path = overlay_path.with_suffix(".npy")
-                            save_npy(map_path, result.map_at(j, (picture.height, picture.width)).numpy().astype(np.float16))
+                            save_npy(map_path, result.map_at(n, (picture.height, picture.width)).numpy().astype(np.float16))
                             map_name = map_path.relative_to(out_dir).as_posix()
-                        score = float(result.scores[j])
+                        score = float(result.scores[n])
+                        box = "" if item.photo_box is None else ",".join(f"{v:.1f}" for v in item.photo_box)
+                        box_score = "" if item.box_score is None else f"{item.box_score:.6g}"
                         rows.append({"input": str(files[k]), "method": result.method, "layer": result.layer or "",
-                                     "target": int(result.targets[j]), "target_name": result.label(j),
+                                     "target": int(result.targets[n]), "target_name": result.label(n),
                                      "score": f"{score:.6g}", "width": picture.width, "height": picture.height,
-                                     "overlay": overlay_path.relative_to(out_dir).as_posix(), "map": map_name})
-                        bar.write(f"{display_path(files[k])}: {result.method} class {result.label(j)} (p={score:.3f}) "
-                                  f"-> {display_path(overlay_path)}", file=sys.stdout)
+                                     "overlay": overlay_path.relative_to(out_dir).as_posix(), "map": map_name,
+                                     "box": box, "box_score": box_score})
+                        what = (f"class {result.label(n)} (p={score:.3f})" if plan.task == "classification" else
+                                f"class {result.label(n)} region (score {score:.3g})" if plan.task == "segmentation"
+                                else f"box {item.suffix[4:]} class {result.label(n)} [{box}]"
+                                f"{'' if item.box_score is None else f' detected with score {item.box_score:.3f}'}"
+                                f" (target {score:.3g})")
+                        bar.write(f"{display_path(files[k])}: {result.method} {what} -> {display_path(overlay_path)}",
+                                  file=sys.stdout)
             bar.update(min(start + batch_size, len(files)) - start)
     except KeyboardInterrupt:
         write_manifest()

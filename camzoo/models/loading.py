@@ -3,7 +3,8 @@ with local weights.
 
 Why in ``models``: the CLI, and any script, need the same rules — a camzoo ``model.pt`` rebuilds
 itself (a ``--model`` that contradicts it is refused, not ignored); otherwise a timm name (``resnet18``
-or ``timm:resnet18``), a torchvision name (``torchvision:resnet18``) or the user's own module
+or ``timm:resnet18``), a torchvision name (``torchvision:resnet18``; segmenters and detectors:
+``torchvision_models``) or the user's own module
 (``package.module:factory``, any callable returning an ``nn.Module``) with an optional local
 state_dict (.pth / .safetensors). Never downloads: a model without weights keeps its random
 initialisation. Errors are :class:`ModelSpecError` (a ValueError) naming the option, the file and
@@ -12,7 +13,7 @@ the problem; a state_dict that does not fit names its first missing / unexpected
 
 from __future__ import annotations
 
-import difflib
+import argparse
 import importlib
 import inspect
 import os
@@ -25,14 +26,13 @@ import torch
 from torch import nn
 
 from ..io import load_torch
-from ..modelutil import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoint import is_camzoo_checkpoint, model_from_checkpoint, validate_checkpoint
+from .torchvision_models import PREFIX as TORCHVISION_PREFIX, UnknownArchitecture, UnknownOption
+from .torchvision_models import factory as torchvision_factory
 
-TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
-TORCHVISION_INPUT_SIZE = (3, 224, 224)  # torchvision models do not record theirs; ImageNet classifiers use 224
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-DOWNLOAD_KWARGS = ("pretrained", "weights")  # timm / torchvision arguments that would fetch weights
+DOWNLOAD_KWARGS = ("pretrained", "weights", "weights_backbone")  # timm / torchvision arguments that fetch weights
 
 
 class ModelSpecError(ValueError):
@@ -134,11 +134,11 @@ def _user_factory(name: str, kwargs: Mapping[str, Any]) -> tuple[str, Callable[.
     return f"model {name!r}", build_user
 
 
-def _make(build: Callable[..., nn.Module], label: str, *args: Any) -> nn.Module:
-    """``build(*args)``; whatever the constructor raises (a bad keyword argument, the user's own
-    code) becomes one line naming the model."""
+def _make(build: Callable[..., nn.Module], label: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """``build(*args, **kwargs)``; whatever the constructor raises (a bad keyword argument, the user's
+    own code) becomes one line naming the model."""
     try:
-        return build(*args)
+        return build(*args, **kwargs)
     except ModelSpecError:
         raise
     except Exception as err:
@@ -157,25 +157,12 @@ def _factory(name: str, kwargs: Mapping[str, Any] | None = None) -> tuple[str, C
         raise ModelSpecError(f"model argument {refused[0]!r} is not allowed: camzoo never downloads weights; pass a "
                              "local checkpoint instead", "factory-kwargs")
     if name.startswith(TORCHVISION_PREFIX):
-        import torchvision
-
-        arch = name[len(TORCHVISION_PREFIX):]
-        known = torchvision.models.list_models(module=torchvision.models)  # classification models only
-        if arch not in known:
-            close = difflib.get_close_matches(arch, known, n=5)
-            hint = f" Similar names: {', '.join(TORCHVISION_PREFIX + c for c in close)}." if close else ""
-            raise ModelSpecError(f"{arch!r} is not a torchvision classification model.{hint}", "model")
-
-        def build_torchvision(num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
-            model = torchvision.models.get_model(arch, weights=None, **kwargs,
-                                                 **({} if num_classes is None else {"num_classes": num_classes}))
-            outputs = num_classes or 1000
-            model.pretrained_cfg = {"input_size": TORCHVISION_INPUT_SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                                    "num_classes": outputs}
-            model.num_classes = outputs
-            return model
-
-        return f"torchvision model {arch!r}", build_torchvision
+        try:
+            return torchvision_factory(name[len(TORCHVISION_PREFIX):], kwargs)
+        except UnknownArchitecture as err:
+            raise ModelSpecError(str(err), "model") from err
+        except UnknownOption as err:
+            raise ModelSpecError(str(err), "factory-kwargs") from err
     import timm
 
     arch = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
@@ -204,6 +191,29 @@ def _head_classes(model: nn.Module, state: Mapping[str, Any]) -> int | None:
     return int(weight.shape[0]) if hasattr(weight, "shape") and len(weight.shape) >= 1 else None
 
 
+def _unwrap_state(payload: Any, checkpoint: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
+    """The state_dict in a loaded file: the file itself, or its ``state_dict`` entry (timm, Lightning)
+    or ``model`` entry (torchvision's reference training scripts, DeiT); None without a file."""
+    if payload is None:
+        return None
+    state = payload
+    if isinstance(state, dict):
+        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelSpecError(f"{str(checkpoint)!r} does not hold a state_dict of tensors", "checkpoint")
+    return state
+
+
+def _with_batch_counters(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus the model's own BatchNorm ``num_batches_tracked`` where the file has none.
+
+    Why: torchvision builds a pretrained detector's backbone with FrozenBatchNorm2d, which has no
+    such counter, but camzoo builds it without weights, so with BatchNorm2d; the counter only
+    matters in training, and both layers compute the same in eval mode."""
+    missing = {k: v for k, v in model.state_dict().items() if k.endswith(".num_batches_tracked") and k not in state}
+    return {**state, **missing} if missing else state
+
+
 def _camzoo_model(payload: dict, checkpoint: str | os.PathLike, name: str | None, num_classes: int | None) -> nn.Module:
     try:
         ckpt = validate_checkpoint(payload, checkpoint)
@@ -230,10 +240,12 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
         name: a timm name (``resnet18``, ``timm:resnet18``), ``torchvision:NAME``, or the user's
             ``package.module:factory`` (any callable returning an nn.Module; the working directory is
             searched last); not needed for a camzoo checkpoint, and if given it must match it.
-        checkpoint: a camzoo ``model.pt`` or a state_dict ``.pth`` / ``.safetensors``, loaded with
+        checkpoint: a camzoo ``model.pt`` or a state_dict ``.pth`` / ``.safetensors`` (or a dict holding
+            it as ``state_dict`` or ``model``, as torchvision's reference scripts save it), loaded with
             ``weights_only=True`` (a pickle of other objects is refused); None keeps random weights.
         num_classes: the classifier's size (>= 1; 1 = a single-logit model, explained with a sigmoid
-            score); default: read from the weights, else the architecture's default (1000). A factory
+            score); default: read from the weights, else the architecture's default (1000; torchvision
+            segmenters 21, detectors 91, background included). A factory
             gets ``num_classes`` (and ``in_chans`` read from the weights) only if it has such a parameter.
         factory_kwargs: keyword arguments for the constructor (timm.create_model, torchvision's
             get_model or the factory), e.g. ``{"in_chans": 1}`` or ``{"img_size": 64}``.
@@ -257,8 +269,9 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
                              "build a model without a classifier head)", "num-classes")
     payload = None
     if checkpoint is not None:
-        try:
-            payload = load_torch(checkpoint)
+        try:  # torchvision's reference scripts save their argparse.Namespace next to the weights: a safe type
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                payload = load_torch(checkpoint)
         except (ValueError, FileNotFoundError) as err:
             raise ModelSpecError(_one_line(err, checkpoint), "checkpoint") from err
         if is_camzoo_checkpoint(payload):
@@ -273,21 +286,23 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
     if num_classes is not None and not getattr(build, "takes_num_classes", True):
         raise ModelSpecError(f"{label} takes no num_classes parameter; drop the class count (or add the parameter "
                              "to the factory)", "num-classes")
-    state = payload
-    if state is not None:
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelSpecError(f"{str(checkpoint)!r} does not hold a state_dict of tensors", "checkpoint")
+    state = _unwrap_state(payload, checkpoint)
+    if state is None:
+        return _make(build, label, num_classes).eval()
+    reader = getattr(build, "read_state", None)  # torchvision segmenters / detectors: their own head rule
+    if reader is not None:
+        found, implied = reader(state)
+        model = _make(build, label, found if num_classes is None else num_classes, None, **implied)
+    else:
         default = _make(build, label)
         if num_classes is None:
             num_classes = _head_classes(default, state)
         in_chans = _stem_channels(default, state)
         in_chans = None if in_chans in (None, 3) or label.startswith("torchvision") or "in_chans" in kwargs else in_chans
-    model = _make(build, label, num_classes, in_chans) if state is not None else _make(build, label, num_classes)
-    if state is not None:
-        problem = state_dict_mismatch(model, state)
-        if problem:
-            raise ModelSpecError(f"{str(checkpoint)!r} does not fit {label}: {problem}", "checkpoint")
-        model.load_state_dict(state)
+        model = _make(build, label, num_classes, in_chans)
+    state = _with_batch_counters(model, state)
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise ModelSpecError(f"{str(checkpoint)!r} does not fit {label}: {problem}", "checkpoint")
+    model.load_state_dict(state)
     return model.eval()
