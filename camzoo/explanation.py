@@ -99,7 +99,7 @@ class Explanation:
     def label(self, i: int) -> str:
         """Human-readable name of the i-th target (class name where known, else its index)."""
         k = int(self.targets[self._index(i)])
-        return self.class_names[k] if self.class_names and k < len(self.class_names) else str(k)
+        return self.class_names[k] if self.class_names and 0 <= k < len(self.class_names) else str(k)
 
     def _index(self, i: int) -> int:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
