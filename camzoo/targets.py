@@ -108,13 +108,14 @@ class BoxTarget(Target):
 
     box: x0, y0, x1, y1 in input pixels. The best predicted box of the same label must have IoU >
     ``iou_threshold``; otherwise the target is 0 (with a warning), as in pytorch-grad-cam's
-    FasterRCNNBoxScoreTarget. One difference, on purpose: pytorch-grad-cam takes the box of largest
-    IoU over *all* labels and scores 0 when its label differs; camzoo looks among boxes of ``label``
-    only, so a better-overlapping box of another class does not hide the one asked for.
+    FasterRCNNBoxScoreTarget (``warn=False``: silently; the benchmark scores such a map as it is).
+    One difference, on purpose: pytorch-grad-cam takes the box of largest IoU over *all* labels and
+    scores 0 when its label differs; camzoo looks among boxes of ``label`` only, so a
+    better-overlapping box of another class does not hide the one asked for.
     """
 
     def __init__(self, label: int, box: Sequence[float] | torch.Tensor | np.ndarray,
-                 iou_threshold: float = 0.5) -> None:
+                 iou_threshold: float = 0.5, warn: bool = True) -> None:
         self.category = _category(label, "BoxTarget's label")
         values = torch.as_tensor(np.asarray(box, dtype=np.float64) if not isinstance(box, torch.Tensor) else box)
         if values.numel() != 4 or not torch.isfinite(values).all():
@@ -126,6 +127,7 @@ class BoxTarget(Target):
             raise ValueError(f"BoxTarget's iou_threshold must be in [0, 1); got {iou_threshold!r}")
         self.box = values
         self.iou_threshold = float(iou_threshold)
+        self.warn = bool(warn)
 
     def __call__(self, output: Mapping[str, torch.Tensor]) -> torch.Tensor:
         from torchvision.ops import box_iou
@@ -141,8 +143,9 @@ class BoxTarget(Target):
             best = int(ious.detach().argmax())
             if float(ious[best].detach()) > self.iou_threshold:
                 return ious[best] + scores[same[best]]
-        warnings.warn(f"BoxTarget(label={self.category}): no predicted box of that label has IoU > "
-                      f"{self.iou_threshold} with {self.box.tolist()}; its map is all zeros", stacklevel=2)
+        if self.warn:
+            warnings.warn(f"BoxTarget(label={self.category}): no predicted box of that label has IoU > "
+                          f"{self.iou_threshold} with {self.box.tolist()}; its map is all zeros", stacklevel=2)
         return zero
 
 

@@ -9,6 +9,7 @@ method row on it.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping
@@ -30,15 +31,18 @@ def model_cell(model: torch.nn.Module, split: Any, stream: EvalStream, batch_siz
                keep_maps: int, numbers: Mapping[str, tuple[float, None]]) -> tuple[Cell, dict[str, np.ndarray]]:
     """The model cell: accuracy on the test split (per-image top-1 kept), the source's own ``numbers``
     (training time and loss), and the kept evaluation images' logits for report.html. A segmenter's:
-    its pixel accuracy and mean IoU on the test split."""
+    its pixel accuracy and mean IoU on the test split; a detector's: its box AP at IoU 0.5."""
     from .. import metrics
     from ..inference import predict
 
-    if getattr(model, "task", "classification") == "segmentation":
-        from ..inference import evaluate_segmentation
+    task = getattr(model, "task", "classification")
+    if task != "classification":
+        from .. import inference
 
-        scores = evaluate_segmentation(model, split, batch_size, device)
-        cell = {name: (float(scores[name]), None) for name in ("pixel_accuracy", "miou")}
+        evaluate, names = ((inference.evaluate_segmentation, ("pixel_accuracy", "miou")) if task == "segmentation"
+                           else (inference.evaluate_detection, ("box_ap50",)))
+        scores = evaluate(model, split, batch_size, device)
+        cell = {name: (float(scores[name]), None) for name in names}
         cell.update(numbers)
         return cell, {}
 
@@ -66,7 +70,8 @@ class JobCells:
 
         plan, data = self.plan, self._datasets.get(job.dataset.name)
         if data is None:
-            stream = self._objects if job.dataset.task == "segmentation" else self._stream
+            stream = self._stream if job.dataset.task == "classification" else partial(self._objects,
+                                                                                         task=job.dataset.task)
             data = self._datasets[job.dataset.name] = DatasetData(job.dataset, stream)
             if not data.annotated:
                 self.echo(f"dataset {job.dataset.name}: no masks or boxes, so the localization columns and the "
@@ -91,7 +96,7 @@ class JobCells:
         plan = self.plan
         return EvalStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
 
-    def _objects(self, split: Any) -> EvalStream:
-        """A segmentation dataset's (image, object) pairs (camzoo.bench.objects)."""
+    def _objects(self, split: Any, task: str) -> EvalStream:
+        """A segmentation or detection dataset's (image, object) pairs (camzoo.bench.objects)."""
         plan = self.plan
-        return ObjectStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
+        return ObjectStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size, task=task)

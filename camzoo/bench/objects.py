@@ -1,5 +1,5 @@
-"""The object track: a segmenter's maps of every object of a scene, scored against that object with the
-scene's other objects as distractors.
+"""The object track: a segmenter's or detector's maps of every object of a scene, scored against that
+object with the scene's other objects as distractors.
 
 Why pairs: a scene of 2-4 objects of distinct classes asks more of a map than "find an object": each
 object is explained in turn (``SegmentationTarget(its class, its mask)``), and the map must put its
@@ -21,16 +21,18 @@ from typing import Any
 import torch
 
 from ..methods.objectives import OutputTargets
-from ..targets import SegmentationTarget
+from ..targets import BoxTarget, SegmentationTarget
 from .evaluation import EvalSet, EvalStream
 
-# a segmenter's class 0 is the background; dataset class c is its output channel c + 1
+# a segmenter's and a detector's class 0 is the background; dataset class c is their class c + 1
 BACKGROUND_CLASSES = 1
 
 
-def load_object_set(split: Any, count: int, device: torch.device) -> EvalSet:
+def load_object_set(split: Any, count: int, device: torch.device, task: str = "segmentation") -> EvalSet:
     """The (image, object) pairs of the first ``count`` images of ``split`` (a dataset with
-    ``get_objects``, e.g. "scenes"), on the device, in image order then object order."""
+    ``get_objects``, e.g. "scenes"), on the device, in image order then object order. ``task``: what
+    each pair's target is: ``SegmentationTarget(class, the object's mask)`` for a segmenter,
+    ``BoxTarget(class, the object's box)`` for a detector."""
     if not callable(getattr(split, "get_objects", None)):
         raise ValueError(f"the object track needs per-object masks (get_objects); {type(split).__name__} has none")
     indices = torch.arange(min(count, len(split)))
@@ -41,11 +43,16 @@ def load_object_set(split: Any, count: int, device: torch.device) -> EvalSet:
     instances = objects["instances"][image].long()
     target = instances == (slot + 1)[:, None, None]
     others = (instances > 0) & ~target
-    targets = OutputTargets([SegmentationTarget(int(c) + BACKGROUND_CLASSES, mask)
-                             for c, mask in zip(classes.tolist(), target.to(device))])
+    boxes = objects["object_boxes"][image, slot]
+    if task == "segmentation":
+        targets = OutputTargets([SegmentationTarget(int(c) + BACKGROUND_CLASSES, mask)
+                                 for c, mask in zip(classes.tolist(), target.to(device))])
+    else:
+        targets = OutputTargets([BoxTarget(int(c) + BACKGROUND_CLASSES, box, warn=False)  # a miss: a zero map
+                                 for c, box in zip(classes.tolist(), boxes.tolist())])
     return EvalSet(
         images=images[image].to(device), labels=classes.to(device), masks=target.to(device),
-        boxes=objects["object_boxes"][image, slot][:, None].to(device),
+        boxes=boxes[:, None].to(device),
         mean=tuple(split.mean), std=tuple(split.std), classes=list(split.classes),
         targets=targets, other_masks=others.to(device),
     )
@@ -55,10 +62,15 @@ class ObjectStream(EvalStream):
     """The object track's evaluation set as a stream of one block (see the module docstring);
     ``count`` counts images, the block holds their pairs."""
 
+    def __init__(self, split: Any, count: int, block: int, device: torch.device, batch_size: int | None = None,
+                 task: str = "segmentation"):
+        super().__init__(split, count, block, device, batch_size)
+        self.task = task
+
     @property
     def first(self) -> EvalSet:
         if self._first is None:
-            self._first = load_object_set(self.split, self.count, self.device)
+            self._first = load_object_set(self.split, self.count, self.device, self.task)
         return self._first
 
     def blocks(self) -> Iterator[EvalSet]:

@@ -221,17 +221,17 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
 
 
 def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:
-    """A dataset whose task no kind of the grid has, or a segmentation dataset without every object's
-    mask (``get_objects``: the object track scores each object against the others)."""
+    """A dataset whose task no kind of the grid has, or a segmentation or detection dataset without every
+    object's mask and box (``get_objects``: the object track scores each object against the others)."""
     problems = []
     for dataset in datasets:
         if kinds and not kinds_for(kinds, dataset):
             problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {list(kinds)} "
                             f"trains for it; add a kind of that task (camzoo train --help lists the kinds)")
         probe = probes.get(dataset.name)
-        if dataset.task == "segmentation" and probe is not None and not callable(getattr(probe, "get_objects", None)):
-            problems.append(f"dataset {dataset.name!r} has task 'segmentation' but no per-object masks (get_objects); "
-                            "use the built-in 'scenes' dataset")
+        if dataset.task != "classification" and probe is not None and not callable(getattr(probe, "get_objects", None)):
+            problems.append(f"dataset {dataset.name!r} has task {dataset.task!r} but no per-object masks and boxes "
+                            "(get_objects); use the built-in 'scenes' dataset")
     return problems
 
 

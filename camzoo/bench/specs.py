@@ -20,8 +20,8 @@ GALLERY_CELL = "gallery"
 SPLITS = ("train", "test")
 DATASET_KEYS = ("name", "root", "image_size", "options", "task")
 # What a dataset's models do, and how their maps are scored: "classification" (the image's class), or
-# "segmentation" (each object of a scene, with the others as distractors: camzoo.bench.objects).
-TASKS = ("classification", "segmentation")
+# "segmentation" / "detection" (each object of a scene, with the others as distractors: camzoo.bench.objects).
+TASKS = ("classification", "segmentation", "detection")
 VARIANT_KEYS = ("name", "train", "model")
 
 

@@ -197,6 +197,8 @@ _ENTRIES = (
           "included)", scope="model", column="Pixel accuracy"),
     _info("miou", True, 0, 1, "", "a segmenter's mean IoU over the classes present in its prediction or the "
           "truth (background included)", scope="model", column="mIoU"),
+    _info("box_ap50", True, 0, 1, "", "a detector's average precision at IoU 0.5, the mean over classes",
+          scope="model", column="Box AP50"),
     # -- from each method's maps
     _info("deletion", False, 0, 1, "deletion_insertion",
           "AUC of the target's probability as salient pixels are deleted", needs=("model",), column="Deletion AUC",
