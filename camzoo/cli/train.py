@@ -1,4 +1,4 @@
-"""``camzoo train``: train a baseline, ABN or LFI-CAM model on a camzoo dataset."""
+"""``camzoo train``: train a baseline, ABN, LFI-CAM or segmenter model on a camzoo dataset."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .options import parse_options
 
 @click.command("train")
 @click.option("--kind", required=True,
-              help="Model kind: baseline, abn, lfi, or any registered kind (camzoo.models.kind_names()).")
+              help="Model kind: baseline, abn, lfi, segmenter (needs a dataset with class maps, e.g. scenes), or any "
+                   "registered kind (camzoo.models.kind_names()).")
 @click.option("--backbone", default="resnet20", show_default=True, help="CIFAR ResNet (resnet8/20/56/110) or timm CNN name.")
 @click.option("--dataset", "dataset_name", default="shapes", show_default=True, help="Dataset name (camzoo.data).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Where the dataset lives / is generated.")
@@ -53,7 +54,7 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
     from ..data import load  # lazy: torch and the datasets load only when training
     from ..train import TrainConfig, train
 
-    from ..models import kind_names
+    from ..models import get_kind, kind_names
 
     if kind not in kind_names():
         raise click.BadParameter(f"{kind!r} is not a model kind; choose one of {', '.join(kind_names())}", param_hint="--kind")
@@ -90,10 +91,13 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
         raise SystemExit(130) from None
     if rank != 0:
         return  # rank 0 reports
+    acc = "pixel acc" if get_kind(kind).task == "segmentation" else "acc"
     line = (f"{kind}/{backbone} seed {seed}: train loss {result.train_loss:.4f}, "
-            f"train acc {result.train_accuracy:.4f}")
+            f"train {acc} {result.train_accuracy:.4f}")
     if result.eval_accuracy is not None:
-        line += f", test acc {result.eval_accuracy:.4f}"
+        line += f", test {acc} {result.eval_accuracy:.4f}"
+    if "mean_iou" in result.eval_stats:
+        line += f", test mIoU {result.eval_stats['mean_iou']:.4f}"
     click.echo(f"{line} ({result.total_train_time_s:.1f} s training) -> {result.checkpoint}")
 
 

@@ -19,7 +19,7 @@ from .backbones import Backbone
 class ModelOutput(NamedTuple):
     """All outputs of one forward pass. Only ``logits`` is always set."""
 
-    logits: torch.Tensor  # (B, K): the prediction (ABN: perception branch)
+    logits: torch.Tensor  # (B, K): the prediction (ABN: perception branch); a segmenter's (B, K, H, W)
     attention: torch.Tensor | None = None  # (B, 1, h, w) in [0, 1] for abn / lfi
     aux_logits: torch.Tensor | None = None  # (B, K): ABN's attention-branch logits
     channel_weights: torch.Tensor | None = None  # (B, C): LFI-CAM's FIN softmax weights
@@ -32,6 +32,10 @@ class CamModel(nn.Module):
     kind_aliases: ClassVar[tuple[str, ...]] = ()  # names this kind was registered under before (old stores)
     options: ClassVar[tuple[str, ...]] = ()  # build options of this kind beyond build_model's common ones
     produces_attention: ClassVar[bool] = False  # True: forward_with_attention gives the model's own map
+    #: what the logits predict: "classification" (B, K) per image, or "segmentation" (B, K, H, W) per
+    #: pixel. The trainer picks its labels and accuracy by it, camzoo.inference its metrics, and the
+    #: benchmark pairs kinds with datasets by it.
+    task: ClassVar[str] = "classification"
     #: dotted name of the module whose output is the final feature map feeding global pooling
     #: (after the attention mechanism); Grad-CAM / Eigen-CAM use it as their default layer.
     default_cam_layer: str = "cam_hook"
@@ -68,7 +72,8 @@ class CamModel(nn.Module):
         raise NotImplementedError
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
-        """The kind's training objective: one cross-entropy on the logits."""
+        """The kind's training objective: one cross-entropy on the logits (per pixel for (B, K, H, W)
+        logits and (B, H, W) labels)."""
         return F.cross_entropy(output.logits, labels)
 
     # -- shared pieces ---------------------------------------------------------------------

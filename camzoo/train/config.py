@@ -37,7 +37,7 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of the run with a linear warm-up from lr/25 to lr (short runs need it)
     seed: int = 0
     augment: str = "none"  # "none" | "flip" | "crop_flip" (batched, on the device); not with a dataset's augment=True
-    num_classes: int | None = None  # default: len(dataset.classes)
+    num_classes: int | None = None  # default: len(dataset.classes) (a segmenter: + 1 for background)
     model_options: dict[str, Any] = field(default_factory=dict)  # passed to build_model
     device: str | None = None  # default: "cuda" when available, else "cpu"
     amp: bool | None = None  # default: on for CUDA (bf16 where supported, else fp16 + GradScaler); True on CPU: bf16
@@ -92,12 +92,13 @@ class TrainConfig:
 class TrainResult:
     checkpoint: Path  # model.pt: load with camzoo.models.load_model
     train_loss: float  # mean over the last epoch
-    train_accuracy: float  # top-1 over the last epoch (training mode, augmented batches)
+    train_accuracy: float  # top-1 (a segmenter: pixel accuracy) over the last epoch (training mode, augmented batches)
     wall_time_s: float  # seconds spent in this call
     total_train_time_s: float  # training seconds over all calls (resumed runs included)
     epochs: int
     resumed_from_epoch: int  # 0 for a fresh run; epochs when the run was already finished
-    eval_accuracy: float | None = None
+    eval_accuracy: float | None = None  # a segmenter's: pixel accuracy
     eval_loss: float | None = None
+    eval_stats: dict[str, float] = field(default_factory=dict)  # all of camzoo.inference.evaluate's (mean_iou, ...)
     history: list[dict[str, float]] = field(default_factory=list)
     model: Any = None  # the trained model (eval mode, on the training device), equal to the checkpoint's

@@ -8,7 +8,8 @@ ranks, and lets rank 0 alone write checkpoints (atomically, as always). A checkp
 rank-specific, so a run resumes on any number of processes. Batch statistics of BatchNorm are per
 rank (DDP's default), the one reason W ranks differ slightly from one process. Evaluation is
 sharded by image index (rank r predicts images r, r+W, ...; no sampler padding, so no duplicates)
-and the logits are gathered back into index order: exactly the numbers of one process.
+and the logits are gathered back into index order: exactly the numbers of one process. A segmenter's
+shards sum their confusion matrices instead (per-pixel logits are too large to gather).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from ..world import barrier, join, place_from_env, rank_device
 from ..world import current as world
 
 # The trainer's loop reaches the group through this module: its world() and barrier() are camzoo.world's.
-__all__ = ["DistributedModel", "all_sum", "barrier", "evaluate_sharded", "init_from_env", "predict_sharded", "world",
-           "wrap"]
+__all__ = ["DistributedModel", "all_sum", "barrier", "evaluate_segmentation_sharded", "evaluate_sharded",
+           "init_from_env", "predict_sharded", "world", "wrap"]
 
 
 def init_from_env(device: str) -> str:
@@ -88,8 +89,7 @@ def predict_sharded(model: nn.Module, dataset, batch_size: int, device: torch.de
     rank, size = world()
     if size == 1:
         return predict(model, dataset, batch_size, device, amp, num_classes)
-    for buffer in model.buffers():  # BatchNorm's running statistics differ per rank (DDP keeps the weights equal)
-        dist.broadcast(buffer.data, src=0)
+    _take_rank0_buffers(model)
     mine = list(range(rank, len(dataset), size))
     logits, labels = predict(model, torch.utils.data.Subset(dataset, mine), batch_size, device, amp, num_classes) \
         if mine else (torch.empty(0, 0), torch.empty(0, dtype=torch.long))
@@ -103,10 +103,42 @@ def predict_sharded(model: nn.Module, dataset, batch_size: int, device: torch.de
     return all_logits.to(device), all_labels.to(device)
 
 
+def _take_rank0_buffers(model: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for buffer in model.buffers():  # BatchNorm's running statistics differ per rank (DDP keeps the weights equal)
+        dist.broadcast(buffer.data, src=0)
+
+
 def evaluate_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device, amp: bool = False,
                      num_classes: int | None = None) -> dict[str, float]:
-    """``camzoo.inference.evaluate``'s numbers (accuracy, loss, n) from :func:`predict_sharded`."""
-    from ..inference import scores
+    """``camzoo.inference.evaluate``'s numbers (accuracy, loss, n) from :func:`predict_sharded`; a
+    segmenter's from :func:`evaluate_segmentation_sharded`."""
+    from ..inference import is_segmenter, scores
 
+    if is_segmenter(model):
+        return evaluate_segmentation_sharded(model, dataset, batch_size, device, amp)
     logits, labels = predict_sharded(model, dataset, batch_size, device, amp, num_classes)
     return scores(logits, labels)
+
+
+@torch.no_grad()
+def evaluate_segmentation_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device,
+                                  amp: bool = False) -> dict[str, float]:
+    """``camzoo.inference.evaluate_segmentation`` over the ranks: each scores images r, r+W, ... into a
+    confusion matrix and a loss sum, which add up over the ranks to exactly one process's."""
+    from ..inference import evaluate_segmentation, segmentation_confusion, segmentation_scores
+
+    rank, size = world()
+    if size == 1:
+        return evaluate_segmentation(model, dataset, batch_size, device, amp)
+    _take_rank0_buffers(model)
+    mine = torch.arange(rank, len(dataset), size)
+    k = int(model.num_classes)
+    if len(mine):
+        confusion, loss_sum = segmentation_confusion(model, dataset, batch_size, device, amp, indices=mine)
+    else:
+        confusion = torch.zeros(k, k, dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    all_sum(confusion, loss_sum)
+    return segmentation_scores(confusion, loss_sum, len(dataset))

@@ -2,7 +2,10 @@
 
 Why it looks like this:
 * Kind-agnostic: every camzoo model has ``forward_train`` and ``loss`` (ABN's sum of two
-  cross-entropies lives in the model), so there is one loop.
+  cross-entropies lives in the model), so there is one loop. A segmenter (``task ==
+  "segmentation"``) differs only in its labels, the dataset's per-pixel class maps (moved with the
+  pixels by ``augment``), its class count (the dataset's classes + background) and its accuracy (per
+  pixel).
 * Fast: losses and hits are summed on the device and read once per log interval and epoch (no
   per-step host sync); batches come from camzoo's one data path (:class:`camzoo.data.BatchLoader`,
   whole-batch gathers for in-memory datasets); channels_last everywhere; CUDA gets autocast (bf16,
@@ -27,8 +30,8 @@ from torch import nn
 
 from ..data.loading import AUGMENT_STREAM, BatchLoader, epoch_seed
 from ..data.transforms import augment_batch
-from ..inference import evaluate
-from ..models import build_model
+from ..inference import SEGMENTATION, evaluate, segmentation_view
+from ..models import build_model, get_kind
 from ..models.checkpoint import save_model
 from ..modelutil import cpu_has_native_bf16, resolve_device
 from . import ddp
@@ -43,8 +46,10 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     """Train one model; checkpoint every epoch into ``out_dir``; return a :class:`TrainResult`.
 
     ``train_dataset`` items are ``(image, label, target)`` (data contract; ``target`` unused) or
-    ``(image, label)``. With ``resume`` (default) an interrupted run in ``out_dir`` continues
-    from its last finished epoch and a finished one is returned without training; a run there
+    ``(image, label)``; a segmenter's dataset needs per-pixel class maps (``get_batch(indices,
+    objects=True)`` with a "segmentation" target, as "scenes"), and its ``train_accuracy`` /
+    ``eval_accuracy`` are pixel accuracies. With ``resume`` (default) an interrupted run in
+    ``out_dir`` continues from its last finished epoch and a finished one is returned without training; a run there
     with a different config is an error. ``callback(epoch, stats)`` runs after each epoch's
     checkpoint is written. ``TrainResult.model`` is the trained model, in eval mode. ``distributed``:
     train one model over the initialised process group with DDP (camzoo.train.ddp; every rank calls
@@ -67,7 +72,11 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                       "and slower than float32 here; set amp=False (a bench config: train.amp = false)", stacklevel=2)
     channels_last = config.uses_channels_last
     deterministic = (device.type == "cpu") if config.deterministic is None else config.deterministic
-    num_classes = config.num_classes or len(getattr(train_dataset, "classes", None) or [])
+    segmenter = get_kind(config.kind).task == SEGMENTATION
+    if segmenter and config.fast_path is False:
+        raise ValueError("a segmenter reads its class maps through the dataset's get_batch: leave "
+                         "TrainConfig.fast_path unset (or True)")
+    num_classes = config.num_classes or len(_class_names(train_dataset, segmenter))
     if num_classes < 2:
         raise ValueError("set TrainConfig.num_classes, or give a dataset with a .classes list of at least 2 names")
     rank, world_size = ddp.world() if distributed else (0, 1)
@@ -89,8 +98,8 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                                 weight_decay=config.weight_decay, nesterov=config.nesterov, fused=is_cuda or None)
     amp_dtype = torch.bfloat16 if (not is_cuda or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    data = BatchLoader(train_dataset, config.batch_size, device, num_classes=num_classes,
-                       num_workers=config.num_workers, fast_path=config.fast_path)
+    data = BatchLoader(segmentation_view(train_dataset) if segmenter else train_dataset, config.batch_size, device,
+                       num_classes=num_classes, num_workers=config.num_workers, fast_path=config.fast_path)
     step_model = ddp.wrap(model, device) if world_size > 1 else model
 
     start_epoch, history, past_time = 0, [], 0.0
@@ -117,27 +126,33 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
             seen = 0
             batches = data.epoch(shuffle=True, seed=config.seed, epoch=epoch, drop_last=True, rank=rank,
                                  world_size=world_size)
-            for i, (x, y, _) in enumerate(batches):
+            for i, (x, y, targets) in enumerate(batches):
                 step = epoch * steps_per_epoch + i
                 lr = learning_rate(config, step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = augment_batch(x, config.augment, aug_gen)
+                if segmenter:
+                    x, y = _augment_with_map(x, targets[SEGMENTATION], config.augment, aug_gen)
+                else:
+                    x = augment_batch(x, config.augment, aug_gen)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 loss, logits = train_step(step_model, optimizer, scaler, x, y, autocast)
                 loss_sum += loss.float() * y.shape[0]
                 hits += (logits.argmax(1) == y).sum()
-                seen += y.shape[0]
+                seen += y.shape[0]  # images; a segmenter's accuracy counts pixels: hits / (seen * per_image)
                 if bar is not None:
                     bar.update(1)
                     if (i + 1) % config.log_every == 0:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / seen:.4f}", acc=f"{hits.item() / seen:.3f}")
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / seen:.4f}",
+                                        acc=f"{hits.item() / (seen * y[0].numel()):.3f}")
             if world_size > 1:  # the epoch's numbers over every rank's share
                 counts = torch.tensor(seen, device=device)
                 ddp.all_sum(loss_sum, hits, counts)
                 seen = int(counts.item())
-            stats = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen, "train_accuracy": hits.item() / seen,
+            per_image = y[0].numel()  # 1 label, or H x W pixels
+            stats = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen,
+                     "train_accuracy": hits.item() / (seen * per_image),
                      "lr": lr, "seconds": time.perf_counter() - epoch_start, "steps": len(batches)}
             if not math.isfinite(stats["train_loss"]):
                 raise FloatingPointError(
@@ -178,7 +193,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
         checkpoint=model_path, train_loss=last["train_loss"], train_accuracy=last["train_accuracy"],
         wall_time_s=time.perf_counter() - start_time, total_train_time_s=past_time, epochs=config.epochs,
         resumed_from_epoch=start_epoch, eval_accuracy=result_stats.get("accuracy"),
-        eval_loss=result_stats.get("loss"), history=history, model=model,
+        eval_loss=result_stats.get("loss"), eval_stats=dict(result_stats), history=history, model=model,
     )
 
 
@@ -196,12 +211,28 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     return loss.detach(), out.logits.detach()
 
 
+def _augment_with_map(x: torch.Tensor, segmentation: torch.Tensor, mode: str,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``augment_batch`` on the images and their class maps alike: the map rides along as a fourth
+    channel, so it gets the very same flips and shifts (shifted-in pixels are 0, background)."""
+    if mode == "none":
+        return x, segmentation.long()
+    stacked = augment_batch(torch.cat([x, segmentation.unsqueeze(1).to(x.dtype)], dim=1), mode, generator)
+    return stacked[:, :3], stacked[:, 3].round().long()
+
+
+def _class_names(dataset, segmenter: bool) -> list[str]:
+    """The dataset's class names (none: []); a segmenter's start with "background" (its class 0)."""
+    classes = list(getattr(dataset, "classes", None) or [])
+    return ["background", *classes] if segmenter and classes else classes
+
+
 def _model_options(config: TrainConfig, dataset) -> dict[str, Any]:
     """build_model options: the config's, completed with the dataset's classes and preprocessing."""
     options = dict(config.model_options)
-    classes = getattr(dataset, "classes", None)
+    classes = _class_names(dataset, get_kind(config.kind).task == SEGMENTATION) or None
     if classes is not None and "class_names" not in options and len(classes) == (config.num_classes or len(classes)):
-        options["class_names"] = list(classes)
+        options["class_names"] = classes
     for key in ("mean", "std", "image_size"):
         value = getattr(dataset, key, None)
         if value is not None and key not in options:

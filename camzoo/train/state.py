@@ -128,7 +128,7 @@ def finished_result(config: TrainConfig, out_dir: Path, start_time: float, devic
         train_accuracy=history[-1].get("train_accuracy", float("nan")), wall_time_s=time.perf_counter() - start_time,
         total_train_time_s=float(summary.get("total_train_time_s", 0.0)), epochs=config.epochs,
         resumed_from_epoch=config.epochs, eval_accuracy=eval_stats.get("accuracy"), eval_loss=eval_stats.get("loss"),
-        history=history, model=_as_trained(load_model(model_path, map_location=device), config),
+        eval_stats=dict(eval_stats), history=history, model=_as_trained(load_model(model_path, map_location=device), config),
     )
 
 
