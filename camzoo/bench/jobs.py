@@ -39,10 +39,11 @@ def model_cell(model: torch.nn.Module, split: Any, stream: EvalStream, batch_siz
     if task != "classification":
         from .. import inference
 
-        evaluate, names = ((inference.evaluate_segmentation, ("pixel_accuracy", "miou")) if task == "segmentation"
-                           else (inference.evaluate_detection, ("box_ap50",)))
+        # the cell's metric -> the evaluation's key
+        evaluate, names = ((inference.evaluate_segmentation, {"pixel_accuracy": "accuracy", "miou": "mean_iou"})
+                           if task == "segmentation" else (inference.evaluate_detection, {"box_ap50": "ap50"}))
         scores = evaluate(model, split, batch_size, device)
-        cell = {name: (float(scores[name]), None) for name in names}
+        cell = {name: (float(scores[key]), None) for name, key in names.items()}
         cell.update(numbers)
         return cell, {}
 
