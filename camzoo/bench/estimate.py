@@ -50,6 +50,7 @@ JOB_SECONDS_ENV = "CAMZOO_JOB_SECONDS"
 REFERENCE_CPU_SPEED = 0.0083
 REPORT_FIXED_S = 11.0
 REPORT_PER_CELL_S = 1.05
+OBJECTS_PER_IMAGE = 3.0  # the object track's pairs per image: 2-4 objects, equally often, in "scenes"
 
 
 def _train_config(job: ModelJob) -> Any:
@@ -76,6 +77,7 @@ def shape_of(job: ModelJob, calibration: Calibration) -> Shape:
     """The model shape whose unit costs a job's work is charged at."""
     config = _train_config(job)
     classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.name][0]
+    classes += 0 if job.dataset.task == "classification" or getattr(config, "num_classes", None) else 1  # background
     if config is None:
         return Shape(job.kind, job.backbone, job.source.image_size or job.dataset.image_size, classes)
     return Shape(job.kind, job.backbone, job.dataset.image_size, classes, repr(sorted(config.model_options.items())))
@@ -142,7 +144,7 @@ def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Ca
             for shape in sorted((s for s, job in jobs.items() if method in calibration.units[s].channels),
                                 key=lambda s: method_unit(calibration.units[s], method)):
                 job = jobs[shape]
-                images = eval_set(plan.batch_size, shape.size, shape.classes, job.dataset.annotated, device)
+                images = eval_set(plan.batch_size, shape.size, shape.classes, job.dataset.annotated, device, job.dataset.task)
                 seconds = _explain(calibration, job, shape, models[shape], (method,), images, plan.batch_size,
                                    device, costly=True)
                 if seconds is not None:
@@ -154,7 +156,7 @@ def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Ca
                 if key not in calibration.scoring:
                     classes = calibration.datasets[job.dataset.name][0]
                     calibration.scoring[key] = scoring_rate(plan.settings_for(method), key[0], classes, key[1],
-                                                            device, warm=not calibration.scoring)
+                                                            device, warm=not calibration.scoring, objects=key[-1])
         for size in sorted({spec.image_size for spec in plan.datasets}):  # cheap: every size, stability or not
             calibration.stability[size] = stability_rate(size, device)
         calibration.cpu_speed = cpu_speed()
@@ -182,7 +184,7 @@ def _units(plan: BenchPlan, calibration: Calibration, job: ModelJob, shape: Shap
     model.eval()
     scorer = counter.watch(fold_batchnorm(model))
     units = Units(train, forward_rate(scorer, shape.size, plan.settings.chunk_size, device), channels=channels)
-    images = eval_set(plan.batch_size, shape.size, shape.classes, job.dataset.annotated, device)
+    images = eval_set(plan.batch_size, shape.size, shape.classes, job.dataset.annotated, device, job.dataset.task)
     for group in job.groups:
         if not _free(group) and not (len(group) == 1 and _costly(group[0])):
             seconds = _explain(calibration, job, shape, model, group, images, plan.batch_size, device)
@@ -203,10 +205,11 @@ def _explain(calibration: Calibration, job: ModelJob, shape: Shape, model: torch
 
 
 def scoring_key(plan: BenchPlan, calibration: Calibration, job: ModelJob, method: str) -> tuple:
-    """What a cell's per-image metric costs depend on: image size, annotations, the games' settings."""
+    """What a cell's per-image metric costs depend on: image size, annotations, the games' settings, and
+    whether the maps are scored alone (the object track: no games)."""
     s = plan.settings_for(method)
     return (shape_of(job, calibration).size, job.dataset.annotated, s.protocol, s.deletion_steps, s.deletion_fraction,
-            s.deletion_target, s.substrates, s.chunk_size)
+            s.deletion_target, s.substrates, s.chunk_size, job.dataset.task != "classification")
 
 
 def _fwd_bwd(units: Units) -> float:
@@ -278,8 +281,11 @@ def job_cost(plan: BenchPlan, calibration: Calibration, job: ModelJob) -> JobCos
     units = calibration.units[shape]
     _, train_images, test_images = calibration.datasets[job.dataset.name]
     evaluated = min(plan.eval_images, test_images)
+    objects = job.dataset.task != "classification"
     config = _train_config(job)
     train = test_images * units.forward  # the accuracy pass
+    if objects:  # the object track explains and scores one entry per (image, object): no games, no grids
+        evaluated *= OBJECTS_PER_IMAGE
     if config is not None:
         train += config.epochs * (train_images // config.batch_size) * config.batch_size * units.train
     explain = evaluated * sum(method_seconds(calibration, shape, group[0], group) for group in job.groups)
@@ -291,8 +297,9 @@ def job_cost(plan: BenchPlan, calibration: Calibration, job: ModelJob) -> JobCos
         played = evaluated if settings.game_images is None else min(evaluated, settings.game_images)
         games += evaluated * (score.images_s + score.images_forwards * units.forward)
         games += played * (score.games_s + score.games_forwards * units.forward)
-        new_inputs = discrimination_images(settings, method, job.layer(method), min(evaluated, plan.block_images))
-        grids += new_inputs * method_seconds(calibration, shape, method, group_of[method])
+        if not objects:
+            new_inputs = discrimination_images(settings, method, job.layer(method), min(evaluated, plan.block_images))
+            grids += new_inputs * method_seconds(calibration, shape, method, group_of[method])
     if plan.settings.reliability == "full":  # every method cell explained and scored again 4 x K times
         passes = 1 + 4 * plan.settings.perturbation_draws
         explain, games, grids = explain * passes, games * passes, grids * passes

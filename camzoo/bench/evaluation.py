@@ -201,11 +201,12 @@ def explain_block(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
 
 
 def first_images(block: EvalSet, count: int) -> EvalSet:
-    """The first ``count`` images of a block (with their labels and ground truth)."""
+    """The first ``count`` images of a block (with their labels, ground truth and the object track's targets)."""
     cut = {name: None if value is None else value[:count]
-           for name, value in (("masks", block.masks), ("boxes", block.boxes))}
+           for name, value in (("masks", block.masks), ("boxes", block.boxes), ("targets", block.targets),
+                               ("other_masks", block.other_masks))}
     return EvalSet(block.images[:count], block.labels[:count], cut["masks"], cut["boxes"], block.mean, block.std,
-                   block.classes, start=block.start)
+                   block.classes, start=block.start, targets=cut["targets"], other_masks=cut["other_masks"])
 
 
 def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torch.Tensor, settings: Any,

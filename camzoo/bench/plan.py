@@ -197,15 +197,17 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         _stop(problems)
         jobs, stability = _loaded(config["methods"], datasets, entries)
     else:
-        trainers = {}  # (variant, kind, backbone, seed) -> its TrainConfig, built and validated once
-        for variant in variants:
-            for kind in config["kinds"]:
-                for backbone in config["backbones"]:
-                    for seed in config["seeds"]:
-                        trainer, found = variant.train_config(config["train"], kind, backbone, seed, str(resolved))
-                        trainers[variant.name, kind, backbone, seed] = trainer
-                        problems += found
-        first = [(name, trainer) for (name, _, _, seed), trainer in trainers.items() if seed == config["seeds"][0]]
+        trainers = {}  # (dataset, variant, kind, backbone, seed) -> its TrainConfig, built and validated once
+        for dataset in datasets:
+            table = {**config["train"], **dataset.train}  # the dataset's own [train] keys win
+            for variant in variants:
+                for kind in kinds_for(config["kinds"], dataset):
+                    for backbone in config["backbones"]:
+                        for seed in config["seeds"]:
+                            trainer, found = variant.train_config(table, kind, backbone, seed, str(resolved))
+                            trainers[dataset.name, variant.name, kind, backbone, seed] = trainer
+                            problems += found
+        first = [(name, trainer) for (_, name, _, _, seed), trainer in trainers.items() if seed == config["seeds"][0]]
         shapes = {name: split_shape(split) for name, split in probes.items()}
         problems += model_problems(first, config["methods"], shapes)
         _stop(problems)
@@ -280,7 +282,8 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
                 for variant in variants:
                     for seed in config["seeds"]:
                         label = job_label(dataset.name, backbone, kind, variant.name, seed)
-                        source = TrainedSource.for_job(trainers[variant.name, kind, backbone, seed], label)
+                        source = TrainedSource.for_job(trainers[dataset.name, variant.name, kind, backbone, seed],
+                                                       label)
                         jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, source))
                 if models_per_group > 1:
                     stability.append(StabilityGroup(dataset, backbone, kind, methods))

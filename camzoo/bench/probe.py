@@ -169,9 +169,13 @@ def per_image(run: Callable[[int], Any], device: torch.device, cap: int, start: 
     return max(seconds - slope * batch, 0.0) / cap + slope
 
 
-def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch.device):
+def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch.device,
+             task: str = "classification"):
     """Random evaluation images (an :class:`~camzoo.bench.evaluation.EvalSet`): a centred object box
-    and mask when the dataset is annotated."""
+    and mask when the dataset is annotated; for the object track, each image's target on that object
+    (camzoo.bench.objects), with no distractor."""
+    from ..methods.objectives import OutputTargets
+    from ..targets import BoxTarget, SegmentationTarget
     from .evaluation import EvalSet
 
     generator = torch.Generator().manual_seed(0)
@@ -184,7 +188,12 @@ def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch
         masks[:, low:high, low:high] = True
         masks, boxes = masks.to(device), torch.tensor([[[low, low, high, high]]], dtype=torch.float32).expand(
             count, 1, 4).contiguous().to(device)
-    return EvalSet(images, labels, masks, boxes, (0.0,) * 3, (1.0,) * 3, [str(c) for c in range(classes)])
+    found = EvalSet(images, labels, masks, boxes, (0.0,) * 3, (1.0,) * 3, [str(c) for c in range(classes)])
+    if task == "classification" or masks is None:
+        return found
+    targets = [SegmentationTarget(int(c) + 1, masks[0]) if task == "segmentation" else
+               BoxTarget(int(c) + 1, [low, low, high, high], warn=False) for c in labels.tolist()]
+    return dataclasses.replace(found, targets=OutputTargets(targets))
 
 
 def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.device) -> float:
@@ -205,11 +214,18 @@ def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.dev
     x = torch.randn(config.batch_size, 3, shape.size, shape.size, device=device)
     if config.uses_channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, shape.classes, (config.batch_size,), device=device)
+    y = training_labels(model, config.batch_size, shape, device)
     deterministic = device.type == "cpu" if config.deterministic is None else config.deterministic
     with runtime_settings(deterministic, device, config.num_threads):
         return per_image(lambda b: train_step(model, optimizer, scaler, x[:b], y[:b], autocast)[0].item(), device,
                          config.batch_size, least=MIN_TRAIN_S, points=2, repeat=True)
+
+
+def training_labels(model: nn.Module, batch: int, shape: Shape, device: torch.device) -> torch.Tensor:
+    """Random labels of the kind the model trains on: (B,) classes, or a segmenter's (B,H,W) class maps."""
+    if getattr(model, "task", "classification") == "segmentation":
+        return torch.randint(0, model.num_classes, (batch, shape.size, shape.size), device=device)
+    return torch.randint(0, shape.classes, (batch,), device=device)
 
 
 def forward_rate(scorer: nn.Module, size: int, batch: int, device: torch.device) -> float:
@@ -266,12 +282,13 @@ class StandIn(nn.Module):
 
 
 def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device: torch.device,
-                 warm: bool = True) -> Scoring:
+                 warm: bool = True, objects: bool = False) -> Scoring:
     """A cell's metrics with the stand-in model: the "images" metrics alone (the block starts past the
     games' images), then with the games, on 1 image (``warm``: OpenCV's and the substrates' first calls
     in this process), then on 2, 4, ... images until the games take ``MIN_TRAIN_S`` (or on
     ``SCORE_IMAGES``). The discrimination metrics are left to the cost model: they explain new inputs
-    with the cell's method."""
+    with the cell's method. ``objects``: the object track's scoring, the maps alone (no model, no games)
+    and the object share against an empty distractor mask."""
     from ..metrics import score_maps
     from ..modelutil import synchronize
 
@@ -283,16 +300,18 @@ def scoring_rate(settings: Any, size: int, classes: int, annotated: bool, device
     maps = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     maps = maps.to(device) / maps.amax((1, 2), keepdim=True).to(device)
     plain = dataclasses.replace(settings, grid_games=(), sensitivity=())
+    others = torch.zeros_like(images.masks) if objects and images.masks is not None else None
 
     def run(count: int) -> tuple[float, float, float, float]:
         found = []
         for games, start in ((1, 1), (None, 0)):  # "images" metrics only; then with the games
             model = StandIn(classes, size).to(device)
             begin = time.perf_counter()
-            score_maps(model, images.images[:count], maps[:count], images.labels[:count],
-                       None if images.masks is None else images.masks[:count],
+            score_maps(None if others is not None else model, images.images[:count], maps[:count],
+                       images.labels[:count], None if images.masks is None else images.masks[:count],
                        None if images.boxes is None else images.boxes[:count],
-                       dataclasses.replace(plain, game_images=games), map_memo={}, model_memo={}, start=start)
+                       dataclasses.replace(plain, game_images=games), map_memo={}, model_memo={}, start=start,
+                       other_masks=None if others is None else others[:count])
             synchronize(device)
             found += [(time.perf_counter() - begin) / count, model.seen / count]
         (only_s, only_f, all_s, all_f) = found

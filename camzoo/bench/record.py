@@ -79,6 +79,11 @@ class RunRecord:
         return len(self.seeds) * max(1, len(self.config.get("variants") or []))
 
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """The datasets' tasks (``[[datasets]]`` ``task``), each once, in config order."""
+        return tuple(dict.fromkeys(d.get("task", "classification") for d in self.config.get("datasets") or ()))
+
+    @property
     def game_fraction(self) -> float:
         """The share of the pixels the deletion/insertion games span: RISE's protocol plays over every one."""
         return 1.0 if self.settings.protocol == RISE_PROTOCOL.name else float(self.settings.deletion_fraction)

@@ -34,9 +34,10 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
         (f"- {seeds} checkpoint(s) per model entry" if config.get("models") else
          f"- {seeds} models per kind (seeds {list(record.seeds)}"
          + (f" x {len(config['variants'])} variants" if config["variants"] else "") + ")")
-        + f"; {record.images} evaluation images; deletion/insertion: {causal_description(record)}",
+        + f"; {record.images} evaluation images"
+        + (f"; deletion/insertion: {causal_description(record)}" if "classification" in record.tasks else ""),
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
-        "- maps explain the true class; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
+        f"- maps explain {_explained(record.tasks)}; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
         f"- **bold**: separated from and better than every other non-control row of the column (Wilcoxon signed-rank "
         f"on per-image values averaged over seeds, Holm-corrected within the column, p < {ALPHA}, and an effect that "
@@ -52,6 +53,16 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
         "- stability: whole-image IoU of maps binarised at map*255 > 100 (not the LFI-CAM script's row-wise "
         "`lfi_compat` IoU, stored as `stability_iou_lfi_compat`) and Spearman; ± and CI over seed pairs",
     ]
+
+
+def _explained(tasks: tuple[str, ...]) -> str:
+    """What the maps of a run's tracks explain, for the run's header."""
+    said = {"classification": "the true class",
+            "segmentation": "each object of a scene in turn (a segmenter: its class over its mask; the other "
+                            "objects are distractors)",
+            "detection": "each object of a scene in turn (a detector: its box of its class; the other objects "
+                         "are distractors)"}
+    return "; ".join(said[task] for task in tasks)
 
 
 def curves_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: str, path: Path) -> Path | None:

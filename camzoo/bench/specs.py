@@ -18,7 +18,7 @@ from .store import ALL_SEEDS, CellKey
 
 GALLERY_CELL = "gallery"
 SPLITS = ("train", "test")
-DATASET_KEYS = ("name", "root", "image_size", "options", "task")
+DATASET_KEYS = ("name", "root", "image_size", "options", "task", "train")
 # What a dataset's models do, and how their maps are scored: "classification" (the image's class), or
 # "segmentation" / "detection" (each object of a scene, with the others as distractors: camzoo.bench.objects).
 TASKS = ("classification", "segmentation", "detection")
@@ -55,6 +55,7 @@ class DatasetSpec:
     options: Mapping[str, Any]
     annotated: bool = False  # masks or boxes: the localization metrics and the oracle control need them
     task: str = "classification"  # TASKS: which model kinds it trains (a kind's ``task``) and how it scores
+    train: Mapping[str, Any] = field(default_factory=Frozen)  # [train] keys for this dataset's models only
 
     @classmethod
     def parse(cls, entry: object) -> tuple[DatasetSpec | None, list[str]]:
@@ -66,7 +67,7 @@ class DatasetSpec:
         extra = set(entry) - set(DATASET_KEYS)
         if extra:
             problems.append(f"dataset {entry['name']!r} has unknown keys {sorted(extra)} "
-                            "(valid: name, root, image_size, options, task)")
+                            "(valid: name, root, image_size, options, task, train)")
         task = entry.get("task", "classification")
         if task not in TASKS:
             problems.append(f"dataset {entry['name']!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -74,9 +75,13 @@ class DatasetSpec:
         if not isinstance(options, Mapping) or not all(isinstance(options.get(s, {}), Mapping) for s in SPLITS):
             problems.append(f"dataset {entry['name']!r}: options must be a table (with optional train/test tables), "
                             f"got {options!r}")
+        train = entry.get("train", {})
+        if not isinstance(train, Mapping):
+            problems.append(f"dataset {entry['name']!r}: train must be a table of [train] keys, got {train!r}")
         if problems:
             return None, problems
-        return cls(entry["name"], entry.get("root", ""), entry.get("image_size", 32), Frozen(options), task=task), []
+        return cls(entry["name"], entry.get("root", ""), entry.get("image_size", 32), Frozen(options), task=task,
+                   train=Frozen(train)), []
 
     @classmethod
     def parse_all(cls, entries: object) -> tuple[tuple[DatasetSpec, ...], list[str]]:

@@ -285,11 +285,13 @@ _ENTRIES = (
           selected_by="sensitivity"),
     *(_info(f"grid_count_{n}x{n}", True, 0, float("inf"), "build_grids",
             f"{n}x{n} grids the model's cells played (0: too few confident images of distinct classes)",
-            digits=0, compute=discrimination.grid_count(n), reads="inputs", selected_by=discrimination.plays_grids(n))
+            needs=("model",), digits=0, compute=discrimination.grid_count(n), reads="inputs",
+            selected_by=discrimination.plays_grids(n))
       for n in (2, 3)),
     _info("grid_qualified", True, 0, float("inf"), "confident_cells",
           "evaluation images classified correctly with confidence >= eval.grid_threshold (grid cells)",
-          digits=0, compute=discrimination.grid_qualified, reads="inputs", selected_by=discrimination.plays_grids()),
+          needs=("model",), digits=0, compute=discrimination.grid_qualified, reads="inputs",
+          selected_by=discrimination.plays_grids()),
     # -- across seeds (the stability cell)
     # stability compares the stored maps: those of the first eval.keep_maps images (camzoo.bench.runner)
     _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100 (the maps "
