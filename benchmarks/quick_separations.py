@@ -10,7 +10,10 @@ better than row B on one metric, within one dataset / backbone / kind:
 - LFI-CAM's attention is more stable across seeds than ABN's (stability IoU);
 - the discrimination columns split rows the single-object columns tie: Eigen-CAM is class-agnostic
   (higher Random Logit similarity than Grad-CAM), and HiResCAM keeps DiFull's attribution in the
-  target cell where Grad-CAM does not.
+  target cell where Grad-CAM does not;
+- the object track (scenes, a segmenter): the oracle beats random on the object share too, and
+  HiResCAM's maps put more of their mass on the object asked for than class-agnostic Eigen-CAM's
+  (which sits at the chance share by construction).
 
 A check holds when A's mean is better in the metric's direction and the paired test separates the
 rows: the Wilcoxon signed-rank test of per-image values (averaged over seeds; stability: over seed
@@ -37,7 +40,8 @@ from camzoo.metrics import METRICS
 ALPHA = 0.05
 # columns where the oracle control must beat random (those a run has; controls skip SRG)
 ORACLE_COLUMNS = ("deletion", "insertion", "pointing_game", "energy_pointing_game_mask", "energy_pointing_game_box",
-                  "max_box_acc_v2", "pxap", "gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus")
+                  "max_box_acc_v2", "pxap", "gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus",
+                  "object_share")
 
 
 @dataclass
@@ -97,6 +101,8 @@ def checks(results) -> list[Check]:
         wanted += [(method, control, "deletion") for method in one_pass for control in ("random", "centre")]
         # Grad-CAM's map changes with the class, class-agnostic Eigen-CAM's does not (lower is better)
         wanted += [("gradcam", "eigencam", "random_logit_similarity"), ("hirescam", "gradcam", "difull_2x2")]
+        # the object track: a class-specific map finds the object asked for, class-agnostic Eigen-CAM cannot
+        wanted += [("hirescam", "eigencam", "object_share")]
         for better, worse, metric in wanted:
             if better in methods and worse in methods:
                 check = compare(results, group, kind, better, worse, metric)

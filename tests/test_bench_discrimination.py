@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from camzoo.bench.config import resolve_config
+from camzoo.bench.config import PRESETS, resolve_config
 from camzoo.bench.plan import ConfigError, build_plan
 from camzoo.cli import main
 from camzoo.methods import get_method, one_pass_groups, select_methods, split_layer
@@ -144,13 +144,15 @@ def test_layer_rows_select_group_and_plan() -> None:
     assert chosen[:2] == ["gradcam", "gradcam@layer2"] and all(m.endswith("@layer2") for m in chosen[1:])
     assert one_pass_groups(["gradcam", "gradcam@layer2", "layercam", "layercam@layer2", "random"]) == [
         ["gradcam", "layercam"], ["gradcam@layer2", "layercam@layer2"], ["random"]]
-    config = resolve_config("quick", overrides={"kinds": ["baseline"], "seeds": [0],
+    shapes = [PRESETS["quick"]["datasets"][0]]  # the classification track (a baseline trains no segmenter)
+    config = resolve_config("quick", overrides={"kinds": ["baseline"], "seeds": [0], "datasets": shapes,
                                                 "methods": ["gradcam", "gradcam@layer2", "random"]})
     job = build_plan(config, "cpu").jobs[0]
     assert job.methods == ("gradcam", "gradcam@layer2", "random")
     assert job.layer("gradcam@layer2") == "layer2" and job.layer("gradcam") is None
     assert job.groups == (("gradcam",), ("gradcam@layer2",), ("random",))
-    bad = resolve_config("quick", overrides={"kinds": ["baseline"], "seeds": [0], "methods": ["gradcam@layer9"]})
+    bad = resolve_config("quick", overrides={"kinds": ["baseline"], "seeds": [0], "datasets": shapes,
+                                             "methods": ["gradcam@layer9"]})
     with pytest.raises(ConfigError, match="layer9"):
         build_plan(bad, "cpu")
 
@@ -173,7 +175,7 @@ def test_settings_and_presets() -> None:
     names = ("gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus", "randomisation_spearman",
              "random_logit_similarity")
     assert set(EvalSettings.from_config(standard["eval"]).discrimination) == set(names)
-    assert {d["name"] for d in standard["datasets"]} == {"shapes", "digits"}
+    assert {d["name"] for d in standard["datasets"]} == {"shapes", "digits", "scenes"}
     assert any(m.endswith("@layer2") for m in standard["methods"])
     for name in names:
         assert METRICS[name].group == "discrimination" and METRICS[name].column and "method" in METRICS[name].needs

@@ -229,7 +229,8 @@ def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], ki
     for dataset in datasets:
         if kinds and not kinds_for(kinds, dataset):
             problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {list(kinds)} "
-                            f"trains for it; add a kind of that task (camzoo train --help lists the kinds)")
+                            f"trains for it; add a kind of that task to kinds (camzoo train --help lists the kinds), or "
+                            "leave the dataset out")
         probe = probes.get(dataset.name)
         if dataset.task != "classification" and probe is not None and not callable(getattr(probe, "get_objects", None)):
             problems.append(f"dataset {dataset.name!r} has task {dataset.task!r} but no per-object masks and boxes "
