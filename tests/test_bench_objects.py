@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from camzoo.bench.config import resolve_config
 from camzoo.bench.objects import load_object_set
-from camzoo.bench.plan import ConfigError, build_plan
+from camzoo.bench.plan import ConfigError, DatasetSpec, build_plan
 from camzoo.cli import main
 from camzoo.data import load
 
@@ -56,6 +56,7 @@ def test_the_object_track_writes_summary_rows_with_the_oracle_above_random(segme
     summary = pd.read_csv(out / "summary.csv")
     rows = summary.set_index("method")
     assert set(summary["kind"]) == {"segmenter"}, "kinds left out: the kinds of the dataset's task"
+    assert set(summary["dataset"]) == {"scenes-segmentation"}, "the object track's rows name their task"
     assert {"gradcam", "eigencam", "random", "centre", "oracle"} <= set(rows.index)
     assert rows.loc["oracle", "object_share_mean"] == pytest.approx(1.0)
     assert rows.loc["oracle", "object_share_mean"] > rows.loc["random", "object_share_mean"]
@@ -95,5 +96,10 @@ def test_a_task_without_its_kind_or_without_objects_is_a_config_error():
     with pytest.raises(ConfigError, match="no per-object masks"):
         build_plan(resolve_config(overrides={"kinds": ["segmenter"], "datasets": [
             {"name": "shapes", "task": "segmentation"}]}))
+    for task in ("segmentation", "classification"):  # the same cells twice: the second would be taken as done
+        _, problems = DatasetSpec.parse_all([{"name": "scenes", "task": task}, {"name": "scenes", "task": task}])
+        assert any("listed twice" in problem for problem in problems)
+    both = DatasetSpec.parse_all([{"name": "scenes", "task": "segmentation"}, {"name": "scenes", "task": "detection"}])
+    assert not both[1] and [spec.key for spec in both[0]] == ["scenes-segmentation", "scenes-detection"]
     with pytest.raises(ConfigError, match="task must be one of"):
         build_plan(resolve_config(overrides={"datasets": [{"name": "scenes", "task": "counting"}]}))

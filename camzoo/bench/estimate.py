@@ -76,7 +76,7 @@ def _free(group: tuple[str, ...]) -> bool:
 def shape_of(job: ModelJob, calibration: Calibration) -> Shape:
     """The model shape whose unit costs a job's work is charged at."""
     config = _train_config(job)
-    classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.name][0]
+    classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.key][0]
     classes += 0 if job.dataset.task == "classification" or getattr(config, "num_classes", None) else 1  # background
     if config is None:
         return Shape(job.kind, job.backbone, job.source.image_size or job.dataset.image_size, classes)
@@ -130,7 +130,7 @@ def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Ca
     counter = Counter()
     with threads(count):
         calibration = Calibration(describe_device(device), count)
-        calibration.datasets = {spec.name: dataset_counts(spec) for spec in plan.datasets}
+        calibration.datasets = {spec.key: dataset_counts(spec) for spec in plan.datasets}
         jobs: dict[Shape, ModelJob] = {}
         for job in plan.jobs:
             jobs.setdefault(shape_of(job, calibration), job)
@@ -154,7 +154,7 @@ def calibrate(plan: BenchPlan, nproc: int = 1, budget_s: float = BUDGET_S) -> Ca
             for method in job.methods:
                 key = scoring_key(plan, calibration, job, method)
                 if key not in calibration.scoring:
-                    classes = calibration.datasets[job.dataset.name][0]
+                    classes = calibration.datasets[job.dataset.key][0]
                     calibration.scoring[key] = scoring_rate(plan.settings_for(method), key[0], classes, key[1],
                                                             device, warm=not calibration.scoring, objects=key[-1])
         for size in sorted({spec.image_size for spec in plan.datasets}):  # cheap: every size, stability or not
@@ -199,7 +199,7 @@ def _explain(calibration: Calibration, job: ModelJob, shape: Shape, model: torch
     try:
         return explain_rate(model, group, images, batch, device, job.layers, costly)
     except (ValueError, RuntimeError) as err:
-        calibration.problems.append(f"{job.dataset.name}/{shape.backbone}/{shape.kind} at {shape.size} px, "
+        calibration.problems.append(f"{job.dataset.key}/{shape.backbone}/{shape.kind} at {shape.size} px, "
                                     f"{' '.join(group)}: {err}")
         return None
 
@@ -279,7 +279,7 @@ def job_cost(plan: BenchPlan, calibration: Calibration, job: ModelJob) -> JobCos
     """One model job's seconds by phase (see the module docstring)."""
     shape = shape_of(job, calibration)
     units = calibration.units[shape]
-    _, train_images, test_images = calibration.datasets[job.dataset.name]
+    _, train_images, test_images = calibration.datasets[job.dataset.key]
     evaluated = min(plan.eval_images, test_images)
     objects = job.dataset.task != "classification"
     config = _train_config(job)
@@ -385,10 +385,10 @@ def estimate(plan: BenchPlan, nproc: int = 1, calibration: Calibration | None = 
     for group in plan.stability:
         models = sum(1 for job in plan.jobs if (job.dataset, job.backbone, job.kind) ==
                      (group.dataset, group.backbone, group.kind))
-        kept = min(plan.keep_maps, plan.eval_images, calibration.datasets[group.dataset.name][2])
+        kept = min(plan.keep_maps, plan.eval_images, calibration.datasets[group.dataset.key][2])
         rate = calibration.stability[group.dataset.image_size]
         stability += len(group.methods) * models * (models - 1) / 2 * kept * rate
-    images = sum(len(job.methods) * min(plan.eval_images, calibration.datasets[job.dataset.name][2])
+    images = sum(len(job.methods) * min(plan.eval_images, calibration.datasets[job.dataset.key][2])
                  for job in plan.jobs)
     report = calibration.cpu_speed / REFERENCE_CPU_SPEED * (REPORT_FIXED_S + REPORT_PER_CELL_S * images / 1000)
     return Estimate(calibration.device_label, nproc, jobs, stability, report, calibration.seconds,

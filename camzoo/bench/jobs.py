@@ -69,11 +69,11 @@ class JobCells:
         """The cells of ``job`` that are not ``done``, in the order they are computed."""
         from ..batchnorm_folding import fold_batchnorm
 
-        plan, data = self.plan, self._datasets.get(job.dataset.name)
+        plan, data = self.plan, self._datasets.get(job.dataset.key)
         if data is None:
             stream = self._stream if job.dataset.task == "classification" else partial(self._objects,
                                                                                          task=job.dataset.task)
-            data = self._datasets[job.dataset.name] = DatasetData(job.dataset, stream)
+            data = self._datasets[job.dataset.key] = DatasetData(job.dataset, stream)
             if not data.annotated:
                 self.echo(f"dataset {job.dataset.name}: no masks or boxes, so the localization columns and the "
                           "oracle control are left out")

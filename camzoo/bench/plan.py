@@ -47,7 +47,7 @@ class ModelJob:
         return self.source.layer_for(method)
 
     def key(self, method: str) -> CellKey:
-        return CellKey(self.dataset.name, self.backbone, self.kind, self.variant.name, self.seed, method)
+        return CellKey(self.dataset.key, self.backbone, self.kind, self.variant.name, self.seed, method)
 
     @property
     def cells(self) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ class ModelJob:
 
     @property
     def label(self) -> str:
-        return job_label(self.dataset.name, self.backbone, self.kind, self.variant.name, self.seed)
+        return job_label(self.dataset.key, self.backbone, self.kind, self.variant.name, self.seed)
 
 
 def job_label(dataset: str, backbone: str, kind: str, variant: str, seed: int) -> str:
@@ -78,7 +78,7 @@ class StabilityGroup:
     methods: tuple[str, ...]
 
     def key(self, method: str) -> CellKey:
-        return CellKey(self.dataset.name, self.backbone, self.kind, ALL_VARIANTS, ALL_SEEDS, method)
+        return CellKey(self.dataset.key, self.backbone, self.kind, ALL_VARIANTS, ALL_SEEDS, method)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class BenchPlan:
     def text(self) -> str:
         """What ``camzoo bench --check`` prints."""
         lines = [
-            f"config OK: device {self.device_label}; datasets {', '.join(d.name for d in self.datasets)}; "
+            f"config OK: device {self.device_label}; datasets {', '.join(d.key for d in self.datasets)}; "
             f"run {self.run_id}",
             f"{len(self.jobs)} model jobs (train or reuse one model each), {self.cells} cells: {len(self.jobs)} model, "
             f"{self.method_cells} method, {self.stability_cells} stability, {len(self.datasets)} gallery",
@@ -136,7 +136,7 @@ class BenchPlan:
             if (job.kind, job.groups) not in seen:
                 seen.add((job.kind, job.groups))
                 groups = ", ".join("[" + " ".join(group) + "]" if len(group) > 1 else group[0] for group in job.groups)
-                lines.append(f"  {job.dataset.name}/{job.kind}: {groups}")
+                lines.append(f"  {job.dataset.key}/{job.kind}: {groups}")
         s = self.settings
         games = "every image" if s.game_images is None else f"the first {s.game_images}"
         blocks = -(-self.eval_images // self.block_images)
@@ -186,10 +186,10 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
     probes: dict[str, Any] = {}  # dataset -> its test split (an on-disk index, or one generated image)
     for dataset in datasets:
         try:
-            probes[dataset.name] = dataset_probe(dataset)
+            probes[dataset.key] = dataset_probe(dataset)
         except (ValueError, OSError) as err:
             problems.append(f"dataset {dataset.name!r}: {err}")
-    datasets = tuple(d.with_annotations(probes[d.name]) if d.name in probes else d for d in datasets)
+    datasets = tuple(d.with_annotations(probes[d.key]) if d.key in probes else d for d in datasets)
     problems += task_problems(datasets, probes, [] if config["models"] else config["kinds"])
     if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
         entries = [sources(entry) for entry in config["models"]]
@@ -205,7 +205,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
                     for backbone in config["backbones"]:
                         for seed in config["seeds"]:
                             trainer, found = variant.train_config(table, kind, backbone, seed, str(resolved))
-                            trainers[dataset.name, variant.name, kind, backbone, seed] = trainer
+                            trainers[dataset.key, variant.name, kind, backbone, seed] = trainer
                             problems += found
         first = [(name, trainer) for (_, name, _, _, seed), trainer in trainers.items() if seed == config["seeds"][0]]
         shapes = {name: split_shape(split) for name, split in probes.items()}
@@ -231,7 +231,7 @@ def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], ki
             problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {list(kinds)} "
                             f"trains for it; add a kind of that task to kinds (camzoo train --help lists the kinds), or "
                             "leave the dataset out")
-        probe = probes.get(dataset.name)
+        probe = probes.get(dataset.key)
         if dataset.task != "classification" and probe is not None and not callable(getattr(probe, "get_objects", None)):
             problems.append(f"dataset {dataset.name!r} has task {dataset.task!r} but no per-object masks and boxes "
                             "(get_objects); use the built-in 'scenes' dataset")
@@ -282,8 +282,8 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
                 groups = tuple(tuple(g) for g in one_pass_groups(methods))  # one group per layer
                 for variant in variants:
                     for seed in config["seeds"]:
-                        label = job_label(dataset.name, backbone, kind, variant.name, seed)
-                        source = TrainedSource.for_job(trainers[dataset.name, variant.name, kind, backbone, seed],
+                        label = job_label(dataset.key, backbone, kind, variant.name, seed)
+                        source = TrainedSource.for_job(trainers[dataset.key, variant.name, kind, backbone, seed],
                                                        label)
                         jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, source))
                 if models_per_group > 1:

@@ -135,7 +135,7 @@ class BenchRunner:
             for method in group.methods:
                 if self.store.is_done(self.run_id, group.key(method)):
                     continue
-                where = {"dataset": group.dataset.name, "backbone": group.backbone, "kind": group.kind, "method": method}
+                where = {"dataset": group.dataset.key, "backbone": group.backbone, "kind": group.kind, "method": method}
                 maps, raw = ([array for _, array in self.store.arrays(self.run_id, name, **where)]
                              for name in ("maps", "raw_maps"))
                 cell = stability_cell(method, maps, raw, self.device)

@@ -89,7 +89,13 @@ class DatasetSpec:
         if not isinstance(entries, list) or not entries:
             return (), ["datasets must name at least one dataset"]
         parsed = [cls.parse(entry) for entry in entries]
-        return tuple(spec for spec, _ in parsed if spec is not None), [p for _, found in parsed for p in found]
+        specs = tuple(spec for spec, _ in parsed if spec is not None)
+        problems = [p for _, found in parsed for p in found]
+        keys = [spec.key for spec in specs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:  # their cells would share keys: the second entry's would be taken as done
+            problems.append(f"datasets {repeated} are listed twice (with the same task); list each dataset once per task")
+        return specs, problems
 
     def with_annotations(self, split: Any) -> DatasetSpec:
         """This spec, annotated when the loaded ``split`` holds masks or boxes (a folder may have
@@ -113,8 +119,14 @@ class DatasetSpec:
                          **{**self.split_options(split), **extra})
 
     @property
+    def key(self) -> str:
+        """The entry's name in the results (cells, tables): the dataset's name, and for the object track
+        its task too ("scenes-segmentation"), so that one dataset can serve both tracks in one run."""
+        return self.name if self.task == "classification" else f"{self.name}-{self.task}"
+
+    @property
     def gallery_key(self) -> CellKey:
-        return CellKey(self.name, "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
+        return CellKey(self.key, "-", "-", "-", ALL_SEEDS, GALLERY_CELL)
 
 
 @dataclass(frozen=True)
