@@ -1,4 +1,4 @@
-"""``camzoo train``: train a baseline, ABN, LFI-CAM or segmenter model on a camzoo dataset."""
+"""``camzoo train``: train a baseline, ABN, LFI-CAM, segmenter or detector model on a camzoo dataset."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from .options import parse_options
 
 @click.command("train")
 @click.option("--kind", required=True,
-              help="Model kind: baseline, abn, lfi, segmenter (needs a dataset with class maps, e.g. scenes), or any "
-                   "registered kind (camzoo.models.kind_names()).")
+              help="Model kind: baseline, abn, lfi, segmenter (needs a dataset with class maps, e.g. scenes), detector "
+                   "(needs per-object boxes, e.g. scenes), or any registered kind (camzoo.models.kind_names()).")
 @click.option("--backbone", default="resnet20", show_default=True, help="CIFAR ResNet (resnet8/20/56/110) or timm CNN name.")
 @click.option("--dataset", "dataset_name", default="shapes", show_default=True, help="Dataset name (camzoo.data).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Where the dataset lives / is generated.")
@@ -91,13 +91,17 @@ def train_command(kind, backbone, dataset_name, data_root, image_size, out_dir, 
         raise SystemExit(130) from None
     if rank != 0:
         return  # rank 0 reports
-    acc = "pixel acc" if get_kind(kind).task == "segmentation" else "acc"
-    line = (f"{kind}/{backbone} seed {seed}: train loss {result.train_loss:.4f}, "
-            f"train {acc} {result.train_accuracy:.4f}")
+    task = get_kind(kind).task
+    acc = "pixel acc" if task == "segmentation" else "acc"
+    line = f"{kind}/{backbone} seed {seed}: train loss {result.train_loss:.4f}"
+    if task != "detection":  # a detector has no training accuracy: its score is AP50 on the test split
+        line += f", train {acc} {result.train_accuracy:.4f}"
     if result.eval_accuracy is not None:
         line += f", test {acc} {result.eval_accuracy:.4f}"
     if "mean_iou" in result.eval_stats:
         line += f", test mIoU {result.eval_stats['mean_iou']:.4f}"
+    if "ap50" in result.eval_stats:
+        line += f", test AP50 {result.eval_stats['ap50']:.4f}"
     click.echo(f"{line} ({result.total_train_time_s:.1f} s training) -> {result.checkpoint}")
 
 

@@ -32,9 +32,10 @@ class CamModel(nn.Module):
     kind_aliases: ClassVar[tuple[str, ...]] = ()  # names this kind was registered under before (old stores)
     options: ClassVar[tuple[str, ...]] = ()  # build options of this kind beyond build_model's common ones
     produces_attention: ClassVar[bool] = False  # True: forward_with_attention gives the model's own map
-    #: what the logits predict: "classification" (B, K) per image, or "segmentation" (B, K, H, W) per
-    #: pixel. The trainer picks its labels and accuracy by it, camzoo.inference its metrics, and the
-    #: benchmark pairs kinds with datasets by it.
+    #: what the model predicts: "classification" (B, K) logits per image, "segmentation" (B, K, H, W)
+    #: per pixel, or "detection" (torchvision's boxes, labels, scores per image). The trainer picks its
+    #: labels and accuracy by it, camzoo.inference its metrics, and the benchmark pairs kinds with
+    #: datasets by it.
     task: ClassVar[str] = "classification"
     #: dotted name of the module whose output is the final feature map feeding global pooling
     #: (after the attention mechanism); Grad-CAM / Eigen-CAM use it as their default layer.

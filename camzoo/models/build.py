@@ -15,10 +15,11 @@ def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamMod
     """Build a camzoo model.
 
     Args:
-        kind: a registered kind (``camzoo.models.kind_names()``: "baseline" | "abn" | "lfi" | "segmenter").
+        kind: a registered kind (``camzoo.models.kind_names()``: "baseline" | "abn" | "lfi" | "segmenter" |
+            "detector").
         backbone: a CIFAR ResNet (resnet8/14/20/32/44/56/110, cifar_resnet<6n+2>) or a timm CNN name
             (resnet18/34/50, regnetx_002, efficientnet_b0, ...).
-        num_classes: number of classes, an int >= 2 (a segmenter's include background as class 0).
+        num_classes: number of classes, an int >= 2 (a segmenter's and a detector's include background as class 0).
         **options: Options (all kinds): ``pretrained`` (False; True downloads timm weights, never done by
             camzoo itself), ``class_names`` (num_classes names), ``image_size`` (an int >= 8) / ``mean``
             / ``std`` (3 values each, std > 0; preprocessing recorded in ``model.pretrained_cfg``),
@@ -28,7 +29,8 @@ def build_model(kind: str, backbone: str, num_classes: int, **options) -> CamMod
             passed to ``timm.create_model``). Kind options: each kind's ``options`` (LFI-CAM:
             ``fin_width``, default C, the paper's; ``fin_variant`` "imagenet" | "cifar", default "cifar"
             on CIFAR ResNets, as in the official code); segmenter: ``head_width`` (channels of the head's
-            3x3 conv, default min(C, 256); 0: a 1x1 conv only).
+            3x3 conv, default min(C, 256); 0: a 1x1 conv only); detector: ``head_width``, ``head_convs``,
+            ``box_score_thresh``, ``box_nms_thresh``, ``detections_per_img`` (``camzoo.models.detector``).
 
     Returns:
         A new model of the kind's class (a ``CamModel``); ``model.config`` records what ``build_model``

@@ -3,8 +3,8 @@ benchmark config and the report all read this one list, so a new kind is one cla
 
 A kind class (a :class:`~camzoo.models.base.CamModel` subclass) declares its ``kind`` name, its
 ``options`` (build options beyond the common ones), whether it ``produces_attention`` (a map from
-its own forward pass: ``forward_with_attention``), its ``task`` ("classification" or
-"segmentation": what its logits predict), and may override ``kind_kwargs`` /
+its own forward pass: ``forward_with_attention``), its ``task`` ("classification",
+"segmentation" or "detection": what it predicts), and may override ``kind_kwargs`` /
 ``default_stem_stride1`` to turn build options into constructor arguments.
 """
 
@@ -39,7 +39,7 @@ def register_kind(cls: K) -> K:
 
 
 def kind_names() -> list[str]:
-    """Registered kinds in registration order (baseline, abn, lfi, segmenter, then any added)."""
+    """Registered kinds in registration order (baseline, abn, lfi, segmenter, detector, then any added)."""
     return list(KINDS)
 
 

@@ -9,7 +9,8 @@ rank-specific, so a run resumes on any number of processes. Batch statistics of 
 rank (DDP's default), the one reason W ranks differ slightly from one process. Evaluation is
 sharded by image index (rank r predicts images r, r+W, ...; no sampler padding, so no duplicates)
 and the logits are gathered back into index order: exactly the numbers of one process. A segmenter's
-shards sum their confusion matrices instead (per-pixel logits are too large to gather).
+shards sum their confusion matrices instead (per-pixel logits are too large to gather); a detector's
+gather their matched detections (AP sorts them all by score, ties in image order, as one process does).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ..world import barrier, join, place_from_env, rank_device
 from ..world import current as world
 
 # The trainer's loop reaches the group through this module: its world() and barrier() are camzoo.world's.
-__all__ = ["DistributedModel", "all_sum", "barrier", "evaluate_segmentation_sharded", "evaluate_sharded",
+__all__ = ["DistributedModel", "all_sum", "barrier", "evaluate_detection_sharded", "evaluate_segmentation_sharded",
+           "evaluate_sharded",
            "init_from_env", "predict_sharded", "world", "wrap"]
 
 
@@ -113,11 +115,13 @@ def _take_rank0_buffers(model: nn.Module) -> None:
 def evaluate_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device, amp: bool = False,
                      num_classes: int | None = None) -> dict[str, float]:
     """``camzoo.inference.evaluate``'s numbers (accuracy, loss, n) from :func:`predict_sharded`; a
-    segmenter's from :func:`evaluate_segmentation_sharded`."""
-    from ..inference import is_segmenter, scores
+    segmenter's from :func:`evaluate_segmentation_sharded`, a detector's from :func:`evaluate_detection_sharded`."""
+    from ..inference import is_detector, is_segmenter, scores
 
     if is_segmenter(model):
         return evaluate_segmentation_sharded(model, dataset, batch_size, device, amp)
+    if is_detector(model):
+        return evaluate_detection_sharded(model, dataset, batch_size, device, amp)
     logits, labels = predict_sharded(model, dataset, batch_size, device, amp, num_classes)
     return scores(logits, labels)
 
@@ -142,3 +146,24 @@ def evaluate_segmentation_sharded(model: nn.Module, dataset, batch_size: int, de
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     all_sum(confusion, loss_sum)
     return segmentation_scores(confusion, loss_sum, len(dataset))
+
+
+def evaluate_detection_sharded(model: nn.Module, dataset, batch_size: int, device: torch.device,
+                               amp: bool = False) -> dict[str, float]:
+    """``camzoo.inference.evaluate_detection`` over the ranks: each matches the detections of images r,
+    r+W, ... to their objects; the matches, gathered, give exactly one process's AP."""
+    import torch.distributed as dist
+
+    from ..inference import detection_matches, detection_scores, evaluate_detection
+
+    rank, size = world()
+    if size == 1:
+        return evaluate_detection(model, dataset, batch_size, device, amp)
+    _take_rank0_buffers(model)
+    mine = torch.arange(rank, len(dataset), size)
+    matches = detection_matches(model, dataset, batch_size, device, amp, indices=mine) if len(mine) else None
+    shares: list[Any] = [None] * size
+    dist.all_gather_object(shares, matches)
+    shares = [share for share in shares if share is not None]
+    merged = {key: torch.cat([share[key] for share in shares]) for key in shares[0]}
+    return detection_scores(merged, int(model.num_classes), len(dataset))

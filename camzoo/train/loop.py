@@ -5,7 +5,10 @@ Why it looks like this:
   cross-entropies lives in the model), so there is one loop. A segmenter (``task ==
   "segmentation"``) differs only in its labels, the dataset's per-pixel class maps (moved with the
   pixels by ``augment``), its class count (the dataset's classes + background) and its accuracy (per
-  pixel).
+  pixel). A detector (``task == "detection"``) takes torchvision's targets (one dict of ``boxes`` and
+  ``labels`` per image, each box re-read from its instance mask after ``augment``), the same class
+  count, its loss is the sum of its losses, and it has no training accuracy (its score is AP50, on the
+  eval split).
 * Fast: losses and hits are summed on the device and read once per log interval and epoch (no
   per-step host sync); batches come from camzoo's one data path (:class:`camzoo.data.BatchLoader`,
   whole-batch gathers for in-memory datasets); channels_last everywhere; CUDA gets autocast (bf16,
@@ -30,7 +33,7 @@ from torch import nn
 
 from ..data.loading import AUGMENT_STREAM, BatchLoader, epoch_seed
 from ..data.transforms import augment_batch
-from ..inference import SEGMENTATION, evaluate, segmentation_view
+from ..inference import DETECTION, SEGMENTATION, detection_targets, detection_view, evaluate, segmentation_view
 from ..models import build_model, get_kind
 from ..models.checkpoint import save_model
 from ..modelutil import cpu_has_native_bf16, resolve_device
@@ -48,7 +51,9 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     ``train_dataset`` items are ``(image, label, target)`` (data contract; ``target`` unused) or
     ``(image, label)``; a segmenter's dataset needs per-pixel class maps (``get_batch(indices,
     objects=True)`` with a "segmentation" target, as "scenes"), and its ``train_accuracy`` /
-    ``eval_accuracy`` are pixel accuracies. With ``resume`` (default) an interrupted run in
+    ``eval_accuracy`` are pixel accuracies; a detector's needs per-object boxes and labels (and
+    instance masks to augment), its ``train_accuracy`` is NaN, ``eval_accuracy`` None and
+    ``eval_stats["ap50"]`` its score. With ``resume`` (default) an interrupted run in
     ``out_dir`` continues from its last finished epoch and a finished one is returned without training; a run there
     with a different config is an error. ``callback(epoch, stats)`` runs after each epoch's
     checkpoint is written. ``TrainResult.model`` is the trained model, in eval mode. ``distributed``:
@@ -72,11 +77,12 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                       "and slower than float32 here; set amp=False (a bench config: train.amp = false)", stacklevel=2)
     channels_last = config.uses_channels_last
     deterministic = (device.type == "cpu") if config.deterministic is None else config.deterministic
-    segmenter = get_kind(config.kind).task == SEGMENTATION
-    if segmenter and config.fast_path is False:
-        raise ValueError("a segmenter reads its class maps through the dataset's get_batch: leave "
-                         "TrainConfig.fast_path unset (or True)")
-    num_classes = config.num_classes or len(_class_names(train_dataset, segmenter))
+    task = get_kind(config.kind).task
+    segmenter, detector = task == SEGMENTATION, task == DETECTION
+    if (segmenter or detector) and config.fast_path is False:
+        raise ValueError(f"a {'segmenter' if segmenter else 'detector'} reads its objects through the dataset's "
+                         "get_batch: leave TrainConfig.fast_path unset (or True)")
+    num_classes = config.num_classes or len(_class_names(train_dataset, segmenter or detector))
     if num_classes < 2:
         raise ValueError("set TrainConfig.num_classes, or give a dataset with a .classes list of at least 2 names")
     rank, world_size = ddp.world() if distributed else (0, 1)
@@ -98,8 +104,10 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                                 weight_decay=config.weight_decay, nesterov=config.nesterov, fused=is_cuda or None)
     amp_dtype = torch.bfloat16 if (not is_cuda or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    data = BatchLoader(segmentation_view(train_dataset) if segmenter else train_dataset, config.batch_size, device,
-                       num_classes=num_classes, num_workers=config.num_workers, fast_path=config.fast_path)
+    source = segmentation_view(train_dataset) if segmenter else detection_view(train_dataset) if detector \
+        else train_dataset
+    data = BatchLoader(source, config.batch_size, device, num_classes=num_classes, num_workers=config.num_workers,
+                       fast_path=config.fast_path)
     step_model = ddp.wrap(model, device) if world_size > 1 else model
 
     start_epoch, history, past_time = 0, [], 0.0
@@ -133,26 +141,29 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                     group["lr"] = lr
                 if segmenter:
                     x, y = _augment_with_map(x, targets[SEGMENTATION], config.augment, aug_gen)
+                elif detector:
+                    x, y = _augment_with_boxes(x, targets, config.augment, aug_gen)
                 else:
                     x = augment_batch(x, config.augment, aug_gen)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 loss, logits = train_step(step_model, optimizer, scaler, x, y, autocast)
-                loss_sum += loss.float() * y.shape[0]
-                hits += (logits.argmax(1) == y).sum()
-                seen += y.shape[0]  # images; a segmenter's accuracy counts pixels: hits / (seen * per_image)
+                loss_sum += loss.float() * x.shape[0]
+                if not detector:
+                    per_image = y[0].numel()  # 1 label, or H x W pixels
+                    hits += (logits.argmax(1) == y).sum()
+                seen += x.shape[0]  # images; a segmenter's accuracy counts pixels: hits / (seen * per_image)
                 if bar is not None:
                     bar.update(1)
                     if (i + 1) % config.log_every == 0:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / seen:.4f}",
-                                        acc=f"{hits.item() / (seen * y[0].numel()):.3f}")
+                                        **({} if detector else {"acc": f"{hits.item() / (seen * per_image):.3f}"}))
             if world_size > 1:  # the epoch's numbers over every rank's share
                 counts = torch.tensor(seen, device=device)
                 ddp.all_sum(loss_sum, hits, counts)
                 seen = int(counts.item())
-            per_image = y[0].numel()  # 1 label, or H x W pixels
             stats = {"epoch": epoch + 1, "train_loss": loss_sum.item() / seen,
-                     "train_accuracy": hits.item() / (seen * per_image),
+                     **({} if detector else {"train_accuracy": hits.item() / (seen * per_image)}),
                      "lr": lr, "seconds": time.perf_counter() - epoch_start, "steps": len(batches)}
             if not math.isfinite(stats["train_loss"]):
                 raise FloatingPointError(
@@ -161,7 +172,8 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
                 )
             history.append(stats)
             if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.4f}", acc=f"{stats['train_accuracy']:.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.4f}",
+                                **({"acc": f"{stats['train_accuracy']:.3f}"} if "train_accuracy" in stats else {}))
             past_time += stats["seconds"]
             if rank == 0:  # one writer; the checkpoint holds nothing rank-specific
                 save_resume_state(ckpt_path, config, model, optimizer, scaler, epoch + 1, history, past_time)
@@ -190,7 +202,7 @@ def train(config: TrainConfig, train_dataset, out_dir: str | Path, eval_dataset=
     # forwards are faster in it.
     model = model.eval()
     return TrainResult(
-        checkpoint=model_path, train_loss=last["train_loss"], train_accuracy=last["train_accuracy"],
+        checkpoint=model_path, train_loss=last["train_loss"], train_accuracy=last.get("train_accuracy", math.nan),
         wall_time_s=time.perf_counter() - start_time, total_train_time_s=past_time, epochs=config.epochs,
         resumed_from_epoch=start_epoch, eval_accuracy=result_stats.get("accuracy"),
         eval_loss=result_stats.get("loss"), eval_stats=dict(result_stats), history=history, model=model,
@@ -221,16 +233,42 @@ def _augment_with_map(x: torch.Tensor, segmentation: torch.Tensor, mode: str,
     return stacked[:, :3], stacked[:, 3].round().long()
 
 
-def _class_names(dataset, segmenter: bool) -> list[str]:
-    """The dataset's class names (none: []); a segmenter's start with "background" (its class 0)."""
+def _augment_with_boxes(x: torch.Tensor, targets: dict[str, torch.Tensor], mode: str,
+                        generator: torch.Generator) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """``augment_batch`` on the images, and torchvision's detection targets of the result: the instance
+    map rides along as a fourth channel (the same flips and shifts), and each object's box is re-read
+    from its pixels there (tight boxes, as the dataset's; one shifted out of the image is dropped)."""
+    if mode == "none":
+        return x, detection_targets(targets)
+    if "instances" not in targets:
+        raise ValueError(f"augment={mode!r} moves each object's box with its instance mask, and this dataset gives "
+                         "none (get_batch(objects=True) without 'instances'); set augment='none'")
+    stacked = augment_batch(torch.cat([x, targets["instances"].unsqueeze(1).to(x.dtype)], dim=1), mode, generator)
+    instances = stacked[:, 3].round().long()
+    masks = instances[:, None] == torch.arange(1, targets["object_labels"].shape[1] + 1, device=x.device)[:, None, None]
+    columns, rows = masks.any(2), masks.any(3)  # (B, M, W), (B, M, H)
+    boxes = torch.stack([*_span(columns), *_span(rows)], dim=-1)[..., [0, 2, 1, 3]].float()
+    boxes[~columns.any(-1)] = float("nan")
+    return stacked[:, :3], detection_targets(targets, boxes)
+
+
+def _span(lines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First index and one past the last index where ``lines`` (..., L) is True (pixel-edge coordinates)."""
+    index = torch.arange(lines.shape[-1], device=lines.device)
+    first = torch.where(lines, index, lines.shape[-1]).amin(-1)
+    return first, torch.where(lines, index, -1).amax(-1) + 1
+
+
+def _class_names(dataset, with_background: bool) -> list[str]:
+    """The dataset's class names (none: []); a segmenter's or detector's start with "background" (class 0)."""
     classes = list(getattr(dataset, "classes", None) or [])
-    return ["background", *classes] if segmenter and classes else classes
+    return ["background", *classes] if with_background and classes else classes
 
 
 def _model_options(config: TrainConfig, dataset) -> dict[str, Any]:
     """build_model options: the config's, completed with the dataset's classes and preprocessing."""
     options = dict(config.model_options)
-    classes = _class_names(dataset, get_kind(config.kind).task == SEGMENTATION) or None
+    classes = _class_names(dataset, get_kind(config.kind).task in (SEGMENTATION, DETECTION)) or None
     if classes is not None and "class_names" not in options and len(classes) == (config.num_classes or len(classes)):
         options["class_names"] = classes
     for key in ("mean", "std", "image_size"):
