@@ -175,7 +175,8 @@ def test_settings_and_presets() -> None:
     names = ("gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus", "randomisation_spearman",
              "random_logit_similarity")
     assert set(EvalSettings.from_config(standard["eval"]).discrimination) == set(names)
-    assert {d["name"] for d in standard["datasets"]} == {"shapes", "digits", "scenes"}
+    assert [d.get("task", "classification") for d in standard["datasets"] if d["name"] == "scenes"] == [
+        "segmentation", "detection"]
     assert any(m.endswith("@layer2") for m in standard["methods"])
     for name in names:
         assert METRICS[name].group == "discrimination" and METRICS[name].column and "method" in METRICS[name].needs

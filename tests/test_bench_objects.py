@@ -14,6 +14,7 @@ from camzoo.bench.objects import load_object_set
 from camzoo.bench.plan import ConfigError, DatasetSpec, build_plan
 from camzoo.cli import main
 from camzoo.data import load
+from camzoo.targets import BoxTarget
 
 # the documented [[datasets]] entry (docs/benchmark.md), at a size a test affords
 SEGMENTATION_GRID = """
@@ -87,6 +88,16 @@ def test_every_object_of_every_image_is_one_pair(tmp_path):
     union = pairs.masks | pairs.other_masks  # each pair's objects are all of its image's objects
     instances = objects["instances"][np.repeat(np.arange(4), (objects["object_labels"] >= 0).sum(1).numpy())]
     assert torch.equal(union, instances > 0)
+
+
+def test_a_detection_track_explains_each_object_by_its_box(tmp_path):
+    """The detection track's pairs: BoxTarget(class + 1, the object's box), silent on a miss."""
+    split = load("scenes", "test", root=str(tmp_path), image_size=32, num_images=3)
+    pairs = load_object_set(split, 3, torch.device("cpu"), task="detection")
+    targets = pairs.targets.targets
+    assert all(isinstance(t, BoxTarget) and not t.warn for t in targets)
+    assert torch.equal(torch.stack([t.box.float() for t in targets]), pairs.boxes[:, 0])
+    assert [t.category for t in targets] == (pairs.labels + 1).tolist()
 
 
 def test_a_task_without_its_kind_or_without_objects_is_a_config_error():

@@ -124,7 +124,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "datasets": [{"name": "shapes", "root": "", "image_size": 64, "options": {"train": {"num_images": 20000}}},
                      {"name": "digits", "root": "", "image_size": 32, "options": {}},
                      {"name": "scenes", "task": "segmentation", "root": "", "image_size": 64,
-                      "options": {"train": {"num_images": 20000}}, "train": {"batch_size": 32, "lr": 0.4}}],
+                      "options": {"train": {"num_images": 20000}}, "train": {"batch_size": 32, "lr": 0.4}},
+                     # FCOS learns the boxes first and the classes late: many small steps (docs/methods.md)
+                     {"name": "scenes", "task": "detection", "root": "", "image_size": 64,
+                      "options": {"train": {"num_images": 20000}}, "train": {"batch_size": 16, "lr": 0.05}}],
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.1},
         "eval": {"images": 1000, "deletion_steps": 32, "chunk_size": 256,
                  "grid_games": ["gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus"], "grid_count": 250,

@@ -221,10 +221,16 @@ def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.dev
                          config.batch_size, least=MIN_TRAIN_S, points=2, repeat=True)
 
 
-def training_labels(model: nn.Module, batch: int, shape: Shape, device: torch.device) -> torch.Tensor:
-    """Random labels of the kind the model trains on: (B,) classes, or a segmenter's (B,H,W) class maps."""
-    if getattr(model, "task", "classification") == "segmentation":
+def training_labels(model: nn.Module, batch: int, shape: Shape, device: torch.device) -> Any:
+    """Random labels of the kind the model trains on: (B,) classes, a segmenter's (B,H,W) class maps, or
+    a detector's targets (one centred box of class 1 per image)."""
+    task = getattr(model, "task", "classification")
+    if task == "segmentation":
         return torch.randint(0, model.num_classes, (batch, shape.size, shape.size), device=device)
+    if task == "detection":
+        low, high = shape.size / 4, shape.size * 3 / 4
+        box = torch.tensor([[low, low, high, high]], device=device)
+        return [{"boxes": box, "labels": torch.ones(1, dtype=torch.long, device=device)} for _ in range(batch)]
     return torch.randint(0, shape.classes, (batch,), device=device)
 
 
