@@ -121,8 +121,8 @@ class BoxTarget(Target):
         if values.numel() != 4 or not torch.isfinite(values).all():
             raise ValueError(f"BoxTarget's box must be 4 finite numbers x0, y0, x1, y1; got {box!r}")
         values = values.reshape(4).double()
-        if not (values[2] > values[0] and values[3] > values[1]):
-            raise ValueError(f"BoxTarget's box must have x1 > x0 and y1 > y0; got {values.tolist()}")
+        if not (values[2] >= values[0] and values[3] >= values[1]):  # a detector may keep a box of no area
+            raise ValueError(f"BoxTarget's box must have x1 >= x0 and y1 >= y0; got {values.tolist()}")
         if not 0.0 <= float(iou_threshold) < 1.0:
             raise ValueError(f"BoxTarget's iou_threshold must be in [0, 1); got {iou_threshold!r}")
         self.box = values

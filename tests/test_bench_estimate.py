@@ -21,10 +21,12 @@ from helpers import TINY_RANKS
 
 def tiny(cache: Path, seeds: tuple[int, ...] = (0,), epochs: int = 1, images: int = 16, size: int = 32,
          sizes: tuple[int, ...] = ()) -> dict:
-    """One small model per seed on shapes: two methods, games of 4 steps, one substrate, no grids."""
-    datasets = [{"name": "shapes", "root": str(cache), "image_size": side,
+    """One small model per seed on shapes: two methods, games of 4 steps, one substrate, no grids. ``sizes``:
+    the same model on scenes (4 classes too, so the same model shape) at those sizes (a dataset is listed
+    once per task)."""
+    datasets = [{"name": name, "root": str(cache), "image_size": side,
                  "options": {"num_classes": 4, "train": {"num_images": 64}, "test": {"num_images": 32}}}
-                for side in (size, *sizes)]
+                for name, side in (("shapes", size), *(("scenes", side) for side in sizes))]
     return resolve_config("quick", overrides={
         "seeds": list(seeds), "kinds": ["baseline"], "backbones": ["resnet8"], "methods": ["gradcam", "random"],
         "device": "cpu", "datasets": datasets, "train": {"epochs": epochs, "batch_size": 32},

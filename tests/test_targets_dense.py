@@ -208,7 +208,7 @@ def test_dense_outputs_need_an_output_target_and_bad_targets_fail_in_one_line(se
         camzoo.explain(model, images, method="gradcam", target=SegmentationTarget(0, np.ones((5, 5))))
     with pytest.raises(ValueError, match="class index"):
         SegmentationTarget(-1)
-    with pytest.raises(ValueError, match="x1 > x0"):
+    with pytest.raises(ValueError, match="x1 >= x0"):
         BoxTarget(1, [5, 5, 2, 9])
 
 
