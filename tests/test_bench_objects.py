@@ -114,3 +114,17 @@ def test_a_task_without_its_kind_or_without_objects_is_a_config_error():
     assert not both[1] and [spec.key for spec in both[0]] == ["scenes-segmentation", "scenes-detection"]
     with pytest.raises(ConfigError, match="task must be one of"):
         build_plan(resolve_config(overrides={"datasets": [{"name": "scenes", "task": "counting"}]}))
+
+
+def test_the_estimate_probes_the_object_track_without_problems(tmp_path):
+    """--check's estimate explains a segmenter's probe images with their object targets (classes 1..K:
+    0 is the background) and charges the track no grids."""
+    from camzoo.bench.estimate import calibrate, job_cost
+
+    config = tmp_path / "seg.toml"
+    config.write_text(SEGMENTATION_GRID.format(cache=tmp_path / "cache"), encoding="utf-8")
+    plan = build_plan(resolve_config(file=config))
+    calibration = calibrate(plan, budget_s=0.0)
+    assert not calibration.problems, calibration.problems
+    costs = [job_cost(plan, calibration, job) for job in plan.jobs]
+    assert all(cost.grids == 0 and cost.train > 0 and cost.explain > 0 for cost in costs)

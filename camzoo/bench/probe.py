@@ -191,8 +191,10 @@ def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch
     found = EvalSet(images, labels, masks, boxes, (0.0,) * 3, (1.0,) * 3, [str(c) for c in range(classes)])
     if task == "classification" or masks is None:
         return found
-    targets = [SegmentationTarget(int(c) + 1, masks[0]) if task == "segmentation" else
-               BoxTarget(int(c) + 1, [low, low, high, high], warn=False) for c in labels.tolist()]
+    # ``classes`` counts the background (class 0) here: an object's class is 1 .. classes - 1
+    objects = [int(c) % max(1, classes - 1) + 1 for c in labels.tolist()]
+    targets = [SegmentationTarget(c, masks[0]) if task == "segmentation" else
+               BoxTarget(c, [low, low, high, high], warn=False) for c in objects]
     return dataclasses.replace(found, targets=OutputTargets(targets))
 
 
