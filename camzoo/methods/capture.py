@@ -4,9 +4,11 @@ Why this shape: autograd stays off below the first explained layer, whose hook s
 hands on a fresh leaf, so the backward runs only from the logits down to that layer and no
 parameter ``.grad`` is ever touched. A later explained layer is recorded as it is (it is already
 part of that graph), so several layers share the one forward and the one backward. Hooks live only
-inside the call, also when it raises. Outputs in any layout (tokens, NHWC) are brought to (B,C,h,w)
-by :mod:`.reshape` — activations and gradients alike — and returned in float32, whatever the model's
-dtype, so that CAM arithmetic never runs in half precision.
+inside the call, also when it raises. Outputs in any layout (tokens, NHWC, a detector's dict of
+pyramid levels, each level its own leaf) are brought to (B,C,h,w) by :mod:`.reshape` — activations
+and gradients alike — and returned in float32, whatever the model's dtype, so that CAM arithmetic
+never runs in half precision. What is differentiated is each image's explained scalar
+(:mod:`.objectives`: a class logit, or an output target's value).
 """
 
 from __future__ import annotations
