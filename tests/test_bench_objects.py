@@ -1,5 +1,6 @@
-"""The benchmark's object track: a segmenter trained on "scenes", each object explained in turn and scored
-against the scene's other objects (docs/benchmark.md, "Segmentation and detection: the object track")."""
+"""The benchmark's object tracks: a segmenter and a detector trained on "scenes", each object explained in
+turn and scored against the scene's other objects (docs/benchmark.md, "Segmentation and detection: the
+object track")."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from camzoo.data import load
 from camzoo.targets import BoxTarget
 
 # the documented [[datasets]] entry (docs/benchmark.md), at a size a test affords
-SEGMENTATION_GRID = """
+OBJECT_GRID = """
 preset = "custom"
 seeds = [0, 1]
 backbones = ["resnet8"]
@@ -25,7 +26,7 @@ methods = ["gradcam", "eigencam", "random", "centre", "oracle"]
 
 [[datasets]]
 name = "scenes"
-task = "segmentation"
+task = "{task}"
 root = "{cache}"
 image_size = 32
 options = {{train = {{num_images = 256}}, test = {{num_images = 24}}}}
@@ -42,36 +43,40 @@ gallery_images = 2
 """
 
 
-@pytest.fixture(scope="module")
-def segmentation_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("objects")
-    config = root / "seg.toml"
-    config.write_text(SEGMENTATION_GRID.format(cache=root / "cache"), encoding="utf-8")
+KIND = {"segmentation": "segmenter", "detection": "detector"}
+MODEL_SCORES = {"segmentation": ["pixel_accuracy_mean", "miou_mean"], "detection": ["box_ap50_mean"]}
+
+
+@pytest.fixture(scope="module", params=["segmentation", "detection"])
+def object_run(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"objects-{request.param}")
+    config = root / "objects.toml"
+    config.write_text(OBJECT_GRID.format(cache=root / "cache", task=request.param), encoding="utf-8")
     result = CliRunner().invoke(main, ["bench", "--config", str(config), "--out", str(root / "out"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    return root / "out", result.output
+    return root / "out", request.param
 
 
-def test_the_object_track_writes_summary_rows_with_the_oracle_above_random(segmentation_run):
-    out, output = segmentation_run
+def test_the_object_track_writes_summary_rows_with_the_oracle_above_random(object_run):
+    out, task = object_run
     summary = pd.read_csv(out / "summary.csv")
     rows = summary.set_index("method")
-    assert set(summary["kind"]) == {"segmenter"}, "kinds left out: the kinds of the dataset's task"
-    assert set(summary["dataset"]) == {"scenes-segmentation"}, "the object track's rows name their task"
+    assert set(summary["kind"]) == {KIND[task]}, "kinds left out: the kinds of the dataset's task"
+    assert set(summary["dataset"]) == {f"scenes-{task}"}, "the object track's rows name their task"
     assert {"gradcam", "eigencam", "random", "centre", "oracle"} <= set(rows.index)
     assert rows.loc["oracle", "object_share_mean"] == pytest.approx(1.0)
     assert rows.loc["oracle", "object_share_mean"] > rows.loc["random", "object_share_mean"]
     assert rows.loc["oracle", "pointing_game_mean"] > rows.loc["random", "pointing_game_mean"]
-    assert summary[["pixel_accuracy_mean", "miou_mean"]].notna().all().all()
+    assert summary[MODEL_SCORES[task]].notna().all().all()
     assert summary["deletion_mean"].isna().all(), "the maps are scored alone: no game queries the segmenter"
     assert "Object share" in (out / "summary.md").read_text(encoding="utf-8")
 
 
-def test_a_map_blind_to_the_object_asked_for_scores_the_chance_share_exactly(segmentation_run):
+def test_a_map_blind_to_the_object_asked_for_scores_the_chance_share_exactly(object_run):
     """Per image, the shares of one map over its objects sum to 1, and so do their area ratios: a map
     that does not depend on the object asked for (the random and centre controls, positive everywhere)
     has a mean object share equal to the mean chance share, whatever it looks like."""
-    out, _ = segmentation_run
+    out, _ = object_run
     rows = pd.read_csv(out / "summary.csv").set_index("method")
     for control in ("random", "centre"):
         assert rows.loc[control, "object_share_mean"] == pytest.approx(rows.loc[control, "object_share_chance_mean"],
@@ -122,7 +127,7 @@ def test_the_estimate_probes_the_object_track_without_problems(tmp_path):
     from camzoo.bench.estimate import calibrate, job_cost
 
     config = tmp_path / "seg.toml"
-    config.write_text(SEGMENTATION_GRID.format(cache=tmp_path / "cache"), encoding="utf-8")
+    config.write_text(OBJECT_GRID.format(cache=tmp_path / "cache", task="segmentation"), encoding="utf-8")
     plan = build_plan(resolve_config(file=config))
     calibration = calibrate(plan, budget_s=0.0)
     assert not calibration.problems, calibration.problems
