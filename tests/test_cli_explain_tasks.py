@@ -222,3 +222,25 @@ def test_a_users_own_segmenter_needs_task_segmentation(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     drawn = white(Image.open(tmp_path / "o" / "a_gradcam.png"))  # the top half's outline, back at the photo's size
     assert drawn.shape == (40, 48) and drawn[0].all() and drawn[19].all() and not drawn[21:].any()
+
+
+def test_an_output_without_logits_is_an_output_problem_not_a_size_problem(tmp_path, monkeypatch):
+    """The model runs at the probe's size; what fails is reading its output: the message says so and names
+    the CLI's --output, not the API's output=."""
+    (tmp_path / "my_dicts.py").write_text(
+        "import torch\n\n\n"
+        "class Scores(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3)\n\n"
+        "    def forward(self, x):\n"
+        "        return {'scores': self.conv(x).mean((2, 3))}\n\n\n"
+        "def build():\n"
+        "    return Scores()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    photo = picture(tmp_path / "a.png", size=(48, 40))
+    common = ("explain", photo, "--model", "my_dicts:build", "--image-size", "64", "--no-progress")
+    result = cli(*common, "--out", tmp_path / "x")
+    usage_error(result, "reading the model's output")
+    assert "--output" in result.output and "cannot run at" not in result.output
+    assert cli(*common, "--output", "scores", "--out", tmp_path / "o").exit_code == 0

@@ -103,11 +103,15 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
     from .tasks import class_count, outputs_of, probe_target, quiet_probe
 
     blank = torch.zeros(1, model_in_channels(model), *size, device=device)
+    selector = explainers[0].output if explainers else None
     try:
         with torch.no_grad():
-            selector = explainers[0].output if explainers else None
+            raw = forward_raw(model.eval(), blank) if task == "classification" else None
+    except (ValueError, TypeError, MemoryError, RuntimeError, KeyError) as err:
+        raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
+    try:  # the model ran: what is wrong now is how its output is read, not the image size
+        with torch.no_grad():
             if task == "classification":
-                raw = forward_raw(model.eval(), blank)
                 if selector is None and is_dense_output(raw):
                     raise click.UsageError("the model returns a segmenter's or a detector's output, not class logits; "
                                            "pass --task segmentation or --task detection")
@@ -115,7 +119,9 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
             else:
                 outputs = class_count(model, task, outputs_of(model, blank, selector))
     except (ValueError, TypeError, MemoryError, RuntimeError, KeyError) as err:
-        raise click.UsageError(f"the model cannot run at {size[0]}x{size[1]} px: {err}") from err
+        where = "" if task == "classification" else f" at {size[0]}x{size[1]} px"
+        message = str(err).replace("pass output=", "pass --output ")  # the API's keyword is this CLI's option
+        raise click.UsageError(f"reading the model's output{where}: {message}") from err
     target = probe_target(task, size, device)
     for explainer in explainers:
         try:
