@@ -97,6 +97,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(directory: str | os.PathLike, older_than_s: float = 60.0) -> list[Path]:
+    """Delete the temp files :func:`atomic_path` left in ``directory`` when its writer was killed
+    (SIGKILL skips the cleanup): hidden ``.NAME.XXXX.tmp`` files not touched for ``older_than_s``
+    seconds (a live writer's is younger: it exists only while one file is written). Returns them."""
+    import time
+
+    found = []
+    cutoff = time.time() - older_than_s
+    for path in Path(directory).glob(".*.tmp"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                found.append(path)
+        except OSError:  # gone meanwhile, or not ours to delete: leave it
+            continue
+    return found
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` atomically. Why bytes first: numpy and torch report a short write as "N requested
     and M written" or "unexpected pos" with no errno; a plain write raises OSError(ENOSPC) naming the file."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
@@ -194,9 +195,17 @@ def test_tiny_grid_report_needs_only_the_store_and_a_rerun_does_nothing(tiny_gri
         (out / name).unlink()
     shutil.rmtree(out / "models")
     shutil.rmtree(tiny_grid.base / "cache")
+    # a report killed while writing left its hidden temp file: the next report removes it (a younger one,
+    # maybe another writer's, stays)
+    stale, fresh = out / ".gallery_x.png.abc123.tmp", out / ".summary.md.def456.tmp"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     rebuilt = CliRunner().invoke(main, ["report", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert (out / "summary.md").read_text() == markdown
+    assert not stale.exists() and fresh.exists()
+    fresh.unlink()
 
     # a rerun finds everything finished: nothing is trained or scored again
     again = CliRunner().invoke(main, ["bench", "--config", str(tiny_config(tiny_grid.base)), "--out", str(out),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, remove_stale_temporaries
 from .explore import Results, read_results
 from .record import RunRecord
 from .shards import merge_shards, shard_paths
@@ -202,6 +202,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if not store.read_only:
             merge_shards(directory, store)  # a distributed run's shards, finished or not (exactly once)
         target.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)  # a report killed while writing a file left its hidden temp behind
         record = RunRecord.from_store(store, run_id)  # the run, read once and passed to every part of the report
         if not any(cell.method not in ("model", "gallery") for cell in store.cells(record.run_id)):
             raise ValueError(f"run {record.run_id} in {store.path} has no finished method cells yet (it stopped "
