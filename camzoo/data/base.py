@@ -81,12 +81,21 @@ class ArrayDataset(CamzooDataset):
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Images (B,3,S,S) normalised, labels (B,), targets of the given indices: one gather, no loop."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        images = self.images[idx].float().div_(255.0)
+        return self._batch(idx, self._targets(idx), generator)
+
+    def _targets(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The data contract's targets of the given images: "mask" and/or "boxes", as stored."""
         targets: dict[str, torch.Tensor] = {}
         if self.masks is not None:
             targets["mask"] = self.masks[idx]
         if self.boxes is not None:
             targets["boxes"] = self.boxes[idx].clone()
+        return targets
+
+    def _batch(self, idx: torch.Tensor, targets: dict[str, torch.Tensor], generator: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The images of ``idx`` with ``targets``, augmented together (``augment``), then normalised."""
+        images = self.images[idx].float().div_(255.0)
         if self.augment:
             images, targets = self._augment(images, targets, generator)
         images = images.sub_(self._mean).div_(self._std)

@@ -8,19 +8,17 @@ object), so every classification code path runs on it; the per-object ground tru
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_write
 from . import scenes_gen as gen
 from . import shapes_gen
 from . import transforms as T
 from .base import ArrayDataset
-from .shapes import DEFAULT_SPLIT_SIZES, default_cache_dir
+from .shapes import DEFAULT_SPLIT_SIZES, cached_arrays, default_cache_dir
 
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_NUM_CLASSES = 6
@@ -101,14 +99,10 @@ class SceneDataset(ArrayDataset):
         """As :meth:`ArrayDataset.get_batch`; with ``objects`` the targets also hold :meth:`get_objects`'
         keys, flipped with the images when the dataset augments (the same flips either way)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        images = self.images[idx].float().div_(255.0)
-        targets = {"mask": self.masks[idx], "boxes": self.boxes[idx].clone()}
+        targets = self._targets(idx)
         if objects:
             targets.update(self.get_objects(idx))
-        if self.augment:
-            images, targets = self._augment(images, targets, generator)
-        images = images.sub_(self._mean).div_(self._std)
-        return images, self.labels[idx], targets
+        return self._batch(idx, targets, generator)
 
     def _augment(
         self, images: torch.Tensor, targets: dict[str, torch.Tensor], generator: torch.Generator | None
@@ -140,16 +134,6 @@ def generate(split: str, n: int, image_size: int, num_classes: int, seed: int) -
     return gen.render(gen.draw_layouts(n, num_classes, seed, split), image_size)
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in ARRAYS}
-    except Exception as err:  # a truncated or foreign file: regenerate rather than fail
-        warnings.warn(f"scenes: ignoring unreadable cache file {str(path)!r} ({err}); regenerating it",
-                      stacklevel=3)
-        return None
-
-
 def load_scenes(
     split: str, root: str | Path | None = None, image_size: int | None = None,
     num_classes: int = DEFAULT_NUM_CLASSES, seed: int = 0, num_images: int | None = None,
@@ -175,20 +159,9 @@ def load_scenes(
         raise ValueError(f"scenes: unknown split {split!r}; choose one of {sorted(shapes_gen.SPLIT_CODES)}")
     n = DEFAULT_SPLIT_SIZES[split] if num_images is None else num_images
     gen.check_num_classes(num_classes)  # validates before any work
-    arrays = None
-    path = None
-    if cache:
-        path = cache_path(Path(root) if root is not None else default_cache_dir(), split, n, image_size,
-                          num_classes, seed)
-        if path.is_file():
-            arrays = _read_cache(path)
-    if arrays is None:
-        arrays = generate(split, n, image_size, num_classes, seed)
-        if path is not None:
-            def write(tmp: Path) -> None:
-                with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
-                    np.savez(f, **arrays)
-            atomic_write(path, write)
+    path = cache_path(Path(root) if root is not None else default_cache_dir(), split, n, image_size, num_classes,
+                      seed) if cache else None
+    arrays = cached_arrays(path, ARRAYS, lambda: generate(split, n, image_size, num_classes, seed), "scenes")
     return SceneDataset(
         torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["object_labels"]),
         torch.from_numpy(arrays["object_boxes"]), torch.from_numpy(arrays["instances"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +43,25 @@ def generate(split: str, n: int, image_size: int, num_classes: int, seed: int, c
     return gen.render(gen.draw_scenes(n, num_classes, seed, split), image_size, content)
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in ("images", "masks", "boxes", "labels")}
-    except Exception as err:  # a truncated or foreign file: regenerate rather than fail
-        warnings.warn(f"shapes: ignoring unreadable cache file {str(path)!r} ({err}); regenerating it",
-                      stacklevel=3)
-        return None
+def cached_arrays(path: Path | None, keys: Sequence[str], generate: Callable[[], dict[str, np.ndarray]],
+                  dataset: str) -> dict[str, np.ndarray]:
+    """A generated dataset's arrays: read from the .npz at ``path``, else ``generate()``d and written there
+    atomically (``path`` None: no cache). Why one helper: "shapes" and "scenes" cache the same way, and a
+    truncated or foreign cache file must be regenerated (with a warning), never fail a run."""
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in keys}
+        except Exception as err:  # a truncated or foreign file: regenerate rather than fail
+            warnings.warn(f"{dataset}: ignoring unreadable cache file {str(path)!r} ({err}); regenerating it",
+                          stacklevel=3)
+    arrays = generate()
+    if path is not None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
+                np.savez(f, **arrays)
+        atomic_write(path, write)
+    return arrays
 
 
 def load_shapes(
@@ -69,20 +81,10 @@ def load_shapes(
         raise ValueError(f"shapes: unknown split {split!r}; choose one of {sorted(gen.SPLIT_CODES)}")
     n = DEFAULT_SPLIT_SIZES[split] if num_images is None else num_images
     gen.class_layout(num_classes)  # validates before any work
-    arrays = None
-    path = None
-    if cache:
-        cache_dir = Path(root) if root is not None else default_cache_dir()
-        path = cache_path(cache_dir, split, n, image_size, num_classes, seed, content)
-        if path.is_file():
-            arrays = _read_cache(path)
-    if arrays is None:
-        arrays = generate(split, n, image_size, num_classes, seed, content)
-        if path is not None:
-            def write(tmp: Path) -> None:
-                with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
-                    np.savez(f, **arrays)
-            atomic_write(path, write)
+    path = cache_path(Path(root) if root is not None else default_cache_dir(), split, n, image_size, num_classes,
+                      seed, content) if cache else None
+    arrays = cached_arrays(path, ("images", "masks", "boxes", "labels"),
+                           lambda: generate(split, n, image_size, num_classes, seed, content), "shapes")
     return ArrayDataset(
         torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), gen.class_names(num_classes),
         MEAN, STD, masks=torch.from_numpy(arrays["masks"]), boxes=torch.from_numpy(arrays["boxes"])[:, None, :],
