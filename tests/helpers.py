@@ -352,3 +352,12 @@ def write_cifar10(root: Path, per_batch: int = 3) -> dict[str, np.ndarray]:
                         b"filenames": [f"img_{k}.png".encode() for k in range(per_batch)]}, folder / name)
         rows[name + "_labels"] = np.array(labels)
     return rows
+
+
+def scene_splits(root: Path, size: int = 32) -> tuple[Any, Any]:
+    """(train, test) splits of "scenes" at ``size`` px, small enough to train a segmenter or a detector on
+    in a second or two (tests/test_segmenter.py, tests/test_detector.py)."""
+    from camzoo import data
+
+    return (data.load("scenes", "train", root=root, image_size=size, num_images=96),
+            data.load("scenes", "test", root=root, image_size=size, num_images=32))

@@ -205,15 +205,21 @@ def test_detection_explains_every_box_above_the_score_or_the_given_box(tmp_path,
     usage_error(cli(*common, "--target", "3", "--out", tmp_path / "x"), "target 3 is out of range for a model with 3")
 
 
+def users_model(tmp_path, monkeypatch, module: str, source: str) -> tuple:
+    """The user's own model, ``MODULE:build`` written from ``source`` and importable, and the common
+    arguments of explaining a 48x40 photo with it at 64 px."""
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    photo = picture(tmp_path / "a.png", size=(48, 40))
+    return "explain", photo, "--model", f"{module}:build", "--image-size", "64", "--no-progress"
+
+
 def test_a_users_own_segmenter_needs_task_segmentation(tmp_path, monkeypatch):
-    (tmp_path / "my_segmenters.py").write_text(
+    common = users_model(tmp_path, monkeypatch, "my_segmenters", (
         "import torchvision\n\n\n"
         "def build(num_classes=3):\n"
         "    return torchvision.models.segmentation.lraspp_mobilenet_v3_large(\n"
-        "        weights=None, weights_backbone=None, num_classes=num_classes)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    photo = picture(tmp_path / "a.png", size=(48, 40))
-    common = ("explain", photo, "--model", "my_segmenters:build", "--image-size", "64", "--no-progress")
+        "        weights=None, weights_backbone=None, num_classes=num_classes)\n"))
     usage_error(cli(*common, "--out", tmp_path / "x"), "not class logits; pass --task segmentation or --task detection")
     mask = np.zeros((40, 48), np.uint8)
     mask[:20] = 1
@@ -227,7 +233,7 @@ def test_a_users_own_segmenter_needs_task_segmentation(tmp_path, monkeypatch):
 def test_an_output_without_logits_is_an_output_problem_not_a_size_problem(tmp_path, monkeypatch):
     """The model runs at the probe's size; what fails is reading its output: the message says so and names
     the CLI's --output, not the API's output=."""
-    (tmp_path / "my_dicts.py").write_text(
+    common = users_model(tmp_path, monkeypatch, "my_dicts", (
         "import torch\n\n\n"
         "class Scores(torch.nn.Module):\n"
         "    def __init__(self):\n"
@@ -236,10 +242,7 @@ def test_an_output_without_logits_is_an_output_problem_not_a_size_problem(tmp_pa
         "    def forward(self, x):\n"
         "        return {'scores': self.conv(x).mean((2, 3))}\n\n\n"
         "def build():\n"
-        "    return Scores()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    photo = picture(tmp_path / "a.png", size=(48, 40))
-    common = ("explain", photo, "--model", "my_dicts:build", "--image-size", "64", "--no-progress")
+        "    return Scores()\n"))
     result = cli(*common, "--out", tmp_path / "x")
     usage_error(result, "reading the model's output")
     assert "--output" in result.output and "cannot run at" not in result.output

@@ -10,23 +10,19 @@ import torch
 from torch import nn
 
 import camzoo
-from camzoo import data
 from camzoo.inference import evaluate, evaluate_segmentation, predict, segmentation_confusion
 from camzoo.models import build_model, get_kind, load_model
 from camzoo.targets import SegmentationTarget
 from camzoo.train import TrainConfig, train, train_step
 from camzoo.train.loop import _augment_with_map
-from helpers import cli, runtime_error
+from helpers import cli, runtime_error, scene_splits
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    """(train, test) splits of "scenes" at 32 px, small enough to train on in a second or two."""
-    root = tmp_path_factory.mktemp("cache")
-    return (data.load("scenes", "train", root=root, image_size=SIZE, num_images=96),
-            data.load("scenes", "test", root=root, image_size=SIZE, num_images=32))
+    return scene_splits(tmp_path_factory.mktemp("cache"), SIZE)
 
 
 def _config(**overrides) -> TrainConfig:
