@@ -145,6 +145,35 @@ def test_ablationcam_falls_back_and_equals_brute_force():
     assert torch.allclose(ours.raw, expected, atol=1e-5)
 
 
+class ScoresInADict(nn.Module):
+    """A classifier whose logits sit under a key of its output: explained with ``output="scores"``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scores": self.head(self.features(x).mean((2, 3)))}
+
+
+def test_ablationcam_takes_the_tail_only_shortcut_through_an_output_selector():
+    """The ablated copies' batch is counted as every method reads the output (output= honoured), so a
+    model whose logits sit under a key still runs its tail only, with the maps of the same network
+    returning a tensor."""
+    model = ScoresInADict().eval()
+    images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    explainer = AblationCAM(model, layer="features", output="scores", progress=False)
+    shortcut = explainer(images, torch.tensor([0, 2]))
+    assert explainer.tail_only is True
+    unwrapped = nn.Module()  # the same network returning its logits as a tensor
+    unwrapped.net = model
+    unwrapped.forward = lambda x: model(x)["scores"]
+    plain = AblationCAM(unwrapped, layer="net.features", progress=False)(images, torch.tensor([0, 2]))
+    assert torch.allclose(shortcut.raw, plain.raw, atol=1e-5)
+
+
 def test_gradient_family_closed_forms_on_a_linear_head():
     """logits = W mean_hw(A): G = W_c / (h*w) everywhere, so HiResCAM and XGrad-CAM equal Grad-CAM
     and LayerCAM is ReLU(sum_c ReLU(W_c) A_c) / (h*w)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,8 @@ from torch import nn
 
 from .base import CAMMethod, run_model
 from .capture import layer_tensors, rebuild_output
-from .objectives import OutputTargets, is_detection_output, scalar_values, target_values
-from .outputs import forward_raw
+from .objectives import OutputTargets, is_detection_output, per_image_outputs, scalar_values, target_values
+from .outputs import OutputSelector, forward_raw
 from .layers import get_layer
 from .registry import register
 
@@ -206,12 +206,13 @@ def _replaced_output(module: nn.Module, replacement: object, layer: str) -> Iter
         handle.remove()
 
 
-def _batch_of(raw: object) -> int:
-    """How many images a raw model output holds (0 when it cannot tell)."""
-    if isinstance(raw, (list, tuple)):
-        return len(raw)
-    tensor = raw.get("out", raw.get("logits")) if isinstance(raw, Mapping) else raw
-    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.ndim else 0
+def _batch_of(raw: object, selector: OutputSelector) -> int:
+    """How many images a raw model output holds, read as every method reads it (``per_image_outputs``,
+    ``output=`` honoured); 0 when it cannot be read so."""
+    try:
+        return len(per_image_outputs(raw, selector))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return 0
 
 
 @register
@@ -236,7 +237,7 @@ class AblationCAM(PerturbationCAM):
                 with _replaced_output(module, ablated, str(self.layer)):
                     raw = forward_raw(self.model, image)
                 # a detector's batch of proposals does not follow its features' batch: never trusted
-                if _batch_of(raw) == count and not is_detection_output(raw):
+                if _batch_of(raw, self.output) == count and not is_detection_output(raw):
                     self.tail_only = True if count > 1 else self.tail_only
                     return scalar_values(raw, self.model, image, objective, self.output)
             except (_LayerShapeError, MemoryError):
