@@ -94,6 +94,11 @@ def output_targets(target: object, batch: int) -> OutputTargets | None:
     return None
 
 
+def _segmenter_dict(output: object) -> bool:
+    """A torchvision segmenter's output: a dict with ``out`` (and no classifier's ``logits``)."""
+    return isinstance(output, Mapping) and "out" in output and "logits" not in output
+
+
 def is_detection_output(output: object) -> bool:
     """A torchvision detector's output: a list of dicts with ``boxes``."""
     return isinstance(output, (list, tuple)) and bool(output) and all(
@@ -104,8 +109,8 @@ def per_image_outputs(output: object, selector: OutputSelector = None) -> Sequen
     """What each image's target callable receives (the module docstring's rule)."""
     if selector is None and is_detection_output(output):
         return list(output)  # type: ignore[arg-type]
-    if selector is None and isinstance(output, Mapping) and "out" in output and "logits" not in output:
-        output = output["out"]
+    if selector is None and _segmenter_dict(output):
+        output = output["out"]  # type: ignore[index]
     else:
         output = select_output(output, selector)
     if isinstance(output, torch.Tensor):
@@ -120,7 +125,7 @@ def is_dense_output(output: object) -> bool:
     """Whether an output is a segmenter's or a detector's, not (B, K) class logits."""
     if is_detection_output(output):
         return True
-    if isinstance(output, Mapping) and "out" in output and "logits" not in output:
+    if _segmenter_dict(output):
         return True
     return isinstance(output, torch.Tensor) and output.ndim == 4
 
