@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .objects import BACKGROUND_CLASSES
 from .plan import BenchPlan, DatasetSpec, ModelJob
 from .probe import (BUDGET_S, COSTLY, Calibration, Counter, Scoring, Shape, Units, cpu_speed, eval_set,
                     explain_rate, forward_rate, layer_channels, rank_threads, scoring_rate, stability_rate, threads,
@@ -77,7 +78,7 @@ def shape_of(job: ModelJob, calibration: Calibration) -> Shape:
     """The model shape whose unit costs a job's work is charged at."""
     config = _train_config(job)
     classes = getattr(config, "num_classes", None) or calibration.datasets[job.dataset.key][0]
-    classes += 0 if job.dataset.task == "classification" or getattr(config, "num_classes", None) else 1  # background
+    classes += BACKGROUND_CLASSES if job.dataset.task != "classification" and not getattr(config, "num_classes", None) else 0
     if config is None:
         return Shape(job.kind, job.backbone, job.source.image_size or job.dataset.image_size, classes)
     return Shape(job.kind, job.backbone, job.dataset.image_size, classes, repr(sorted(config.model_options.items())))

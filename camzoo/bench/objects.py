@@ -28,6 +28,15 @@ from .evaluation import EvalSet, EvalStream
 BACKGROUND_CLASSES = 1
 
 
+def object_targets(task: str, classes: list[int], masks: torch.Tensor, boxes: list[list[float]]) -> OutputTargets:
+    """What each (image, object) pair's map explains, from the object's dataset class, mask and box:
+    ``SegmentationTarget(class + 1, mask)`` for a segmenter, ``BoxTarget(class + 1, box)`` for a
+    detector (silent on a miss: its map is all zeros, and scored so)."""
+    if task == "segmentation":
+        return OutputTargets([SegmentationTarget(c + BACKGROUND_CLASSES, mask) for c, mask in zip(classes, masks)])
+    return OutputTargets([BoxTarget(c + BACKGROUND_CLASSES, box, warn=False) for c, box in zip(classes, boxes)])
+
+
 def load_object_set(split: Any, count: int, device: torch.device, task: str = "segmentation") -> EvalSet:
     """The (image, object) pairs of the first ``count`` images of ``split`` (a dataset with
     ``get_objects``, e.g. "scenes"), on the device, in image order then object order. ``task``: what
@@ -44,12 +53,7 @@ def load_object_set(split: Any, count: int, device: torch.device, task: str = "s
     target = instances == (slot + 1)[:, None, None]
     others = (instances > 0) & ~target
     boxes = objects["object_boxes"][image, slot]
-    if task == "segmentation":
-        targets = OutputTargets([SegmentationTarget(int(c) + BACKGROUND_CLASSES, mask)
-                                 for c, mask in zip(classes.tolist(), target.to(device))])
-    else:
-        targets = OutputTargets([BoxTarget(int(c) + BACKGROUND_CLASSES, box, warn=False)  # a miss: a zero map
-                                 for c, box in zip(classes.tolist(), boxes.tolist())])
+    targets = object_targets(task, classes.tolist(), target.to(device), boxes.tolist())
     return EvalSet(
         images=images[image].to(device), labels=classes.to(device), masks=target.to(device),
         boxes=boxes[:, None].to(device),

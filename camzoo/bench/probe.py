@@ -174,9 +174,8 @@ def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch
     """Random evaluation images (an :class:`~camzoo.bench.evaluation.EvalSet`): a centred object box
     and mask when the dataset is annotated; for the object track, each image's target on that object
     (camzoo.bench.objects), with no distractor."""
-    from ..methods.objectives import OutputTargets
-    from ..targets import BoxTarget, SegmentationTarget
     from .evaluation import EvalSet
+    from .objects import BACKGROUND_CLASSES, object_targets
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(count, 3, size, size, generator=generator).to(device)
@@ -191,11 +190,9 @@ def eval_set(count: int, size: int, classes: int, annotated: bool, device: torch
     found = EvalSet(images, labels, masks, boxes, (0.0,) * 3, (1.0,) * 3, [str(c) for c in range(classes)])
     if task == "classification" or masks is None:
         return found
-    # ``classes`` counts the background (class 0) here: an object's class is 1 .. classes - 1
-    objects = [int(c) % max(1, classes - 1) + 1 for c in labels.tolist()]
-    targets = [SegmentationTarget(c, masks[0]) if task == "segmentation" else
-               BoxTarget(c, [low, low, high, high], warn=False) for c in objects]
-    return dataclasses.replace(found, targets=OutputTargets(targets))
+    # ``classes`` counts the background here: the objects' dataset classes are 0 .. classes - 2
+    objects = [int(c) % max(1, classes - BACKGROUND_CLASSES) for c in labels.tolist()]
+    return dataclasses.replace(found, targets=object_targets(task, objects, masks, boxes[:, 0].tolist()))
 
 
 def training_rate(model: nn.Module, config: Any, shape: Shape, device: torch.device) -> float:
