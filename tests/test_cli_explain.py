@@ -309,3 +309,20 @@ def test_method_options_reach_captum_and_bad_ones_are_one_usage_line(tmp_path, c
                          ([], "--method-option")):
         bad = cli("explain", *base, *extra)
         assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def test_smoothing_options_from_the_command_line(tmp_path, checkpoint):
+    """--method-option eigen_smooth=True / aug_smooth=True reach the method; one that does not apply is one line."""
+    image = picture(tmp_path / "a.png")
+    base = [image, "--checkpoint", checkpoint, "--method", "gradcam"]
+    outs = {}
+    for option in ("eigen_smooth=False", "eigen_smooth=True", "aug_smooth=True"):
+        out = tmp_path / option.replace("=", "_")
+        result = cli("explain", *base, "--out", out, "--method-option", option, "--save-maps")
+        assert result.exit_code == 0, result.output
+        (saved,) = out.rglob("*.npy")
+        outs[option] = np.load(saved).astype(np.float32)
+    assert all(np.abs(outs[option] - outs["eigen_smooth=False"]).max() > 1e-3 for option in outs if "True" in option)
+    bad = cli("explain", image, "--checkpoint", checkpoint, "--method", "eigencam", "--out", tmp_path / "bad",
+              "--method-option", "eigen_smooth=True")
+    assert bad.exit_code == 2 and "eigen_smooth" in bad.output and "Traceback" not in bad.output, bad.output

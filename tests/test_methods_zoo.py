@@ -24,6 +24,7 @@ GRADIENT_FAMILY = {
     "xgradcam": "XGradCAM",
     "layercam": "LayerCAM",
     "hirescam": "HiResCAM",
+    "gradcam_elementwise": "GradCAMElementWise",
 }
 
 

@@ -164,8 +164,10 @@ def test_no_metric_reads_a_settings_mapping_by_string():
 
 def test_camzoo_methods_options_lists_the_declared_facts():
     output = CliRunner().invoke(main, ["methods", "--options"]).output
-    assert "family gradient; cost backward; one pass; options: none" in output
-    assert "family optimisation; cost iterative; options: iterations (int = 50), lr (float = 0.1)" in output
+    smoothing = "eigen_smooth (bool = False), aug_smooth (bool = False)"
+    assert f"family gradient; cost backward; one pass; options: {smoothing}" in output
+    assert ("family optimisation; cost iterative; options: iterations (int = 50), lr (float = 0.1), "
+            "aug_smooth (bool = False)") in output
     assert "family control; cost free; options: seed (int = 0)" in output
 
 

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import types
-import typing
 from typing import ClassVar
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..explanation import Explanation
 from ..modelutil import model_normalisation
-from ..maps import minmax_normalise
+from ..maps import upsample_and_normalise
 from ..groundtruth import GroundTruth, check_ground_truth
 from ..modelutil import eval_mode
 from .capture import LayerCapture, capture_layers, fuse_layer_maps
@@ -41,7 +38,9 @@ from .outputs import (  # noqa: F401  (re-exported: methods and the CLI import t
     select_targets,
 )
 from .objectives import OutputTargets, Targeted, output_targets, targeted_forward
+from .options import describe_option, is_option_instance, simple_type, type_hints
 from .reshape import Reshape
+from .smoothing import aug_smoothed_run, combine, eigen_smoothed
 from ..targets import Target
 
 # None: the predicted class; an int or class name, or one per image; or a function of the (B,K) logits
@@ -50,12 +49,6 @@ from ..targets import Target
 # image's output (one per image, or one for all).
 TargetSpec = int | str | Sequence[int | str] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | \
     Target | Sequence[Callable[..., torch.Tensor]] | None
-
-
-def upsample_and_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (B,h,w) -> (B,H,W), then min-max per image to [0,1]; a constant map becomes zeros."""
-    upsampled = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    return minmax_normalise(upsampled)
 
 
 def _class_index(name: str, class_names: Sequence[str] | None) -> int:
@@ -114,39 +107,6 @@ _BASE_PARAMETERS = {"self", "model", "layer", "batch_size", "output", "reshape"}
 COST_CLASSES = ("free", "forward", "backward", "per-channel", "iterative")
 
 
-def _type_hints(function: Callable) -> dict[str, object]:
-    try:
-        return typing.get_type_hints(function)
-    except (NameError, TypeError):  # an annotation that does not resolve: leave it unchecked
-        return {}
-
-
-def _simple_type(annotation: object) -> tuple[type, ...] | None:
-    """(int,), (float, int), (bool,) or (str,) for those annotations (plus NoneType for ``X | None``);
-    None for anything else, which is left to the method's own checks."""
-    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
-    members = typing.get_args(annotation) if union else (annotation,)
-    simple = {int: (int,), float: (float, int), bool: (bool,), str: (str,)}
-    named = [m for m in members if m is not type(None)]
-    if len(named) != 1 or named[0] not in simple:
-        return None
-    return simple[named[0]] + ((type(None),) if len(named) < len(members) else ())
-
-
-def _is_instance(value: object, expected: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in expected:
-        return False  # True is an int to Python, not to a user who typed an iteration count
-    return isinstance(value, expected)
-
-
-def _describe_option(parameter: inspect.Parameter) -> str:
-    annotation = parameter.annotation
-    kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-    default = "" if parameter.default is inspect.Parameter.empty else f" = {parameter.default!r}"
-    return f"{parameter.name} ({kind}{default})" if annotation is not inspect.Parameter.empty else \
-        f"{parameter.name}{default}"
-
-
 class CAMMethod:
     """Base class: subclasses set ``name`` and implement :meth:`raw_maps` (or :meth:`compute`).
 
@@ -170,6 +130,9 @@ class CAMMethod:
     # False for a method that explains classes only (it reads a model's own class map): output targets
     # (camzoo.targets) are refused with one line
     serves_output_targets: ClassVar[bool] = True
+    # True for a method with its own raw_maps that builds its map from (B,C) channel weights through
+    # :meth:`combine` (Score-CAM, Ablation-CAM): eigen_smooth applies to it
+    combines_channel_weights: ClassVar[bool] = False
     explains_outputs: bool = False  # whether the last run explained output targets (set by each forward)
 
     @classmethod
@@ -183,21 +146,37 @@ class CAMMethod:
             init = klass.__dict__.get("__init__")
             if init is None:
                 continue
-            hints = _type_hints(init)
+            hints = type_hints(init)
             for name, parameter in inspect.signature(init).parameters.items():
                 if name in _BASE_PARAMETERS or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                     continue
                 found.setdefault(name, parameter.replace(annotation=hints.get(name, parameter.annotation)))
+        base = inspect.signature(CAMMethod.__init__).parameters
+        for name in cls.smoothing_options():
+            found.setdefault(name, base[name].replace(annotation=bool))
         return found
 
     @classmethod
+    def smoothing_options(cls) -> tuple[str, ...]:
+        """Which of ``eigen_smooth`` and ``aug_smooth`` (methods/smoothing.py) apply to this method:
+        eigen_smooth where the map is a sum of per-channel terms (:meth:`channel_terms`, or channel
+        weights through :meth:`combine`), aug_smooth for every explanation method; neither for a control
+        or a method whose constructor does not pass them on to the base."""
+        passed = cls.base_options()
+        eigen = cls.channel_terms is not CAMMethod.channel_terms or cls.combines_channel_weights
+        return tuple(name for name, applies in (("eigen_smooth", eigen), ("aug_smooth", True))
+                     if applies and name in passed and not cls.reference)
+
+    @classmethod
     def base_options(cls) -> frozenset[str]:
-        """The base class's options this method's constructor passes on, of ``output`` and ``reshape``
-        (the base takes both; a method that reads its model's own map, like ``attention``, takes
-        neither). Callers (``check_options``, the benchmark's ``[[models]]`` reshape) ask this, once."""
+        """The base class's options this method's constructor passes on, of ``output``, ``reshape``,
+        ``eigen_smooth`` and ``aug_smooth`` (the base takes all; a method that reads its model's own map,
+        like ``attention``, takes none). Callers (``check_options``, the benchmark's ``[[models]]``
+        reshape) ask this, once."""
         parameters = inspect.signature(cls.__init__).parameters
         keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        return frozenset(name for name in ("output", "reshape") if name in parameters or keywords)
+        return frozenset(name for name in ("output", "reshape", "eigen_smooth", "aug_smooth")
+                         if name in parameters or keywords)
 
     @classmethod
     def check_options(cls, options: Mapping[str, object] | None) -> dict[str, object]:
@@ -211,11 +190,11 @@ class CAMMethod:
         accepted = cls.option_parameters()
         unknown = sorted(set(options) - set(accepted) - _BASE_PARAMETERS)
         if unknown:
-            listed = ", ".join(_describe_option(p) for p in accepted.values()) or "none"
+            listed = ", ".join(describe_option(p) for p in accepted.values()) or "none"
             raise ValueError(f"method {cls.name!r} does not take option(s) {', '.join(unknown)}; its options: {listed}")
         for name, value in options.items():
-            expected = _simple_type(accepted[name].annotation) if name in accepted else None
-            if expected is not None and not _is_instance(value, expected):
+            expected = simple_type(accepted[name].annotation) if name in accepted else None
+            if expected is not None and not is_option_instance(value, expected):
                 raise TypeError(f"method {cls.name!r}: option {name} must be {' or '.join(t.__name__ for t in expected)}; "
                                 f"got {value!r}")
         return options
@@ -227,7 +206,8 @@ class CAMMethod:
         return True
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, batch_size: int | None = None, *,
-                 output: OutputSelector = None, reshape: Reshape | None = None):
+                 output: OutputSelector = None, reshape: Reshape | None = None, eigen_smooth: bool = False,
+                 aug_smooth: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if batch_size is not None and batch_size < 1:
@@ -238,6 +218,11 @@ class CAMMethod:
             raise TypeError(f"reshape must be a callable (layer output -> (B,C,h,w)) or None; got {type(reshape).__name__}")
         self.output = output  # which part of the model's output holds the logits (outputs.select_output)
         self.reshape = reshape  # the user's layout rule for the layer's output (reshape.to_feature_map)
+        for flag, value in (("eigen_smooth", eigen_smooth), ("aug_smooth", aug_smooth)):
+            if value and flag not in self.smoothing_options():
+                applies = "methods whose map is a sum over channels" if flag == "eigen_smooth" else "explanation methods"
+                raise ValueError(f"method {self.name!r} does not take {flag}=True (it applies to {applies}); drop it")
+        self.eigen_smooth, self.aug_smooth = bool(eigen_smooth), bool(aug_smooth)
         self._layer_spec = layer
         self.layers: list[str] | None = resolve_layers(model, layer) if layer is not None else None
         self.layer: str | None = "+".join(self.layers) if self.layers else None
@@ -246,6 +231,23 @@ class CAMMethod:
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         """(B,C,h,w) activations (and gradients of the target logits) -> (B,h,w) raw map."""
         raise NotImplementedError
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        """The (B,C,h,w) per-channel terms whose channel sum (then ReLU) is :meth:`compute`'s map, for a
+        method that has them: what ``eigen_smooth`` projects instead of summing."""
+        raise NotImplementedError
+
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        """One layer's (B,h,w) map: :meth:`compute`, or with ``eigen_smooth`` the first principal
+        component of :meth:`channel_terms` (methods/smoothing.py)."""
+        if self.eigen_smooth:
+            return eigen_smoothed(self.channel_terms(activations, gradients))
+        return self.compute(activations, gradients)
+
+    def combine(self, weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+        """ReLU(sum_c w_c A_c) from (B,C) channel weights (eigen-smoothed when asked): the map of a
+        method with its own raw_maps (``combines_channel_weights``)."""
+        return combine(weights, activations, self.eigen_smooth)
 
     def raw_maps(
         self, images: torch.Tensor, targets: torch.Tensor | None
@@ -256,7 +258,7 @@ class CAMMethod:
         """
         captured = self.capture(images, targets)
         with torch.no_grad():  # several layers: one map each, fused by capture.fuse_layer_maps
-            raw = fuse_layer_maps([self.compute(a, g) for a, g in zip(captured.activations, captured.gradients)])
+            raw = fuse_layer_maps([self.layer_map(a, g) for a, g in zip(captured.activations, captured.gradients)])
         return captured.logits, captured.targets, raw
 
     def layer_outputs(
@@ -304,9 +306,13 @@ class CAMMethod:
         return self.explanation(images, logits, targets, raw)
 
     def run(
-        self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None
+        self, images: torch.Tensor, target: TargetSpec = None, ground_truth: GroundTruth | None = None,
+        augment: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The checked, chunked pass behind :meth:`__call__`: (logits, targets, raw maps) of the batch."""
+        """The checked, chunked pass behind :meth:`__call__`: (logits, targets, raw maps) of the batch
+        (with ``aug_smooth``, unless ``augment`` is False, the mean over the augmentations)."""
+        if self.aug_smooth and augment:
+            return aug_smoothed_run(self, images, target, ground_truth)
         if images.ndim != 4:  # any channel count: grayscale models (in_chans=1) take (B,1,H,W)
             raise ValueError(f"images must have shape (B,C,H,W); got {tuple(images.shape)}")
         batch = images.shape[0]

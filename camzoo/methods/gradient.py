@@ -23,3 +23,7 @@ class GradCAM(CAMMethod):
         assert gradients is not None
         weights = gradients.mean(dim=(2, 3))
         return torch.einsum("bc,bchw->bhw", weights, activations).clamp_min(0)
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        assert gradients is not None
+        return gradients.float().mean(dim=(2, 3))[:, :, None, None] * activations.float()

@@ -1,4 +1,5 @@
-"""The rest of the gradient family: Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, EigenGrad-CAM.
+"""The rest of the gradient family: Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, the element-wise
+Grad-CAM, EigenGrad-CAM.
 
 Each is one ``compute(activations, gradients)`` over the layer's activations A (B,C,h,w) and the
 gradients G = dy_c/dA of the target logit y_c, so the base class (and the one-pass multi-method
@@ -36,13 +37,20 @@ class GradCAMPlusPlus(CAMMethod):
     family = "gradient"
     uses_gradients = True
 
-    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        """(B,C) channel weights sum_hw alpha * ReLU(G)."""
         assert gradients is not None
         a, g = activations.float(), gradients.float()
         g2 = g * g
         denominator = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + GRADCAM_PLUSPLUS_EPS
         alpha = torch.where(g != 0, g2 / denominator, torch.zeros_like(g))
-        return _weighted_sum((alpha * g.clamp_min(0)).sum(dim=(2, 3)), a)
+        return (alpha * g.clamp_min(0)).sum(dim=(2, 3))
+
+    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return _weighted_sum(self.weights(activations, gradients), activations.float())
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.weights(activations, gradients)[:, :, None, None] * activations.float()
 
 
 @register
@@ -56,11 +64,17 @@ class XGradCAM(CAMMethod):
     family = "gradient"
     uses_gradients = True
 
-    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        """(B,C) channel weights sum_hw(G * A) / sum_hw(A)."""
         assert gradients is not None
         a, g = activations.float(), gradients.float()
-        weights = (g * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + XGRADCAM_EPS)
-        return _weighted_sum(weights, a)
+        return (g * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + XGRADCAM_EPS)
+
+    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return _weighted_sum(self.weights(activations, gradients), activations.float())
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.weights(activations, gradients)[:, :, None, None] * activations.float()
 
 
 @register
@@ -75,8 +89,11 @@ class LayerCAM(CAMMethod):
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.channel_terms(activations, gradients).sum(1).clamp_min(0)
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         assert gradients is not None
-        return (gradients.float().clamp_min(0) * activations.float()).sum(1).clamp_min(0)
+        return gradients.float().clamp_min(0) * activations.float()
 
 
 @register
@@ -92,8 +109,35 @@ class HiResCAM(CAMMethod):
     uses_gradients = True
 
     def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.channel_terms(activations, gradients).sum(1).clamp_min(0)
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         assert gradients is not None
-        return (gradients.float() * activations.float()).sum(1).clamp_min(0)
+        return gradients.float() * activations.float()
+
+
+@register
+class GradCAMElementWise(CAMMethod):
+    """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise, after Selvaraju et al. 2017):
+    map = sum_c ReLU(G_c * A_c).
+
+    HiResCAM with the ReLU moved inside the channel sum: a position is credited only by the channels
+    whose gradient and activation agree there, so negative evidence of one channel cannot cancel
+    positive evidence of another.
+    """
+
+    name = "gradcam_elementwise"
+    family = "gradient"
+    summary = "Element-wise Grad-CAM: sum_c ReLU(G_c * A_c), the ReLU inside the channel sum"
+    paper = "pytorch-grad-cam (Gildenblat et al. 2021), after Selvaraju et al. 2017"
+    uses_gradients = True
+
+    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.channel_terms(activations, gradients).sum(1)
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        assert gradients is not None
+        return (gradients.float() * activations.float()).clamp_min(0)
 
 
 @register

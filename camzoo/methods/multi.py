@@ -40,7 +40,7 @@ class _SharedPass(CAMMethod):
         captured = self.capture(images, targets)
         pairs = list(zip(captured.activations, captured.gradients))
         with torch.no_grad():
-            raw = torch.stack([fuse_layer_maps([m.compute(a, g if m.uses_gradients else None) for a, g in pairs])
+            raw = torch.stack([fuse_layer_maps([m.layer_map(a, g if m.uses_gradients else None) for a, g in pairs])
                                for m in self.members], dim=1)
         return captured.logits, captured.targets, raw
 
@@ -78,7 +78,7 @@ def explain_many(
                          "key the options by method name")
     instances = {cls.name: cls(model, layer=layer, batch_size=batch_size, **base_options,
                                **cls.check_options(options.get(cls.name))) for cls in classes}
-    shared = [instances[cls.name] for cls in classes if shares_one_pass(cls)]
+    shared = [instances[cls.name] for cls in classes if shares_one_pass(cls) and not instances[cls.name].aug_smooth]
     results: dict[str, Explanation] = {}
     if len(shared) > 1:
         driver = _SharedPass(shared, model, layer, batch_size, **base_options)

@@ -49,6 +49,7 @@ class PerturbationCAM(CAMMethod):
     uses_gradients = False
     family = "perturbation"
     cost = "per-channel"
+    combines_channel_weights = True  # the map is self.combine(weights, activations): eigen_smooth applies
 
     def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None,
                  *, memory_mb: float = 1024.0, progress: bool | None = None, **base_options: Any) -> None:
@@ -152,8 +153,7 @@ class ScoreCAM(PerturbationCAM):
 
             sample_bytes = images[0].numel() * images.element_size()
             scores[live] = self.chunked_scores(live.numel(), self.chunk_size(sample_bytes), score).to(scores.device)
-            weights = scores.view(batch, channels).softmax(dim=1)
-            raw = torch.einsum("bc,bchw->bhw", weights, activations.float()).clamp_min(0)
+            raw = self.combine(scores.view(batch, channels).softmax(dim=1), activations)
         return logits, chosen, raw
 
 
@@ -276,6 +276,5 @@ class AblationCAM(PerturbationCAM):
             ablated_scores = ablated_scores.view(batch, channels).to(activations.device)
             original = _original_values(logits, chosen, self.explains_outputs)[:, None].to(activations.device)
             safe = torch.where(original.abs() < 1e-12, torch.ones_like(original), original)
-            weights = (original - ablated_scores) / safe
-            raw = torch.einsum("bc,bchw->bhw", weights, activations.float()).clamp_min(0)
+            raw = self.combine((original - ablated_scores) / safe, activations)
         return logits, chosen, raw

@@ -174,10 +174,10 @@ def select_methods(items: Iterable[str]) -> list[str]:
 
 def method_facts(name: str) -> str:
     """One line of what a method declares: family, cost class, whether it shares the one pass, options."""
-    from .base import _describe_option
+    from .options import describe_option
 
     cls = get_method(name)
-    options = ", ".join(_describe_option(p) for p in cls.option_parameters().values()) or "none"
+    options = ", ".join(describe_option(p) for p in cls.option_parameters().values()) or "none"
     one_pass = "; one pass" if shares_one_pass(cls) else ""
     return f"family {cls.family}; cost {cls.cost}{one_pass}; options: {options}"
 
