@@ -85,6 +85,8 @@ def test_legrad_equals_torchcam(images, pool, blocks):
         assert (minmax(ours.raw) - expected).abs().max() <= 1e-4
     named = camzoo.explain(vit, images, method="legrad", target=TARGETS, layer=[f"blocks.{i}" for i in chosen])
     assert torch.equal(named.raw, ours.raw) and named.layer == "+".join(f"blocks.{i}" for i in chosen)
+    inside = camzoo.explain(vit, images, method="legrad", target=TARGETS, layer=f"blocks.{DEPTH - 1}.norm1")
+    assert inside.layer == f"blocks.{DEPTH - 1}"  # a module inside a block names that block
 
 
 def test_legrad_is_batched_and_explains_the_predicted_class(images):
@@ -130,7 +132,7 @@ def test_legrad_refuses_what_it_cannot_explain():
     assert not legrad.applies_to(BaselineModel) and legrad.applies_to(nn.Module)
     for options, message in [({"blocks": 0}, "from 1 to 3"), ({"blocks": DEPTH + 1}, "from 1 to 3"),
                              ({"layer": "blocks.1", "blocks": 1}, "not both"),
-                             ({"layer": "blocks.1.norm1"}, "not a transformer block")]:
+                             ({"layer": "norm"}, "not in a transformer block")]:
         with pytest.raises(ValueError, match=message):
             legrad(vit, **options)
     with pytest.raises(TypeError, match="does not accept"):

@@ -155,9 +155,9 @@ class LeGrad(CAMMethod):
     """LeGrad: the positive gradients of each transformer block's class score with respect to its own
     attention probabilities, averaged over heads, queries and blocks (Bousselham et al. 2024).
 
-    ``layer``: transformer blocks by name or module (e.g. ``"blocks.11"`` or a list of them); None:
-    the last ``blocks`` blocks, all by default (the paper aggregates over every layer). Vision
-    transformers only; the map lives on the patch grid.
+    ``layer``: transformer blocks by name or module (e.g. ``"blocks.11"`` or a list of them; a module
+    inside a block names that block); None: the last ``blocks`` blocks, all by default (the paper
+    aggregates over every layer). Vision transformers only; the map lives on the patch grid.
     """
 
     name = "legrad"
@@ -186,13 +186,19 @@ class LeGrad(CAMMethod):
                              f"None (all of them); got {blocks!r}")
         if layer is not None and blocks is not None:
             raise ValueError("pass either layer= (transformer blocks by name) or blocks=N (the last N blocks), not both")
-        chosen = self.layers if layer is not None else names[-(blocks or len(names)):]
-        outside = [name for name in chosen if name not in self.transformer.blocks]
-        if outside:
-            raise ValueError(f"layer {outside[0]!r} is not a transformer block of {type(model).__name__}; LeGrad reads "
-                             f"whole blocks ({names[0]} ... {names[-1]}): pass their names, or blocks=N for the last N")
-        self.layers = sorted(chosen, key=names.index)
+        chosen = [self._block_of(name) for name in self.layers] if layer is not None else \
+            names[-(blocks or len(names)):]
+        self.layers = sorted(set(chosen), key=names.index)
         self.layer = "+".join(self.layers)
+
+    def _block_of(self, name: str) -> str:
+        """The transformer block a layer name is or lies in (``blocks.11.norm1`` -> ``blocks.11``)."""
+        found = [block for block in self.transformer.blocks if name == block or name.startswith(block + ".")]
+        if not found:
+            names = list(self.transformer.blocks)
+            raise ValueError(f"layer {name!r} is not in a transformer block of {type(self.model).__name__}; LeGrad "
+                             f"reads whole blocks ({names[0]} ... {names[-1]}): name them, or pass blocks=N for the last N")
+        return found[0]
 
     @contextlib.contextmanager
     def _hooks(self, leaves: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> Iterator[None]:
