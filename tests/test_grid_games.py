@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import camzoo
-from camzoo.metrics.focus import build_focus_mosaics, focus, make_focus_mosaics
+from camzoo.metrics.focus_mosaics import build_focus_mosaics, focus, make_focus_mosaics
 from camzoo.metrics.grid_models import play_grid_game
 from camzoo.metrics.grids import (
     build_grids,
@@ -370,3 +370,13 @@ def test_play_grid_game_scores_one_metric_cell(resnet8: nn.Module) -> None:
     assert corners["per_image"].shape == (12,) and corners["score_raw"] is None
     with pytest.raises(ValueError, match="game must be one of"):
         play_grid_game(resnet8, grids, "layercam", "diful")
+
+
+def test_the_focus_metric_is_a_function_not_shadowed_by_its_module():
+    """``camzoo.metrics.focus`` is the metric; the module that builds mosaics has another name."""
+    import importlib
+
+    import camzoo.metrics
+
+    assert callable(camzoo.metrics.focus) and camzoo.metrics.focus is focus
+    assert importlib.import_module("camzoo.metrics.focus_mosaics").focus is focus

@@ -44,7 +44,7 @@ from .scoring import combine_blocks, score_maps
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, table_columns
 from .context import MethodSpec
 from .grids import build_grids, cell_masks, confident_cells, grid_pointing_game, grid_targets, make_grids
-from .focus import build_focus_mosaics, focus, make_focus_mosaics
+from .focus_mosaics import build_focus_mosaics, focus, make_focus_mosaics
 from .grid_models import DiFull, DiPart, grid_wrapper, play_grid_game
 from .class_sensitivity import random_logit_similarity, randomisation_spearman
 

@@ -7,7 +7,7 @@ maps of inputs where the evidence's place or class is known by construction:
 * ``gridpg_NxN``, ``difull_NxN``, ``dipart_NxN``: the Grid Pointing Game on N x N grids of
   evaluation images of distinct classes, on the model or its DiFull / DiPart wrapper
   (:func:`camzoo.metrics.grid_models.play_grid_game`); ``focus``: 2 x 2 mosaics, two cells of the target
-  class (:func:`camzoo.metrics.focus.focus`).
+  class (:func:`camzoo.metrics.focus`).
 * ``random_logit_similarity``, ``randomisation_spearman``
   (:mod:`camzoo.metrics.class_sensitivity`).
 
@@ -30,7 +30,7 @@ import torch
 
 from .class_sensitivity import random_logit_similarity, randomisation_spearman
 from .context import ScoringContext
-from .focus import build_focus_mosaics, focus
+from .focus_mosaics import build_focus_mosaics, focus
 from .grid_models import GridWrapper, play_grid_game
 from .grids import build_grids, confident_cells
 from .settings import EvalSettings
