@@ -131,7 +131,13 @@ def test_cam_refuses_a_layer_that_does_not_feed_the_pooling_and_output_targets(r
         camzoo.explain(model, images, method="cam", layer="layer3")
     with pytest.raises(ValueError, match="explains classes only"):
         camzoo.explain(model, images, method="cam", target=[lambda out: out[0]] * len(images))
-    assert not camzoo.methods.get_method("cam").applies_to(type("Segmenter", (nn.Module,), {"task": "segmentation"}))
+
+    from camzoo.metrics.grid_models import GridWrapper
+
+    cam = camzoo.methods.get_method("cam")
+    assert cam.applies_to(type(model)) and cam.applies_to(type(camzoo.build_model("baseline", "resnet8", 3)))
+    assert not cam.applies_to(type("Segmenter", (nn.Module,), {"task": "segmentation"}))
+    assert not cam.applies_to(GridWrapper), "each cell's logits pool only their block: not CAM's head"
 
 
 # --- fem and kpcacam --------------------------------------------------------------------------

@@ -112,11 +112,15 @@ class CAM(CAMMethod):
     cost = "forward"
     uses_gradients = False
     serves_output_targets = False  # the weights are a class's row of the classifier
+    combines_channel_weights = True  # eigen_smooth projects the terms W_kc A_c instead of summing them
 
     @classmethod
     def applies_to(cls, model_class: type) -> bool:
-        """Classifiers only: a segmenter or detector (camzoo's ``task``) has no pooled linear head."""
-        return getattr(model_class, "task", "classification") == "classification"
+        """Classifiers whose logits pool the whole map: not a segmenter or detector (camzoo's ``task``),
+        nor a grid wrapper whose cells' logits each pool their own block (DiFull / DiPart, which
+        declare a ``disconnection``); their heads are not one Linear over global average pooling."""
+        return getattr(model_class, "task", "classification") == "classification" and \
+            not hasattr(model_class, "disconnection")
 
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -128,5 +132,8 @@ class CAM(CAMMethod):
         weights = classifier_weights(self.model, str(self.layer), calls, captured.logits, activations)
         chosen = weights[captured.targets.to(weights.device)].to(activations)
         with torch.no_grad():
-            raw = torch.einsum("bc,bchw->bhw", chosen, activations)
+            if getattr(self, "eigen_smooth", False):  # the base's option: ReLU(first component of W_kc A_c)
+                raw = self.combine(chosen, activations)
+            else:  # the signed sum, no ReLU (the paper's and TorchCAM's map)
+                raw = torch.einsum("bc,bchw->bhw", chosen, activations)
         return captured.logits, captured.targets, raw
