@@ -4,7 +4,10 @@ Registration order is the order presets list methods in (``select_methods``): th
 Eigen-CAM, the perturbation and optimisation methods, the kinds' own maps, then the controls.
 """
 
-from . import gradient, gradient_family, eigen, perturbation, optimisation, attention, legrad, controls  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration, in the order presets list methods)
+    gradient, gradient_family, eigen, classic, activation_family, perturbation, optimisation, legrad, attention,
+    controls,
+)
 from .base import COST_CLASSES, CAMMethod, GroundTruth, upsample_and_normalise
 from .registry import (
     METHODS,
