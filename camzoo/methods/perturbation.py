@@ -122,6 +122,22 @@ class ScoreCAM(PerturbationCAM):
         super().__init__(model, layer=layer, batch_size=batch_size, **options)
         self.align_corners = bool(align_corners)
 
+    def masked_scores(self, images: torch.Tensor, objective: Objective, image_index: torch.Tensor,
+                      masks: torch.Tensor) -> torch.Tensor:
+        """(n,) target scores of the masked inputs ``images[image_index] * masks`` ((n,H,W) masks): the
+        normalised input times the mask, so masked pixels take the dataset's mean colour. One forward;
+        SS-CAM and IS-CAM (smoothed_score.py) score their own masks through it."""
+        masked = images[image_index] * masks[:, None].to(images.dtype)
+        return target_values(self.model, masked, objective[image_index], self.output)
+
+    def blank_scores(self, images: torch.Tensor, objective: Objective, chosen: torch.Tensor) -> torch.Tensor:
+        """(B,) each image's target score on the all-zero input, which every all-zero mask gives: one
+        forward of one image for classes, of the batch for output targets (each image's own target)."""
+        zeros = torch.zeros_like(images[:1])
+        if isinstance(objective, OutputTargets):
+            return target_values(self.model, zeros.expand(len(images), -1, -1, -1), objective, self.output)
+        return _original_values(run_model(self.model, zeros, self.output).expand(len(images), -1), chosen, False)
+
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, chosen, activations, _ = self.layer_outputs(images, targets)
@@ -134,22 +150,16 @@ class ScoreCAM(PerturbationCAM):
         scores = torch.empty(batch * channels, device=activations.device)
         with torch.no_grad():
             if constant.any():  # an all-zero mask: the same all-zero input for every such channel
-                zeros = torch.zeros_like(images[:1])
-                if isinstance(objective, OutputTargets):  # each image's own target on the blank input
-                    blank = target_values(self.model, zeros.expand(batch, -1, -1, -1), objective, self.output)
-                else:
-                    blank = _original_values(run_model(self.model, zeros, self.output).expand(batch, -1), chosen, False)
+                blank = self.blank_scores(images, objective, chosen)
                 scores[constant] = blank.to(scores.device).repeat_interleave(channels)[constant]
 
             def score(start: int, stop: int) -> torch.Tensor:
                 index = live[start:stop]
-                image_index = torch.div(index, channels, rounding_mode="floor")
                 upsampled = F.interpolate(flat[index][:, None], size=size, mode="bilinear",
                                           align_corners=self.align_corners)[:, 0]
                 low = upsampled.amin(dim=(1, 2), keepdim=True)
                 masks = (upsampled - low) / (upsampled.amax(dim=(1, 2), keepdim=True) - low + SCORECAM_EPS)
-                masked = images[image_index] * masks[:, None].to(images.dtype)
-                return target_values(self.model, masked, objective[image_index], self.output)
+                return self.masked_scores(images, objective, torch.div(index, channels, rounding_mode="floor"), masks)
 
             sample_bytes = images[0].numel() * images.element_size()
             scores[live] = self.chunked_scores(live.numel(), self.chunk_size(sample_bytes), score).to(scores.device)
