@@ -176,9 +176,9 @@ class LeGrad(CAMMethod):
         return not isinstance(getattr(model_class, "default_cam_layer", None), str)
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, batch_size: int | None = None, *,
-                 blocks: int | None = None):
+                 blocks: int | None = None, aug_smooth: bool = False):
         self.transformer = find_transformer(model) if isinstance(model, nn.Module) else None
-        super().__init__(model, layer, batch_size)
+        super().__init__(model, layer, batch_size, aug_smooth=aug_smooth)
         assert self.transformer is not None
         names = list(self.transformer.blocks)
         if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(names)):
