@@ -5,8 +5,8 @@ Eigen-CAM, the perturbation and optimisation methods, the kinds' own maps, then 
 """
 
 from . import (  # noqa: F401  (registration, in the order presets list methods)
-    gradient, gradient_family, eigen, classic, activation_family, perturbation, smoothed_score, smoothgrad,
-    optimisation, legrad, attention, controls,
+    gradient, gradient_family, shapley, finer, fullgrad, eigen, classic, activation_family, perturbation,
+    smoothed_score, smoothgrad, optimisation, legrad, attention, controls,
 )
 from .base import COST_CLASSES, CAMMethod, GroundTruth, upsample_and_normalise
 from .registry import (

@@ -130,9 +130,10 @@ class CAMMethod:
     # False for a method that explains classes only (it reads a model's own class map): output targets
     # (camzoo.targets) are refused with one line
     serves_output_targets: ClassVar[bool] = True
-    # True for a method with its own raw_maps that builds its map from (B,C) channel weights through
-    # :meth:`combine` (Score-CAM, Ablation-CAM): eigen_smooth applies to it
-    combines_channel_weights: ClassVar[bool] = False
+    # True for a method with its own raw_maps whose map is still a sum of per-channel terms that it
+    # builds eigen_smooth-aware (through :meth:`combine`, as Score-CAM and Ablation-CAM, or another
+    # method's :meth:`layer_map`): eigen_smooth applies to it. Methods with channel_terms need not set it.
+    eigen_smoothable: ClassVar[bool] = False
     explains_outputs: bool = False  # whether the last run explained output targets (set by each forward)
 
     @classmethod
@@ -163,7 +164,7 @@ class CAMMethod:
         weights through :meth:`combine`), aug_smooth for every explanation method; neither for a control
         or a method whose constructor does not pass them on to the base."""
         passed = cls.base_options()
-        eigen = cls.channel_terms is not CAMMethod.channel_terms or cls.combines_channel_weights
+        eigen = cls.channel_terms is not CAMMethod.channel_terms or cls.eigen_smoothable
         return tuple(name for name, applies in (("eigen_smooth", eigen), ("aug_smooth", True))
                      if applies and name in passed and not cls.reference)
 
@@ -246,7 +247,7 @@ class CAMMethod:
 
     def combine(self, weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
         """ReLU(sum_c w_c A_c) from (B,C) channel weights (eigen-smoothed when asked): the map of a
-        method with its own raw_maps (``combines_channel_weights``)."""
+        method with its own raw_maps (``eigen_smoothable``)."""
         return combine(weights, activations, self.eigen_smooth)
 
     def raw_maps(

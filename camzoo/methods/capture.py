@@ -57,7 +57,7 @@ def rebuild_output(output: object, tensors: dict[str, torch.Tensor]) -> object:
 
 
 @contextlib.contextmanager
-def _hooks(model: nn.Module, names: Sequence[str], with_grad: bool) -> Iterator[dict[str, object]]:
+def layer_hooks(model: nn.Module, names: Sequence[str], with_grad: bool) -> Iterator[dict[str, object]]:
     """Record each named module's output; with gradients, the first one reached becomes the leaf
     (each tensor of a dict output becomes one)."""
     captured: dict[str, object] = {}
@@ -123,7 +123,7 @@ def capture_layers(
     if with_grad and torch.is_inference_mode_enabled():
         raise RuntimeError("gradient-based CAM methods cannot run inside torch.inference_mode(), which forbids "
                            "autograd everywhere; call explain outside it (inside torch.no_grad() is fine)")
-    with _hooks(model, names, with_grad) as captured:
+    with layer_hooks(model, names, with_grad) as captured:
         grad_was_enabled = torch.is_grad_enabled()
         try:
             torch.set_grad_enabled(False)  # the first hook switches autograd on at its layer

@@ -112,7 +112,7 @@ class CAM(CAMMethod):
     cost = "forward"
     uses_gradients = False
     serves_output_targets = False  # the weights are a class's row of the classifier
-    combines_channel_weights = True  # eigen_smooth projects the terms W_kc A_c instead of summing them
+    eigen_smoothable = True  # eigen_smooth projects the terms W_kc A_c instead of summing them
 
     @classmethod
     def applies_to(cls, model_class: type) -> bool:

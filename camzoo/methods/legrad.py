@@ -201,7 +201,7 @@ class LeGrad(CAMMethod):
         return found[0]
 
     @contextlib.contextmanager
-    def _hooks(self, leaves: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> Iterator[None]:
+    def layer_hooks(self, leaves: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> Iterator[None]:
         """Each explained block: its probabilities become a leaf (autograd on), its score is taken
         from its output, and the next block gets that output detached (autograd off)."""
 
@@ -237,7 +237,7 @@ class LeGrad(CAMMethod):
         leaves: dict[str, torch.Tensor] = {}
         scores: dict[str, torch.Tensor] = {}
         grad_was_enabled = torch.is_grad_enabled()
-        with self._hooks(leaves, scores):
+        with self.layer_hooks(leaves, scores):
             try:
                 torch.set_grad_enabled(False)  # each explained block's attention switches it on, its end off
                 result = targeted_forward(self.model, images, targets)

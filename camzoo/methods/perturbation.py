@@ -49,7 +49,7 @@ class PerturbationCAM(CAMMethod):
     uses_gradients = False
     family = "perturbation"
     cost = "per-channel"
-    combines_channel_weights = True  # the map is self.combine(weights, activations): eigen_smooth applies
+    eigen_smoothable = True  # the map is self.combine(weights, activations): eigen_smooth applies
 
     def __init__(self, model: nn.Module, layer: Any = None, batch_size: int | None = None,
                  *, memory_mb: float = 1024.0, progress: bool | None = None, **base_options: Any) -> None:
