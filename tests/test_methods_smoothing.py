@@ -111,3 +111,26 @@ def test_one_pass_run_keeps_an_aug_smoothed_member_apart(trained_resnet):
     for name in ("gradcam", "layercam"):
         alone = camzoo.explain(model, images, method=name, target=labels, layer="layer3", method_options=options[name])
         assert torch.allclose(together[name].maps, alone.maps, atol=1e-6)
+
+
+# cheap settings for the options that set a method's number of passes, by option name
+CHEAP = {"num_samples": 2, "iterations": 2, "num_scales": 1}
+
+
+def test_every_method_that_lists_eigen_smooth_honours_it():
+    """eigen_smooth changes the map of every method that lists it (none accepts it and ignores it)."""
+    model = camzoo.build_model("baseline", "resnet8", num_classes=4).eval()
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    checked = []
+    for name in method_names(reference=False):
+        cls = get_method(name)
+        accepted = cls.option_parameters()
+        if "eigen_smooth" not in accepted:
+            continue
+        cheap = {key: value for key, value in CHEAP.items() if key in accepted}
+        plain = camzoo.explain(model, images, method=name, target=1, method_options=cheap).raw
+        smooth = camzoo.explain(model, images, method=name, target=1, method_options={**cheap, "eigen_smooth": True}).raw
+        assert not torch.allclose(plain, smooth, atol=1e-6), name
+        checked.append(name)
+    assert len(checked) >= 10
