@@ -4,7 +4,7 @@ Registration order is the order presets list methods in (``select_methods``): th
 Eigen-CAM, the perturbation and optimisation methods, the kinds' own maps, then the controls.
 """
 
-from . import gradient, gradient_family, eigen, perturbation, optimisation, attention, controls  # noqa: F401  (registration)
+from . import gradient, gradient_family, eigen, perturbation, optimisation, attention, wrappers, sess, controls  # noqa: F401  (registration)
 from .base import COST_CLASSES, CAMMethod, GroundTruth, upsample_and_normalise
 from .registry import (
     METHODS,
