@@ -113,6 +113,20 @@ def test_refinecam_equals_pytorch_grad_cam(resnet, small_cnn, which):
     assert_equal_maps(ours, reference)
 
 
+def test_refinecams_default_layers_are_stages(small_cnn):
+    """A camzoo model's stages by their stage names (not the trunk holding two of them), then its
+    declared layer; under no_grad too, and under inference_mode for a gradient-free inner method."""
+    resnet8 = camzoo.build_model("baseline", "resnet8", num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert camzoo.explain(resnet8, x, method="refinecam").layer == \
+        "backbone.trunk.layer1+backbone.trunk.layer2+cam_hook"
+    model, images, _ = small_cnn
+    with torch.no_grad():
+        assert camzoo.explain(model, images, method="refinecam").layer == "r1+r2+r3"
+    with torch.inference_mode():
+        assert camzoo.explain(model, images, method="refinecam(eigencam)").layer == "r1+r2+r3"
+
+
 def test_refinecam_of_a_method_with_its_own_passes(small_cnn):
     """An inner method that is not one pass runs once per layer (Score-CAM, with its option)."""
     import pytorch_grad_cam

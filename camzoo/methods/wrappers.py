@@ -196,9 +196,12 @@ def stage_layers(model: nn.Module, probe: torch.Tensor, output: OutputSelector =
     final = resolve_layer(model, None, probe)
     outputs, logits = _probe_with_grad(model, probe, output)
     maps = [(n, m, o) for n, m, o in outputs if o.ndim == 4 and not isinstance(m, _HEAD_POOLING)]
-    spatial = [(n, m, o) for n, m, o in maps if o.shape[1] > 1 and o.shape[-2] * o.shape[-1] > 1 and o.requires_grad]
-    used = torch.autograd.grad(logits.sum(), [o for _, _, o in spatial], allow_unused=True) if spatial else []
-    spatial = [item for item, grad in zip(spatial, used) if grad is not None]
+    spatial = [(n, m, o) for n, m, o in maps if o.shape[1] > 1 and o.shape[-2] * o.shape[-1] > 1]
+    if logits.requires_grad:  # not inside torch.inference_mode(): keep what the logits depend on
+        tracked = [item for item in spatial if item[2].requires_grad]
+        with torch.enable_grad():
+            used = torch.autograd.grad(logits.sum(), [o for _, _, o in tracked], allow_unused=True) if tracked else []
+        spatial = [item for item, grad in zip(tracked, used) if grad is not None]
     end = next((i for i, (n, _, _) in enumerate(spatial) if n == final), len(spatial))
     final_size = tuple(spatial[end][2].shape[-2:]) if end < len(spatial) else None
     last_at = {tuple(o.shape[-2:]): i for i, (_, _, o) in enumerate(spatial[:end]) if tuple(o.shape[-2:]) != final_size}
