@@ -198,6 +198,25 @@ def test_the_name_form_everywhere(small_cnn):
         camzoo.explain(model, images, method="sess", target=[lambda out: out.sum()])
 
 
+def test_a_base_keyword_reaches_the_inner_method_too(small_cnn):
+    """output= tells the wrapper (its window scores) and the inner method (its maps) where the logits are."""
+    model, images, labels = small_cnn
+
+    class Scores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"scores": self.net(x)}
+
+    options = {"num_scales": 2, "progress": False}
+    plain = camzoo.explain(model, images, method="sess", target=labels, layer="c3", method_options=options)
+    keyed = camzoo.explain(Scores().eval(), images, method="sess", target=labels, layer="net.c3", output="scores",
+                           method_options=options)
+    assert torch.allclose(plain.maps, keyed.maps, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, message", [
     ("sesss(gradcam)", "unknown method 'sesss'. Did you mean 'sess'?"),
     ("sess(gradcm)", "unknown method 'gradcm'. Did you mean 'gradcam'"),

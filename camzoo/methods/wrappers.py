@@ -9,7 +9,8 @@ wrapper for :meth:`WrapperCAM.with_inner`, which builds (once, then reuses) a su
 is that method and whose ``name`` is the canonical ``"sess(gradcam)"``.
 
 Options: a wrapper takes its own and every option of its inner method, by name; an option both take
-(``memory_mb``) goes to both. The layer (``layer=``, or ``sess(gradcam)@layer3``) is the inner
+(``memory_mb``) goes to both, and so does a keyword of the base class (``output=``, ``reshape=``)
+where the inner method takes it. The layer (``layer=``, or ``sess(gradcam)@layer3``) is the inner
 method's. Wrappers do not nest, and an inner method that needs ground truth (``oracle``) is refused.
 """
 
@@ -41,6 +42,12 @@ def _init_options(klass: type) -> set[str]:
         return set()
     return {name for name, p in inspect.signature(init).parameters.items()
             if name not in _NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _takes(klass: type, name: str) -> bool:
+    """Whether ``klass(...)`` accepts the keyword ``name`` (by name, or through ``**kwargs``)."""
+    parameters = inspect.signature(klass.__init__).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 class WrapperCAM(CAMMethod):
@@ -106,7 +113,7 @@ class WrapperCAM(CAMMethod):
         inner = self.inner_class()
         mro = type(self).__mro__
         parents = set().union(*(_init_options(k) for k in mro[mro.index(WrapperCAM) + 1:]))
-        passed = set(inner.option_parameters()) | inner.base_options()
+        passed = set(inner.option_parameters()) | {k for k in _init_options(CAMMethod) if _takes(inner, k)}
         unknown = sorted(set(options) - parents - passed)
         if unknown:
             listed = ", ".join(sorted(set(self.option_parameters())))
