@@ -90,7 +90,7 @@ def test_a_reshape_rule_reaches_exactly_the_methods_that_take_one():
     def flip(output: torch.Tensor) -> torch.Tensor:
         return output.flip(-1)
 
-    assert get_method("gradcam").base_options() == {"output", "reshape"}
+    assert get_method("gradcam").base_options() == {"output", "reshape", "eigen_smooth", "aug_smooth"}
     assert get_method("attention").base_options() == frozenset()  # reads its model's own map
     assert method_options("gradcam", flip) == {"reshape": flip} and method_options("gradcam", None) == {}
     assert method_options("attention", flip) == {}

@@ -1,12 +1,13 @@
 """CAM methods behind one base class; importing this package registers every built-in method.
 
 Registration order is the order presets list methods in (``select_methods``): the gradient family,
-Eigen-CAM, the perturbation and optimisation methods, the kinds' own maps, then the controls.
+Eigen-CAM and the activation methods, the perturbation and optimisation methods, LeGrad, the kinds'
+own maps, the wrappers (SESS, RefineCAM), then the controls.
 """
 
 from . import (  # noqa: F401  (registration, in the order presets list methods)
     gradient, gradient_family, shapley, finer, fullgrad, eigen, classic, activation_family, perturbation,
-    smoothed_score, smoothgrad, optimisation, legrad, attention, controls,
+    smoothed_score, smoothgrad, optimisation, legrad, attention, wrappers, sess, controls,
 )
 from .base import COST_CLASSES, CAMMethod, GroundTruth, upsample_and_normalise
 from .registry import (

@@ -72,10 +72,17 @@ def split_layer(name: str) -> tuple[str, str | None]:
     if at < 0:
         return name, None
     base, layer = name[:at], name[at + 1:]
+    if "(" in base and ")" in layer:  # "sess(gradcam@layer2)": the layer belongs after the whole name
+        inner_layer, _, rest = layer.partition(")")
+        raise ValueError(f"method {name!r}: put the layer after the whole name, "
+                         f"{base + ')' + rest + '@' + inner_layer!r} (it is the inner method's layer)")
     if not _LAYER.match(layer):
         raise ValueError(f"method {name!r}: the part after '@' must be a module name (e.g. 'gradcam@layer2'); "
                          f"got {layer!r}")
     return base, layer
+
+
+_WRAPPED_NAME = re.compile(r"\s*([^()]*?)\s*\((.*)\)\s*\Z", re.DOTALL)
 
 
 def get_method(name: str) -> type[CAMMethod]:
@@ -85,13 +92,36 @@ def get_method(name: str) -> type[CAMMethod]:
 
     ``captum:<Attribution>`` (e.g. ``captum:IntegratedGradients``) is any ``captum.attr`` class
     through camzoo's pipeline (:mod:`camzoo.methods.captum_adapter`); it is not in the registry's list.
+    ``WRAPPER(INNER)`` (e.g. ``sess(gradcam)``) is a wrapper method around any other method
+    (:mod:`camzoo.methods.wrappers`); its class is named by the canonical names of both.
     """
     name, _ = split_layer(name)
+    wrapped = _WRAPPED_NAME.match(name)
+    if wrapped:
+        return _wrapped_method(name, *wrapped.groups())
+    if "(" in name or ")" in name:
+        raise ValueError(f"method {name!r}: a wrapper is written WRAPPER(INNER), e.g. 'sess(gradcam)'")
     if name[:7].lower() == "captum:":
         from .captum_adapter import captum_method
 
         return captum_method(name[7:])
     return METHODS.lookup(name)
+
+
+def _wrapped_method(name: str, wrapper: str, inner: str) -> type[CAMMethod]:
+    """The class of ``WRAPPER(INNER)``: the wrapper's ``with_inner`` of the inner method's class."""
+    outer = METHODS.lookup(wrapper)  # an unknown name: "did you mean"
+    build = getattr(outer, "with_inner", None)
+    if build is None:
+        wrappers = [n for n, cls in METHODS.items() if hasattr(cls, "with_inner")]
+        raise ValueError(f"method {name!r}: {outer.name!r} does not wrap another method; the wrappers are "
+                         f"{', '.join(wrappers) or 'none'} (e.g. '{wrappers[0] if wrappers else 'sess'}(gradcam)')")
+    if not inner.strip():
+        raise ValueError(f"method {name!r} names no inner method; write e.g. '{outer.name}(gradcam)', or "
+                         f"{outer.name!r} alone for its default")
+    if "(" in inner or ")" in inner:
+        raise ValueError(f"method {name!r}: wrappers do not nest; wrap a plain method, e.g. '{outer.name}(gradcam)'")
+    return build(get_method(inner.strip()))
 
 
 def shares_one_pass(cls: type[CAMMethod]) -> bool:
