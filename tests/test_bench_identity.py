@@ -319,3 +319,28 @@ def test_array_splits_are_fingerprinted_from_their_arrays():
     one, two = (fingerprint.split_parts(s, None, hashes) for s in (split, relabelled))
     assert one["images"] == two["images"] and one["labels"] != two["labels"]
     assert np.all([len(v) == 16 for v in one.values()])
+
+
+def test_trained_models_follow_their_training_data(inputs):
+    """A grid that trains on an on-disk folder: its train split is part of the run and of each model's
+    directory, so changed training data never reuses weights trained on the old."""
+    def plan():
+        return build_plan(resolve_config(None, overrides={
+            "kinds": ["baseline"], "backbones": ["resnet8"], "seeds": [0], "methods": ["gradcam"], "device": "cpu",
+            "datasets": [{"name": "annotated", "root": str(inputs / "photos"), "image_size": 16, "options": {}}]}))
+
+    before = plan()
+    (inputs / "photos" / "classes.txt").write_text("ant 1\nbee 0\ncat 2\ndog 3\n", encoding="utf-8")
+    after = plan()
+    assert after.run_id != before.run_id
+    assert after.jobs[0].source.checkpoint != before.jobs[0].source.checkpoint
+    assert [what for what in after.inputs if after.inputs[what] != before.inputs[what]] == [
+        "dataset annotated test labels", "dataset annotated train labels"]
+
+
+def test_check_writes_no_hash_cache(inputs):
+    out = inputs / "out"
+    out.mkdir()
+    result = cli("bench", "--config", inputs / "bench.toml", "--out", out, "--check", "--no-estimate")
+    assert result.exit_code == 0 and "config OK" in result.output, result.output
+    assert list(out.iterdir()) == []
