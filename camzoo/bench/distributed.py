@@ -99,7 +99,7 @@ def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker, out_dir
     failure = None
     if worker.rank == 0:
         try:
-            sent[0] = build_plan(config, device, worker.world_size, cache_dir=out_dir)  # input hashes cached there
+            sent[0] = build_plan(config, device, worker.world_size, out_dir)  # out_dir: where input hashes are cached
         except Exception as err:  # every rank must hear of it, or the others wait here
             failure = err
             sent[1] = str(err) if isinstance(err, ValueError) else f"rank 0: {type(err).__name__}: {err}"
