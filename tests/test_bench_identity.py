@@ -146,6 +146,10 @@ def test_a_checkpoint_retrained_in_place_gives_new_cells_and_a_line_naming_it(in
     weights(b, 7)  # retrained in place: the same size, other weights, and even the old timestamp
     os.utime(b, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert b.stat().st_size == stamp.st_size and b.read_bytes() != original
+    stored = cli("report", out, "--format", "md")  # the stored run is reported as it is, saying its file changed
+    assert stored.exit_code == 0 and f"run `{first}`" in stored.output, stored.output
+    assert f"Inputs changed since this run: checkpoint {b}: its file now holds other content" in stored.output
+    assert "a.pt:" not in stored.output
     result = cli("bench", "--config", inputs / "bench.toml", "--out", out, "--no-progress", "--no-html")
     assert result.exit_code == 0, result.output
     second = re.search(r"run (\w{12}), device", result.output).group(1)

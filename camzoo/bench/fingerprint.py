@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -298,4 +299,19 @@ def changed_inputs(before: Mapping[str, str], now: Mapping[str, str]) -> list[st
     return said
 
 
-__all__ = ["CACHE_NAME", "COUNTS", "FileHashes", "Inputs", "changed_inputs", "fingerprint_inputs", "split_parts"]
+def changed_files(inputs: Mapping[str, str], cache_dir: str | Path | None = None) -> list[str]:
+    """The files a stored run read (checkpoints, model and reshape code) that now hold other content, each
+    as a phrase; files no longer there are not judged (a report needs only the store). Datasets are not
+    re-read here: that needs their loader (a rerun of the bench checks them)."""
+    said = []
+    with FileHashes(cache_dir) as hashes:
+        for what, digest in inputs.items():
+            found = re.fullmatch(r"checkpoint (.+)|(?:model|reshape) code \S+ \((.+)\)", what)
+            path = found and (found.group(1) or found.group(2))
+            if path and os.path.isfile(path) and hashes(path)[:16] != digest:
+                said.append(f"{what}: its file now holds other content")
+    return said
+
+
+__all__ = ["CACHE_NAME", "COUNTS", "FileHashes", "Inputs", "changed_files", "changed_inputs", "fingerprint_inputs",
+           "split_parts"]

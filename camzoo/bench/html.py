@@ -30,7 +30,6 @@ from .explore import Results, read_results
 from .record import RunRecord
 from .store import ALL_SEEDS, ResultsStore
 from .leaderboard import Board, group_pairwise, leaderboard, letters, note
-from .missing import Missing
 from .reliability import CARD_COLUMNS, card_line, reported_reasons
 from .summary import Column, Summary, row_rank
 from .tables import (agreement_text, cell_parts, description, format_number, full_tables, method_label, table_header,
@@ -46,16 +45,16 @@ def write_html(directory: str | Path, store: ResultsStore, record: RunRecord, su
                provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
                out: str | Path | None = None, pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
                results: Results | None = None, boards: Mapping[tuple[str, str], Board] | None = None,
-               missing: Missing | None = None) -> Path:
+               notices: list[str] | None = None) -> Path:
     """Write ``report.html`` for the run ``record`` of the store in ``directory`` into ``out`` (default: the
     directory; elsewhere for a store in a read-only place) and return its path. ``pictures``: the PNGs
     of camzoo.bench.plots per (dataset, backbone), embedded at the top of each group; ``results``: the
     run as camzoo.bench.load reads it, when the caller has it already (else it is read here); ``boards``:
-    the leaderboards summary.md shows, per (dataset, backbone) (else they are built here); ``missing``:
-    the run's missing cells (camzoo.bench.missing), said at the top of the page when there are any."""
+    the leaderboards summary.md shows, per (dataset, backbone) (else they are built here); ``notices``:
+    lines the page shows above everything (an incomplete run's missing cells, inputs changed since)."""
     results = read_results(store, record, directory) if results is None else results
     data = page_data(store, record, summary, provenance, results, max_images, thumb, pictures, boards)
-    data["incomplete"] = missing.line() if missing else None
+    data["notices"] = list(notices or [])
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")

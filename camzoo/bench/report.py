@@ -12,6 +12,7 @@ import numpy as np
 
 from ..io import atomic_write, atomic_write_text, remove_stale_temporaries
 from .explore import Results, read_results
+from .fingerprint import changed_files
 from .missing import Missing, find_missing
 from .record import RunRecord
 from .shards import merge_shards, shard_paths
@@ -176,10 +177,12 @@ def gallery_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone:
 
 def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[str, str], dict[str, Path]],
                      provenance: list[str], tables: str, record: RunRecord, believe: str = "",
-                     missing: Missing | None = None) -> str:
-    """summary.md: what is missing from an incomplete run first, then the leaderboards and their
-    pictures, then which columns to believe, then how the run was made, then the full tables."""
+                     missing: Missing | None = None, changed: list[str] | None = None) -> str:
+    """summary.md: what is missing from an incomplete run and which of its input files changed since
+    first, then the leaderboards and their pictures, then which columns to believe, then how the run was
+    made, then the full tables."""
     parts = ["# camzoo benchmark"] + ([f"> **Incomplete:** {missing.line()}"] if missing else [])
+    parts += [f"> **{changed_line(changed)}**"] if changed else []
     for key, board in boards.items():
         parts.append(board_markdown(board, record))
         if pictures.get(key):
@@ -193,10 +196,17 @@ FORMATS = ("md", "csv", "tex")
 
 
 class ReportFiles(dict):
-    """What :func:`write_report` wrote (file name -> path), and ``missing``: the run's planned cells the
-    store lacks (falsy when the run is complete)."""
+    """What :func:`write_report` wrote (file name -> path); ``missing``: the run's planned cells the store
+    lacks (falsy when the run is complete); ``changed``: the run's input files that now hold other content."""
 
     missing: Missing | None = None
+    changed: list[str] | None = None
+
+
+def changed_line(changed: list[str]) -> str:
+    """One line: the run's input files that changed since it read them, and what to do."""
+    return (f"Inputs changed since this run: {'; '.join(changed)}. These numbers are of the content the run "
+            "read: rerun the same `camzoo bench` command for the current files (a new run).")
 
 
 def write_report(directory: str | Path, run_id: str | None = None, formats: tuple[str, ...] = FORMATS,
@@ -233,6 +243,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
             raise ValueError(f"run {record.run_id} in {store.path} has no finished method cells yet")
         files = ReportFiles()
         files.missing = missing = find_missing(store, record, directory)
+        files.changed = changed = changed_files(record.provenance.get("inputs") or {}, directory)
         provenance = _provenance_lines(store, record)
         boards, pictures = {}, {}
         results: Results | None = None  # every number per image (camzoo.bench.load): read once, for long.csv.gz and report.html
@@ -252,7 +263,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if "md" in formats:
             files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
                 boards, pictures, provenance, markdown_tables(frame, record, summary.agreement, reported), record,
-                believe_markdown(cards), missing))
+                believe_markdown(cards), missing, changed))
         if "csv" in formats:
             files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
             files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
@@ -268,6 +279,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if html:
             from .html import write_html
 
+            notices = ([f"Incomplete: {missing.line()}"] if missing else []) + ([changed_line(changed)] if changed else [])
             files["report.html"] = write_html(directory, store, record, summary, provenance, out=target, pictures=pictures,
-                                              results=results, boards=boards, missing=missing)
+                                              results=results, boards=boards, notices=notices)
         return files

@@ -140,9 +140,15 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
 
 def _exit_if_incomplete(files: dict) -> None:
-    """A report of a run with missing cells ends with one line saying so, and exit status 3 (docs/cli.md)."""
+    """A report of a run whose input files changed since says so in one line; one with missing cells ends
+    with a line saying what is missing, and exit status 3 (docs/cli.md)."""
     from ..bench.missing import INCOMPLETE_EXIT
 
+    changed = getattr(files, "changed", None)
+    if changed:
+        from ..bench.report import changed_line
+
+        click.echo(f"camzoo: {changed_line(changed)}", err=True)
     missing = getattr(files, "missing", None)
     if missing:
         click.echo(f"camzoo: {missing.line()}", err=True)
