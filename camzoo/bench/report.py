@@ -210,7 +210,7 @@ def changed_line(changed: list[str]) -> str:
 
 
 def write_report(directory: str | Path, run_id: str | None = None, formats: tuple[str, ...] = FORMATS,
-                 html: bool = False, out: str | Path | None = None) -> dict[str, Path]:
+                 html: bool = False, out: str | Path | None = None) -> ReportFiles:
     """Write summary.md/.csv/.tex (``formats``; csv adds pairwise.csv and long.csv.gz, the
     per-image table of camzoo.bench.load) and the plots for a run (default: the latest) into ``out``
     (default: the directory itself); ``html``: also report.html (camzoo.bench.html).
