@@ -272,7 +272,7 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
             ["explain", good, "--model", "torchvision:resnet18", "--image-size", "32", "--out", out / "tv"],
             lambda r: (out / "tv" / "good_gradcam.png").is_file())),
     ]
-    return rows + round_two(tmp, ckpt, plain)
+    return rows + round_two(tmp, ckpt, plain) + stale_results(tmp)
 
 
 def full_disk_child(folder: str) -> None:
@@ -485,6 +485,58 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
                                                            lambda c: c.get("camzoo_version") == camzoo.__version__)),
         ("explain: a URL string", api(ex_(plain, "http://example.com/a.jpg"), expect="http://example.com/a.jpg")),
     ]
+
+
+def stale_results(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
+    """Results that must follow their inputs: a bench stopped after one of two models, then a checkpoint
+    retrained in place and a corrected classes.txt, into the same --out; a report killed mid-write."""
+    from camzoo.bench.config import resolve_config
+    from camzoo.bench.plan import build_plan
+    from camzoo.bench.runner import BenchRunner
+
+    photos = tmp / "stale" / "photos"
+    for label, name in enumerate(("ant", "bee")):
+        for i in range(2):
+            picture(photos / name / f"{i}.png", size=(32, 32), seed=10 * label + i)
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        checkpoints.append(save_model(camzoo.build_model("baseline", "resnet8", num_classes=2, image_size=32).eval(),
+                                      tmp / "stale" / f"seed{seed}.pt"))
+    config = tmp / "stale" / "bench.toml"
+    config.write_text(f'preset = "custom"\ndevice = "cpu"\nmethods = ["gradcam", "random"]\n'
+                      f'[[datasets]]\nname = "annotated"\nroot = "{photos}"\nimage_size = 32\n'
+                      f'[[models]]\ncheckpoints = ["{checkpoints[0]}", "{checkpoints[1]}"]\n'
+                      '[eval]\nimages = 4\nbatch_size = 4\ngame_images = 2\ndeletion_steps = 2\nsubstrates = []\n'
+                      'grid_games = []\nsensitivity = []\ngallery_images = 1\n', encoding="utf-8")
+    out = tmp / "stale" / "out"
+    out.mkdir()
+    plan = build_plan(resolve_config(None, config), cache_dir=out)
+    runner = BenchRunner(plan, out, progress=False, echo=lambda line: None)
+    runner.record_run()
+    runner.run_models(plan.jobs[:1])  # what a bench killed after its first model leaves
+    runner.close()
+    bench = ["bench", "--config", config, "--out", out, "--no-progress", "--no-html"]
+    rows = [("report: a store whose bench stopped after 1 of 2 models", command(
+        ["report", out, "--format", "md"], expect="1 model(s) have no cell: annotated/seed0/checkpoint/seed1 (seed1.pt)"))]
+    rows.append(("bench: the same command again finishes that run", command(
+        bench, lambda r: "inputs changed" not in r.output and "Incomplete" not in r.output)))
+    torch.manual_seed(7)  # retrained in place: the same file, the same size, other weights
+    save_model(camzoo.build_model("baseline", "resnet8", num_classes=2, image_size=32).eval(), checkpoints[1])
+    rows.append(("bench: a checkpoint retrained in place, same --out", command(
+        bench, expect=f"inputs changed since run {plan.run_id}", check=lambda r: f"checkpoint {checkpoints[1]}: other "
+        "content" in r.output and plan.run_id not in r.output.split("inputs changed")[0])))
+    (photos / "classes.txt").write_text("ant 1\nbee 0\n", encoding="utf-8")
+    rows.append(("bench: classes.txt corrected, same --out", command(
+        bench, expect="dataset annotated test labels and class names")))
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\nfrom camzoo.io import atomic_path\n"
+                             "with atomic_path(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)",
+                             str(out / "gallery_annotated_seed0.png")], capture_output=True)
+    left = list(out.glob(".gallery_*.tmp"))
+    rows.append(("report: a report killed while writing left a .gallery_*.tmp", command(
+        ["report", out, "--format", "md"], lambda r: killed.returncode == -signal.SIGKILL and len(left) == 1
+        and not list(out.glob(".*.tmp")))))
+    return rows
 
 
 class Squeezer(nn.Module):

@@ -81,7 +81,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the writer's host and pid in the name: remove_stale_temporaries knows a dead writer's temp at once
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise _with_filename(err, path) from err
     os.close(fd)
@@ -97,17 +98,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _writer() -> str:
+    """This process as a temp file names it: HOST-PID (the host with only letters, digits, _ and -)."""
+    import re
+    import socket
+
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def _writer_gone(path: Path) -> bool | None:
+    """Whether the writer a temp file names (``.NAME.HOST-PID.XXXX.tmp``) has ended: True when it ran
+    on this host and no longer runs, False while it runs, None when that cannot be known (another
+    host, or a name without a writer)."""
+    parts = path.name[1:-len(".tmp")].rsplit(".", 2)
+    host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
+    if not pid.isdigit() or host != _writer().rpartition("-")[0]:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, under another user
+        return False
+    return False
+
+
 def remove_stale_temporaries(directory: str | os.PathLike, older_than_s: float = 60.0) -> list[Path]:
     """Delete the temp files :func:`atomic_path` left in ``directory`` when its writer was killed
-    (SIGKILL skips the cleanup): hidden ``.NAME.XXXX.tmp`` files not touched for ``older_than_s``
-    seconds (a live writer's is younger: it exists only while one file is written). Returns them."""
+    (SIGKILL skips the cleanup): hidden ``.NAME.HOST-PID.XXXX.tmp`` files whose writer ran on this host
+    and has ended, at once; those of a writer that cannot be checked (another host, an older name
+    ``.NAME.XXXX.tmp``) once untouched for ``older_than_s`` seconds (a live writer's is younger: it
+    exists only while one file is written). A running writer's temp is left alone. Returns them."""
     import time
 
     found = []
     cutoff = time.time() - older_than_s
     for path in Path(directory).glob(".*.tmp"):
         try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
+            gone = _writer_gone(path)
+            if path.is_file() and (gone or (gone is None and path.stat().st_mtime < cutoff)):
                 path.unlink()
                 found.append(path)
         except OSError:  # gone meanwhile, or not ours to delete: leave it

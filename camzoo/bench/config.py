@@ -210,12 +210,16 @@ def resolve_config(
     return config
 
 
-def run_id(config: Mapping[str, Any]) -> str:
-    """Identity of what a config computes (not of where or how it runs): 12 hex digits."""
+def run_id(config: Mapping[str, Any], inputs: Mapping[str, str] | None = None) -> str:
+    """Identity of what a config computes (not of where or how it runs): 12 hex digits. ``inputs``:
+    the content digests of the files it reads (camzoo.bench.fingerprint); none (a grid on generated
+    data) leaves the id the config's alone."""
     identity = {k: v for k, v in config.items() if k not in _RUNTIME_KEYS}
     from ..train.config import RUNTIME_FIELDS
 
     identity["train"] = {k: v for k, v in config["train"].items() if k not in RUNTIME_FIELDS}
+    if inputs:
+        identity["inputs"] = dict(inputs)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:12]
 

@@ -87,7 +87,8 @@ def _all_ok(ok: bool, device: str) -> bool:
     return int(flag.item()) == 0
 
 
-def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker) -> BenchPlan:
+def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker, out_dir: str | Path | None = None
+                 ) -> BenchPlan:
     """The run's plan on every rank: rank 0 builds (and so validates) it once and sends it to the others;
     each rank runs it on its own device. A problem stops every rank with rank 0's message."""
     import torch.distributed as dist
@@ -98,7 +99,7 @@ def _shared_plan(config: Mapping[str, Any], device: str, worker: Worker) -> Benc
     failure = None
     if worker.rank == 0:
         try:
-            sent[0] = build_plan(config, device, worker.world_size)
+            sent[0] = build_plan(config, device, worker.world_size, out_dir)  # out_dir: where input hashes are cached
         except Exception as err:  # every rank must hear of it, or the others wait here
             failure = err
             sent[1] = str(err) if isinstance(err, ValueError) else f"rank 0: {type(err).__name__}: {err}"
@@ -128,7 +129,7 @@ def run_distributed(config: Mapping[str, Any], out_dir: str | Path, worker: Work
     device = rank_device(device or config["device"])
     world.join(torch.device(device))
     try:
-        plan = _shared_plan(config, device, worker)
+        plan = _shared_plan(config, device, worker, out_dir)
         runner = BenchRunner(plan, out_dir, progress=progress, echo=echo, worker=worker, job_seconds=job_seconds)
         done = [None]
         if worker.rank == 0:  # the only rank that opens results.sqlite before the end

@@ -44,14 +44,17 @@ THUMB = 48  # longest side of a map thumbnail, in pixels
 def write_html(directory: str | Path, store: ResultsStore, record: RunRecord, summary: Summary,
                provenance: list[str], max_images: int = MAX_IMAGES, thumb: int = THUMB,
                out: str | Path | None = None, pictures: Mapping[tuple[str, str], Mapping[str, Path]] | None = None,
-               results: Results | None = None, boards: Mapping[tuple[str, str], Board] | None = None) -> Path:
+               results: Results | None = None, boards: Mapping[tuple[str, str], Board] | None = None,
+               notices: list[str] | None = None) -> Path:
     """Write ``report.html`` for the run ``record`` of the store in ``directory`` into ``out`` (default: the
     directory; elsewhere for a store in a read-only place) and return its path. ``pictures``: the PNGs
     of camzoo.bench.plots per (dataset, backbone), embedded at the top of each group; ``results``: the
     run as camzoo.bench.load reads it, when the caller has it already (else it is read here); ``boards``:
-    the leaderboards summary.md shows, per (dataset, backbone) (else they are built here)."""
+    the leaderboards summary.md shows, per (dataset, backbone) (else they are built here); ``notices``:
+    lines the page shows above everything (an incomplete run's missing cells, inputs changed since)."""
     results = read_results(store, record, directory) if results is None else results
     data = page_data(store, record, summary, provenance, results, max_images, thumb, pictures, boards)
+    data["notices"] = list(notices or [])
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(PLACEHOLDER) != 1:
         raise RuntimeError(f"{TEMPLATE} must hold the data placeholder {PLACEHOLDER!r} exactly once")

@@ -9,12 +9,14 @@ executes its cells, and the ranks of a distributed run receive the plan rank 0 b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
 
 from ..metrics import EvalSettings
 from .config import run_id
+from .fingerprint import fingerprint_inputs
 from .specs import GALLERY_CELL, DatasetSpec, Frozen, Variant
 from .store import ALL_SEEDS, CellKey
 from .sources import SOURCE_KIND, ModelSource, TrainedSource, load_problems, sources
@@ -102,6 +104,9 @@ class BenchPlan:
     world_size: int = 1  # the ranks that share the model jobs (for the printed plan)
     block_images: int = 1000  # evaluation images on the device at once (streamed in blocks)
     keep_maps: int = 1000  # maps stored for the first N evaluation images (gallery, report.html, stability)
+    # content digests of the files the run reads (camzoo.bench.fingerprint): part of run_id
+    inputs: Mapping[str, str] = field(default_factory=Frozen)
+    config_hash: str = ""  # the run id of the config alone: runs of one config on other inputs share it
 
     def settings_for(self, method: str) -> EvalSettings:
         """How a method's cell is scored. Controls skip the MoRF/LeRF substrates: those columns exist
@@ -122,6 +127,14 @@ class BenchPlan:
     @property
     def cells(self) -> int:
         return len(self.jobs) + self.method_cells + self.stability_cells + len(self.datasets)
+
+    def cell_keys(self) -> list[CellKey]:
+        """Every cell the run writes once it is finished: each dataset's gallery, each job's cells, and the
+        stability cells (those need stored maps: none with ``keep_maps = 0``)."""
+        keys = [dataset.gallery_key for dataset in self.datasets] + [key for job in self.jobs for key in job.cell_keys]
+        if self.keep_maps > 0:
+            keys += [group.key(method) for group in self.stability for method in group.methods]
+        return keys
 
     def text(self) -> str:
         """What ``camzoo bench --check`` prints."""
@@ -153,7 +166,8 @@ class BenchPlan:
         return "\n".join(lines)
 
 
-def build_plan(config: Mapping[str, Any], device: str | None = None, world_size: int = 1) -> BenchPlan:
+def build_plan(config: Mapping[str, Any], device: str | None = None, world_size: int = 1,
+               cache_dir: str | Path | None = None, write_cache: bool = True) -> BenchPlan:
     """Check everything a run needs and lay out its cells; a :class:`ConfigError` lists every problem.
 
     Every spec is parsed from the config here, once: the scoring settings, the datasets, the variants,
@@ -164,6 +178,8 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         config: a merged config (``camzoo.bench.config.resolve_config``).
         device: overrides the config's device ("auto", "cpu", "cuda", "cuda:N").
         world_size: the number of ranks that will share the model jobs (for the printed plan).
+        cache_dir: where the input files' hashes are cached (the results directory; None: not cached),
+            ``write_cache``: whether that cache may be created or updated (camzoo.bench.fingerprint).
 
     Returns:
         the frozen :class:`BenchPlan`; nothing has been trained or written.
@@ -195,6 +211,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         entries = [sources(entry) for entry in config["models"]]
         problems += load_problems(entries, probes)
         _stop(problems)
+        inputs = fingerprint_inputs(datasets, probes, entries, False, cache_dir, write_cache)
         jobs, stability = _loaded(config["methods"], datasets, entries)
     else:
         trainers = {}  # (dataset, variant, kind, backbone, seed) -> its TrainConfig, built and validated once
@@ -211,14 +228,15 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         shapes = {name: split_shape(split) for name, split in probes.items()}
         problems += model_problems(first, config["methods"], shapes)
         _stop(problems)
-        jobs, stability = _grid(config, datasets, variants, trainers)
+        inputs = fingerprint_inputs(datasets, probes, (), True, cache_dir, write_cache)
+        jobs, stability = _grid(config, datasets, variants, trainers, inputs.trained)
     evaluation = config["eval"]
     return BenchPlan(
-        config=Frozen(config), run_id=run_id(config), device=str(resolved),
+        config=Frozen(config), run_id=run_id(config, inputs.digests), config_hash=run_id(config), device=str(resolved),
         device_label=describe_device(resolved), datasets=datasets, jobs=jobs, stability=stability,
         settings=settings, eval_images=evaluation["images"],
         batch_size=evaluation["batch_size"], gallery_images=evaluation["gallery_images"], world_size=world_size,
-        block_images=evaluation["block_images"], keep_maps=evaluation["keep_maps"],
+        block_images=evaluation["block_images"], keep_maps=evaluation["keep_maps"], inputs=Frozen(inputs.digests),
     )
 
 
@@ -267,9 +285,11 @@ def kinds_for(kinds: Sequence[str], dataset: DatasetSpec) -> list[str]:
 
 
 def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants: tuple[Variant, ...],
-          trainers: Mapping[tuple, Any]) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
+          trainers: Mapping[tuple, Any], trained: Mapping[str, str]
+          ) -> tuple[tuple[ModelJob, ...], tuple[StabilityGroup, ...]]:
     """dataset x backbone x kind x variant x seed, in that order; one stability group per (dataset,
-    backbone, kind) with more than one model."""
+    backbone, kind) with more than one model. ``trained``: dataset key -> the digest of an on-disk
+    train split (in each model's directory name)."""
     from ..methods import one_pass_groups
 
     jobs: list[ModelJob] = []
@@ -284,7 +304,7 @@ def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants
                     for seed in config["seeds"]:
                         label = job_label(dataset.key, backbone, kind, variant.name, seed)
                         source = TrainedSource.for_job(trainers[dataset.key, variant.name, kind, backbone, seed],
-                                                       label)
+                                                       label, trained.get(dataset.key, ""))
                         jobs.append(ModelJob(dataset, backbone, kind, variant, seed, methods, groups, source))
                 if models_per_group > 1:
                     stability.append(StabilityGroup(dataset, backbone, kind, methods))

@@ -20,11 +20,13 @@ from .store import ResultsStore
 
 
 def latest_run(store: ResultsStore) -> dict[str, Any]:
-    """The newest run row of the store (``ResultsStore.runs``), or a clear error when there is none."""
-    runs = store.runs()
-    if not runs:
+    """The run row (``ResultsStore.runs``) a bench started last in the store, or a clear error when there
+    is none. Started last, not created last: a rerun on inputs an earlier run already scored (a
+    checkpoint restored) resumes that earlier run, and it is then the one to report."""
+    latest = store.latest_run_id()
+    if latest is None:
         raise ValueError(f"{store.path} holds no benchmark run yet; run `camzoo bench --out {store.directory}` first")
-    return runs[-1]
+    return find_run(store, latest)
 
 
 def find_run(store: ResultsStore, run_id: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import numpy as np
 
 from ..io import atomic_write, atomic_write_text, remove_stale_temporaries
 from .explore import Results, read_results
+from .fingerprint import changed_files
+from .missing import Missing, find_missing
 from .record import RunRecord
 from .shards import merge_shards, shard_paths
 from .store import ResultsStore
@@ -37,6 +39,7 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
         + f"; {record.images} evaluation images"
         + (f"; deletion/insertion: {causal_description(record)}" if "classification" in record.tasks else ""),
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
+        *_input_lines(provenance.get("inputs")),
         f"- maps explain {_explained(record.tasks)}; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
         f"- **bold**: separated from and better than every other non-control row of the column (Wilcoxon signed-rank "
@@ -53,6 +56,14 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
         "- stability: whole-image IoU of maps binarised at map*255 > 100 (not the LFI-CAM script's row-wise "
         "`lfi_compat` IoU, stored as `stability_iou_lfi_compat`) and Spearman; ± and CI over seed pairs",
     ]
+
+
+def _input_lines(inputs: dict[str, str] | None) -> list[str]:
+    """The provenance line of the files the run read (the content digests in its run id), if any."""
+    if not inputs:
+        return []
+    listed = ", ".join(f"{what} `{digest[:8]}`" for what, digest in inputs.items())
+    return [f"- inputs (content sha256, part of the run id: other content is another run): {listed}"]
 
 
 def _explained(tasks: tuple[str, ...]) -> str:
@@ -165,10 +176,13 @@ def gallery_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone:
 
 
 def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[str, str], dict[str, Path]],
-                     provenance: list[str], tables: str, record: RunRecord, believe: str = "") -> str:
-    """summary.md: the leaderboards and their pictures first, then which columns to believe, then how
-    the run was made, then the full tables."""
-    parts = ["# camzoo benchmark"]
+                     provenance: list[str], tables: str, record: RunRecord, believe: str = "",
+                     missing: Missing | None = None, changed: list[str] | None = None) -> str:
+    """summary.md: what is missing from an incomplete run and which of its input files changed since
+    first, then the leaderboards and their pictures, then which columns to believe, then how the run was
+    made, then the full tables."""
+    parts = ["# camzoo benchmark"] + ([f"> **Incomplete:** {missing.line()}"] if missing else [])
+    parts += [f"> **{changed_line(changed)}**"] if changed else []
     for key, board in boards.items():
         parts.append(board_markdown(board, record))
         if pictures.get(key):
@@ -181,14 +195,30 @@ def summary_markdown(boards: dict[tuple[str, str], Board], pictures: dict[tuple[
 FORMATS = ("md", "csv", "tex")
 
 
+class ReportFiles(dict):
+    """What :func:`write_report` wrote (file name -> path); ``missing``: the run's planned cells the store
+    lacks (falsy when the run is complete); ``changed``: the run's input files that now hold other content."""
+
+    missing: Missing | None = None
+    changed: list[str] | None = None
+
+
+def changed_line(changed: list[str]) -> str:
+    """One line: the run's input files that changed since it read them, and what to do."""
+    return (f"Inputs changed since this run: {'; '.join(changed)}. These numbers are of the content the run "
+            "read: rerun the same `camzoo bench` command for the current files (a new run).")
+
+
 def write_report(directory: str | Path, run_id: str | None = None, formats: tuple[str, ...] = FORMATS,
-                 html: bool = False, out: str | Path | None = None) -> dict[str, Path]:
+                 html: bool = False, out: str | Path | None = None) -> ReportFiles:
     """Write summary.md/.csv/.tex (``formats``; csv adds pairwise.csv and long.csv.gz, the
     per-image table of camzoo.bench.load) and the plots for a run (default: the latest) into ``out``
     (default: the directory itself); ``html``: also report.html (camzoo.bench.html).
 
     A store in a read-only place is read as it is (a distributed run's unmerged shards cannot be
-    merged into it); its tables then need ``out``, else an OSError says the place is read-only."""
+    merged into it); its tables then need ``out``, else an OSError says the place is read-only.
+    An incomplete run is reported as far as it goes, saying at the top what is missing (the returned
+    files' ``missing``)."""
     directory = Path(directory)
     target = Path(out) if out is not None else directory
     unknown = set(formats) - set(FORMATS)
@@ -211,7 +241,9 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         frame, pairwise = summary.frame, summary.pairwise
         if frame.empty:
             raise ValueError(f"run {record.run_id} in {store.path} has no finished method cells yet")
-        files: dict[str, Path] = {}
+        files = ReportFiles()
+        files.missing = missing = find_missing(store, record, directory)
+        files.changed = changed = changed_files(record.provenance.get("inputs") or {}, directory)
         provenance = _provenance_lines(store, record)
         boards, pictures = {}, {}
         results: Results | None = None  # every number per image (camzoo.bench.load): read once, for long.csv.gz and report.html
@@ -231,7 +263,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if "md" in formats:
             files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
                 boards, pictures, provenance, markdown_tables(frame, record, summary.agreement, reported), record,
-                believe_markdown(cards)))
+                believe_markdown(cards), missing, changed))
         if "csv" in formats:
             files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
             files["pairwise.csv"] = atomic_write_text(target / "pairwise.csv", pairwise.to_csv(index=False))
@@ -247,6 +279,7 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         if html:
             from .html import write_html
 
+            notices = ([f"Incomplete: {missing.line()}"] if missing else []) + ([changed_line(changed)] if changed else [])
             files["report.html"] = write_html(directory, store, record, summary, provenance, out=target, pictures=pictures,
-                                              results=results, boards=boards)
+                                              results=results, boards=boards, notices=notices)
         return files

@@ -95,9 +95,33 @@ class BenchRunner:
             self._store = None
 
     def record_run(self) -> None:
-        """Store the run: its config (the only reader of ``plan.config``) and where it ran."""
-        self.store.record_run(self.run_id, dict(self.plan.config),
-                              provenance(self.device_label, self.run_id, self.worker.world_size))
+        """Store the run: its config (the only reader of ``plan.config``), where it ran, the content
+        digests of its inputs and the cells it plans. When the store holds a run of the same config on
+        other inputs (a checkpoint retrained in place, a corrected classes.txt), say which inputs changed:
+        this run's cells are computed anew, never taken from that one."""
+        plan = self.plan
+        found = provenance(self.device_label, self.run_id, self.worker.world_size)
+        found.update(config_hash=plan.config_hash, inputs=dict(plan.inputs))
+        if isinstance(self.store, ResultsStore):
+            self._say_changed_inputs(self.store)
+        self.store.record_run(self.run_id, dict(plan.config), found, planned=plan.cell_keys())
+
+    def _say_changed_inputs(self, store: ResultsStore) -> None:
+        """One line naming the inputs that differ from the latest run of the same config, if any."""
+        from .fingerprint import changed_inputs
+
+        runs = store.runs()
+        earlier = [run for run in runs if run["provenance"].get("config_hash", run["run_id"]) == self.plan.config_hash]
+        if not earlier or any(run["run_id"] == self.run_id for run in runs):
+            return  # a new config, or this run resumed
+        before = earlier[-1]
+        recorded = before["provenance"].get("inputs")
+        changed = changed_inputs(recorded, self.plan.inputs) if recorded is not None else []
+        said = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        self.echo(f"camzoo bench: inputs changed since run {before['run_id']} of the same config in {self.out_dir} "
+                  f"({said or 'that run did not record the content of its inputs'}): this is run {self.run_id}, its "
+                  f"cells are computed anew (the earlier run stays in the store: camzoo report {self.out_dir} --run "
+                  f"{before['run_id']})")
 
     def run_models(self, jobs: Iterable[ModelJob]) -> None:
         """Train (or reuse, or load) each model and write its model and method cells; finished cells are

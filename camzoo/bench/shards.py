@@ -75,8 +75,9 @@ class ShardedStore:
     def close(self) -> None:
         self.shard.close()
 
-    def record_run(self, run_id: str, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
-        self.shard.record_run(run_id, config, provenance)
+    def record_run(self, run_id: str, config: Mapping[str, Any], provenance: Mapping[str, Any],
+                   planned: Iterable[CellKey] | None = None) -> None:
+        self.shard.record_run(run_id, config, provenance, planned)
 
     def is_done(self, run_id: str, key: CellKey) -> bool:
         """``done`` holds the cells of this rank's run only (the runner's run id)."""

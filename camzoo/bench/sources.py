@@ -63,10 +63,12 @@ class TrainedSource:
     checkpoint: str  # the directory under OUT/models: "<job label>-<digest of the training fingerprint>"
 
     @classmethod
-    def for_job(cls, config: TrainConfig, label: str) -> TrainedSource:
-        """The source of the job ``label``: its directory names the job and what it trains, so a
-        changed recipe never reuses another's weights."""
-        digest = hashlib.sha256(repr(sorted(config.fingerprint().items())).encode()).hexdigest()[:10]
+    def for_job(cls, config: TrainConfig, label: str, data: str = "") -> TrainedSource:
+        """The source of the job ``label``: its directory names the job and what it trains (``data``: the
+        content digest of an on-disk train split), so a changed recipe or changed training data never
+        reuses another's weights."""
+        fingerprint = repr(sorted(config.fingerprint().items())) + (f" data {data}" if data else "")
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
         return cls(config, f"{label.replace('/', '-')}-{digest}")
 
     def obtain(self, data: DatasetData, device: torch.device, models: Path) -> Obtained:

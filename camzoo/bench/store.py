@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import random
@@ -23,10 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 import numpy as np
+
+from .encoding import canonical_names, decode_array, encode_array
 
 SCHEMA_VERSION = 2  # 2: no config_hash column (it only repeated run_id)
 STORE_NAME = "results.sqlite"
@@ -79,32 +80,6 @@ class CellKey:
 
     def as_tuple(self) -> tuple:
         return (self.dataset, self.backbone, self.kind, self.variant, self.seed, self.method)
-
-
-def _canonical_names() -> dict[str, Callable[[str], str]]:
-    """Old name -> current name, per stored field, from the registries' aliases (unknown names and
-    the harness's own cell names, such as "model" and "gallery", stay as they are)."""
-    from ..methods import METHODS
-    from ..metrics import METRICS
-    from ..models.kinds import KINDS
-
-    def rename(registry: Any) -> Callable[[str], str]:
-        aliases = registry.aliases()
-        return lambda name: aliases.get(name, name)
-
-    return {"method": rename(METHODS), "kind": rename(KINDS), "metric": rename(METRICS)}
-
-
-def encode_array(array: np.ndarray | None) -> bytes | None:
-    if array is None:
-        return None
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def decode_array(blob: bytes | None) -> np.ndarray | None:
-    return None if blob is None else np.load(io.BytesIO(blob), allow_pickle=False)
 
 
 def _now() -> str:
@@ -252,15 +227,38 @@ class ResultsStore:
         self._connection.execute("COMMIT")
 
     # --- runs ---------------------------------------------------------------------------------
-    def record_run(self, run_id: str, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
+    def record_run(self, run_id: str, config: Mapping[str, Any], provenance: Mapping[str, Any],
+                   planned: Iterable[CellKey] | None = None) -> None:
+        """Store a run (its first config and provenance stay) as the latest started (``camzoo report``
+        shows it), with the cells it plans (``planned``: a report says which are missing)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?)",
                 (run_id, json.dumps(config, sort_keys=True), json.dumps(provenance, sort_keys=True), _now()),
             )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('latest_run', ?)", (f"{time.time():.6f} {run_id}",))
+            if planned is not None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                           (f"planned:{run_id}", json.dumps([key.as_tuple() for key in planned])))
+
+    def latest_run_id(self) -> str | None:
+        """The run a bench started last (in an older store: the newest run); None in an empty store."""
+        found = self._connection.execute("SELECT value FROM meta WHERE key='latest_run'").fetchone()
+        if found is not None:
+            run_id = found[0].split(" ", 1)[-1]
+            if self._connection.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone():
+                return run_id
+        row = self._connection.execute("SELECT run_id FROM runs ORDER BY created_at DESC, rowid DESC").fetchone()
+        return None if row is None else row[0]
+
+    def planned_cells(self, run_id: str) -> list[CellKey] | None:
+        """The cells the run plans (record_run's ``planned``); None where it was not recorded."""
+        found = self._connection.execute("SELECT value FROM meta WHERE key=?", (f"planned:{run_id}",)).fetchone()
+        return None if found is None else [CellKey(*key) for key in json.loads(found[0])]
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self._connection.execute("SELECT run_id, config, provenance, created_at FROM runs ORDER BY created_at")
+        rows = self._connection.execute(
+            "SELECT run_id, config, provenance, created_at FROM runs ORDER BY created_at, rowid")
         return [
             {"run_id": r[0], "config": json.loads(r[1]), "provenance": json.loads(r[2]), "created_at": r[3]}
             for r in rows
@@ -338,6 +336,13 @@ class ResultsStore:
                 raise ValueError(f"{path} is not a camzoo results store with cells")
             with self.transaction():
                 db.execute("INSERT OR IGNORE INTO main.runs SELECT * FROM shard.runs")
+                db.execute("INSERT OR IGNORE INTO main.meta SELECT * FROM shard.meta WHERE key LIKE 'planned:%'")
+                latest = [row[0] for row in db.execute(
+                    "SELECT value FROM main.meta WHERE key='latest_run' UNION ALL "
+                    "SELECT value FROM shard.meta WHERE key='latest_run'")]
+                if latest:  # the later start of the two ("<unix time> <run id>")
+                    db.execute("INSERT OR REPLACE INTO main.meta VALUES ('latest_run', ?)",
+                               (max(latest, key=lambda value: float(value.split(" ", 1)[0])),))
                 db.execute("DROP TABLE IF EXISTS temp.fresh")
                 db.execute(
                     f"CREATE TEMP TABLE fresh AS SELECT {_CELL_COLUMNS} FROM shard.cells AS s WHERE NOT EXISTS "
@@ -363,7 +368,7 @@ class ResultsStore:
         cursor = self._connection.execute(query, (run_id,) if run_id else ())
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor]
-        canonical = _canonical_names()
+        canonical = canonical_names()
         for row in rows:  # a method, kind or metric stored under an old name reports under its new one
             for field in ("method", "kind", "metric"):
                 row[field] = canonical[field](row[field])

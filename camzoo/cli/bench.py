@@ -80,8 +80,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
     out_dir = out_dir or Path("results") / config["preset"]
     if check:
-        try:
-            plan = build_plan(config, world_size=nproc)
+        try:  # an earlier run's hashes of the input files are read, never written (--check writes nothing)
+            plan = build_plan(config, world_size=nproc, cache_dir=out_dir, write_cache=False)
         except ValueError as err:
             raise click.ClickException(str(err)) from err
         click.echo(plan.text())
@@ -98,8 +98,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
         click.get_current_context().with_resource(run_lock(out_dir, echo=click.echo))
     # one process: its plan, built once for the estimate and the run (several: rank 0 builds theirs)
-    plan = _plan(config) if worker is None and nproc == 1 else None
-    seconds = _progress_estimate(config, nproc, worker is None and not no_progress, plan)
+    plan = _plan(config, out_dir) if worker is None and nproc == 1 else None
+    seconds = _progress_estimate(config, nproc, worker is None and not no_progress, plan, out_dir)
     if nproc > 1 and worker is None:
         from . import run_on_ranks
         from ..bench.distributed import RANK_MODULES
@@ -136,22 +136,40 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     files = write_report(out_dir, runner.run_id, html=html)
     click.echo((out_dir / "summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(out_dir / name) for name in files))
+    _exit_if_incomplete(files)
 
 
-def _plan(config: dict) -> BenchPlan:
-    """The run's plan; a config that cannot run stops here, before anything is written."""
+def _exit_if_incomplete(files: dict) -> None:
+    """A report of a run whose input files changed since says so in one line; one with missing cells ends
+    with a line saying what is missing, and exit status 3 (docs/cli.md)."""
+    from ..bench.missing import INCOMPLETE_EXIT
+
+    changed = getattr(files, "changed", None)
+    if changed:
+        from ..bench.report import changed_line
+
+        click.echo(f"camzoo: {changed_line(changed)}", err=True)
+    missing = getattr(files, "missing", None)
+    if missing:
+        click.echo(f"camzoo: {missing.line()}", err=True)
+        raise SystemExit(INCOMPLETE_EXIT)
+
+
+def _plan(config: dict, out_dir: Path) -> BenchPlan:
+    """The run's plan (the input files' hashes cached in ``out_dir``); a config that cannot run stops here,
+    before anything is written."""
     from ..bench.plan import ConfigError, build_plan
 
     try:
-        return build_plan(config)
+        return build_plan(config, cache_dir=out_dir)
     except ConfigError as err:
         raise click.ClickException(f"{err}\nfix the config and rerun.") from err
     except ValueError as err:
         raise click.UsageError(str(err)) from err
 
 
-def _progress_estimate(config: dict, nproc: int, launching: bool, plan: BenchPlan | None = None
-                       ) -> dict[str, float] | None:
+def _progress_estimate(config: dict, nproc: int, launching: bool, plan: BenchPlan | None = None,
+                       out_dir: Path | None = None) -> dict[str, float] | None:
     """Each model job's estimated seconds, for a progress bar whose ETA is the run's remaining time.
 
     The launching process probes the machine (camzoo.bench.estimate, a few seconds), says the
@@ -173,7 +191,7 @@ def _progress_estimate(config: dict, nproc: int, launching: bool, plan: BenchPla
     from ..bench.plan import build_plan
 
     try:
-        found = estimate(plan or build_plan(config, world_size=nproc), nproc)
+        found = estimate(plan or build_plan(config, world_size=nproc, cache_dir=out_dir), nproc)
     except ValueError:
         return None  # the run's own plan says what is wrong, below
     click.echo(f"camzoo bench: estimated ~{duration(found.total)} on {found.device_label} with --nproc {nproc} "
@@ -194,7 +212,11 @@ def _progress_estimate(config: dict, nproc: int, launching: bool, plan: BenchPla
               help="Write the tables and plots here (default: DIRECTORY; needed for a store in a read-only place).")
 def report_command(directory: Path, run_id: str | None, formats: tuple[str, ...], html: bool,
                    out_dir: Path | None = None) -> None:
-    """Rebuild summary.md/.csv/.tex and the plots of DIRECTORY from its results store alone."""
+    """Rebuild summary.md/.csv/.tex and the plots of DIRECTORY from its results store alone.
+
+    A run with missing cells (a bench stopped before the end) is reported as far as it goes; the
+    output says what is missing and the exit status is 3.
+    """
     from ..bench.report import FORMATS, write_report
 
     try:
@@ -204,3 +226,4 @@ def report_command(directory: Path, run_id: str | None, formats: tuple[str, ...]
     if "summary.md" in files:
         click.echo((out_dir or directory).joinpath("summary.md").read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(path) for path in files.values()))
+    _exit_if_incomplete(files)
