@@ -8,11 +8,13 @@ loaded once and its memo shares the controls' map-only results across models), a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import replace
+from fractions import Fraction
 from functools import cached_property
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ class DatasetData:
 
     def __init__(self, spec: DatasetSpec, stream: Callable[[Any], EvalStream]):
         self.spec, self._stream = spec, stream
-        self.test = spec.load("test")
+        self.test = class_order(spec.load("test"))
         self.stream = stream(self.test)
         self._prepared: dict[tuple, tuple[Any, EvalStream]] = {}  # (image size, mean, std) -> split, stream
 
@@ -48,11 +50,67 @@ class DatasetData:
             return self.test, self.stream
         key = (size, mean, std)
         if key not in self._prepared:
-            split = self.test if size == self.spec.image_size else replace(self.spec, image_size=size).load("test")
+            split = self.test if size == self.spec.image_size else class_order(replace(self.spec, image_size=size).load("test"))
             if (mean, std) != (tuple(split.mean), tuple(split.std)):
                 split = Renormalised(split, mean, std)
             self._prepared[key] = (split, self._stream(split))
         return self._prepared[key]
+
+
+ORDER_SEED = 0  # the evaluation images of an on-disk folder: the same ones on every run and machine
+
+
+def stratified_order(labels: Sequence[int], seed: int = ORDER_SEED) -> list[int]:
+    """Indices of ``labels`` such that every prefix holds each class in proportion to its share (within
+    one image): the r-th of a class's n images is keyed (r + 1/2) / n, images within a class and ties
+    between classes in a seeded random order. Why: a class-sorted folder's first N images were N of its
+    first class (``--images 4``: four astronauts); now the first N images sample every class."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(labels)
+    classes = np.unique(values)
+    tie = dict(zip(classes.tolist(), rng.permutation(len(classes)).tolist()))
+    keyed = []
+    for label in classes.tolist():
+        members = np.flatnonzero(values == label)
+        members = members[rng.permutation(len(members))]
+        keyed += [(Fraction(2 * r + 1, 2 * len(members)), tie[label], int(i)) for r, i in enumerate(members)]
+    return [index for *_, index in sorted(keyed)]
+
+
+def class_order(split: Any) -> Any:
+    """A file-backed split (its ``records`` sorted by class folder) with its records, sorted by path, in
+    :func:`stratified_order`, so the first ``eval.images`` are a stratified sample (idempotent: the order
+    is a function of the files); other splits (generated or array datasets, already in random class
+    order) as they are."""
+    records = getattr(split, "records", None)
+    if not records or len(records) < 2:
+        return split
+    records = sorted(records, key=lambda record: str(record.path))  # so the order depends on the files alone
+    order = stratified_order([record.label for record in records])
+    view = copy.copy(split)  # same class and attributes; only the order of its items differs
+    view.records = [records[i] for i in order]
+    return view
+
+
+def split_notes(split: Any, used: int, asked: int | None = None, refuse: str = 'unannotated="error"') -> list[str]:
+    """What a run takes from an on-disk split, where that is not simply the first ``eval.images``: ``used``
+    images when ``asked`` for more, or a sample of the split (how chosen, per class), and what its loader
+    left out and why (``refuse``: how the reader sets the option that refuses those instead)."""
+    records = getattr(split, "records", None)
+    if records is None:
+        return []
+    notes = []
+    if asked is not None and used < asked:
+        notes.append(f"{used} evaluation images, all of its test split (eval.images asks for {asked})")
+    elif used < len(records):
+        chosen = [record.label for record in class_order(split).records[:used]]
+        labels = sorted(set(chosen))
+        shown = (", ".join(f"{split.classes[label]} {chosen.count(label)}" for label in labels) if len(labels) <= 8
+                 else f"{len(labels)} classes")
+        notes.append(f"{used} of {len(records)} test images, taken class by class in proportion "
+                     f"(seed {ORDER_SEED}): {shown}")
+    dropped = split.dropped_note(refuse) if callable(getattr(split, "dropped_note", None)) else None
+    return notes + ([dropped] if dropped else [])
 
 
 def gallery_cell(stream: EvalStream, keep_maps: int, gallery_images: int
@@ -78,6 +136,8 @@ def gallery_cell(stream: EvalStream, keep_maps: int, gallery_images: int
         "labels": labels_all[:min(gallery_images, keep)].numpy(),
         "class_names": np.array(first.classes),
         "fingerprint": np.array(fingerprint(labels_all, digest=digest)),
+        # how the images were chosen and what the loader left out, for summary.md's header
+        "notes": np.array(split_notes(stream.split, stream.count), dtype=str),
         # the first keep_maps evaluation images and their ground truth, for report.html's per-image browser
         "eval_images": to_display_images(images, first.mean, first.std),
         "eval_labels": labels_all[:keep].numpy(),
