@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 from dataclasses import replace
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -61,20 +62,45 @@ ORDER_SEED = 0  # the evaluation images of an on-disk folder: the same ones on e
 
 
 def stratified_order(labels: Sequence[int], seed: int = ORDER_SEED) -> list[int]:
-    """Indices of ``labels`` such that every prefix holds each class in proportion to its share (within
-    one image): the r-th of a class's n images is keyed (r + 1/2) / n, images within a class and ties
-    between classes in a seeded random order. Why: a class-sorted folder's first N images were N of its
-    first class (``--images 4``: four astronauts); now the first N images sample every class."""
+    """Indices of ``labels`` such that every prefix holds each class in proportion to its share, within
+    one image: after k images, class c (a share p of the labels) has between k·p − 1 and k·p + 1 of them.
+
+    Why: a class-sorted folder's first N images were N of its first class (``--images 4``: four
+    astronauts); now the first N images sample every class, and so do the first ``game_images`` and
+    ``keep_maps`` of them. How: Tijdeman's solution of the chairman assignment problem (1980), an
+    earliest-deadline rule: image k goes to the class, among those owed at least δ = 1/(2(m−1)) images
+    (m classes), whose debt would first exceed 1 − δ. Images within a class, and ties between classes,
+    in a seeded random order, so the same folder gives the same images on every run and machine.
+    """
     rng = np.random.default_rng(seed)
     values = np.asarray(labels)
-    classes = np.unique(values)
-    tie = dict(zip(classes.tolist(), rng.permutation(len(classes)).tolist()))
-    keyed = []
-    for label in classes.tolist():
-        members = np.flatnonzero(values == label)
-        members = members[rng.permutation(len(members))]
-        keyed += [(Fraction(2 * r + 1, 2 * len(members)), tie[label], int(i)) for r, i in enumerate(members)]
-    return [index for *_, index in sorted(keyed)]
+    classes = np.unique(values).tolist()
+    members = {c: np.flatnonzero(values == c)[rng.permutation(int((values == c).sum()))].tolist() for c in classes}
+    if len(classes) <= 1:
+        return [i for c in classes for i in members[c]]
+    total, delta = len(values), Fraction(1, 2 * (len(classes) - 1))
+    tie = dict(zip(classes, rng.permutation(len(classes)).tolist()))
+    waiting = [((delta * total) / len(members[c]), tie[c], c) for c in classes]  # (release step, tie, class)
+    heapq.heapify(waiting)
+    ready: list[tuple[Fraction, int, Any]] = []  # (deadline step, tie, class)
+    taken = dict.fromkeys(classes, 0)
+    order = []
+    for step in range(1, total + 1):
+        while waiting and (waiting[0][0] <= step or not ready):
+            _, _, c = heapq.heappop(waiting)
+            heapq.heappush(ready, (((taken[c] + 1 - delta) * total) / len(members[c]), tie[c], c))
+        _, _, c = heapq.heappop(ready)
+        order.append(members[c][taken[c]])
+        taken[c] += 1
+        if taken[c] < len(members[c]):
+            heapq.heappush(waiting, (((taken[c] + delta) * total) / len(members[c]), tie[c], c))
+    return order
+
+
+@lru_cache(maxsize=8)
+def _cached_order(labels: tuple[int, ...]) -> list[int]:
+    """The plan, the run and its notes order the same split: computed once (50,000 images: ~1 s)."""
+    return stratified_order(labels)
 
 
 def class_order(split: Any) -> Any:
@@ -86,7 +112,7 @@ def class_order(split: Any) -> Any:
     if not records or len(records) < 2:
         return split
     records = sorted(records, key=lambda record: str(record.path))  # so the order depends on the files alone
-    order = stratified_order([record.label for record in records])
+    order = _cached_order(tuple(record.label for record in records))
     view = copy.copy(split)  # same class and attributes; only the order of its items differs
     view.records = [records[i] for i in order]
     return view

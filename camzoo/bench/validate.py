@@ -169,11 +169,22 @@ def _layer_problems(methods: Sequence[str], model: torch.nn.Module, where: str) 
 
 def used_images(dataset: DatasetSpec, probe: Any, images: int) -> int:
     """The evaluation images a run takes from the dataset: ``eval.images``, or fewer where its test split
-    holds fewer (an on-disk split: its length; a generated one: its ``num_images``, where set)."""
-    if getattr(probe, "records", None) is not None or len(probe) > 1:
+    holds fewer (an on-disk split: the probe's length; a generated one: its ``num_images``, else its
+    module's default size, else its length once generated: digits' test split holds 355)."""
+    import importlib
+
+    from ..data import info
+
+    if info(dataset.name).needs_root:
         return min(images, len(probe))
     asked = dataset.split_options("test").get("num_images")
-    return min(images, asked) if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else images
+    if asked is None:
+        try:
+            module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{dataset.name}")
+            asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get("test")
+        except ImportError:
+            asked = None
+    return min(images, int(asked) if asked is not None else len(dataset.load("test")))
 
 
 def dataset_notes(dataset: DatasetSpec, probe: Any, images: int) -> list[str]:
