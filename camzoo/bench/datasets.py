@@ -163,7 +163,7 @@ def gallery_cell(stream: EvalStream, keep_maps: int, gallery_images: int
         "class_names": np.array(first.classes),
         "fingerprint": np.array(fingerprint(labels_all, digest=digest)),
         # how the images were chosen and what the loader left out, for summary.md's header
-        "notes": np.array(split_notes(stream.split, stream.count), dtype=str),
+        "notes": np.array(split_notes(getattr(stream, "split", None), stream.count), dtype=str),
         # the first keep_maps evaluation images and their ground truth, for report.html's per-image browser
         "eval_images": to_display_images(images, first.mean, first.std),
         "eval_labels": labels_all[:keep].numpy(),
