@@ -272,7 +272,7 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
             ["explain", good, "--model", "torchvision:resnet18", "--image-size", "32", "--out", out / "tv"],
             lambda r: (out / "tv" / "good_gradcam.png").is_file())),
     ]
-    return rows + round_two(tmp, ckpt, plain) + stale_results(tmp)
+    return rows + round_two(tmp, ckpt, plain) + stale_results(tmp) + photo_folder_cases(tmp)
 
 
 def full_disk_child(folder: str) -> None:
@@ -537,6 +537,45 @@ def stale_results(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
         ["report", out, "--format", "md"], lambda r: killed.returncode == -signal.SIGKILL and len(left) == 1
         and not list(out.glob(".*.tmp")))))
     return rows
+
+
+def photo_folder_cases(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
+    """An annotated folder of scikit-image's bundled photos at 423 and 487 px (tests/helpers.py's
+    ``photo_folder``): boxes on the far edge at 224 px, a class without boxes, a thin object at 8 px,
+    ``--images 4``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import photo_folder
+
+    from camzoo.data import load
+
+    full = photo_folder(tmp / "photos_full")
+    partial = photo_folder(tmp / "photos_partial", unboxed=("coffee",), thin=("rocket",))
+    torch.manual_seed(0)
+    six = save_model(camzoo.build_model("baseline", "resnet8", num_classes=6, image_size=32).eval(), tmp / "six.pt")
+    bench = ["bench", "--checkpoint", six, "--methods", "gradcam", "--check", "--no-estimate", "--out", tmp / "pb"]
+    rows = (full / "boxes.csv").read_text().splitlines()
+    outside = tmp / "photos_outside"
+    photo_folder(outside, per_class=1, horse=False)
+    (outside / "boxes.csv").write_text("\n".join(rows[:1] + [rows[1].rsplit(",", 2)[0] + ",430,487"]) + "\n")
+    return [
+        ("datasets check --verify: boxes on a 423 px photo's far edge at 224", command(
+            ["datasets", "check", "annotated", "--root", full, "--image-size", "224", "--verify"],
+            lambda r: "annotated/test: all 12 items read" in r.output)),
+        ("datasets preview: boxes on a 423 px photo's far edge at 224", command(
+            ["datasets", "preview", "annotated", "--root", full, "--image-size", "224", "--split", "test",
+             "--out", tmp / "pv.png"], lambda r: (tmp / "pv.png").stat().st_size > 0)),
+        ("annotated: a box past its photo's edge names file and line", api(
+            lambda: load("annotated", "test", root=outside), expect="boxes.csv' line 2 (astronaut/")),
+        ("bench --check: a class without boxes is left out, counted", command(
+            [*bench, "--data", partial, "--image-size", "224"],
+            lambda r: "left out 2 of 12 images (coffee 2 of 2)" in r.output and "eval: 10 images" in r.output)),
+        ("bench --check --image-size 8: a thin object names its files", command(
+            [*bench, "--data", partial, "--image-size", "8"], expect="'rocket/rocket0.png' (boxes.csv line 6)")),
+        ("bench --check --images 4: taken class by class", command(
+            [*bench, "--data", full, "--images", "4"],
+            lambda r: "4 of 12 test images, taken class by class" in r.output and " 2" not in r.output.split(
+                "(seed 0): ")[-1].splitlines()[0])),
+    ]
 
 
 class Squeezer(nn.Module):

@@ -74,6 +74,8 @@ def peer_call(peer: Peer, model: torch.nn.Module, layer_name: str, images: torch
         pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
         layers = [layer, model.get_submodule("layer3")] if peer.cls == "RefineCAM" else [layer]
         extractor = cls(model, layers, **peer.peer_options)
+        if peer.cls == "FinerCAM":  # its own target: the predicted class against its nearest classes
+            return lambda: extractor(images, None)
         return lambda: extractor(images, pgc_targets)
     extractor = cls(model, layer_name, **peer.peer_options)
 

@@ -61,6 +61,32 @@ def check_boxes(boxes: object, batch: int, height: int, width: int) -> torch.Ten
     return boxes
 
 
+def scale_boxes(boxes: object, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Boxes (K,4) x0,y0,x1,y1 of a ``old`` = (width, height) image, in pixel-edge coordinates of the
+    same image resized to ``new`` = (width, height); float32.
+
+    Why not ``boxes * (new / old)`` in float32: the ratio is rounded first, so a box ending on the far
+    edge leaves the image (423 * float32(224 / 423) = 224.00002), and a box inside its photo is then
+    refused. Here ``x * new / old`` is computed in float64: the product is exact (a float32 coordinate
+    times an integer side fits float64's mantissa), the division is rounded once, and rounding is
+    monotone, so 0 and the far edge map exactly onto 0 and the new side and a box inside its image stays
+    inside; no tolerance, no clamp.
+    """
+    scale = torch.tensor([new[0], new[1], new[0], new[1]], dtype=torch.float64)
+    side = torch.tensor([old[0], old[1], old[0], old[1]], dtype=torch.float64)
+    found = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).double()
+    return (found * scale / side).float()
+
+
+def covered_pixels(boxes: torch.Tensor) -> torch.Tensor:
+    """Per box (..., 4): whether it covers a pixel centre in both axes, the rule of
+    :func:`boxes_to_masks` and of MaxBoxAcc's ground-truth boxes (a box between two pixel centres
+    covers nothing, and an image whose every box does so has no object at that size)."""
+    first = torch.ceil(boxes[..., :2].double() - 0.5)
+    last = torch.floor(boxes[..., 2:].double() - 0.5)
+    return (last >= first).all(-1)
+
+
 def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Rasterise NaN-padded boxes (B,K,4) to bool masks (B,H,W): the union of the boxes.
 

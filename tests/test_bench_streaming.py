@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from camzoo.bench.config import resolve_config
+from camzoo.bench.datasets import class_order
 from camzoo.bench.explore import latest_run
 from camzoo.bench.record import RunRecord
 from camzoo.bench.plan import build_plan
@@ -187,7 +188,8 @@ def test_entry_overrides_reach_the_images_and_the_method(folder, tmp_path, monke
     # mean/std: the model sees the folder's pixels normalised with the entry's statistics
     model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    default, big = (load("annotated", "test", root=str(folder), image_size=side) for side in (32, 48))
+    # the run's evaluation images: the folder's, taken class by class (camzoo.bench.datasets.class_order)
+    default, big = (class_order(load("annotated", "test", root=str(folder), image_size=side)) for side in (32, 48))
     default = torch.stack([default[i][0] for i in range(8)])
     pixels = torch.stack([big[i][0] for i in range(8)]) * torch.tensor(big.std).view(3, 1, 1) + torch.tensor(
         big.mean).view(3, 1, 1)

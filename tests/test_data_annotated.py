@@ -180,7 +180,8 @@ def test_cli_check_and_preview(tmp_path):
     assert result.exit_code == 0, result.output
     assert "annotated/test: 5 images, 10 classes, 16px, annotations: mask, boxes" in result.output
     assert re.search(r"annotated/test: skipped 1 unreadable image\(s\): \S*broken\.png \(not a readable", result.output)
-    assert re.search(r"annotated/test: left out 1 image\(s\) without box or mask, e\.g\. \S*b1\.png", result.output)
+    assert re.search(r"annotated/test: left out 1 of 6 images \(bee 1 of 2\): they have neither a row in boxes\.csv "
+                     r"nor a mask in masks/.*-o unannotated=error.* e\.g\. '\S*b1\.png'", result.output)
     out = tmp_path / "grid.png"
     result = runner.invoke(main, ["datasets", "preview", "annotated", "--root", str(root), "--out", str(out),
                                   "--image-size", "16", "--rows", "1", "--cols", "5"])

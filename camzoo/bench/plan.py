@@ -20,7 +20,8 @@ from .fingerprint import fingerprint_inputs
 from .specs import GALLERY_CELL, DatasetSpec, Frozen, Variant
 from .store import ALL_SEEDS, CellKey
 from .sources import SOURCE_KIND, ModelSource, TrainedSource, load_problems, sources
-from .validate import ConfigError, config_problems, dataset_probe, eval_settings, model_problems, split_shape
+from .validate import (ConfigError, config_problems, dataset_notes, dataset_probe, eval_settings, ground_truth_problems,
+                       model_problems, split_shape, used_images)
 
 MODEL_CELL = "model"
 ALL_VARIANTS = "*"
@@ -107,6 +108,8 @@ class BenchPlan:
     # content digests of the files the run reads (camzoo.bench.fingerprint): part of run_id
     inputs: Mapping[str, str] = field(default_factory=Frozen)
     config_hash: str = ""  # the run id of the config alone: runs of one config on other inputs share it
+    used_images: Mapping[str, int] | None = None  # dataset -> the evaluation images it has (<= eval_images)
+    notes: tuple[str, ...] = ()  # what the datasets give the run: images chosen, images left out and why
 
     def settings_for(self, method: str) -> EvalSettings:
         """How a method's cell is scored. Controls skip the MoRF/LeRF substrates: those columns exist
@@ -151,15 +154,20 @@ class BenchPlan:
                 groups = ", ".join("[" + " ".join(group) + "]" if len(group) > 1 else group[0] for group in job.groups)
                 lines.append(f"  {job.dataset.key}/{job.kind}: {groups}")
         s = self.settings
-        games = "every image" if s.game_images is None else f"the first {s.game_images}"
-        blocks = -(-self.eval_images // self.block_images)
-        lines.append(f"eval: {self.eval_images} images in {blocks} block(s) of up to {self.block_images}, batches of "
-                     f"{self.batch_size}; maps kept for the first {min(self.keep_maps, self.eval_images)}; games on {games}, "
+        used = dict(self.used_images or {})
+        images = max(used.values(), default=self.eval_images)
+        count = f"{images} images" if len(set(used.values())) <= 1 else (
+            f"up to {images} images ({', '.join(f'{key} {n}' for key, n in used.items())})")
+        games = "every image" if s.game_images is None or s.game_images >= images else f"the first {s.game_images}"
+        blocks = -(-images // self.block_images)
+        lines.append(f"eval: {count} in {blocks} block(s) of up to {self.block_images}, batches of "
+                     f"{self.batch_size}; maps kept for the first {min(self.keep_maps, images)}; games on {games}, "
                      f"protocol {s.protocol}, {s.deletion_steps} steps over {s.deletion_fraction:g} of the pixels, "
                      f"target {s.deletion_target}; substrates {', '.join(s.substrates) or 'none'}")
         if s.discrimination:
             lines.append(f"discrimination: {', '.join(s.discrimination)}; {s.grid_count} grids per model of images "
                          f"with confidence >= {s.grid_threshold:g}")
+        lines += list(self.notes)
         if self.world_size > 1:
             lines.append(f"{self.world_size} ranks: each takes the next model job when it is free; stability cells "
                          "on rank 0 after all ranks finish")
@@ -207,9 +215,11 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
             problems.append(f"dataset {dataset.name!r}: {err}")
     datasets = tuple(d.with_annotations(probes[d.key]) if d.key in probes else d for d in datasets)
     problems += task_problems(datasets, probes, [] if config["models"] else config["kinds"])
+    images = config["eval"]["images"]
     if config["models"]:  # loaded, never trained: each checkpoint must load and fit each dataset
         entries = [sources(entry) for entry in config["models"]]
         problems += load_problems(entries, probes)
+        problems += _truth_problems(datasets, probes, images, entries)
         _stop(problems)
         inputs = fingerprint_inputs(datasets, probes, entries, False, cache_dir, write_cache)
         jobs, stability = _loaded(config["methods"], datasets, entries)
@@ -227,6 +237,7 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         first = [(name, trainer) for (_, name, _, _, seed), trainer in trainers.items() if seed == config["seeds"][0]]
         shapes = {name: split_shape(split) for name, split in probes.items()}
         problems += model_problems(first, config["methods"], shapes)
+        problems += _truth_problems(datasets, probes, images, [])
         _stop(problems)
         inputs = fingerprint_inputs(datasets, probes, (), True, cache_dir, write_cache)
         jobs, stability = _grid(config, datasets, variants, trainers, inputs.trained)
@@ -237,7 +248,24 @@ def build_plan(config: Mapping[str, Any], device: str | None = None, world_size:
         settings=settings, eval_images=evaluation["images"],
         batch_size=evaluation["batch_size"], gallery_images=evaluation["gallery_images"], world_size=world_size,
         block_images=evaluation["block_images"], keep_maps=evaluation["keep_maps"], inputs=Frozen(inputs.digests),
+        used_images=Frozen({d.key: used_images(d, probes[d.key], images) for d in datasets}),
+        notes=tuple(note for d in datasets for note in dataset_notes(d, probes[d.key], images)),
     )
+
+
+def _truth_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], images: int,
+                    entries: Sequence[Sequence[ModelSource]]) -> list[str]:
+    """Evaluation images whose object covers no pixel at a side the run uses: the dataset's, and each
+    ``[[models]]`` entry's own (camzoo.bench.validate.ground_truth_problems)."""
+    problems = []
+    for dataset in datasets:
+        if dataset.key not in probes:
+            continue
+        sides = {dataset.image_size: "--image-size {side} (image_size = {side} in its [[datasets]] entry)"}
+        for source in (s for entry in entries for s in entry[:1] if s.image_size):
+            sides.setdefault(source.image_size, "image_size = {side} in its [[models]] entry")
+        problems += ground_truth_problems(dataset, probes[dataset.key], images, sides)
+    return problems
 
 
 def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], kinds: Sequence[str]) -> list[str]:

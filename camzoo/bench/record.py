@@ -10,7 +10,7 @@ copy there is. The stored format is not changed; this only reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Mapping
 
@@ -50,8 +50,9 @@ class RunRecord:
     config: Mapping[str, Any]  # the resolved config stored with the run
     provenance: Mapping[str, Any]  # versions, device, host (camzoo.bench.runner)
     settings: EvalSettings  # how every cell was scored; defaults for keys an older store lacks
-    images: int  # evaluation images per model (eval.images)
+    images: int  # evaluation images per model (eval.images; from a store: the most any dataset had)
     seeds: tuple[int, ...]  # the training seeds (a [[models]] run: unused, its checkpoints are the replicates)
+    used_images: Mapping[str, int] = field(default_factory=dict)  # dataset -> the evaluation images it had
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], run_id: str = "", created_at: str = "",
@@ -69,8 +70,13 @@ class RunRecord:
 
     @classmethod
     def from_store(cls, store: ResultsStore, run_id: str | None = None) -> RunRecord:
-        """The run ``run_id`` of the store (None: the latest), or a clear error naming the runs there."""
-        return cls.from_row(find_run(store, run_id) if run_id else latest_run(store))
+        """The run ``run_id`` of the store (None: the latest), or a clear error naming the runs there; its
+        image count is what each dataset had (its image-set cell), not what ``eval.images`` asked for: a
+        folder of 20 images scores 20 whatever the config says."""
+        record = cls.from_row(find_run(store, run_id) if run_id else latest_run(store))
+        used = {row["dataset"]: int(row["value"]) for row in store.results(record.run_id)
+                if row["metric"] == "eval_images"}
+        return replace(record, images=max(used.values()), used_images=used) if used else record
 
     @property
     def replicates(self) -> int:

@@ -36,10 +36,11 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
         (f"- {seeds} checkpoint(s) per model entry" if config.get("models") else
          f"- {seeds} models per kind (seeds {list(record.seeds)}"
          + (f" x {len(config['variants'])} variants" if config["variants"] else "") + ")")
-        + f"; {record.images} evaluation images"
+        + f"; {_images_used(record)} evaluation images"
         + (f"; deletion/insertion: {causal_description(record)}" if "classification" in record.tasks else ""),
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         *_input_lines(provenance.get("inputs")),
+        *(f"- {cell.dataset}: {note}" for cell, notes in store.arrays(record.run_id, "notes") for note in notes.tolist()),
         f"- maps explain {_explained(record.tasks)}; ↑/↓: higher/lower is better; cells: mean ± sample std over seeds "
         f"[95 % CI: hierarchical bootstrap over seeds, then images, {RESAMPLES} resamples]",
         f"- **bold**: separated from and better than every other non-control row of the column (Wilcoxon signed-rank "
@@ -64,6 +65,12 @@ def _input_lines(inputs: dict[str, str] | None) -> list[str]:
         return []
     listed = ", ".join(f"{what} `{digest[:8]}`" for what, digest in inputs.items())
     return [f"- inputs (content sha256, part of the run id: other content is another run): {listed}"]
+def _images_used(record: RunRecord) -> str:
+    """The evaluation images the run scored: one count, or each dataset's where they differ."""
+    counts = record.used_images
+    if len(set(counts.values())) <= 1:
+        return str(record.images)
+    return ", ".join(f"{count} ({dataset})" for dataset, count in counts.items())
 
 
 def _explained(tasks: tuple[str, ...]) -> str:

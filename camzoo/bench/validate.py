@@ -165,3 +165,50 @@ def _layer_problems(methods: Sequence[str], model: torch.nn.Module, where: str) 
         except (ValueError, TypeError) as err:
             problems.append(f"method {method!r} on {where}: {err}")
     return problems
+
+
+def used_images(dataset: DatasetSpec, probe: Any, images: int) -> int:
+    """The evaluation images a run takes from the dataset: ``eval.images``, or fewer where its test split
+    holds fewer (an on-disk split: the probe's length; a generated one: its ``num_images``, else its
+    module's default size, else its length once generated: digits' test split holds 355)."""
+    import importlib
+
+    from ..data import info
+
+    if info(dataset.name).needs_root:
+        return min(images, len(probe))
+    asked = dataset.split_options("test").get("num_images")
+    if asked is None:
+        try:
+            module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.data.{dataset.name}")
+            asked = getattr(module, "DEFAULT_SPLIT_SIZES", {}).get("test")
+        except ImportError:
+            asked = None
+    return min(images, int(asked) if asked is not None else len(dataset.load("test")))
+
+
+def dataset_notes(dataset: DatasetSpec, probe: Any, images: int) -> list[str]:
+    """What a run will take from an on-disk dataset, for ``camzoo bench --check`` and the run's header
+    (camzoo.bench.datasets.split_notes), each line led by the dataset's name."""
+    from .datasets import split_notes
+
+    notes = split_notes(probe, used_images(dataset, probe, images), images,
+                        'options = {unannotated = "error"} in its [[datasets]] entry')
+    return [f"{dataset.key}: {note}" for note in notes]
+
+
+def ground_truth_problems(dataset: DatasetSpec, probe: Any, images: int, sides: Mapping[int, str]) -> list[str]:
+    """The evaluation images whose box or mask covers no pixel at a side the run resizes them to
+    (``sides``: side -> how the user sets it), named by file and row: the localisation metrics cannot
+    score them, and a run would stop at them half-way."""
+    from ..data.coverage import vanished
+    from .datasets import class_order
+
+    split = class_order(probe)
+    indices = range(used_images(dataset, probe, images)) if getattr(split, "records", None) is not None else ()
+    problems = []
+    for side, how in sides.items():
+        found = vanished(split, indices, side)
+        if found:
+            problems.append(f"dataset {dataset.name!r}: {found.text(how)}")
+    return problems

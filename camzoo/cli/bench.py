@@ -44,7 +44,8 @@ def register(group: click.Group) -> None:
               help="The --data folder's layout (`camzoo datasets list`).")
 @click.option("--methods", "method_list", help="Comma-separated methods or selectors (default: @one-pass); "
               "the controls are always added.")
-@click.option("--images", type=click.IntRange(min=1), help="Evaluation images (the first N of --data).")
+@click.option("--images", type=click.IntRange(min=1),
+              help="Evaluation images: N of --data, taken class by class in proportion (seeded).")
 @click.option("--image-size", type=click.IntRange(min=8), help="Side the --data images are resized to.")
 def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
                   print_config: bool, no_progress: bool, html: bool, check: bool, with_estimate: bool, nproc: int,
@@ -114,6 +115,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
             runner = BenchRunner(plan, out_dir, progress=not no_progress, echo=click.echo, job_seconds=seconds)
             click.echo(f"camzoo bench: preset {config['preset']}, run {runner.run_id}, device {runner.device_label}, "
                        f"out {out_dir}")
+            for note in plan.notes if plan is not None else ():  # images chosen, images left out and why
+                click.echo(f"camzoo bench: {note}")
     except StoreBusyError as err:  # a runtime condition, not a usage error
         raise click.ClickException(str(err)) from err
     try:

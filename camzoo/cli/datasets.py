@@ -41,7 +41,8 @@ def register(group: click.Group) -> None:
     @click.option("--image-size", type=int, default=None, help="Side of the returned images.")
     @click.option("--option", "-o", "options", multiple=True, help="Loader option KEY=VALUE, e.g. num_classes=5.")
     @click.option("--verify/--no-verify", default=False,
-                  help="Also read every item, so a bad image, box or mask is reported now.")
+                  help="Also read every item, so a bad image, box or mask is reported now, and list the "
+                       "images whose box or mask covers no pixel at --image-size.")
     def check_cmd(name: str, root: str | None, image_size: int | None, options: tuple[str, ...], verify: bool) -> None:
         """Split sizes, class count and which annotations exist for NAME."""
         from ..data import DatasetError, info
@@ -69,14 +70,21 @@ def register(group: click.Group) -> None:
                 click.echo(f"{name}/{split}: skipped {len(skipped)} unreadable image(s): {shown}"
                            f"{' ...' if len(skipped) > 3 else ''}")
             if dropped:
-                click.echo(f"{name}/{split}: left out {len(dropped)} image(s) without box or mask, e.g. {dropped[0]}")
+                note = (ds.dropped_note("-o unannotated=error") if callable(getattr(ds, "dropped_note", None))
+                        else f"left out {len(dropped)} image(s) without box or mask, e.g. {dropped[0]}")
+                click.echo(f"{name}/{split}: {note}")
             if verify:
+                from ..data.coverage import vanished
+
                 try:
                     for i in range(len(ds)):
                         ds[i]
+                    empty = vanished(ds, range(len(ds)), ds.image_size)
                 except DatasetError as err:
                     raise click.ClickException(str(err)) from err
                 click.echo(f"{name}/{split}: all {len(ds)} items read")
+                if empty:  # the dataset reads, but its localisation metrics cannot score these at this size
+                    click.echo(f"{name}/{split}: {empty.text()}")
         if not loaded:
             raise click.ClickException(f"{name}: no split found under {root!r}")
 

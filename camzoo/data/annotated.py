@@ -48,14 +48,17 @@ class AnnotatedDataset(FileDataset):
     Attributes (besides the data contract's): ``folder_classes`` (class folder names, sorted);
     ``class_index`` (folder -> model output index, the label); ``class_map`` ("classes.txt",
     "class_index" or None); ``num_model_classes`` (== ``len(classes)``); ``skipped`` ((path, reason)
-    of unreadable images); ``unannotated`` (paths without box or mask); ``annotation_counts``
-    ({"mask": images with a mask file, "boxes": images with boxes.csv rows, "none": unannotated kept}).
+    of unreadable images); ``unannotated`` (paths without box or mask, left out); ``dropped_by_class``
+    (class folder -> (left out, found), where any was left out); ``annotation_counts`` ({"mask": images
+    with a mask file, "boxes": images with boxes.csv rows, "none": unannotated kept}). A record's name
+    says its file and where its ground truth is written (boxes.csv lines, mask file), for error messages.
     """
 
     def __init__(self, records: Sequence[Record], classes: Sequence[str], image_size: int, split: str, *,
                  folder_classes: Sequence[str], class_index: Mapping[str, int], class_map: str | None,
                  skipped: Problems, unannotated: Sequence[Path], annotation_counts: Mapping[str, int],
-                 annotations: tuple[str, ...], mean: Sequence[float], std: Sequence[float], augment: bool) -> None:
+                 annotations: tuple[str, ...], mean: Sequence[float], std: Sequence[float], augment: bool,
+                 dropped_by_class: Mapping[str, tuple[int, int]] | None = None) -> None:
         super().__init__(records, classes, image_size, "annotated", split, mean=mean, std=std,
                          mask_from_array=mask_nonzero, augment=augment, annotations=annotations)
         self.folder_classes = list(folder_classes)
@@ -65,14 +68,32 @@ class AnnotatedDataset(FileDataset):
         self.skipped = list(skipped)
         self.unannotated = list(unannotated)
         self.annotation_counts = dict(annotation_counts)
+        self.dropped_by_class = dict(dropped_by_class or {})
+
+    def dropped_note(self, refuse: str = 'unannotated="error"') -> str | None:
+        """What ``unannotated = "drop"`` left out and why, per class, and how to change it (one line; None:
+        nothing was left out). Said wherever the images are counted, so a count is never a surprise.
+        ``refuse``: how the reader sets the option that refuses such a folder instead."""
+        if not self.unannotated:
+            return None
+        total = len(self.records) + len(self.unannotated)
+        classes = ", ".join(f"{cls} {n} of {of}" for cls, (n, of) in self.dropped_by_class.items())
+        gone = [cls for cls, (n, of) in self.dropped_by_class.items() if n == of]
+        return (f"left out {len(self.unannotated)} of {total} images ({classes}): they have neither a row in "
+                f"{BOXES_FILE} nor a mask in {MASKS_DIR}/, so no localisation metric can score them (the default "
+                f"unannotated=\"drop\"; {refuse} refuses such a folder instead), e.g. "
+                f"{str(self.unannotated[0])!r}" + (f"; no image of {', '.join(gone)} is left" if gone else ""))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
         image, label, target = super().__getitem__(index)
         if "mask" in self.annotations and "mask" not in target:  # no mask file: the union of its boxes
             boxes = target.get("boxes", torch.zeros((0, 4)))
             size = self.image_size
-            target["mask"] = (boxes_to_masks(boxes[None], size, size)[0] if boxes.shape[0]
-                              else torch.zeros((size, size), dtype=torch.bool))
+            try:
+                target["mask"] = (boxes_to_masks(boxes[None], size, size)[0] if boxes.shape[0]
+                                  else torch.zeros((size, size), dtype=torch.bool))
+            except ValueError as err:  # named by file and row, as every other annotation error
+                raise DatasetError(f"{self.records[index].record}: {err}") from err
         return image, label, target
 
 
@@ -176,7 +197,7 @@ def _orientation(image: Image.Image) -> int | None:
     return image.getexif().get(_EXIF_ORIENTATION)
 
 
-def _probe(path: Path, verify: bool) -> tuple[int, int] | str:
+def probe_image(path: Path, verify: bool) -> tuple[int, int] | str:
     """(width, height) as displayed (EXIF orientation applied), from the header alone unless
     ``verify``; a reason string when the file cannot be read."""
     if not path.is_file():
@@ -292,7 +313,7 @@ def load_annotated(
     found: list[tuple[Path, str, int, tuple[int, int], Path | None]] = []
     for cls in folders:
         for path in list_images(folder / cls):
-            size = _probe(path, verify)
+            size = probe_image(path, verify)
             if isinstance(size, str):
                 skipped.append((path, size))
                 continue
@@ -306,7 +327,10 @@ def load_annotated(
     annotations = (("mask",) if has_mask else ()) + (("boxes",) if has_boxes else ())
     records, dropped = [], []
     counts = {"mask": 0, "boxes": 0, "none": 0}
+    per_class = {cls: [0, 0] for cls in folders}  # class folder -> [images dropped, images found]
     for path, rel, label, (width, height), mask in found:
+        cls = path.relative_to(folder).parts[0]
+        per_class[cls][1] += 1
         rows = boxes.get(rel, [])
         for lineno, box in rows:
             check_boxes(box, width, height, f"{str(root / BOXES_FILE)!r} line {lineno} ({rel})", BOX_TOLERANCE)
@@ -319,14 +343,27 @@ def load_annotated(
                                    f"{str(root / MASKS_DIR / Path(rel).with_suffix('.png'))!r}")
             if unannotated == "drop":
                 dropped.append(path)
+                per_class[cls][0] += 1
                 continue
             counts["none"] += 1
             file_boxes = np.zeros((0, 4), dtype=np.float32)
-        records.append(Record(path, label, f"annotated image {rel!r}", boxes=file_boxes, mask_path=mask))
+        records.append(Record(path, label, _record_name(rel, [n for n, _ in rows], mask, root), boxes=file_boxes,
+                              mask_path=mask))
     if not records:
         why = f" ({len(skipped)} unreadable, {len(dropped)} without annotation)" if skipped or dropped else ""
         raise DatasetError(f"annotated: no usable image under {str(folder)!r}{why}")
     return AnnotatedDataset(
         records, _class_names(index, count), image_size or DEFAULT_SIZE, split, folder_classes=folders,
         class_index={f: index[f] for f in folders}, class_map=source, skipped=skipped, unannotated=dropped,
-        annotation_counts=counts, annotations=annotations, mean=mean, std=std, augment=augment)
+        annotation_counts=counts, annotations=annotations, mean=mean, std=std, augment=augment,
+        dropped_by_class={cls: (n, of) for cls, (n, of) in per_class.items() if n})
+
+
+def _record_name(rel: str, lines: Sequence[int], mask: Path | None, root: Path) -> str:
+    """How errors name an image: its path and where its ground truth is written (boxes.csv lines, mask file)."""
+    where = []
+    if lines:
+        where.append(f"{BOXES_FILE} line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}")
+    if mask is not None:
+        where.append(f"mask {mask.relative_to(root).as_posix()}")
+    return f"annotated image {rel!r}" + (f" ({'; '.join(where)})" if where else "")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..groundtruth import scale_boxes
+
 
 def hflip_where(
     flip: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None = None, boxes: torch.Tensor | None = None
@@ -74,6 +76,12 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """A bool mask (H,W) resized to size x size with nearest neighbours (a thin object may vanish)."""
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(resized) > 127)
+
+
 def resize_record(
     image: Image.Image, size: int, mask: np.ndarray | None = None, boxes: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -85,12 +93,6 @@ def resize_record(
     w, h = image.size
     resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
     tensor = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    out_mask = None
-    if mask is not None:
-        m = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
-        out_mask = torch.from_numpy(np.asarray(m) > 127)
-    out_boxes = None
-    if boxes is not None:
-        scale = torch.tensor([size / w, size / h, size / w, size / h], dtype=torch.float32)
-        out_boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale
+    out_mask = None if mask is None else resize_mask(mask, size)
+    out_boxes = None if boxes is None else scale_boxes(boxes, (w, h), (size, size))  # edges stay edges
     return tensor, out_mask, out_boxes
