@@ -19,6 +19,12 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+# torchvision's classifiers record no input size; the crop of their ImageNet weights' transforms is 224
+# px, except Inception v3's 299 (a ViT keeps its own ``image_size``). Its other model families are
+# fully convolutional or take other inputs: they run at the image's own size.
+TORCHVISION_CROP = 224
+TORCHVISION_CROPS = {"Inception3": 299}
+_TORCHVISION_OTHER_TASKS = ("segmentation", "detection", "video", "optical_flow")
 
 
 def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
@@ -53,10 +59,28 @@ def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[floa
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int] | None:
-    """(H, W) the model expects, from its ``pretrained_cfg``; None when it does not say."""
+    """(H, W) the model expects: its ``pretrained_cfg["input_size"]`` (timm, camzoo checkpoints,
+    ``torchvision:NAME``); for a torchvision classifier built directly, :func:`torchvision_input_size`;
+    None when the model does not say (its images then run at their own size).
+
+    Why one rule: ``camzoo.explain`` and ``camzoo explain`` both size images by it, so one model and
+    one photo give one map whichever way the model was built."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
-    return (int(size[-2]), int(size[-1])) if size else None
+    return (int(size[-2]), int(size[-1])) if size else torchvision_input_size(model)
+
+
+def torchvision_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) of a torchvision classification model (its class defined in ``torchvision.models``): a
+    ViT's ``image_size``, else the crop of its ImageNet weights' transforms (:data:`TORCHVISION_CROPS`,
+    else 224); None for any other model, and for torchvision's segmenters, detectors and video models."""
+    module = type(model).__module__
+    if not module.startswith("torchvision.models") or any(f".{task}" in module for task in _TORCHVISION_OTHER_TASKS):
+        return None
+    side = getattr(model, "image_size", None)
+    side = side if isinstance(side, int) and not isinstance(side, bool) else TORCHVISION_CROPS.get(
+        type(model).__name__, TORCHVISION_CROP)
+    return side, side
 
 
 def describe_output(output: object) -> str:
