@@ -128,7 +128,9 @@ class ModelSource:
         own = (tuple(split.mean), tuple(split.std))
         default = own if explicit else tuple(tuple(float(v) for v in declared.get(key, fallback))
                                              for key, fallback in (("mean", own[0]), ("std", own[1])))
-        return channel_stats(self.mean or default[0], self.std or default[1], model_in_channels(model))
+        channels = model_in_channels(model)  # each on its own: an entry may give 1 value for one and 3 for the other
+        mean, std = (channel_stats(values, values, channels)[0] for values in (self.mean or default[0], self.std or default[1]))
+        return mean, std
 
     def load(self, device: torch.device | str = "cpu", num_classes: int | None = None, read: bool = True) -> nn.Module:
         """The model in eval mode on ``device``; with ``read``, a classifier's forward returns its logits,

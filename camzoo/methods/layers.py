@@ -27,7 +27,6 @@ import weakref
 import torch
 from torch import nn
 
-from ..inputs import model_in_channels
 from ..modelutil import eval_mode, model_device, model_input_size
 from .outputs import model_dtype
 from .reshape import is_channels_last, to_feature_map
@@ -157,7 +156,7 @@ def detect_layer(model: nn.Module, probe: torch.Tensor | None = None) -> str:
     """The automatic layer for this model at the probe's size (cached per model and input size)."""
     if probe is None:
         height, width = model_input_size(model) or (224, 224)
-        probe = torch.zeros(1, model_in_channels(model), height, width, device=model_device(model))
+        probe = torch.zeros(1, 3, height, width, device=model_device(model))
     size = (int(probe.shape[-2]), int(probe.shape[-1]))
     cache = _detected.setdefault(model, {})
     if size not in cache:

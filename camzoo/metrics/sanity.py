@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..inputs import model_in_channels
 from ..modelutil import eval_mode, model_device, model_input_size
 from ._checks import check_maps, check_targets
 from .stability import _spearman, _ssim
@@ -28,11 +27,11 @@ def _owns_parameters(module: nn.Module) -> bool:
 
 
 def _probe_input(model: nn.Module) -> torch.Tensor:
-    """A zero image (1,C,H,W) (C: what its first convolution takes) for one probe forward: the model's declared input size (its
+    """A zero RGB image (1,3,H,W) for one probe forward: the model's declared input size (its
     ``pretrained_cfg``) or 32x32, on its device, in its parameters' dtype."""
     size = model_input_size(model) or (32, 32)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return torch.zeros(1, model_in_channels(model), *size, device=model_device(model), dtype=dtype)
+    return torch.zeros(1, 3, *size, device=model_device(model), dtype=dtype)
 
 
 def randomisable_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
