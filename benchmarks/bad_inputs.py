@@ -136,11 +136,9 @@ def bomb_limit(pixels: int):
 
 
 def huge_image_child(path: str, max_gib: float) -> None:
-    """In a fresh process: explain one huge PNG with a torchvision model (which runs at the image's own
-    size); print the map's size and the peak resident memory."""
-    import torchvision
-
-    model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    """In a fresh process: explain one huge PNG with a model that declares no input size (so it runs
+    at the image's own size, capped); print the map's size and the peak resident memory."""
+    model = NoCfg().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = camzoo.explain(model, path)
@@ -238,7 +236,7 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
         ("load: text file named .jpg", api(lambda: load_image(text))),
         ("load: missing file", api(lambda: load_image(tmp / "missing.png"))),
         ("load: over PIL's decompression-bomb limit", api(lambda: _with_limit(load_image, good, 500))),
-        (f"explain: {huge_side}x{huge_side} PNG, torchvision model", huge_image_case(tmp, huge_side, max_gib)),
+        (f"explain: {huge_side}x{huge_side} PNG, a model without an input size", huge_image_case(tmp, huge_side, max_gib)),
         ("model: corrupt checkpoint", api(lambda: load_any_model("resnet10t", empty))),
         ("model: pickle that runs code", api(lambda: load_any_model("resnet10t", evil))),
         ("model: weights of another architecture", api(lambda: load_any_model("resnet10t", state_other))),
@@ -272,7 +270,7 @@ def cases(tmp: Path, huge_side: int, max_gib: float) -> list[tuple[str, tuple[st
             ["explain", good, "--model", "torchvision:resnet18", "--image-size", "32", "--out", out / "tv"],
             lambda r: (out / "tv" / "good_gradcam.png").is_file())),
     ]
-    return rows + round_two(tmp, ckpt, plain) + stale_results(tmp) + photo_folder_cases(tmp)
+    return rows + round_two(tmp, ckpt, plain) + stale_results(tmp) + photo_folder_cases(tmp) + own_models(tmp)
 
 
 def full_disk_child(folder: str) -> None:
@@ -576,6 +574,91 @@ def photo_folder_cases(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
             lambda r: "4 of 12 test images, taken class by class" in r.output and " 2" not in r.output.split(
                 "(seed 0): ")[-1].splitlines()[0])),
     ]
+
+
+# Your own package: one network, returning its logits as users' models do (camzoo bench --model byo_nets:build).
+BYO_NETS = """
+from collections import OrderedDict
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+@dataclass
+class Out:
+    logits: torch.Tensor
+
+class Net(nn.Module):
+    def __init__(self, num_classes=2, returns="dataclass", aux=0):
+        super().__init__()
+        self.returns, self.conv, self.fc = returns, nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, num_classes)
+        if aux:
+            self.aux = nn.Linear(8, aux)  # an auxiliary head registered after the classifier
+
+    def forward(self, x):
+        logits = self.fc(self.conv(x).relu().mean((2, 3)))
+        return {"dataclass": Out(logits), "tuple": (logits, x), "tensor": logits,
+                "modeloutput": OrderedDict(logits=logits), "named": {"scores": logits}}[self.returns]
+
+def build(num_classes=2, returns="dataclass", aux=0):
+    return Net(num_classes, returns, aux)
+
+"""
+
+
+def own_models(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
+    """Your own models in camzoo bench, read as camzoo explain reads them; one photo, one map (the
+    other output shapes, --output, output = and grayscale models: tests/test_bench_byo.py)."""
+    import pandas as pd
+    import torchvision
+    from skimage import data as skdata
+
+    photos = tmp / "skimage"
+    for cls, names in (("cat", ("chelsea", "coffee")), ("space", ("astronaut", "rocket"))):
+        for name in names:
+            (photos / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(getattr(skdata, name)()).resize((48, 48)).save(photos / cls / f"{name}.png")
+    (tmp / "byo_nets.py").write_text(BYO_NETS, encoding="utf-8")
+    sys.path.insert(0, str(tmp))
+    import byo_nets
+
+    torch.save(byo_nets.build().state_dict(), tmp / "byo.pth")
+    torch.save(byo_nets.build(aux=5).state_dict(), tmp / "aux.pth")
+    (tmp / "light.toml").write_text("[eval]\ngame_images = 4\ndeletion_steps = 4\nsubstrates = []\n")
+    run = ["bench", "--no-progress", "--no-html", "--data", photos, "--images", "4", "--image-size", "32",
+           "--methods", "gradcam", "--config", tmp / "light.toml"]
+
+    def scored(out: str) -> Callable[[Any], bool]:
+        return lambda r: bool(np.isfinite(pd.read_csv(tmp / out / "summary.csv")["deletion_mean"]).all())
+
+    named = tmp / "named.toml"  # a model returning {"scores": ...}, and no output = to say so
+    named.write_text(f'methods = ["gradcam"]\n[[models]]\nname = "byo_nets:build"\ncheckpoints = ["{tmp / "byo.pth"}"]\n'
+                     f'options = {{returns = "named"}}\n[[datasets]]\nname = "annotated"\nroot = "{photos}"\n'
+                     'image_size = 32\n')
+
+    tv = torchvision.models.resnet18(num_classes=2).eval()
+    torch.save(tv.state_dict(), tmp / "tv.pth")
+    cat = tmp / "cat.png"
+    Image.fromarray(skdata.chelsea()).save(cat)  # 300 x 451
+
+    def one_map() -> bool:
+        api_map = camzoo.explain(tv, cat).map_at(0, (300, 451)).numpy()
+        CliRunner().invoke(cli, ["explain", str(cat), "--model", "torchvision:resnet18", "--checkpoint", str(tmp / "tv.pth"),
+                                 "--save-maps", "--out", str(tmp / "one")])
+        return bool(np.abs(np.load(tmp / "one" / "cat_gradcam.npy").astype(np.float32) - api_map).max() < 2e-3)
+
+    rows = [
+        ("bench: --model pkg:factory returning a dataclass", command(
+            [*run, "--model", "byo_nets:build", "--checkpoint", tmp / "byo.pth", "--out", tmp / "b1"], scored("b1"))),
+        ("bench: a dict output without 'logits', no output =", command(
+            ["bench", "--no-progress", "--no-html", "--config", named, "--out", tmp / "b2"], expect="set output")),
+        ("model: an auxiliary head registered after the classifier", api(
+            lambda: load_any_model("byo_nets:build", tmp / "aux.pth", factory_kwargs={"aux": 5}),
+            lambda m: m.fc.out_features == 2)),
+        ("explain: API and CLI on a torchvision classifier give one map", api(one_map, bool)),
+    ]
+    sys.path.remove(str(tmp))
+    sys.modules.pop("byo_nets", None)
+    return rows
 
 
 class Squeezer(nn.Module):

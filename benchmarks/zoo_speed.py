@@ -54,8 +54,9 @@ PEERS = [
     Peer("refinecam", PGC, "RefineCAM", {}, {}),
     Peer("sess", PGC, "SESS", {"num_scales": 3}, {"num_scales": 3}),
     Peer("cam", TORCHCAM, "CAM", {}, {}),
-    Peer("sscam", TORCHCAM, "SSCAM", {}, {}),
-    Peer("iscam", TORCHCAM, "ISCAM", {}, {}),
+    # the per-channel methods with few samples, so that a CPU run ends (the ratio does not depend on them)
+    Peer("sscam", TORCHCAM, "SSCAM", {"num_samples": 2}, {"num_samples": 2}),
+    Peer("iscam", TORCHCAM, "ISCAM", {"num_samples": 2}, {"num_samples": 2}),
     Peer("smoothgradcampp", TORCHCAM, "SmoothGradCAMpp", {}, {}),
 ]
 
@@ -77,7 +78,7 @@ def peer_call(peer: Peer, model: torch.nn.Module, layer_name: str, images: torch
         if peer.cls == "FinerCAM":  # its own target: the predicted class against its nearest classes
             return lambda: extractor(images, None)
         return lambda: extractor(images, pgc_targets)
-    extractor = cls(model, layer_name, **peer.peer_options)
+    extractor = cls(model, layer_name, input_shape=tuple(images.shape[1:]), **peer.peer_options)
 
     def torchcam_call() -> object:
         with torch.enable_grad():
@@ -113,13 +114,13 @@ def main() -> None:
 
     chosen = [p for p in PEERS if not args.methods or p.method in args.methods.split(",")]
     print(f"device: {describe_device(device)}; torch {torch.__version__}; model {args.model} at {args.size}px, "
-          f"batch {args.batch}, layer {layer_name}, median of {args.repeats}")
+          f"batch {args.batch}, layer {layer_name}, median of {args.repeats}", flush=True)
     floor = median_seconds({"forward+backward": forward_backward}, device, args.repeats)["forward+backward"]
-    print(f"{'method':20s} {'peer':32s} {'camzoo ms/img':>13s} {'peer ms/img':>11s} {'ratio':>6s} {'x F+B':>6s}")
+    print(f"{'method':20s} {'peer':32s} {'camzoo ms/img':>13s} {'peer ms/img':>11s} {'ratio':>6s} {'x F+B':>6s}", flush=True)
     for peer in chosen:
         call = peer_call(peer, model, layer_name, images, targets)
         if call is None:
-            print(f"{peer.method:20s} {peer.library}.{peer.cls}: not installed, skipped")
+            print(f"{peer.method:20s} {peer.library}.{peer.cls}: not installed, skipped", flush=True)
             continue
         method_layer = None if peer.method == "fullgrad" else (
             [layer_name, "layer3"] if peer.method == "refinecam" else layer_name)
@@ -134,7 +135,7 @@ def main() -> None:
             seconds = median_seconds({"ours": ours, "peer": call}, device, args.repeats)
         ms = {key: 1000 * value / args.batch for key, value in seconds.items()}
         print(f"{peer.method:20s} {peer.library.split('.')[0] + ' ' + peer.cls:32s} {ms['ours']:13.2f} "
-              f"{ms['peer']:11.2f} {ms['ours'] / ms['peer']:6.2f} {seconds['ours'] / floor:6.1f}")
+              f"{ms['peer']:11.2f} {ms['ours'] / ms['peer']:6.2f} {seconds['ours'] / floor:6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.loading import BatchLoader
+from .methods.outputs import OutputSelector, logits_of
 from .modelutil import eval_mode, model_device
 
 SEGMENTATION = "segmentation"  # the task name and the batch target that holds the class maps
@@ -103,9 +104,12 @@ def _autocast(device: torch.device, amp: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device | None = None,
-            amp: bool = False, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            amp: bool = False, num_classes: int | None = None, output: OutputSelector = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float logits (N, classes) and labels (N,) of a whole dataset, in eval mode, batched on the device.
 
+    A classifier's output is read as ``camzoo.explain`` reads it (``methods.outputs.logits_of``; a
+    tuple, dict, dataclass or Hugging Face ``ModelOutput`` holds its logits; ``output``: the selector).
     A segmenter's are the per-pixel logits (N, classes, H, W) and the class maps (N, H, W) long: N
     times the class count times H x W floats, so score a large split with :func:`evaluate_segmentation`.
     """
@@ -119,7 +123,7 @@ def predict(model: nn.Module, dataset, batch_size: int = 256, device: str | torc
     logits, labels = [], []
     with eval_mode(model), _autocast(device, amp):
         for x, y, targets in data.epoch(shuffle=False):
-            logits.append(model(x).float())
+            logits.append(model(x).float() if segmenter else logits_of(model(x), model, x, output))
             labels.append(targets[SEGMENTATION].long() if segmenter else y)
     return torch.cat(logits), torch.cat(labels)
 

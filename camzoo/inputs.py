@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from .io import Problems, display_path, glob_files, special_file_problem, walk_files
-from .modelutil import model_device, model_input_size, model_normalisation
+from .modelutil import model_device, model_in_channels, model_input_size, model_normalisation
 
 ImageInput = Any  # torch.Tensor | Image.Image | np.ndarray | str | os.PathLike | Sequence of these
 Size = int | tuple[int, int]
@@ -62,6 +62,19 @@ def channel_stats(mean: Sequence[float], std: Sequence[float], channels: int) ->
                      "pass a normalised tensor (B,C,H,W) instead of pixels")
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's "L": how a grayscale model sees a colour picture
+
+
+def pixels_for_model(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B,3,H,W) RGB pixels in [0, 1] -> the ``channels`` a model takes: as they are for 3, their luma
+    for 1. One function, so that ``camzoo.explain`` and the benchmark give a model the same pixels."""
+    if channels not in (1, 3):
+        raise ValueError(f"the model takes {channels}-channel images; camzoo converts pixels to 1 or 3 channels "
+                         f"only: pass a normalised tensor (B,{channels},H,W)")
+    luma = torch.tensor(LUMA, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return pixels if channels == 3 else (pixels * luma).sum(1, keepdim=True)
+
+
 def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo normalisation of (B,C,H,W) images; return (B,H,W,3) uint8 for pictures (one channel as gray)."""
     channels = images.shape[1]
@@ -74,16 +87,6 @@ def to_display_images(images: torch.Tensor, mean: Sequence[float], std: Sequence
     elif channels != 3:
         pixels = pixels[:, :3] if channels > 3 else pixels[:, :1].expand(-1, 3, -1, -1)
     return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def model_in_channels(model: nn.Module) -> int:
-    """The channel count the model's first convolution takes (3 where the model has none).
-
-    Why from the layer: a grayscale classifier (timm ``in_chans=1``) keeps RGB values in its config."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return int(module.in_channels)
-    return 3
 
 
 def check_model_device(model: nn.Module) -> torch.device:
@@ -342,8 +345,9 @@ def prepare_images(
     Tensors are taken as already normalised; with ``image_size`` they are resized to it (bilinear,
     antialiased), else used at their own size (a list of tensors must then share one size).
     Pixel inputs (PIL images, uint8 arrays, paths) are resized to ``image_size``, else to the
-    model's ``pretrained_cfg`` input size, else kept at their own size (a list must then share one
-    size), and normalised with the model's mean/std. Whatever runs at its own size is first capped
+    model's input size (``modelutil.model_input_size``: its ``pretrained_cfg``, or a torchvision
+    classifier's 224 px), else kept at their own size (a list must then share one size), and
+    normalised with the model's mean/std. Whatever runs at its own size is first capped
     at ``max_size`` px on its longest side (aspect kept, with a warning; None: no cap), so no single
     input can exhaust memory. Pixel inputs larger than ``max_size`` are also pre-shrunk before a
     resize, so a huge file never becomes a full-resolution float tensor. For a grayscale model
@@ -381,13 +385,7 @@ def prepare_images(
     shapes = sorted({tuple(t.shape[-2:]) for t in batch})
     if len(shapes) > 1:
         raise ValueError(f"images have different sizes {shapes}; pass image_size=... to resize them to one size")
-    if channels not in (1, 3):
-        raise ValueError(f"the model takes {channels}-channel images; camzoo converts pixels to 1 or 3 channels "
-                         f"only: pass a normalised tensor (B,{channels},H,W)")
-    mean, std = channel_stats(*model_normalisation(model), channels)
-    stacked = torch.cat(batch).to(device)
-    if channels == 1:
-        stacked = (stacked * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    mean_t = torch.tensor(mean, device=device).view(1, channels, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, channels, 1, 1)
-    return (stacked - mean_t) / std_t
+    stacked = pixels_for_model(torch.cat(batch).to(device), channels)
+    mean, std = (torch.tensor(v, device=device).view(1, channels, 1, 1)
+                 for v in channel_stats(*model_normalisation(model), channels))
+    return (stacked - mean) / std

@@ -1,20 +1,30 @@
 """Small facts about a model that every layer of camzoo needs: its device, input size and
-normalisation, eval mode, sync.
+normalisation, where its output keeps the logits (and which layer makes them), eval mode, sync.
 
-Why one module: methods, metrics, the trainer and the harness must agree on these; a second copy
-that restores modes differently is how hooks and train-mode leaks creep back in.
+Why one module: methods, metrics, the loader, the trainer and the harness must agree on these; a
+second copy that restores modes differently is how hooks and train-mode leaks creep back in, and a
+second rule for reading a model's output is how ``camzoo bench`` came to fail on models that
+``camzoo explain`` takes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+# torchvision's classifiers record no input size; the crop of their ImageNet weights' transforms is 224
+# px, except Inception v3's 299 (a ViT keeps its own ``image_size``). Its other model families are
+# fully convolutional or take other inputs: they run at the image's own size.
+TORCHVISION_CROP = 224
+TORCHVISION_CROPS = {"Inception3": 299}
+_TORCHVISION_OTHER_TASKS = ("segmentation", "detection", "video", "optical_flow")
 
 
 def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
@@ -24,6 +34,16 @@ def model_device(model: nn.Module, fallback: torch.device | None = None) -> torc
     for tensor in model.buffers():
         return tensor.device
     return fallback if fallback is not None else torch.device("cpu")
+
+
+def model_in_channels(model: nn.Module) -> int:
+    """The channel count the model's first convolution takes (3 where the model has none).
+
+    Why from the layer: a grayscale classifier (timm ``in_chans=1``) keeps RGB values in its config."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return 3
 
 
 def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -39,10 +59,114 @@ def model_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[floa
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int] | None:
-    """(H, W) the model expects, from its ``pretrained_cfg``; None when it does not say."""
+    """(H, W) the model expects: its ``pretrained_cfg["input_size"]`` (timm, camzoo checkpoints,
+    ``torchvision:NAME``); for a torchvision classifier built directly, :func:`torchvision_input_size`;
+    None when the model does not say (its images then run at their own size).
+
+    Why one rule: ``camzoo.explain`` and ``camzoo explain`` both size images by it, so one model and
+    one photo give one map whichever way the model was built."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
-    return (int(size[-2]), int(size[-1])) if size else None
+    return (int(size[-2]), int(size[-1])) if size else torchvision_input_size(model)
+
+
+def torchvision_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) of a torchvision classification model (its class defined in ``torchvision.models``): a
+    ViT's ``image_size``, else the crop of its ImageNet weights' transforms (:data:`TORCHVISION_CROPS`,
+    else 224); None for any other model, and for torchvision's segmenters, detectors and video models."""
+    module = type(model).__module__
+    if not module.startswith("torchvision.models") or any(f".{task}" in module for task in _TORCHVISION_OTHER_TASKS):
+        return None
+    side = getattr(model, "image_size", None)
+    side = side if isinstance(side, int) and not isinstance(side, bool) else TORCHVISION_CROPS.get(
+        type(model).__name__, TORCHVISION_CROP)
+    return side, side
+
+
+def describe_output(output: object) -> str:
+    """A model output as messages name it: its type, and a mapping's first keys."""
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output)[:10]}"
+    return f"a {type(output).__name__}"
+
+
+def select_output(output: object, selector: OutputSelector = None) -> object:
+    """The logits inside a model's output: the rule of ``camzoo.methods.outputs`` (``output=``),
+    here so that the model loader, below the methods, reads an output exactly as they do.
+
+    None picks by a fixed rule: a tensor is itself; a tuple or list gives its first item; a mapping
+    its ``"logits"`` key; any other object its ``logits`` attribute (dataclasses, Hugging Face
+    outputs). An int indexes a tuple/list, a str names a key or attribute, a callable gets the raw
+    output and returns the logits."""
+    try:
+        if callable(selector):
+            return selector(output)
+        if isinstance(output, torch.Tensor) and selector is not None:
+            raise TypeError(f"output={selector!r} selects from a tuple, list, dict or object, but the model "
+                            "returned a tensor; drop output=")
+        if isinstance(selector, bool):
+            raise TypeError(f"output= must be None, an int, a str or a callable; got {selector!r}")
+        if isinstance(selector, int):
+            return output[selector]  # type: ignore[index]
+        if isinstance(selector, str):
+            return output[selector] if isinstance(output, Mapping) else getattr(output, selector)
+        if selector is not None:
+            raise TypeError(f"output= must be None, an int, a str or a callable; got {type(selector).__name__}")
+    except (IndexError, KeyError, AttributeError, TypeError) as err:
+        if "output= must be" in str(err) or "drop output=" in str(err):
+            raise
+        raise ValueError(f"output={selector!r} does not select anything in the model's output "
+                         f"({describe_output(output)}): {err}") from err
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    if isinstance(output, Mapping):
+        if "logits" in output:
+            return output["logits"]
+        raise ValueError(f"the model returned {describe_output(output)} and none is called 'logits'; pass "
+                         "output='KEY' (or a callable) to say which holds the class logits")
+    if hasattr(output, "logits"):
+        return output.logits  # type: ignore[attr-defined]
+    return output
+
+
+def output_head(model: nn.Module, images: torch.Tensor, output: OutputSelector = None
+                ) -> tuple[str | None, tuple[int, ...] | None]:
+    """Which layer makes the model's logits, and their shape: one forward of ``images`` (no grad, eval
+    mode), its output read by :func:`select_output`, matched to the Linear or convolution whose output
+    holds the same values (the tensor itself or a view of it, e.g. flattened).
+
+    Why: the last Linear is not always the classifier (an auxiliary head may be registered after it),
+    so the class count and the messages about it come from the output itself. Returns (None, shape)
+    when no such layer makes the logits (computed after the head), and (None, None) when the model
+    cannot run on ``images`` or its output holds no tensor logits."""
+    made: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                made[name] = out
+        return hook
+
+    heads = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))]
+    handles = [module.register_forward_hook(keep(name)) for name, module in heads]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = select_output(model(images), output)
+    except Exception:  # the user's model may raise anything; the caller falls back
+        return None, None
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(logits, torch.Tensor):
+        return None, None
+    for name in reversed([name for name, _ in heads]):
+        out = made.get(name)
+        if out is not None and out.numel() == logits.numel() and out.data_ptr() == logits.data_ptr():
+            return name, tuple(logits.shape)
+    return None, tuple(logits.shape)
 
 
 @contextlib.contextmanager

@@ -60,7 +60,8 @@ def test_the_evaluation_split_a_source_sees(data):
     assert split is not data.test and stream.first.images.shape[-1] == 40
     own = ModelSource(None, "a.pth", "a", {}, None, mean=(0.5,), std=(0.25,))
     split, stream = own.evaluation(model, data)
-    assert isinstance(split, Renormalised) and split.mean == (0.5,) and stream.first.images.shape[-1] == 32
+    # one value stands for every channel of a colour model (its images stay colour)
+    assert isinstance(split, Renormalised) and split.mean == (0.5,) * 3 and stream.first.images.shape[1:] == (3, 32, 32)
     assert own.evaluation(model, data)[1] is stream  # prepared once, for every model that asks
 
 

@@ -204,13 +204,16 @@ def test_entry_overrides_reach_the_images_and_the_method(folder, tmp_path, monke
 
 def test_normalisation_defaults_follow_camzoo_explain():
     split = SimpleNamespace(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
-    vit = SimpleNamespace(pretrained_cfg={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+    vit = torch.nn.Conv2d(3, 1, 1)
+    vit.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     plain = ModelSource(None, "a.pth", "a", {}, None)
     assert plain.normalisation(vit, split, explicit=False) == ((0.5,) * 3, (0.5,) * 3)  # the model's own
-    assert plain.normalisation(SimpleNamespace(), split, explicit=False) == (split.mean, split.std)  # none declared
+    assert plain.normalisation(torch.nn.Conv2d(3, 1, 1), split, explicit=False) == (split.mean, split.std)  # none declared
     assert plain.normalisation(vit, split, explicit=True) == (split.mean, split.std)  # the dataset options' win
-    own = ModelSource(None, "a.pth", "a", {}, None, mean=(0.2,), std=(0.3,))
-    assert own.normalisation(vit, split, explicit=True) == ((0.2,), (0.3,))  # the entry's win
+    own = ModelSource(None, "a.pth", "a", {}, None, mean=(0.2,), std=(0.3, 0.4, 0.5))
+    assert own.normalisation(vit, split, explicit=True) == ((0.2,) * 3, (0.3, 0.4, 0.5))  # the entry's win, per channel
+    gray = torch.nn.Conv2d(1, 1, 1)  # a grayscale model: one value each, the averages
+    assert np.allclose(plain.normalisation(gray, split, explicit=True), ((0.2,), (0.5,)))
 
 
 def test_bad_overrides_are_one_line_each_and_leave_nothing(folder, tmp_path):

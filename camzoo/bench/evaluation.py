@@ -93,7 +93,9 @@ class EvalStream:
 
 class Renormalised(torch.utils.data.Dataset):
     """A split's items normalised with another mean/std (a ``[[models]]`` entry's own): the split's
-    normalisation undone, the entry's applied. Module level, so loader workers can pickle it."""
+    normalisation undone, the entry's applied. One mean/std value: a grayscale model's, whose images
+    become their luma first, as ``camzoo.explain`` gives them (``inputs.pixels_for_model``). Module
+    level, so loader workers can pickle it."""
 
     def __init__(self, split: Any, mean: Sequence[float], std: Sequence[float]):
         self.split, self.mean, self.std = split, tuple(mean), tuple(std)
@@ -108,9 +110,12 @@ class Renormalised(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
+        from ..inputs import pixels_for_model
+
         image, label, target = self.split[index]
         (scale, shift), (mean, std) = self._undo, self._apply
-        return (image * scale + shift - mean) / std, label, target
+        pixels = pixels_for_model((image * scale + shift)[None], len(self.mean))[0]
+        return (pixels - mean) / std, label, target
 
 
 def fingerprint(*tensors: torch.Tensor, digest: Any = None) -> str:

@@ -90,10 +90,10 @@ def uniform_noise(shape: Sequence[int], epsilon: float, generator: torch.Generat
 @torch.no_grad()
 def predictions(model: nn.Module, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """The model's top-1 class of every image (eval mode, ``chunk_size`` images per forward)."""
-    from ..modelutil import eval_mode
+    from ..modelutil import eval_mode, select_output
 
     with eval_mode(model):
-        return torch.cat([model(chunk).argmax(1) for chunk in images.split(chunk_size)])
+        return torch.cat([select_output(model(chunk)).argmax(1) for chunk in images.split(chunk_size)])
 
 
 @dataclass

@@ -257,9 +257,10 @@ def explain_rate(model: nn.Module, group: tuple[str, ...], images: Any, batch: i
 
 def layer_channels(model: nn.Module, method: str, layer: str | None, size: int, device: torch.device) -> int:
     """Channels of the layer a method explains (a per-channel method runs one pass per channel)."""
+    from ..inputs import model_in_channels
     from ..methods.layers import get_layer, resolve_layers
 
-    probe = torch.zeros(1, 3, size, size, device=device)
+    probe = torch.zeros(1, model_in_channels(model), size, size, device=device)
     name = resolve_layers(model, layer, probe=probe)[0]
     found: list[int] = []
     handle = get_layer(model, name).register_forward_hook(lambda _m, _i, out: found.append(int(out.shape[1])))

@@ -10,11 +10,15 @@ trained: their accuracy is measured on the dataset. Loading goes through
 does not fit names its keys).
 
 An entry may also say how its images are prepared and explained, each defaulting to what
-``camzoo.explain`` chooses: ``layer`` (the CAM layer), ``reshape`` (``"package.module:function"``, a
+``camzoo.explain`` chooses: ``output`` (where the model's output keeps the logits: an index or a
+key/attribute name, as ``camzoo explain --output``; every forward of the run reads them by
+``camzoo.methods.outputs``' one rule), ``layer`` (the CAM layer), ``reshape`` (``"package.module:function"``, a
 callable turning the layer's output into (B,C,h,w); default: camzoo's rule for tokens and
 channels-last outputs), ``image_size`` (default: the dataset entry's, as ``explain(image_size=...)``)
 and ``mean``/``std`` (default: the dataset options' own ``mean``/``std`` where given, else the
-model's declared normalisation, its ``pretrained_cfg``, else the dataset's).
+model's declared normalisation, its ``pretrained_cfg``, else the dataset's). A grayscale model (its
+first convolution takes one channel) sees the images as ``camzoo.explain`` gives them to it: their
+luma, normalised with the averaged mean/std.
 
 A model the benchmark trains is a :class:`TrainedSource`. Both kinds of source answer the same
 questions, so a model job never asks which one it has: :meth:`obtain` the model (train, reuse or
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from .evaluation import EvalStream
 
 SOURCE_KIND = "checkpoint"  # the Kind column of a loaded model's rows
-ENTRY_KEYS = ("name", "checkpoints", "label", "options", "layer", "reshape", "image_size", "mean", "std")
+ENTRY_KEYS = ("name", "checkpoints", "label", "options", "output", "layer", "reshape", "image_size", "mean", "std")
 
 
 class Obtained(NamedTuple):
@@ -108,6 +112,7 @@ class ModelSource:
     image_size: int | None = None  # None: the dataset entry's
     mean: tuple[float, ...] | None = None  # None: see :meth:`normalisation`
     std: tuple[float, ...] | None = None
+    output: int | str | None = None  # where the output keeps the logits (camzoo.explain's output=)
 
     def reshape_function(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The entry's ``reshape`` callable (None: camzoo's own rule, as in ``camzoo.explain``)."""
@@ -116,18 +121,31 @@ class ModelSource:
     def normalisation(self, model: nn.Module, split: Any, explicit: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Mean/std the model sees: the entry's; else the dataset's when its options set them
         (``explicit``); else what ``camzoo.explain`` uses, the model's declared ``pretrained_cfg``;
-        else the dataset's (a model that declares none, e.g. torchvision's)."""
+        else the dataset's (a model that declares none, e.g. torchvision's). One value per channel
+        of the model's first convolution (``inputs.channel_stats``: a grayscale model gets the
+        averages, and its images become their luma)."""
+        from ..inputs import channel_stats, model_in_channels
+
         declared = getattr(model, "pretrained_cfg", None) or {}
         own = (tuple(split.mean), tuple(split.std))
         default = own if explicit else tuple(tuple(float(v) for v in declared.get(key, fallback))
                                              for key, fallback in (("mean", own[0]), ("std", own[1])))
-        return self.mean or default[0], self.std or default[1]
+        channels = model_in_channels(model)  # each on its own: an entry may give 1 value for one and 3 for the other
+        mean, std = (channel_stats(values, values, channels)[0] for values in (self.mean or default[0], self.std or default[1]))
+        return mean, std
 
-    def load(self, device: torch.device | str = "cpu", num_classes: int | None = None) -> nn.Module:
-        """The model in eval mode on ``device``."""
+    def load(self, device: torch.device | str = "cpu", num_classes: int | None = None, read: bool = True) -> nn.Module:
+        """The model in eval mode on ``device``; with ``read``, a classifier's forward returns its logits,
+        read from whatever it returns as ``camzoo.explain`` reads them (``outputs.read_logits``, the
+        entry's ``output``), so accuracy, metrics and games need no rule of their own."""
+        from ..inference import is_detector, is_segmenter
+        from ..methods.outputs import read_logits
         from ..models.loading import load_any_model
 
-        model = load_any_model(self.name, self.checkpoint, num_classes, dict(self.options) or None)
+        model = load_any_model(self.name, self.checkpoint, num_classes, dict(self.options) or None,
+                               output=self.output)
+        if read and not (is_segmenter(model) or is_detector(model)):
+            read_logits(model, self.output)
         return model.to(device).eval()
 
     def obtain(self, data: DatasetData, device: torch.device, models: Path) -> Obtained:
@@ -163,7 +181,7 @@ def sources(entry: Mapping[str, Any]) -> tuple[ModelSource, ...]:
     stats = {key: tuple(float(v) for v in entry[key]) if entry.get(key) else None for key in ("mean", "std")}
     return tuple(ModelSource(entry.get("name") or None, str(path), entry_label(entry), options,
                              entry.get("layer") or None, entry.get("reshape") or None, entry.get("image_size"),
-                             **stats) for path in entry["checkpoints"])
+                             **stats, output=entry.get("output")) for path in entry["checkpoints"])
 
 
 def import_callable(spec: str) -> Callable[..., Any]:
@@ -228,6 +246,10 @@ def entry_problems(models: object) -> list[str]:
         for key in ("name", "label", "layer"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 problems.append(f"{where}.{key} must be a string, got {entry[key]!r}")
+        output = entry.get("output")
+        if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str)) or output == ""):
+            problems.append(f"{where}.output must be an index (an integer) or a key/attribute name (a string) of the "
+                            f"model's output, got {output!r}")
         if not isinstance(entry.get("options", {}), Mapping):
             problems.append(f"{where}.options must be a table of constructor arguments, got {entry['options']!r}")
         problems += _override_problems(entry, where)
@@ -239,9 +261,10 @@ def entry_problems(models: object) -> list[str]:
 
 def load_problems(models: Sequence[Sequence[ModelSource]], datasets: Mapping[str, Any]) -> list[str]:
     """Load every checkpoint on the CPU and check it against every dataset: it must load (one line
-    naming missing/unexpected keys otherwise), and its outputs must be the dataset's classes — or
-    cover the dataset's class map (``classes.txt`` / ``class_index``, e.g. ImageNet's 1,000 outputs on
-    a 10-class folder). ``models``: each entry's sources; ``datasets``: name -> the loaded test split."""
+    naming missing/unexpected keys otherwise), run, and give class logits (:func:`output_problem`)
+    that are the dataset's classes — or cover the dataset's class map (``classes.txt`` /
+    ``class_index``, e.g. ImageNet's 1,000 outputs on a 10-class folder). ``models``: each entry's
+    sources; ``datasets``: name -> the loaded test split."""
     from ..models.loading import ModelSpecError
 
     problems: list[str] = []
@@ -251,13 +274,12 @@ def load_problems(models: Sequence[Sequence[ModelSource]], datasets: Mapping[str
                 problems.append(f"model {source.label}: checkpoint {source.checkpoint!r} does not exist")
                 continue
             try:
-                model = source.load("cpu")
+                model = source.load("cpu", read=False)
             except (ModelSpecError, ValueError, TypeError, RuntimeError, OSError) as err:
                 problems.append(f"model {source.label}: {source.checkpoint}: {err}")
                 continue
-            outputs = _output_count(model)
             for name, split in datasets.items():
-                problem = class_problem(outputs, split) or forward_problem(model, source.image_size or _side(split))
+                problem = output_problem(model, source.output, source.image_size or _side(split), split)
                 if problem:
                     problems.append(f"model {source.label} ({source.checkpoint}) on dataset {name!r}: {problem}")
     return problems
@@ -269,18 +291,43 @@ def _side(split: Any) -> int:
     return int(size) if isinstance(size, int) else int(split[0][0].shape[-1])
 
 
-def forward_problem(model: nn.Module, side: int) -> str | None:
-    """Why the model cannot run one image of ``side`` px (None when it can): a ViT built for another
-    size, a stem that downsamples below 1 px. Checked before anything runs."""
-    from ..inputs import model_in_channels
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
+
+def output_problem(model: nn.Module, output: int | str | None, side: int, split: Any) -> str | None:
+    """Why the model cannot be scored on ``split`` at ``side`` px (None when it can), from one forward
+    of a blank image read as ``camzoo explain`` reads it (``output``: the entry's selector): it must
+    run (a ViT built for another size, a stem that downsamples below 1 px cannot), give (1, K) class
+    logits, and K must fit the dataset (:func:`class_problem`). K is the output's own width, not a
+    guess from the last Linear layer (an auxiliary head may come after the classifier), and a K that
+    does not fit names the layer that made it (``modelutil.output_head``)."""
+    from ..inference import is_detector, is_segmenter
+    from ..inputs import model_in_channels
+    from ..methods.outputs import logits_of
+    from ..modelutil import output_head
+
+    probe = torch.zeros(1, model_in_channels(model), side, side)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, model_in_channels(model), side, side))
+            raw = model(probe)
     except (RuntimeError, ValueError, AssertionError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"it does not run on {side} px images ({first}); set the entry's image_size or the dataset's"
-    return None
+        return f"it does not run on {side} px images ({_first_line(err)}); set the entry's image_size or the dataset's"
+    if is_segmenter(model) or is_detector(model):  # the object track reads their outputs itself
+        count = getattr(model, "num_classes", None)
+        return class_problem(count if isinstance(count, int) and count > 0 else None, split)
+    try:
+        count = int(logits_of(raw, model, probe, output).shape[1])
+    except (ValueError, TypeError) as err:
+        what = _first_line(err).split("; pass output=")[0]  # the API's remedy; this is the bench's
+        return f"its output is not class logits: {what}; set output = \"KEY\" (or an index) in its [[models]] entry, " \
+               "or pass camzoo bench --output KEY"
+    problem = class_problem(count, split)
+    if problem:
+        head, shape = output_head(model, probe, output)
+        made = f"from layer {head!r}" if head else "not straight from a Linear or convolution layer"
+        problem += f" (the model's output, shape {shape}, comes {made})"
+    return problem
 
 
 def class_problem(outputs: int | None, split: Any) -> str | None:
@@ -297,31 +344,24 @@ def class_problem(outputs: int | None, split: Any) -> str | None:
     return None
 
 
-def _output_count(model: nn.Module) -> int | None:
-    """The classifier's outputs: timm's and camzoo's ``num_classes``, else the last Linear layer's
-    width (torchvision); None when neither says (the model is then trusted)."""
-    count = getattr(model, "num_classes", None)
-    if isinstance(count, int) and count > 0:
-        return int(count)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
 def one_command_overrides(model: str | None, checkpoints: Sequence[str | Path], data: str | Path | None,
                           dataset: str = "annotated", methods: str | None = None, images: int | None = None,
-                          image_size: int | None = None) -> dict[str, Any]:
+                          image_size: int | None = None, output: str | None = None) -> dict[str, Any]:
     """``camzoo bench --model NAME --checkpoint A [--checkpoint B] --data ROOT ...`` as config overrides:
-    one ``[[models]]`` entry, one dataset, the methods plus every control; {} without checkpoints."""
+    one ``[[models]]`` entry, one dataset, the methods plus every control; {} without checkpoints.
+    ``output``: ``--output`` as ``camzoo explain`` reads it (digits: an index, else a key or attribute)."""
     if not checkpoints:
-        if model or data or methods or images or image_size:
-            raise ValueError("--model, --data, --methods, --images and --image-size describe your own models: "
-                             "give them with --checkpoint (one per trained model)")
+        if model or data or methods or images or image_size or output:
+            raise ValueError("--model, --data, --methods, --images, --image-size and --output describe your own "
+                             "models: give them with --checkpoint (one per trained model)")
         return {}
     if data is None:
         raise ValueError("--checkpoint needs --data ROOT: the image folder to score the models on")
     entry: dict[str, Any] = {"checkpoints": [str(path) for path in checkpoints]}
     if model:
         entry["name"] = model
+    if output:
+        entry["output"] = int(output) if output.lstrip("-").isdigit() else output
     chosen = [m.strip() for m in (methods or "@one-pass").split(",") if m.strip()]
     overrides: dict[str, Any] = {
         "models": [entry], "methods": [*chosen, "@controls"],

@@ -47,10 +47,12 @@ def register(group: click.Group) -> None:
 @click.option("--images", type=click.IntRange(min=1),
               help="Evaluation images: N of --data, taken class by class in proportion (seeded).")
 @click.option("--image-size", type=click.IntRange(min=8), help="Side the --data images are resized to.")
+@click.option("--output", help="Where your model's output holds the logits, as for camzoo explain: an index (tuple) "
+              "or a key/attribute name (default: a tensor itself, a tuple's first item, a dict's or object's 'logits').")
 def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, device: str | None,
                   print_config: bool, no_progress: bool, html: bool, check: bool, with_estimate: bool, nproc: int,
                   model_name: str | None, checkpoints: tuple[Path, ...], data_root: Path | None, dataset_name: str,
-                  method_list: str | None, images: int | None, image_size: int | None) -> None:
+                  method_list: str | None, images: int | None, image_size: int | None, output: str | None = None) -> None:
     """Train or load every model of the grid, explain, score, and write tables and plots.
 
     Every finished cell is committed to DIR/results.sqlite at once: rerunning the same command after
@@ -63,7 +65,7 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
 
     try:
         overrides = one_command_overrides(model_name, checkpoints, data_root, dataset_name, method_list, images,
-                                          image_size)
+                                          image_size, output)
         if device:
             overrides["device"] = device
         config = resolve_config(preset, config_file, overrides)

@@ -33,12 +33,12 @@ DETECTION_COLUMNS = ("box", "box_score")  # added for --task detection: the expl
 
 
 def load_model_for_cli(name: str | None, checkpoint: Path | None, num_classes: int | None,
-                       model_options: dict[str, Any] | None = None):
+                       model_options: dict[str, Any] | None = None, output: int | str | None = None):
     """camzoo.models.loading.load_any_model, its errors as click errors on the option at fault."""
     from ..models.loading import ModelSpecError, load_any_model
 
     try:
-        return load_any_model(name, checkpoint, num_classes, model_options or None)
+        return load_any_model(name, checkpoint, num_classes, model_options or None, output=output)
     except ModelSpecError as err:
         if err.param == "model" and name is None:
             raise click.UsageError("--model NAME is needed unless --checkpoint is a camzoo model "
@@ -175,7 +175,8 @@ def _probe(model: Any, explainers: list[Any], size: tuple[int, int], device: Any
               help="Where the model's output holds the logits: an index (tuple) or a key/attribute name "
                    "(default: a tensor itself, a tuple's first item, a dict's 'logits').")
 @click.option("--image-size", type=click.IntRange(min=1),
-              help="Side the model sees (default: the model's input size; none: each photo's own, e.g. for detectors).")
+              help="Side the model sees (default: the model's input size, as camzoo.explain; a model that declares "
+                   "none, e.g. a detector or your own factory's: each photo's own).")
 @click.option("--max-size", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Longest side kept of each photo (larger ones are downscaled, aspect kept); 0: no limit.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
@@ -232,7 +233,8 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
         raise click.UsageError(str(err)) from err
     check_writable(out_dir, "--out", is_dir=True)
     torch_device = resolve_device_option(device)
-    model = load_model_for_cli(model_name, checkpoint, num_classes, model_options)
+    selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
+    model = load_model_for_cli(model_name, checkpoint, num_classes, model_options, selector)
     if checkpoint is None:
         click.echo("warning: no --checkpoint given; the model has random weights, so its maps mean nothing", err=True)
     model = model.to(torch_device).eval()
@@ -243,12 +245,10 @@ def explain_command(inputs: tuple[str, ...], out_dir: Path, model_name: str | No
                                  "per image in the order they are listed", param_hint="--mask")
     if box is not None:
         check_box_inside(box, files)
+    # camzoo.explain's rule (modelutil.model_input_size): the model's input size, else each photo's own
     size = (image_size, image_size) if image_size else model_input_size(model)
-    if size is None and task == "classification":
-        raise click.UsageError("the model does not say its input size; pass --image-size")
     try:
         layer = None if not layers else layers[0] if len(layers) == 1 else list(layers)
-        selector = int(output) if output is not None and output.lstrip("-").isdigit() else output
         options = {"output": selector} if selector is not None else {}
         explainers = [cls(model, layer=layer, **options, **method_options) for cls in classes]
     except TypeError as err:

@@ -50,8 +50,9 @@ def collate(items: Sequence[tuple]) -> Batch:
     """Items ``(image, label)`` or ``(image, label, target)`` (data contract) -> one batch."""
     images = torch.stack([torch.as_tensor(it[0]) for it in items])
     labels = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"dataset items must be images of shape (3, H, W); got a batch of shape {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[1] not in (1, 3):  # 1: a grayscale model's view (bench.evaluation.Renormalised)
+        raise ValueError(f"dataset items must be images of shape (3, H, W) or (1, H, W); got a batch of shape "
+                         f"{tuple(images.shape)}")
     found = [it[2] if len(it) > 2 and isinstance(it[2], dict) else {} for it in items]
     targets: dict[str, torch.Tensor] = {}
     if all("mask" in t for t in found):

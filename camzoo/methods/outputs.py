@@ -7,19 +7,23 @@ precision, is explained the same way by all of them.
 ``output=`` selector (``camzoo.explain(..., output=...)``): None picks the logits by a fixed rule —
 a tensor is itself; a tuple or list gives its first item; a mapping its ``"logits"`` key; any other
 object its ``logits`` attribute (dataclasses, Hugging Face outputs). An int indexes a tuple/list, a
-str names a key or attribute, a callable gets the raw output and returns the logits.
+str names a key or attribute, a callable gets the raw output and returns the logits. The rule itself
+(``select_output``) lives in ``camzoo.modelutil``, so that the model loader reads outputs by it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
+from ..modelutil import OutputSelector, select_output  # (re-exported: the methods read them here)
+from ..modelutil import describe_output as _describe
+
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda only
 
 
@@ -29,47 +33,6 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
-
-
-def _describe(output: object) -> str:
-    if isinstance(output, Mapping):
-        return f"a {type(output).__name__} with keys {list(output)[:10]}"
-    return f"a {type(output).__name__}"
-
-
-def select_output(output: object, selector: OutputSelector = None) -> object:
-    """The logits inside a model's output, by the rule in the module docstring."""
-    try:
-        if callable(selector):
-            return selector(output)
-        if isinstance(output, torch.Tensor) and selector is not None:
-            raise TypeError(f"output={selector!r} selects from a tuple, list, dict or object, but the model "
-                            "returned a tensor; drop output=")
-        if isinstance(selector, bool):
-            raise TypeError(f"output= must be None, an int, a str or a callable; got {selector!r}")
-        if isinstance(selector, int):
-            return output[selector]  # type: ignore[index]
-        if isinstance(selector, str):
-            return output[selector] if isinstance(output, Mapping) else getattr(output, selector)
-        if selector is not None:
-            raise TypeError(f"output= must be None, an int, a str or a callable; got {type(selector).__name__}")
-    except (IndexError, KeyError, AttributeError, TypeError) as err:
-        if "output= must be" in str(err) or "drop output=" in str(err):
-            raise
-        raise ValueError(f"output={selector!r} does not select anything in the model's output ({_describe(output)}): "
-                         f"{err}") from err
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output:
-        return output[0]
-    if isinstance(output, Mapping):
-        if "logits" in output:
-            return output["logits"]
-        raise ValueError(f"the model returned {_describe(output)} and none is called 'logits'; pass "
-                         "output='KEY' (or a callable) to say which holds the class logits")
-    if hasattr(output, "logits"):
-        return output.logits  # type: ignore[attr-defined]
-    return output
 
 
 def check_logits(logits: object, model: nn.Module | None = None, batch: int | None = None) -> torch.Tensor:
@@ -145,6 +108,26 @@ def logits_of(raw: object, model: nn.Module, images: torch.Tensor, output: Outpu
 def run_model(model: nn.Module, images: torch.Tensor, output: OutputSelector = None) -> torch.Tensor:
     """``model(images)``'s (B, K) logits: :func:`forward_raw`, then :func:`logits_of`."""
     return logits_of(forward_raw(model, images), model, images, output)
+
+
+def read_logits(model: nn.Module, output: OutputSelector = None) -> nn.Module:
+    """``model`` itself, its ``forward`` now returning the (B, K) float logits that :func:`logits_of`
+    reads from what the model returns (``output``: the selector, as ``camzoo.explain(output=...)``).
+
+    Why: the benchmark's accuracy, metrics and games call ``model(x)`` and need logits; a model that
+    returns a tuple, a dict, a dataclass or a Hugging Face ``ModelOutput`` is read for them exactly as
+    ``camzoo.explain`` reads it for its maps. No wrapper module: layer names, hooks and weights stay
+    the model's own. Calling it again only replaces the selector."""
+    if "_camzoo_raw_forward" not in vars(model):
+        model._camzoo_raw_forward = model.forward
+        model.forward = types.MethodType(_logits_forward, model)
+    model._camzoo_output = output
+    return model
+
+
+def _logits_forward(self: nn.Module, images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`read_logits`'s forward: the model's own, then :func:`logits_of`."""
+    return logits_of(self._camzoo_raw_forward(images, *args, **kwargs), self, images, self._camzoo_output)
 
 
 TargetFunction = Callable[[torch.Tensor], torch.Tensor]

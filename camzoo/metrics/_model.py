@@ -12,7 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..modelutil import eval_mode, model_device  # noqa: F401  (eval_mode is re-exported for the metrics)
+from ..modelutil import eval_mode, model_device, select_output  # noqa: F401  (eval_mode is re-exported for the metrics)
 
 
 def check_same_device(model: nn.Module, images: torch.Tensor) -> None:
@@ -34,12 +34,10 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 
 def class_scores(model: nn.Module, images: torch.Tensor, softmax: bool = True, autocast: bool = False) -> torch.Tensor:
     """All class scores (B,num_classes) float32 of one forward pass: softmax probabilities, or raw outputs."""
-    with autocast_context(images.device, autocast):
-        outputs = model(images)
-    if isinstance(outputs, (tuple, list)):  # models that also return an attention map
-        outputs = outputs[0]
-    if outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
-        raise ValueError(f"the model must return logits (B,num_classes); got shape {tuple(outputs.shape)}")
+    with autocast_context(images.device, autocast):  # read as camzoo.explain reads it: a tuple's first item,
+        outputs = select_output(model(images))  # a dict's or a dataclass's logits
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 or outputs.shape[0] != images.shape[0]:
+        raise ValueError(f"the model must return logits (B,num_classes); got {getattr(outputs, 'shape', type(outputs).__name__)}")
     outputs = outputs.float()
     return outputs.softmax(dim=1) if softmax else outputs
 

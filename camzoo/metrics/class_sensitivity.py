@@ -63,10 +63,11 @@ def _num_classes(model: nn.Module, images: torch.Tensor) -> int:
     declared = getattr(model, "num_classes", None)
     if isinstance(declared, int) and declared > 0:
         return declared
+    from ..modelutil import select_output
     from ._model import eval_mode
 
     with eval_mode(model), torch.no_grad():
-        return int(model(images[:1]).shape[1])
+        return int(select_output(model(images[:1])).shape[1])  # read as camzoo.explain reads it
 
 
 def random_other_classes(targets: torch.Tensor, num_classes: int, seed: int = 0) -> torch.Tensor:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..inputs import channel_stats
 from ..modelutil import model_normalisation
 from . import causal, faithfulness
 from . import games as games_module
@@ -93,7 +94,8 @@ def srg(substrate: str) -> Callable[[ScoringContext], Row]:
 
     def compute(ctx: ScoringContext) -> Row:
         # ROAD's noise is 0.01 in [0,1] pixel units: in the normalised space the model sees, 0.01 / std
-        road_noise = [0.01 / s for s in model_normalisation(ctx.model)[1]]
+        # (one std per channel of the images: a grayscale model's is the average, inputs.channel_stats)
+        road_noise = [0.01 / s for s in channel_stats(*model_normalisation(ctx.model), ctx.images.shape[1])[1]]
         games = ctx.games
         key = (f"srg_{substrate}", ctx.settings.deletion_steps, ctx.settings.deletion_fraction, ctx.settings.game_images,
                ctx.settings.protocol, ctx.settings.predicted_target, ctx.settings.chunk_size,

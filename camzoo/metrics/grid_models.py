@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..inputs import model_in_channels
 from ..methods.layers import detect_layer, get_layer
-from ..modelutil import model_device, model_input_size
+from ..modelutil import model_device, model_input_size, select_output
 from .grids import _check_grid_size, cell_masks, grid_pointing_game, grid_targets
 
 
@@ -128,7 +129,7 @@ def split_classifier(
         if head is None:
             head = _Call(model, lambda pooled: model.forward_head(pooled[:, :, None, None]))
     else:
-        probe = torch.zeros(1, 3, probe_size, probe_size, device=model_device(model))
+        probe = torch.zeros(1, model_in_channels(model), probe_size, probe_size, device=model_device(model))
         feats = LayerOutput(model, detect_layer(model, probe))
     if head is None:
         head = _last_linear(model)
@@ -181,13 +182,13 @@ class GridWrapper(nn.Module):
     def _verify(self, model: nn.Module, size: int, check: bool = True) -> int:
         was_training = [(m, m.training) for m in self.modules()] + [(m, m.training) for m in model.modules()]
         generator = torch.Generator().manual_seed(0)
-        probe = torch.randn(2, 3, size, size, generator=generator).to(model_device(model))
+        probe = torch.randn(2, model_in_channels(model), size, size, generator=generator).to(model_device(model))
         problem = ""
         try:
             self.eval()
             model.eval()
             with torch.no_grad():
-                expected = model(probe)
+                expected = select_output(model(probe))  # read as camzoo.explain reads it
                 try:
                     got = self.head(self.features(probe).mean(dim=(2, 3)))
                 except RuntimeError as err:  # e.g. a head that expects flattened, not pooled, features

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_maps
+from ..modelutil import select_output
 from ._model import eval_mode
 
 TOTAL_EPSILON = 1e-7  # a map whose positive mass is at most this scores 0 (the paper's rule)
@@ -98,7 +99,7 @@ def confident_cells(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     with eval_mode(model):
-        logits = torch.cat([model(chunk) for chunk in images.split(batch_size)])
+        logits = torch.cat([select_output(model(chunk)) for chunk in images.split(batch_size)])  # as explain reads it
     if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
         raise ValueError(f"the model must return (B, K) logits; got {tuple(logits.shape)}")
     if labels.numel() and int(labels.max()) >= logits.shape[1]:

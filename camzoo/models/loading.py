@@ -184,11 +184,21 @@ def _stem_channels(model: nn.Module, state: Mapping[str, Any]) -> int | None:
     return int(weight.shape[1]) if hasattr(weight, "shape") and len(weight.shape) == 4 else None
 
 
-def _head_classes(model: nn.Module, state: Mapping[str, Any]) -> int | None:
-    """Class count of a state_dict: rows of the weight that the model's last Linear (or 1x1 conv) loads."""
-    heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    weight = state.get(f"{heads[-1]}.weight") if heads else None
-    return int(weight.shape[0]) if hasattr(weight, "shape") and len(weight.shape) >= 1 else None
+def _head_classes(model: nn.Module, state: Mapping[str, Any], output: Any = None) -> tuple[int | None, str | None]:
+    """Class count of a state_dict and the layer it was read from: the rows of the weight that the
+    layer making the model's logits loads (``modelutil.output_head``: one probe forward of ``model``,
+    its output read as ``camzoo.explain`` reads it, ``output`` the selector); else, when the probe
+    cannot tell, the last Linear (or 1x1 conv). Why not always the last: an auxiliary head may be
+    registered after the classifier."""
+    from ..modelutil import model_in_channels, model_input_size, output_head
+
+    probe = torch.zeros(1, model_in_channels(model), *(model_input_size(model) or (64, 64)))
+    head = output_head(model, probe, output)[0]
+    if head is None:
+        heads = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        head = heads[-1] if heads else None
+    weight = state.get(f"{head}.weight") if head else None
+    return (int(weight.shape[0]) if hasattr(weight, "shape") and len(weight.shape) >= 1 else None), head
 
 
 def _unwrap_state(payload: Any, checkpoint: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
@@ -233,7 +243,7 @@ def _camzoo_model(payload: dict, checkpoint: str | os.PathLike, name: str | None
 
 
 def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_classes: int | None = None,
-                   factory_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                   factory_kwargs: Mapping[str, Any] | None = None, output: Any = None) -> nn.Module:
     """A camzoo checkpoint as saved, or an architecture with optional local weights, in eval mode.
 
     Args:
@@ -249,6 +259,8 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
             gets ``num_classes`` (and ``in_chans`` read from the weights) only if it has such a parameter.
         factory_kwargs: keyword arguments for the constructor (timm.create_model, torchvision's
             get_model or the factory), e.g. ``{"in_chans": 1}`` or ``{"img_size": 64}``.
+        output: where the model's output keeps the logits (``camzoo.explain``'s ``output=``): the
+            class count is read from the weights of the layer that makes them.
 
     Returns:
         The model. Errors are :class:`ModelSpecError`, one line, ``param`` naming the option at fault.
@@ -290,19 +302,24 @@ def load_any_model(name: str | None, checkpoint: str | os.PathLike | None, num_c
     if state is None:
         return _make(build, label, num_classes).eval()
     reader = getattr(build, "read_state", None)  # torchvision segmenters / detectors: their own head rule
+    read_from = ""  # where a class count read from the weights came from, for a state_dict that does not fit
     if reader is not None:
         found, implied = reader(state)
         model = _make(build, label, found if num_classes is None else num_classes, None, **implied)
     else:
         default = _make(build, label)
         if num_classes is None:
-            num_classes = _head_classes(default, state)
+            num_classes, head = _head_classes(default, state, output)
+            if num_classes is not None:
+                read_from = f" (the class count {num_classes} is the rows of {head}.weight, the layer that makes " \
+                            "the model's output)"
         in_chans = _stem_channels(default, state)
         in_chans = None if in_chans in (None, 3) or label.startswith("torchvision") or "in_chans" in kwargs else in_chans
         model = _make(build, label, num_classes, in_chans)
     state = _with_batch_counters(model, state)
     problem = state_dict_mismatch(model, state)
     if problem:
-        raise ModelSpecError(f"{str(checkpoint)!r} does not fit {label}: {problem}", "checkpoint")
+        raise ModelSpecError(f"{str(checkpoint)!r} does not fit {label}: {problem}{read_from}",
+                             "checkpoint")
     model.load_state_dict(state)
     return model.eval()

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..modelutil import IMAGENET_MEAN, IMAGENET_STD
+from ..modelutil import IMAGENET_MEAN, IMAGENET_STD, torchvision_input_size
 
 PREFIX = "torchvision:"
 CLASSIFIER_INPUT_SIZE = (3, 224, 224)  # torchvision classifiers do not record theirs; ImageNet ones use 224
@@ -145,7 +145,8 @@ def _mark(model: nn.Module, arch: str, num_classes: int | None) -> nn.Module:
     task = task_of(arch)
     if task == "classification":
         count = num_classes or 1000
-        model.pretrained_cfg = {"input_size": CLASSIFIER_INPUT_SIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+        side = torchvision_input_size(model) or CLASSIFIER_INPUT_SIZE[1:]  # camzoo.explain's rule for the same class
+        model.pretrained_cfg = {"input_size": (3, *side), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                                 "num_classes": count}
         model.num_classes = count
         return model
