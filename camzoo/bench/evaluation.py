@@ -86,7 +86,7 @@ class EvalStream:
 
     @property
     def last_start(self) -> int:
-        """The first image of the last block: there every method's cell is complete as soon as its group
+        """The first image of the last block: there every method's cell is complete as soon as it
         is scored (``score_model`` hands it over then)."""
         return max(0, (self.count - 1) // self.block * self.block)
 

@@ -68,7 +68,7 @@ class JobCells:
     def compute(self, job: ModelJob, done: Callable[[CellKey], bool],
                 progress: Callable[[str], None] | None = None) -> Iterator[CellOut]:
         """The cells of ``job`` that are not ``done``, each as soon as it is computed (a method's cell
-        as soon as its group is scored on the last block); ``progress`` hears what is being done."""
+        as soon as it is scored on the last block); ``progress`` hears what is being done."""
         from ..batchnorm_folding import fold_batchnorm
 
         plan, data = self.plan, self._datasets.get(job.dataset.key)

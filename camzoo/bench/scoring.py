@@ -28,8 +28,8 @@ def score_model(model: torch.nn.Module, scorer: torch.nn.Module, blocks: Iterabl
                 device: torch.device, keep_maps: int, last_start: int | None = None,
                 progress: Callable[[str], None] | None = None) -> Iterator[tuple[str, Cell, dict[str, np.ndarray]]]:
     """Explain and score every block with every group, and yield each method's cell as soon as it is
-    complete: the blocks' rows joined (``metrics.combine_blocks``), the maps of the first ``keep_maps``
-    images, each metric's time.
+    complete (on the last block, right after the method is scored): the blocks' rows joined
+    (``metrics.combine_blocks``), the maps of the first ``keep_maps`` images, each metric's time.
 
     Args:
         model: the classifier the methods explain; scorer: its BatchNorm-folded copy, which the games
@@ -41,8 +41,8 @@ def score_model(model: torch.nn.Module, scorer: torch.nn.Module, blocks: Iterabl
         layers, reshape: each row's layer and a ``[[models]]`` entry's reshape rule (the job's source).
         batch_size, device: images per explain call, and where the blocks live.
         keep_maps: maps are kept for the first N evaluation images (gallery, report.html, stability).
-        last_start: the first image of the last block (``EvalStream.last_start``): there, each group's
-            cells are yielded as soon as the group is scored, so that a run stopped midway keeps them
+        last_start: the first image of the last block (``EvalStream.last_start``): there, each method's
+            cell is yielded as soon as the method is scored, so that a run stopped midway keeps it
             (None, or ``eval.reliability = "full"``, whose perturbed passes follow the last group: after
             the last block).
         progress: called with what is being done ("explaining gradcam, ...", "scoring gradcam"), so a
@@ -88,8 +88,7 @@ def score_model(model: torch.nn.Module, scorer: torch.nn.Module, blocks: Iterabl
                 keep = min(keep_maps - block.start, maps.shape[0])
                 if keep > 0:
                     kept[method].append((maps[:keep].half().cpu(), raw[:keep].float().cpu().clone()))
-            if final:  # the group's cells are complete: hand them over now
-                for method in group:
+                if final:  # the method's cell is complete: hand it over now
                     yield finished(index, method)
         if full:  # after every method: the passes replay the grids the unperturbed cells played
             from .perturbation import perturbed_block
