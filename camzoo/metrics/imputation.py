@@ -207,15 +207,15 @@ def _sparse_solve(known: torch.Tensor, removed: torch.Tensor, total_weight: torc
     from concurrent.futures import ThreadPoolExecutor
 
     n, c, h, w = known.shape
-    right_side = _neighbour_sum(known.double()).flatten(2).cpu().numpy()  # W known, (N,C,H*W)
+    values = known.flatten(2).cpu().numpy()  # (N,C,H*W), removed pixels 0
     masks = removed.flatten(1).cpu().numpy()
     diagonal = total_weight.flatten().double().cpu().numpy()
     result = np.zeros((n, c, h * w))
 
     def solve(index: int) -> None:
         pixel = np.flatnonzero(masks[index])
-        result[index][:, pixel] = _sparse_system(pixel, h, w, diagonal).solve(
-            np.ascontiguousarray(right_side[index][:, pixel].T)).T
+        factor, right_side = _sparse_system(pixel, h, w, diagonal, values[index])
+        result[index][:, pixel] = factor.solve(right_side).T
 
     workers = min(n, max(1, torch.get_num_threads()))
     if workers > 1:
@@ -227,8 +227,9 @@ def _sparse_solve(known: torch.Tensor, removed: torch.Tensor, total_weight: torc
     return torch.from_numpy(result).to(device=known.device, dtype=known.dtype).view(n, c, h, w)
 
 
-def _sparse_system(pixel: Any, h: int, w: int, diagonal: Any) -> Any:
-    """SuperLU factors of ``S - W`` on the removed pixels ``pixel`` (raster indices) of an h x w image."""
+def _sparse_system(pixel: Any, h: int, w: int, diagonal: Any, known: Any) -> tuple[Any, Any]:
+    """SuperLU factors of ``S - W`` on the removed pixels ``pixel`` (raster indices) of an h x w image,
+    and the right-hand sides ``W known`` there (K, C), float64; ``known``: (C, h*w), removed pixels 0."""
     import numpy as np
     from scipy import sparse
     from scipy.sparse.linalg import splu
@@ -238,17 +239,21 @@ def _sparse_system(pixel: Any, h: int, w: int, diagonal: Any) -> Any:
     slot[pixel] = np.arange(count)
     row, col = np.divmod(pixel, w)
     rows, cols, values = [np.arange(count)], [np.arange(count)], [diagonal[pixel]]
+    right_side = np.zeros((count, known.shape[0]))
     for dy, dx, weight in _NEIGHBOURS:
         y, x = row + dy, col + dx
         inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        neighbour = np.where(inside, slot[np.where(inside, y * w + x, 0)], -1)
+        where = np.where(inside, y * w + x, 0)
+        right_side += weight * (known[:, where] * inside).T.astype(np.float64)  # known neighbours (removed: 0)
+        neighbour = np.where(inside, slot[where], -1)
         linked = np.flatnonzero(neighbour >= 0)
         rows.append(linked)
         cols.append(neighbour[linked])
         values.append(np.full(linked.size, -weight))
     matrix = sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
                                shape=(count, count))
-    return splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    factor = splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    return factor, right_side
 
 
 def _conjugate_gradient(known: torch.Tensor, unknown: torch.Tensor, start: torch.Tensor,
