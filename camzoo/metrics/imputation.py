@@ -28,13 +28,14 @@ _CHECK_EVERY = 16  # solver iterations between convergence checks (each check is
 # even, at 512 three times slower (the dense work grows with the cube of the unknowns, the iterative
 # one with the image's area times the hole's diameter).
 DIRECT_MAX = 256
-_DIRECT_GROUP = 16
+_DIRECT_GROUP = 16  # systems per dense solve, grouped by size so that padding costs little
 # How the larger systems are solved (linear_imputation's ``solver``). "sparse": one SuperLU factorisation
-# per image on the host, exact to float64 rounding; measured on 2 CPU cores, 224 px inputs with up to
-# 15 % removed in one blob (the bench's default MoRF/LeRF steps): ~11 ms per input against ~1.2 s for
-# the conjugate gradient, whose ~300 iterations each sweep the whole image. "cg": that conjugate
-# gradient, on the device (a GPU's choice: no host round trip, no loop per image).
-SOLVERS = ("auto", "sparse", "cg")  # systems per dense solve, grouped by size so that padding costs little
+# per image on the host, exact to float64 rounding. "cg": the conjugate gradient, on the device (a GPU's
+# choice: no host round trip, no loop per image). Measured on an idle 2-core CPU, 224 px inputs with up
+# to 15 % removed in one blob (the bench's default MoRF/LeRF steps): 14 ms per input for "sparse",
+# 72 ms for "cg" in chunks of 6 inputs, 156 ms in chunks of 48; under load the CG's ~300 iterations of
+# small multi-threaded operations stall in OpenMP barriers (over 1 s per input seen), the LU does not.
+SOLVERS = ("auto", "sparse", "cg")
 # ROAD's neighbour weights: (row offset, column offset, weight); _neighbour_sum applies the same ones.
 _NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
                (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
@@ -74,7 +75,7 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, tol: float = 
     exact to rounding, as ROAD's ``spsolve``. "cg" solves them all at once by a Jacobi-preconditioned
     conjugate gradient whose matrix-vector product is one 3x3 neighbour sum: no Python loop over
     images, no host round trip except a convergence check every few iterations. "auto": "sparse" for
-    CPU tensors (~100x faster there at 224 px, ``SOLVERS``), "cg" on other devices. ``direct_max=0``
+    CPU tensors (5x faster there at 224 px, ``SOLVERS``), "cg" on other devices. ``direct_max=0``
     sends every system to ``solver``.
 
     The conjugate gradient's stopping rule: a system stops once every removed pixel differs from the

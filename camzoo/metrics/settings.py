@@ -28,7 +28,7 @@ RELIABILITY_MODES = ("quick", "full")  # EvalSettings.reliability
 # a forward's temporaries grow with the bytes of its inputs, and glibc maps every block above 32 MB
 # afresh (the kernel zeroes each page on first touch): 64 inputs of 224 px are 38.5 MB, a ResNet's
 # first activation of them 205 MB, and two thirds of the CPU time went to page faults. 4 MiB is 6
-# such inputs (their first activation 19 MB), or the whole chunk_size of 64 at up to 74 px.
+# such inputs (their first activation 19 MB), or the whole chunk_size of 64 at up to 73 px.
 CPU_CHUNK_MB = 4.0
 
 
