@@ -3,8 +3,8 @@ a grid game has no value.
 
 Why: a grid cell is an evaluation image the model classifies correctly with confidence
 >= ``eval.grid_threshold``. A model that reaches it on no image (a random-init or an under-trained
-checkpoint) plays no grid, and its grid-game columns are empty. Without a word, the table's header
-described games that never ran. Every method cell stores ``grid_count_NxN`` (grids played),
+checkpoint) plays no grid, and its grid-game columns are empty; said nowhere, the table's header would
+describe games that never ran. Every method cell stores ``grid_count_NxN`` (grids played),
 ``grid_qualified`` (images that passed) and ``grid_best_confidence`` (the highest confidence of a
 correct prediction; camzoo.metrics.discrimination), so the report can say which model had no grid and
 how far it was from the threshold, without a rerun.

@@ -9,6 +9,10 @@ joining rows that no test separates, i.e. no significant paired test of pairwise
 columns. Nothing is tested here: the bars read the summary's own tests, and where the run shows no
 significance letters (one seed) it draws no bars and says why. Written with matplotlib's Agg backend
 as PNG (report.html embeds it) and SVG (for a paper), the SVG without a date so that reruns match.
+
+The gallery (:func:`gallery_figure`) shows the same test images explained by every method and model;
+its labels are placed in points measured against the tiles' size on the page, not in image pixels,
+so that they stack above the tiles without overprinting one another or the title at any size.
 """
 
 from __future__ import annotations
