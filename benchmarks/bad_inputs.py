@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import os
 import pickle
 import resource
@@ -696,6 +697,8 @@ def own_models(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
             Image.fromarray(getattr(skdata, name)()).resize((48, 48)).save(photos / cls / f"{name}.png")
     (tmp / "byo_nets.py").write_text(BYO_NETS, encoding="utf-8")
     sys.path.insert(0, str(tmp))
+    sys.modules.pop("byo_nets", None)  # another caller in this process (a test) may hold its own byo_nets
+    importlib.invalidate_caches()
     import byo_nets
 
     torch.save(byo_nets.build().state_dict(), tmp / "byo.pth")
