@@ -33,7 +33,7 @@ from camzoo.metrics.causal import RISE_PROTOCOL
 EVAL_BEFORE = {
     "images": 256, "batch_size": 128, "block_images": 1000, "keep_maps": 1000, "protocol": "default",
     "deletion_steps": 28, "deletion_fraction": 1.0, "deletion_target": "label", "substrates": ["zeros", "blur", "road"],
-    "game_images": "all", "chunk_size": 64, "gallery_images": 4, "pointing_tolerance": 15.0,
+    "game_images": "all", "chunk_size": 64, "chunk_mb": "auto", "gallery_images": 4, "pointing_tolerance": 15.0,
     "pointing_reference_size": 224, "grid_games": [], "grid_threshold": 0.99, "grid_count": 64, "sensitivity": [],
     "randomisation_draws": 3, "reliability": "quick", "perturbation_draws": 5, "input_noise": [0.01, 2.0],
     "model_noise": [0.01, 1.0], "negligible_delta": 0.147, "negligible_span": 0.05, "min_alpha": 0.2,
@@ -42,7 +42,7 @@ EVAL_BEFORE = {
 # keys a store written before them lacks (added with the game images, discrimination, reliability cards)
 NEWER_KEYS = ("game_images", "grid_games", "grid_threshold", "grid_count", "sensitivity", "randomisation_draws",
               "reliability", "perturbation_draws", "input_noise", "model_noise", "negligible_delta",
-              "negligible_span", "min_alpha", "min_oracle_share", "block_images", "keep_maps")
+              "negligible_span", "min_alpha", "min_oracle_share", "block_images", "keep_maps", "chunk_mb")
 REPORT_MODULES = ("tables", "explore", "report", "html", "summary", "reliability", "leaderboard", "plots")
 
 

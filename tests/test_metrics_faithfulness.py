@@ -332,7 +332,8 @@ def test_linear_imputation_matches_an_exact_sparse_solve(case, solver):
     images, removed = imputation_cases()[case]
     tol = 1e-6
     direct_max = {"iterative": 0, "direct": 10**6, "default": DIRECT_MAX}[solver]
-    result = linear_imputation(images, removed, tol=tol, direct_max=direct_max)
+    result = linear_imputation(images, removed, tol=tol, direct_max=direct_max,
+                               solver="cg" if solver == "iterative" else "auto")  # auto: sparse LU on the CPU
     unknowns = int(removed[0].sum())
     # Tolerance of the iterative solver: it stops once every removed pixel is within tol * max|image|
     # of its neighbours' weighted mean; by the maximum principle the error is then at most that times

@@ -84,6 +84,12 @@ class EvalStream:
             self._first = load_eval_set(self.split, min(self.block, self.count), self.device, 0, self.batch_size)
         return self._first
 
+    @property
+    def last_start(self) -> int:
+        """The first image of the last block: there every method's cell is complete as soon as it
+        is scored (``score_model`` hands it over then)."""
+        return max(0, (self.count - 1) // self.block * self.block)
+
     def blocks(self) -> Iterator[EvalSet]:
         """Every block in order (block 0 from memory)."""
         for start in range(0, self.count, self.block):

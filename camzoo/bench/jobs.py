@@ -65,8 +65,10 @@ class JobCells:
         self.plan, self.device, self.models, self.echo = plan, device, models, echo
         self._datasets: dict[str, DatasetData] = {}
 
-    def compute(self, job: ModelJob, done: Callable[[CellKey], bool]) -> Iterator[CellOut]:
-        """The cells of ``job`` that are not ``done``, in the order they are computed."""
+    def compute(self, job: ModelJob, done: Callable[[CellKey], bool],
+                progress: Callable[[str], None] | None = None) -> Iterator[CellOut]:
+        """The cells of ``job`` that are not ``done``, each as soon as it is computed (a method's cell
+        as soon as it is scored on the last block); ``progress`` hears what is being done."""
         from ..batchnorm_folding import fold_batchnorm
 
         plan, data = self.plan, self._datasets.get(job.dataset.key)
@@ -82,6 +84,8 @@ class JobCells:
         model, numbers = job.source.obtain(data, self.device, self.models)
         split, stream = job.source.evaluation(model, data)
         if not done(job.key(MODEL_CELL)):
+            if progress is not None:
+                progress("accuracy")
             yield job.key(MODEL_CELL), *model_cell(model, split, stream, plan.batch_size, self.device, plan.keep_maps,
                                                    numbers)
         pending = {m for m in job.methods if not done(job.key(m))}
@@ -90,7 +94,7 @@ class JobCells:
             for method, cell, arrays in score_model(
                     model, fold_batchnorm(model), stream.blocks(), groups, plan.settings_for, layers=job.layers,
                     reshape=job.source.reshape_function(), batch_size=plan.batch_size, device=self.device,
-                    keep_maps=plan.keep_maps):
+                    keep_maps=plan.keep_maps, last_start=stream.last_start, progress=progress):
                 yield job.key(method), cell, arrays
 
     def _stream(self, split: Any) -> EvalStream:

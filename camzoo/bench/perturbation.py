@@ -196,7 +196,7 @@ def perturbed_block(model: nn.Module, scorer: nn.Module, block: Any, groups: Seq
     first = settings_for(groups[0][0])
     device = block.images.device if device is None else torch.device(device)
     shared = _shared_entries(model_memo or {})
-    chunk = first.chunk_size
+    chunk = first.chunk_for(block.images)
     result = PerturbedBlock(count=int(block.images.shape[0]),
                             values={method: {} for group in groups for method in group})
     original = predictions(scorer, block.images, chunk)

@@ -124,8 +124,11 @@ class BenchRunner:
                   f"{before['run_id']})")
 
     def run_models(self, jobs: Iterable[ModelJob]) -> None:
-        """Train (or reuse, or load) each model and write its model and method cells; finished cells are
-        skipped. ``jobs`` may be a list or an iterator that hands out jobs as they are claimed (several ranks)."""
+        """Train (or reuse, or load) each model and write its model and method cells, each as soon as it is
+        computed; finished cells are skipped. ``jobs`` may be a list or an iterator that hands out jobs as
+        they are claimed (several ranks). The bar counts cells (with ``job_seconds``: each job's estimated
+        seconds shared among its cells), and its text says which job and what step is running, so it
+        moves within a model."""
         from tqdm.auto import tqdm
 
         done = partial(self.store.is_done, self.run_id)
@@ -138,16 +141,26 @@ class BenchRunner:
             bar = tqdm(total=total, desc=f"camzoo bench{rank}", disable=not self.progress, dynamic_ncols=True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left {postfix}")
         else:
-            bar = tqdm(total=len(jobs) if isinstance(jobs, Sized) else None, desc=f"camzoo bench{rank}", unit="job",
-                       disable=not self.progress, dynamic_ncols=True)
+            total = (sum(sum(not done(key) for key in job.cell_keys) for job in jobs)
+                     if isinstance(jobs, Sized) else None)
+            bar = tqdm(total=total, desc=f"camzoo bench{rank}", unit="cell", disable=not self.progress,
+                       dynamic_ncols=True)
         try:
             for job in jobs:
                 bar.set_postfix_str(job.label)
-                finished = all(done(key) for key in job.cell_keys)
-                if not finished:
-                    for key, cell, arrays in cells.compute(job, done):
+                pending = {key for key in job.cell_keys if not done(key)}
+                # what the bar counts for this job: its estimated seconds, or its cells left
+                share = seconds.get(job.label, 0.0) if seconds else len(pending)
+                counted = 0.0
+                if pending:
+                    step = partial(_say_step, bar, job.label)
+                    for key, cell, arrays in cells.compute(job, done, progress=step):
                         write(key, cell, arrays)
-                bar.update(1 if not seconds else 0.0 if finished else seconds.get(job.label, 0.0))
+                        if key in pending:  # a cell of the job (not the dataset's gallery)
+                            bar.update(share / len(pending) if seconds else 1)
+                            counted += share / len(pending) if seconds else 1
+                if share - counted > 1e-9:
+                    bar.update(share - counted if seconds else int(round(share - counted)))
         finally:
             bar.close()
 
@@ -169,6 +182,11 @@ class BenchRunner:
     def pending_jobs(self) -> list[ModelJob]:
         """The plan's model jobs that still lack a cell, in plan order."""
         return [job for job in self.plan.jobs if not all(self.store.is_done(self.run_id, key) for key in job.cell_keys)]
+
+
+def _say_step(bar: Any, label: str, step: str) -> None:
+    """The bar's text: the job, and what it is doing now (redrawn, so the elapsed time moves too)."""
+    bar.set_postfix_str(f"{label}: {step}")
 
 
 def commit_cell(store: ResultsStore | ShardedStore, run_id: str, key: CellKey,

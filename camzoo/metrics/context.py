@@ -119,7 +119,7 @@ class ScoringContext:
         def compute() -> torch.Tensor:
             with torch.no_grad(), eval_mode(self.model):
                 return unperturbed_scores(self.model, self.images, True, self.images.device.type == "cuda",
-                                          self.settings.chunk_size)
+                                          self.settings.chunk_for(self.images))
 
         return self.per_model("unperturbed_scores", compute)
 

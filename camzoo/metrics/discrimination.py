@@ -50,7 +50,7 @@ def grids(ctx: ScoringContext, n: int) -> dict[str, Any] | None:
     def build() -> dict[str, Any] | None:
         try:
             return build_grids(ctx.model, ctx.images, ctx.labels, n, settings.grid_count, settings.grid_threshold,
-                               GRID_SEED, settings.chunk_size)
+                               GRID_SEED, settings.chunk_for(ctx.images))
         except ValueError:  # too few confident images of distinct classes: the cell says so by its count
             return None
 
@@ -80,7 +80,7 @@ def grid_game(game: str, n: int) -> Callable[[ScoringContext], Row | None]:
         if game != "gridpg" and (spec.layer is not None or not spec.method_class.applies_to(GridWrapper)):
             return None  # the wrappers hook their own stitched map; attention needs the kind's own branch
         result = play_grid_game(ctx.model, played, spec.name, game, layer=spec.layer,
-                                batch_size=ctx.settings.chunk_size, method_options=spec.options)
+                                batch_size=ctx.settings.chunk_for(ctx.images, n * n), method_options=spec.options)
         return _row(result, "score")
 
     return compute
@@ -109,7 +109,8 @@ def _confident(ctx: ScoringContext) -> tuple[int, float]:
     correct), once per model: what a report says when no grid qualified, and how far the model was."""
 
     def build() -> tuple[int, float]:
-        found = confident_cells(ctx.model, ctx.images, ctx.labels, ctx.settings.grid_threshold, ctx.settings.chunk_size)
+        found = confident_cells(ctx.model, ctx.images, ctx.labels, ctx.settings.grid_threshold,
+                                ctx.settings.chunk_for(ctx.images))
         correct = found["confidence"][found["correct"]]
         return int(found["qualified"]), float(correct.max()) if correct.numel() else 0.0
 
@@ -134,7 +135,7 @@ def focus_score(ctx: ScoringContext) -> Row | None:
     def build() -> dict[str, Any] | None:
         try:
             return build_focus_mosaics(ctx.model, ctx.images, ctx.labels, settings.grid_count, settings.grid_threshold,
-                                       FOCUS_SEED, settings.chunk_size)
+                                       FOCUS_SEED, settings.chunk_for(ctx.images))
         except ValueError:
             return None
 
@@ -147,7 +148,7 @@ def focus_score(ctx: ScoringContext) -> Row | None:
     cols = torch.arange(width, device=images.device) // (width // 2)
     owner = (rows[:, None] * 2 + cols[None, :]).flatten()  # (H*W,) the cell of each pixel
     truth = {"mask": cells.to(images.device)[:, owner].reshape(-1, height, width)}  # the oracle's: both target cells
-    explanation = ctx.method.explain(ctx.model, images, mosaics["targets"], truth, ctx.settings.chunk_size)
+    explanation = ctx.method.explain(ctx.model, images, mosaics["targets"], truth, ctx.settings.chunk_for(ctx.images, 4))
     return _row(focus(explanation.raw, cells, size=(int(height), int(width))), "focus")
 
 
@@ -155,7 +156,7 @@ def _explain_fn(ctx: ScoringContext, copies: int) -> Callable[..., torch.Tensor]
     truth = _truth(ctx, copies)
 
     def explain(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return ctx.method.explain(model, images, targets, truth, ctx.settings.chunk_size).maps
+        return ctx.method.explain(model, images, targets, truth, ctx.settings.chunk_for(ctx.images)).maps
 
     return explain
 

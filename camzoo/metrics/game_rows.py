@@ -46,14 +46,14 @@ def causal_games(ctx: ScoringContext) -> dict[str, torch.Tensor]:
         targets = None if ctx.settings.predicted_target else ctx.labels[games]
         softmax = causal.causal_protocol(options["protocol"]).softmax
         return causal.deletion_insertion(ctx.model, ctx.images[games], ctx.maps[games], targets,
-                                         chunk_size=ctx.settings.chunk_size,
+                                         chunk_size=ctx.settings.chunk_for(ctx.images),
                                          autocast=ctx.images.device.type == "cuda",
                                          original_scores=ctx.unperturbed_scores()[games] if softmax else None,
                                          **options)
 
     def memoised() -> dict[str, torch.Tensor]:
         key = ("causal", repr(causal_settings(ctx.settings)), ctx.settings.game_images,
-               ctx.settings.predicted_target, ctx.settings.chunk_size, game_digest(ctx, both_orders=False))
+               ctx.settings.predicted_target, ctx.settings.chunk_for(ctx.images), game_digest(ctx, both_orders=False))
         return ctx.per_model(key, play)
 
     return ctx.cached("causal", memoised)
@@ -98,12 +98,12 @@ def srg(substrate: str) -> Callable[[ScoringContext], Row]:
         road_noise = [0.01 / s for s in channel_stats(*model_normalisation(ctx.model), ctx.images.shape[1])[1]]
         games = ctx.games
         key = (f"srg_{substrate}", ctx.settings.deletion_steps, ctx.settings.deletion_fraction, ctx.settings.game_images,
-               ctx.settings.protocol, ctx.settings.predicted_target, ctx.settings.chunk_size,
+               ctx.settings.protocol, ctx.settings.predicted_target, ctx.settings.chunk_for(ctx.images),
                game_digest(ctx, both_orders=True))
         result = ctx.per_model(key, lambda: faithfulness.morf_lerf(
             ctx.model, ctx.images[games], ctx.maps[games], ctx.labels[games], substrate=substrate,
             steps=ctx.settings.deletion_steps, fraction=ctx.settings.deletion_fraction,
-            chunk_size=ctx.settings.chunk_size, autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
+            chunk_size=ctx.settings.chunk_for(ctx.images), autocast=ctx.images.device.type == "cuda", road_noise=road_noise,
             morf_curve=_deletion_as_morf(ctx) if substrate == "zeros" else None,
             original_scores=ctx.unperturbed_scores()[games]))
         return _row(result["srg"].mean(), result["srg"])

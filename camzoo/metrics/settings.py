@@ -9,6 +9,7 @@ cell runs — with the config key in the message.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,12 @@ from .selection import SELECTING_FIELDS, Choices
 GRID_GAMES = Choices("grid_games")
 SENSITIVITY_TESTS = Choices("sensitivity")
 RELIABILITY_MODES = ("quick", "full")  # EvalSettings.reliability
+# eval.chunk_mb = "auto" on a CPU: MiB of input per model forward inside the games and tests. Why bytes:
+# a forward's temporaries grow with the bytes of its inputs, and glibc maps every block above 32 MB
+# afresh (the kernel zeroes each page on first touch): 64 inputs of 224 px are 38.5 MB, a ResNet's
+# first activation of them 205 MB, and two thirds of the CPU time went to page faults. 4 MiB is 6
+# such inputs (their first activation 19 MB), or the whole chunk_size of 64 at up to 74 px.
+CPU_CHUNK_MB = 4.0
 
 
 def _positive_int(value: object) -> bool:
@@ -59,7 +66,9 @@ class EvalSettings:
         substrates: MoRF/LeRF substrates (``SUBSTRATES``); () plays none.
         game_images: the games play on the first N images only (None: every image), so a CPU budget
             can cap the costly games alone; every row of a column is scored on the same images.
-        chunk_size: images per model forward inside the games.
+        chunk_size: inputs per model forward inside the games and tests, at most.
+        chunk_mb: MiB of input per such forward, at most ("auto": ``CPU_CHUNK_MB`` on a CPU, no limit on
+            a GPU, whose caching allocator reuses its blocks): :meth:`chunk_for` takes the smaller.
         pointing_tolerance: the pointing game's tolerance in pixels of a ``pointing_reference_size``
             image (TorchRay: 15 px at ~224 px), scaled to the maps' size.
         pointing_reference_size: see ``pointing_tolerance``.
@@ -98,6 +107,7 @@ class EvalSettings:
     substrates: tuple[str, ...] = ("zeros", "blur", "road")
     game_images: int | None = None
     chunk_size: int = 64
+    chunk_mb: float | str = "auto"
     pointing_tolerance: float = 15.0
     pointing_reference_size: int = 224
     grid_games: tuple[str, ...] = ()
@@ -129,6 +139,8 @@ class EvalSettings:
                     "perturbation_draws"):
             if not _positive_int(getattr(self, key)):
                 found.append(f"eval.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.chunk_mb != "auto" and (not _number(self.chunk_mb) or not self.chunk_mb > 0):
+            found.append(f'eval.chunk_mb must be a positive number of MiB or "auto", got {self.chunk_mb!r}')
         if self.protocol not in PROTOCOLS:
             found.append(f"eval.protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
         if self.deletion_target not in ("label", "prediction"):
@@ -173,6 +185,16 @@ class EvalSettings:
                 values[key] = tuple(values[key])
         return cls(**values)
 
+    def chunk_for(self, images: Any, scale: int = 1) -> int:
+        """Inputs per model forward for inputs of ``scale`` images like those of ``images`` (a tensor
+        (N,C,H,W); ``scale``: a grid's cells side by side): ``chunk_size``, fewer when they would
+        exceed ``chunk_mb``, at least 1."""
+        budget = (CPU_CHUNK_MB if images.device.type == "cpu" else None) if self.chunk_mb == "auto" else self.chunk_mb
+        if budget is None:
+            return int(self.chunk_size)
+        per_input = math.prod(images.shape[1:]) * images.element_size() * max(1, int(scale))
+        return max(1, min(int(self.chunk_size), int(float(budget) * 2 ** 20 // max(1, per_input))))
+
     @property
     def discrimination(self) -> tuple[str, ...]:
         """The metrics that explain new inputs with the cell's method: the grid games and tests asked for."""
@@ -193,4 +215,4 @@ class EvalSettings:
         return self.protocol == "rise" or self.deletion_target == "prediction"
 
 
-__all__ = ["EvalSettings", "GRID_GAMES", "RELIABILITY_MODES", "SENSITIVITY_TESTS", "SettingsError"]
+__all__ = ["CPU_CHUNK_MB", "EvalSettings", "GRID_GAMES", "RELIABILITY_MODES", "SENSITIVITY_TESTS", "SettingsError"]

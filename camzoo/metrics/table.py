@@ -106,7 +106,7 @@ def _game(key: str) -> Callable[[ScoringContext], Row]:
 
 def _drop(ctx: ScoringContext) -> dict[str, torch.Tensor]:
     return ctx.cached("drop", lambda: confidence.average_drop_increase(
-        ctx.model, ctx.images, ctx.maps, ctx.labels, chunk_size=ctx.settings.chunk_size,
+        ctx.model, ctx.images, ctx.maps, ctx.labels, chunk_size=ctx.settings.chunk_for(ctx.images),
         autocast=ctx.images.device.type == "cuda", original_scores=ctx.unperturbed_scores()))
 
 
