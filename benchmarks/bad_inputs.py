@@ -6,6 +6,9 @@ the check shows the result is wrong, or the error blames the wrong cause), ``TRA
 error, or a torch message of many lines), ``HANG`` (no answer within --hang-s seconds), ``MEMORY``
 (the huge image took more than --max-gib). Exits 1 unless every row is ok/error. The full-disk cases
 run in a child process whose file-size limit (RLIMIT_FSIZE) makes writes fail as on a full disk.
+Every child process starts in a session of its own with SIGINT handled (``child``: launched with
+SIGINT ignored, as under nohup, the Ctrl-C case would otherwise not stop its child), and its whole
+group is killed when its case is done, however the case ends.
 
     python benchmarks/bad_inputs.py                   # with a 10000 x 10000 px image
     python benchmarks/bad_inputs.py --huge-side 1500  # quick (the test suite runs this)
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import os
 import pickle
 import resource
@@ -120,6 +124,37 @@ def command(args: list[Any], check: Callable[[Any], bool] | None = None, expect:
     return "ok", last
 
 
+def child_signals() -> None:
+    """Between fork and exec of a child: SIGINT at Python's handler (exec makes it SIG_DFL, and the new
+    interpreter then installs its KeyboardInterrupt handler) and SIGTERM at its default, even where this
+    script was started with them ignored (an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def child(args: list[Any], **options: Any):
+    """subprocess.Popen in a session of its own, signals set by ``child_signals``; when the block ends,
+    the child's process group (it and whatever it started) is killed and the child reaped."""
+    proc = subprocess.Popen([os.fspath(a) for a in args], start_new_session=True, preexec_fn=child_signals, **options)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def run_child(args: list[Any], timeout: float | None = None, **options: Any) -> subprocess.CompletedProcess:
+    """subprocess.run(args, capture_output=True) through ``child``: a timeout kills the child's group."""
+    with child(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as proc:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.wait(), out, err)
+
+
 def picture(path: Path, size: tuple[int, int] = (60, 40), seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
@@ -152,7 +187,10 @@ def huge_image_case(tmp: Path, side: int, max_gib: float) -> tuple[str, str]:
     with bomb_limit(None):  # writing it is not the test; reading it (with PIL's limit on) is
         Image.fromarray(np.stack([np.broadcast_to(ramp, (side, side))] * 3, axis=2)).save(path, compress_level=1)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--huge-child", str(path)], capture_output=True, text=True, env=env)
+    try:
+        proc = run_child([sys.executable, __file__, "--huge-child", path], HANG_S * 5, text=True, env=env)
+    except subprocess.TimeoutExpired:
+        return "HANG", f"no answer within {HANG_S * 5} s"
     if proc.returncode != 0:
         return "TRACEBACK", proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
     shape, peak = proc.stdout.split(") ")
@@ -299,8 +337,10 @@ def full_disk_cases(tmp: Path) -> dict[str, tuple[str, str]]:
     folder = tmp / "disk"
     folder.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--full-disk-child", str(folder)], capture_output=True,
-                          text=True, env=env, timeout=HANG_S * 3)
+    try:
+        proc = run_child([sys.executable, __file__, "--full-disk-child", folder], HANG_S * 3, text=True, env=env)
+    except subprocess.TimeoutExpired:
+        return dict.fromkeys(("maps", "checkpoint"), ("HANG", f"no answer within {HANG_S * 3} s"))
     found = dict(line.split("\t", 1) for line in proc.stdout.splitlines() if line.count("\t") == 2)
     failed = ("TRACEBACK", (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1])
     return {case: tuple(found[case].split("\t", 1)) if proc.returncode == 0 and case in found else failed
@@ -326,12 +366,15 @@ def _python_catches_sigint(pid: int, timeout: float = 30.0) -> None:
 def interrupted_start(tmp: Path) -> tuple[str, str]:
     """Ctrl-C early in `camzoo explain` (half a second after the interpreter handles it: while torch is
     imported): exit 130, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "camzoo", "explain", str(tmp / "good.png"), "--model", "resnet10t",
-                             "--out", str(tmp / "int")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _python_catches_sigint(proc.pid)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=HANG_S)
+    with child([sys.executable, "-m", "camzoo", "explain", tmp / "good.png", "--model", "resnet10t", "--out",
+                tmp / "int"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        _python_catches_sigint(proc.pid)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        try:
+            err = proc.communicate(timeout=HANG_S)[1]
+        except subprocess.TimeoutExpired:
+            return "HANG", f"still running {HANG_S} s after Ctrl-C"
     if "Traceback" in err or "Aborted!" in err:
         return "TRACEBACK", (err.strip().splitlines() or [""])[-1]
     return ("error", f"exit 130: {err.strip()[-100:]}") if proc.returncode == 130 else ("SILENT", f"exit {proc.returncode}")
@@ -341,15 +384,14 @@ def second_bench_waits(tmp: Path) -> tuple[str, str]:
     """A process holds the bench lock of a directory for 2 s; run_lock here must wait for it, saying so."""
     from camzoo.bench.lock import run_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from camzoo.bench.lock import run_lock\n"
-                               "with run_lock(sys.argv[1], echo=lambda m: None):\n print('held', flush=True)\n"
-                               " time.sleep(2)", str(tmp / "bench")], stdout=subprocess.PIPE, text=True)
-    holder.stdout.readline()
     said: list[str] = []
-    start = time.monotonic()
-    with deadline(HANG_S), run_lock(tmp / "bench", echo=said.append):
-        waited = time.monotonic() - start
-    holder.wait()
+    with child([sys.executable, "-c", "import sys, time; from camzoo.bench.lock import run_lock\n"
+                "with run_lock(sys.argv[1], echo=lambda m: None):\n print('held', flush=True)\n time.sleep(2)",
+                tmp / "bench"], stdout=subprocess.PIPE, text=True) as holder:
+        holder.stdout.readline()
+        start = time.monotonic()
+        with deadline(HANG_S), run_lock(tmp / "bench", echo=said.append):
+            waited = time.monotonic() - start
     if waited < 1.0 or not said or "waiting" not in said[0]:
         return "SILENT", f"did not wait for the running bench (waited {waited:.1f} s, said {said})"
     return "ok", f"waited {waited:.1f} s: {said[0][:100]}"
@@ -375,6 +417,41 @@ def read_only_store(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
     finally:
         store_module.write_problem = real
     return [("store: results store in a read-only place, read", read), ("store: the same, written", write)]
+
+
+def store_layouts(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
+    """A --out holding a store this camzoo cannot resume: schema-1 tables without a meta table (once
+    taken for schema 2: the resumed bench died with sqlite3.OperationalError), a schema_version of
+    "2.1" (once "invalid literal for int()"), a newer schema. Each: one line, naming what and what to do."""
+    import sqlite3
+
+    from camzoo.bench.store import CellKey, ResultsStore
+
+    schema_1 = ("CREATE TABLE runs (run_id TEXT PRIMARY KEY, config TEXT, provenance TEXT, created_at TEXT);"
+                "CREATE TABLE cells (run_id, dataset, backbone, kind, variant, seed, method, device, finished_at);"
+                "CREATE TABLE results (run_id, dataset, backbone, kind, variant, seed, method, metric, value, "
+                "per_image, config_hash, code_version, device, created_at);"
+                "CREATE TABLE arrays (run_id, dataset, backbone, kind, variant, seed, method, name, data);")
+    rows = []
+    for name, version, expect in (("schema-1 tables, no meta table", None, "schema 1, written by an older camzoo"),
+                                  ('schema_version "2.1"', "2.1", "schema_version '2.1'"),
+                                  ("schema_version 3", "3", "written by a newer camzoo")):
+        out = tmp / "layouts" / (version or "none")
+        out.mkdir(parents=True)
+        if version is None:
+            with sqlite3.connect(out / "results.sqlite") as db:
+                db.executescript(schema_1)
+        else:
+            with ResultsStore(out) as store:
+                store.write_cell("r", CellKey("d", "b", "k", "v", 0, "gradcam"), {"m": (0.5, None)},
+                                 code_version="t", device="cpu")
+            with sqlite3.connect(out / "results.sqlite") as db:
+                db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (version,))
+        rows.append((f"store: --out holding {name}, write", api(
+            lambda out=out: ResultsStore(out).write_cell("r", CellKey("d", "b", "k", "v", 1, "gradcam"), {"m": (0.5, None)},
+                                                         code_version="t", device="cpu"), expect=expect)))
+        rows.append((f"cli: report on {name}", command(["report", out], expect=expect)))
+    return rows
 
 
 def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[str, str]]]:
@@ -444,6 +521,7 @@ def round_two(tmp: Path, ckpt: Path, plain: nn.Module) -> list[tuple[str, tuple[
         ("cli: explain --save-maps on a full disk", full_disk["maps"]),
         ("model: save_model over model.pt on a full disk", full_disk["checkpoint"]),
         *read_only_store(tmp),
+        *store_layouts(tmp),
         ("explain: model on the meta device", api(ex_(meta, x), expect="meta")),
         ("explain: model that squeezes the batch axis, 1 image", api(ex_(squeezer, x), lambda r: int(r.targets[0]) == int(
             squeezer(x).argmax()))),
@@ -527,9 +605,9 @@ def stale_results(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
     (photos / "classes.txt").write_text("ant 1\nbee 0\n", encoding="utf-8")
     rows.append(("bench: classes.txt corrected, same --out", command(
         bench, expect="dataset annotated test labels and class names")))
-    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\nfrom camzoo.io import atomic_path\n"
-                             "with atomic_path(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)",
-                             str(out / "gallery_annotated_seed0.png")], capture_output=True)
+    killed = run_child([sys.executable, "-c", "import os, signal, sys\nfrom camzoo.io import atomic_path\n"
+                        "with atomic_path(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)",
+                        out / "gallery_annotated_seed0.png"], HANG_S)
     left = list(out.glob(".gallery_*.tmp"))
     rows.append(("report: a report killed while writing left a .gallery_*.tmp", command(
         ["report", out, "--format", "md"], lambda r: killed.returncode == -signal.SIGKILL and len(left) == 1
@@ -619,6 +697,8 @@ def own_models(tmp: Path) -> list[tuple[str, tuple[str, str]]]:
             Image.fromarray(getattr(skdata, name)()).resize((48, 48)).save(photos / cls / f"{name}.png")
     (tmp / "byo_nets.py").write_text(BYO_NETS, encoding="utf-8")
     sys.path.insert(0, str(tmp))
+    sys.modules.pop("byo_nets", None)  # another caller in this process (a test) may hold its own byo_nets
+    importlib.invalidate_caches()
     import byo_nets
 
     torch.save(byo_nets.build().state_dict(), tmp / "byo.pth")

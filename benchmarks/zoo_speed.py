@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import io
 import sys
@@ -63,11 +64,14 @@ PEERS = [
 
 def peer_call(peer: Peer, model: torch.nn.Module, layer_name: str, images: torch.Tensor,
               targets: torch.Tensor) -> Callable[[], object] | None:
-    """A zero-argument call of the peer's implementation, or None when its library is missing."""
+    """A zero-argument call of the peer's implementation on its own copy of the model (its hooks stay
+    registered for the object's life, and would slow every later run of a shared model), or None when
+    its library is missing."""
     try:
         cls = getattr(importlib.import_module(peer.library), peer.cls)
     except (ImportError, AttributeError):
         return None
+    model = copy.deepcopy(model)
     layer = model.get_submodule(layer_name)
     if peer.library == PGC:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from forked import LeftoverCheck
 from helpers import quadrant_batch  # the quadrant task the trained fixture learns
 
 # The suite's tensors are tiny: one thread avoids OpenMP hand-offs that cost more than the maths, and
@@ -24,14 +25,27 @@ from helpers import quadrant_batch  # the quadrant task the trained fixture lear
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+_LEFTOVERS: LeftoverCheck | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """One torch thread in every process that runs tests. Not imported in pytest-xdist's controller,
-    which runs none: importing torch there delayed the start of both workers by ~2 s."""
+    """The leftover-process check, then one torch thread in every process that runs tests. torch is
+    not imported in pytest-xdist's controller, which runs none: that delayed both workers by ~2 s."""
+    global _LEFTOVERS
+    _LEFTOVERS = LeftoverCheck()
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown has ended the file's fixtures
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """No test file may leave a process running (tests/forked.py's LeftoverCheck): checked after its last test."""
+    problem = _LEFTOVERS and _LEFTOVERS.after_test(Path(str(item.path)), nextitem and Path(str(nextitem.path)))
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -175,8 +175,11 @@ def test_the_bench_gives_a_grayscale_model_the_pixels_explain_gives_it(folder, t
     _, stream = source.evaluation(model, data)
     first = stream.first.images[0]
     assert first.shape == (1, 32, 32)
-    explained = prepare_images(folder / "ant" / "ant0.png", model, image_size=32)[0]
-    torch.testing.assert_close(first, explained, atol=1e-5, rtol=0)
+    # the bench deals the folder's images by class (stratified), so its first image is one of the photos
+    photos = sorted(folder.rglob("*.png"))
+    explained = [prepare_images(photo, model, image_size=32)[0] for photo in photos]
+    closest = min(range(len(photos)), key=lambda i: float((explained[i] - first).abs().max()))
+    torch.testing.assert_close(first, explained[closest], atol=1e-5, rtol=0)
 
 
 def test_the_class_count_is_the_outputs_own_not_the_last_linears(folder, package):

@@ -140,8 +140,7 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
     planned = build_plan(resolve_config(None, config_path)).cells
     out = tmp_path / "out"
     command = ["bench", "--config", str(config_path), "--out", str(out), "--nproc", "2", "--no-progress", "--no-html"]
-    first = Forked(camzoo_main, command)
-    try:
+    with Forked(camzoo_main, command) as first:  # its group (the launcher and both ranks) killed at the end
         deadline = time.monotonic() + 300
         while _shard_cells(out, 1) < 1 and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -149,9 +148,6 @@ def test_kill_9_of_a_rank_then_a_rerun_leaves_every_cell_once(tmp_path):
         assert pid is not None and first.poll() is None, "rank 1 finished or vanished before it could be killed"
         os.kill(pid, signal.SIGKILL)
         first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode != 0  # the group stopped with the lost rank
     killed_rank_cells = _shard_cells(out, 1)
     assert 0 < killed_rank_cells

@@ -13,6 +13,14 @@ from camzoo.bench.store import CellKey, ResultsStore, StoreBusyError, decode_arr
 PROVENANCE = {"code_version": "test", "device": "cpu"}
 
 
+def ended(processes: list) -> None:
+    """Kill and reap the started ones of ``processes`` (multiprocessing.Process) still running."""
+    for process in processes:
+        if process.pid is not None and process.exitcode is None:
+            process.kill()
+            process.join()
+
+
 def write_cells(directory: str, worker: int, count: int, start=None) -> None:
     if start is not None:
         start.wait()  # open at the same moment as the other process: the race that used to fail
@@ -27,11 +35,14 @@ def test_two_processes_write_one_store_without_losing_or_duplicating(tmp_path):
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(2)
     workers = [context.Process(target=write_cells, args=(str(tmp_path), w, 40, start)) for w in range(2)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(120)
-        assert process.exitcode == 0
+    try:
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join(120)
+            assert process.exitcode == 0
+    finally:  # none outlives the test, pass or fail (a worker stuck on a lock would)
+        ended(workers)
     with ResultsStore(tmp_path) as store:
         assert len(store.cells("run")) == 80
         rows = store.results("run", with_per_image=True)
@@ -58,11 +69,14 @@ def test_many_processes_creating_one_store_at_once_all_succeed(tmp_path):
     directories = [str(tmp_path / f"store{i}") for i in range(40)]
     start = context.Barrier(4)
     workers = [context.Process(target=open_fresh_stores, args=(directories, w, start)) for w in range(4)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(240)
-        assert process.exitcode == 0, "a worker failed to open or write a store (see its stderr above)"
+    try:
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join(240)
+            assert process.exitcode == 0, "a worker failed to open or write a store (see its stderr above)"
+    finally:
+        ended(workers)
     for directory in directories:
         with ResultsStore(directory) as store:
             assert sorted(key.method for key in store.cells("run")) == ["m0", "m1", "m2", "m3"]

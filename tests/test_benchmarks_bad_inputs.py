@@ -2,7 +2,8 @@
 
 The test calls the script's main (what ``python benchmarks/bad_inputs.py`` runs) in this process:
 the script starts its own child processes where a case needs one (the huge image's memory, the
-full disk, Ctrl-C).
+full disk, Ctrl-C), each in a session of its own with SIGINT handled whatever this process inherited,
+and ends each one's group when its case is done.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def test_bad_inputs_script_reports_no_traceback_no_silent_result_and_bounded_mem
                  "meta device", "squeezes", "1-channel timm model", "--method-option", "second bench",
                  ".avif", "dangling link", "Ctrl-C during start-up", "camzoo version", "URL", "--out inside the input"):
         assert any(case in name for name in names), f"issue 24's case {case!r} is not tried"
+    for case in ("schema-1 tables, no meta table", 'schema_version "2.1"', "schema_version 3"):  # stores of other layouts
+        assert any(case in name for name in names), f"the store layout {case!r} is not tried"
     wrong = [row.group(0) for row in rows if row.group("outcome") not in ("ok", "error")]
     assert not wrong, "\n".join(wrong)
     assert summary.endswith("0 SILENT, 0 TRACEBACK, 0 HANG, 0 MEMORY") and status == 0, summary

@@ -55,7 +55,8 @@ def example_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     results = {}
     for path in EXAMPLE_FILES:
         log = out / f"{path.name}.log"
-        status = Forked(run_example, path.name, "\n\n".join(runnable_blocks(path)), str(out), cwd=out, log=log).wait(900)
+        with Forked(run_example, path.name, "\n\n".join(runnable_blocks(path)), str(out), cwd=out, log=log) as process:
+            status = process.wait(900)
         result = out / f"{path.name}.result"
         results[path.name] = result.read_text(encoding="utf-8") if result.is_file() else \
             f"no result: the process died with status {status}\n{log.read_text(encoding='utf-8')[-3000:]}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 import camzoo
 from camzoo.methods import get_method
+import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -92,7 +92,7 @@ def test_distributed_bench_with_nccl_on_every_gpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "camzoo", "bench", "--config", str(config), "--out", str(tmp_path / "out"),
                "--nproc", str(torch.cuda.device_count()), "--no-progress", "--no-html"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    result = forked.run(command, timeout=900, env=env, text=True)  # on a timeout, its ranks are killed too
     assert result.returncode == 0, result.stderr[-3000:]
     from camzoo.bench.store import ResultsStore
 
@@ -107,8 +107,7 @@ def test_gpu_check_script_without_cuda_skips_and_writes_nothing(tmp_path):
     out = tmp_path / "gpu-check.md"
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": str(out),
            "GPU_CHECK_TESTS": str(Path(__file__).resolve())}
-    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = forked.run(["bash", ROOT / "benchmarks" / "gpu_check.sh"], timeout=300, env=env, text=True)  # and its pytest
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" in result.stdout and "torch sees no CUDA device" in result.stdout
     assert not out.exists()

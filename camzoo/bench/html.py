@@ -19,7 +19,7 @@ import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,8 @@ import torch
 
 from ..io import atomic_write_text
 from .explore import Results, read_results
+from .grid_status import GridPlay
+from .labels import model_namer
 from .record import RunRecord
 from .store import ALL_SEEDS, ResultsStore
 from .leaderboard import Board, group_pairwise, leaderboard, letters, note
@@ -103,7 +105,7 @@ def page_data(store: ResultsStore, record: RunRecord, summary: Summary, provenan
             "pictures": picture_uris((pictures or {}).get((dataset, backbone), {})),
             "cards": card_data(cards),
             "tables": summary_tables(frame, record, summary.agreement.get((dataset, backbone)),
-                                     reported_reasons(cards)),
+                                     reported_reasons(cards), summary.grids.get((dataset, backbone), ())),
             "curves": curve_data(results, dataset, backbone),
             "browser": browser_data(store, record, results, dataset, backbone, max_images, thumb),
         })
@@ -144,12 +146,13 @@ def card_data(cards: pd.DataFrame) -> list[dict[str, Any]]:
             for _, card in cards.iterrows()]
 
 
-def summary_tables(frame: pd.DataFrame, record: RunRecord,
-                   agreement: Mapping[str, Any] | None, reported: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def summary_tables(frame: pd.DataFrame, record: RunRecord, agreement: Mapping[str, Any] | None,
+                   reported: Mapping[str, str] | None = None, plays: Sequence[GridPlay] = ()) -> list[dict[str, Any]]:
     """The full tables of summary.md for one (dataset, backbone), cell for cell, with sortable values;
-    each cell also in parts (mean, "± std [CI]", mark), so that the page can fold the CIs away."""
+    each cell also in parts (mean, "± std [CI]", mark), so that the page can fold the CIs away; ``plays``:
+    each model's grids (Summary.grids), for the discrimination table's line on grids not played."""
     tables = []
-    for table in full_tables(frame, record, reported):
+    for table in full_tables(frame, record, reported, plays):
         rows = []
         for _, row in table_rows(frame, table).iterrows():
             cells = []
@@ -265,13 +268,16 @@ def browser_data(store: ResultsStore, record: RunRecord, results: Results, datas
             "class": predicted.tolist(), "p": confidence.round(decimals=3).tolist()}
     rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: rank(*km))
     models = sorted({(k, v, s) for k, _, v, s in maps})
+    name = model_namer(record.config)  # a [[models]] checkpoint by its file, else "seed N"
     sprites = {f"{k}|{m}|{v}|{s}": sprite(thumbnails(a[:count].astype(np.float32), size), columns)
                for (k, m, v, s), a in sorted(maps.items())}
     return {
         "count": count, "total": min(len(a) for a in maps.values()), "size": list(size), "columns": columns,
         "classes": [str(c) for c in gallery.get("class_names", [])], "truth": truth, "predictions": predictions,
         "rows": [{"kind": k, "method": m} for k, m in rows],
-        "models": [{"kind": k, "variant": v, "seed": int(s), "key": _model_key(k, v, s)} for k, v, s in models],
+        "models": [{"kind": k, "variant": v, "seed": int(s), "key": _model_key(k, v, s), "label": name(backbone, k, v, s)}
+                   for k, v, s in models],
+        "labels": {_model_key(k, v, s): name(backbone, k, v, s) for k, v, s in models},
         "maps": sprites, "metrics": per_image_metrics(results, dataset, backbone, count, METRICS),
     }
 

@@ -9,10 +9,15 @@ joining rows that no test separates, i.e. no significant paired test of pairwise
 columns. Nothing is tested here: the bars read the summary's own tests, and where the run shows no
 significance letters (one seed) it draws no bars and says why. Written with matplotlib's Agg backend
 as PNG (report.html embeds it) and SVG (for a paper), the SVG without a date so that reruns match.
+
+The gallery (:func:`gallery_figure`) shows the same test images explained by every method and model;
+its labels are placed in points measured against the tiles' size on the page, not in image pixels,
+so that they stack above the tiles without overprinting one another or the title at any size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,8 @@ from .leaderboard import Board, column_ranks, joined_runs, label, letters, rank_
 from .tables import normalised_columns, short_header
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only: a report never opens a window)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +41,7 @@ def _pyplot() -> Any:
 
 def save(figure: Any, directory: Path, name: str) -> Path:
     """Write ``name``.png and ``name``.svg into ``directory``; return the PNG's path."""
-    plt = _pyplot()
+    plt = pyplot()
     # the labels lie outside the axes: crop to everything drawn, measured once for both files ("tight" draws twice)
     bounds = figure.get_tightbbox(figure.canvas.get_renderer()).padded(0.1)
     # SVG: text as text (a third of the size, and faster), ids that do not change from run to run, no date
@@ -54,7 +60,7 @@ def heatmap(board: Board, group: pd.DataFrame) -> Any | None:
     values = board.ranked[[f"{c.metric}_norm" for c in columns]].to_numpy(dtype=float) if columns else np.empty((0, 0))
     if values.size == 0 or np.isnan(values).all():
         return None
-    plt = _pyplot()
+    plt = pyplot()
     rows, count = values.shape
     figure, axis = plt.subplots(figsize=(2.2 + 0.9 * count, 1.2 + 0.3 * rows))
     from matplotlib import colormaps
@@ -73,7 +79,7 @@ def heatmap(board: Board, group: pd.DataFrame) -> Any | None:
 
 def rank_plot(title: str, labels: list[str], ranks: list[float], runs: list[tuple[int, int]]) -> Any:
     """A critical-difference diagram: ``ranks`` (ascending) on one axis, labels to either side, a bar per run."""
-    plt = _pyplot()
+    plt = pyplot()
     count = len(labels)
     levels: list[float] = []  # where each level's last bar ends
     bars = []
@@ -130,3 +136,90 @@ def write_pictures(board: Board, group: pd.DataFrame, pairwise: pd.DataFrame, di
         figure = rank_plot(title, [label(row) for _, row in rows.iterrows()], ranks.tolist(), runs)
         written[f"ranks_{stem}_{name}"] = save(figure, directory, f"ranks_{stem}_{name}")
     return written
+
+
+# --- the gallery: the same test images explained by every (kind, method) and model -------------------
+LABEL_CHARACTERS = 40  # a longer column label keeps its end ("…/run2/model.pt": what tells two files apart)
+
+
+def gallery_figure(images: np.ndarray, group_titles: Sequence[str], rows: Sequence[tuple[str, str]],
+                   columns: Sequence[tuple[str, int]], column_titles: Sequence[str],
+                   maps: Mapping[tuple[str, str, str, int], np.ndarray], title: str) -> Any:
+    """The gallery: a first row of the images, each above its own ``columns`` (a model each: (variant,
+    seed), titled ``column_titles``, the images titled ``group_titles``), then one row per (kind, method)
+    of ``rows`` with each model's map (``maps``: (kind, method, variant, seed) -> (N,H,W) in [0,1])
+    blended over the image. The labels are laid out in points, measured: the column titles above the
+    tiles (turned upright when wider than a column), the image titles above them (wrapped to their
+    group's width) and the title above all, so that no two texts overlap at any size."""
+    from ..explanation import jet_colormap
+
+    plt = pyplot()
+    count, height, width = images.shape[:3]
+    per_group = len(columns)
+    # One mosaic drawn by one imshow: a grid of hundreds of matplotlib axes took 12 s for the quick
+    # preset's 38 rows x 12 columns; the mosaic draws the same tiles in about a second.
+    pitch_y, pitch_x = height + max(2, height // 8), width + max(2, width // 8)
+    canvas = np.full(((len(rows) + 1) * pitch_y, count * per_group * pitch_x, 3), 255, dtype=np.uint8)
+
+    def place(row: int, column: int, tile: np.ndarray) -> None:
+        canvas[row * pitch_y:row * pitch_y + height, column * pitch_x:column * pitch_x + width] = tile
+
+    for g in range(count):
+        for m in range(per_group):
+            place(0, g * per_group + m, images[g])
+    for r, (kind, method) in enumerate(rows, start=1):
+        for g in range(count):
+            for m, (variant, seed) in enumerate(columns):
+                array = maps.get((kind, method, variant, seed))
+                if array is not None:
+                    heat = jet_colormap(array[g].astype(np.float32)).astype(np.float32)
+                    place(r, g * per_group + m, (0.5 * images[g].astype(np.float32) + 0.5 * heat).astype(np.uint8))
+    figure, axis = plt.subplots(figsize=(max(2.5, 1.3 * count * per_group), 1.35 * (len(rows) + 1)))
+    axis.axis("off")
+    axis.imshow(canvas, interpolation="nearest")
+    for r, (kind, method) in enumerate(rows, start=1):  # left of the tiles, a few points away at any scale
+        axis.annotate(f"{kind}\n{method}", (0, r * pitch_y + height / 2), xytext=(-4, 0), textcoords="offset points",
+                      ha="right", va="center", fontsize=7)
+    axis.apply_aspect()  # the tiles' final size on the page: the labels are measured against it
+    renderer = figure.canvas.get_renderer()
+    points = 72 / figure.dpi
+    column_points = (axis.transData.transform((pitch_x, 0)) - axis.transData.transform((0, 0)))[0] * points
+
+    def above(x: float, text: str, offset: float, size: float) -> Any:
+        return axis.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, offset),
+                             textcoords="offset points", ha="center", va="bottom", fontsize=size)
+
+    def extent(texts: list[Any], side: int) -> float:  # the widest (side 0) or tallest (1), in points
+        return max((text.get_window_extent(renderer).size[side] * points for text in texts), default=0.0)
+
+    gap = 2.0
+    heads = [above((g * per_group + m) * pitch_x + width / 2, _shortened(column_titles[m]), gap, 6)
+             for g in range(count) for m in range(per_group)]
+    if extent(heads, 0) > column_points - gap:  # wider than a column: upright, one column wide
+        for head in heads:
+            head.set_rotation(90)
+    groups = [above((g * per_group + per_group / 2) * pitch_x - (pitch_x - width) / 2, str(group_titles[g]),
+                    gap + extent(heads, 1) + 3, 7) for g in range(count)]
+    for group in groups:
+        _wrap_to(group, per_group * column_points - gap, renderer, points)
+    axis.set_title(title, fontsize=9, pad=gap + extent(heads, 1) + 3 + extent(groups, 1) + 4)
+    return figure
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= LABEL_CHARACTERS else "…" + text[-(LABEL_CHARACTERS - 1):]
+
+
+def _wrap_to(text: Any, room: float, renderer: Any, points: float) -> None:
+    """Wrap ``text`` (a matplotlib Text) onto lines at most ``room`` points wide (a word longer than
+    that is broken)."""
+    import textwrap
+
+    words = text.get_text()
+    for _ in range(8):
+        wide = text.get_window_extent(renderer).width * points
+        if wide <= room:
+            return
+        longest = max(len(line) for line in text.get_text().split("\n"))
+        characters = max(1, int(longest * room / wide))
+        text.set_text(textwrap.fill(words, characters, break_long_words=True))

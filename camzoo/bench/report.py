@@ -20,7 +20,8 @@ from .store import ResultsStore
 from .summary import ALPHA, RESAMPLES, row_rank, summarise
 from .leaderboard import Board, group_pairwise, latex_board, leaderboard
 from .leaderboard import markdown as board_markdown
-from .plots import write_pictures
+from .labels import checkpoint_line, model_namer
+from .plots import pyplot, gallery_figure, write_pictures
 from .reliability import believe_markdown, reported_reasons
 from .tables import causal_description, latex_tables, markdown_tables
 
@@ -38,6 +39,7 @@ def _provenance_lines(store: ResultsStore, record: RunRecord) -> list[str]:
          + (f" x {len(config['variants'])} variants" if config["variants"] else "") + ")")
         + f"; {_images_used(record)} evaluation images"
         + (f"; deletion/insertion: {causal_description(record)}" if "classification" in record.tasks else ""),
+        *filter(None, [checkpoint_line(config)]),
         f"- evaluation images' fingerprint (sha256 of pixels and labels): {prints or 'not recorded'}",
         *_input_lines(provenance.get("inputs")),
         *(f"- {cell.dataset}: {note}" for cell, notes in store.arrays(record.run_id, "notes") for note in notes.tolist()),
@@ -86,11 +88,7 @@ def _explained(tasks: tuple[str, ...]) -> str:
 def curves_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: str, path: Path) -> Path | None:
     """Mean deletion and insertion curves per (kind, method), averaged over images and seeds."""
     rank, run_id = row_rank(record.config), record.run_id
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in store.results(run_id, with_per_image=True)
             if r["dataset"] == dataset and r["backbone"] == backbone and r["metric"] in ("deletion_curve", "insertion_curve")]
     if not rows:
@@ -118,15 +116,9 @@ def curves_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: 
 
 
 def gallery_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone: str, path: Path) -> Path | None:
-    """The same test images explained by every (kind, method) and every seed, side by side."""
+    """The same test images explained by every (kind, method) and every model, side by side; a model's
+    column is titled as the report names it (a ``[[models]]`` checkpoint by its file, else its seed)."""
     rank, run_id = row_rank(record.config), record.run_id
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..explanation import jet_colormap
-
     gallery: dict[str, np.ndarray] = {}
     for name in ("images", "labels", "class_names"):
         for _cell, array in store.arrays(run_id, name, dataset=dataset, method="gallery"):
@@ -142,43 +134,14 @@ def gallery_plot(store: ResultsStore, record: RunRecord, dataset: str, backbone:
     if not maps:
         return None
     rows = sorted({(k, m) for k, m, _, _ in maps}, key=lambda km: rank(*km))
-    models = sorted({(v, s) for _, _, v, s in maps})
-    count = len(images)
-    # One mosaic drawn by one imshow: a grid of hundreds of matplotlib axes took 12 s for the quick
-    # preset's 38 rows x 12 columns; the mosaic draws the same tiles in about a second.
-    height, width = images.shape[1:3]
-    pitch_y, pitch_x = height + max(2, height // 8), width + max(2, width // 8)
-    columns = count * len(models)
-    canvas = np.full(((len(rows) + 1) * pitch_y, columns * pitch_x, 3), 255, dtype=np.uint8)
-
-    def place(row: int, column: int, tile: np.ndarray) -> None:
-        canvas[row * pitch_y:row * pitch_y + height, column * pitch_x:column * pitch_x + width] = tile
-
-    figure, axis = plt.subplots(figsize=(1.3 * columns, 1.35 * (len(rows) + 1)))
-    axis.axis("off")
-    for g in range(count):  # the first row: each image above its own columns, titled class / seed
-        group_centre = (g * len(models) + len(models) / 2) * pitch_x - (pitch_x - width) / 2
-        axis.text(group_centre, -0.45 * height, str(names[labels[g]]) if names is not None else str(labels[g]),
-                  ha="center", va="bottom", fontsize=7)
-        for m, (variant, seed) in enumerate(models):
-            place(0, g * len(models) + m, images[g])
-            axis.text((g * len(models) + m) * pitch_x + width / 2, -1,
-                      f"seed {seed}" + ("" if variant == "default" else f" {variant}"), ha="center", va="bottom",
-                      fontsize=6)
-    for r, (kind, method) in enumerate(rows, start=1):
-        axis.text(-2, r * pitch_y + height / 2, f"{kind}\n{method}", ha="right", va="center", fontsize=7)
-        for g in range(count):
-            for m, (variant, seed) in enumerate(models):
-                array = maps.get((kind, method, variant, seed))
-                if array is None:
-                    continue
-                heat = jet_colormap(array[g].astype(np.float32))
-                place(r, g * len(models) + m,
-                      (0.5 * images[g].astype(np.float32) + 0.5 * heat.astype(np.float32)).astype(np.uint8))
-    axis.imshow(canvas, interpolation="nearest")
-    axis.set_title(f"{dataset} / {backbone}: the same test images, every method and seed", fontsize=9, pad=26)
+    kinds = {(v, s): k for k, _, v, s in maps}  # a column's kind: a [[models]] run has one ("checkpoint")
+    columns = sorted(kinds)
+    name = model_namer(record.config)
+    figure = gallery_figure(images, [str(names[label]) if names is not None else str(label) for label in labels],
+                            rows, columns, [name(backbone, kinds[v, s], v, s) for v, s in columns], maps,
+                            f"{dataset} / {backbone}: the same test images, every method and model")
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -269,7 +232,8 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
         reported = {key: reported_reasons(group_pairwise(cards, *key)) for key in boards}
         if "md" in formats:
             files["summary.md"] = atomic_write_text(target / "summary.md", summary_markdown(
-                boards, pictures, provenance, markdown_tables(frame, record, summary.agreement, reported), record,
+                boards, pictures, provenance, markdown_tables(frame, record, summary.agreement, reported, summary.grids),
+                record,
                 believe_markdown(cards), missing, changed))
         if "csv" in formats:
             files["summary.csv"] = atomic_write_text(target / "summary.csv", frame.to_csv(index=False))
@@ -281,8 +245,8 @@ def write_report(directory: str | Path, run_id: str | None = None, formats: tupl
                 target / "long.csv.gz", lambda tmp: long.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0}))
         if "tex" in formats:
             boards_tex = [latex_board(board, record) for board in boards.values()]
-            files["summary.tex"] = atomic_write_text(target / "summary.tex",
-                                                     "\n\n".join(boards_tex + [latex_tables(frame, record, reported)]))
+            tables_tex = latex_tables(frame, record, reported, summary.grids)
+            files["summary.tex"] = atomic_write_text(target / "summary.tex", "\n\n".join(boards_tex + [tables_tex]))
         if html:
             from .html import write_html
 

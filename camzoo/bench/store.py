@@ -28,38 +28,9 @@ from urllib.parse import quote
 import numpy as np
 
 from .encoding import canonical_names, decode_array, encode_array
+from .store_schema import SCHEMA, SCHEMA_VERSION, StoreLayoutError, check_layout
 
-SCHEMA_VERSION = 2  # 2: no config_hash column (it only repeated run_id)
 STORE_NAME = "results.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    config TEXT NOT NULL,
-    provenance TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cells (
-    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
-    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL,
-    device TEXT NOT NULL, finished_at TEXT NOT NULL, worker TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method)
-);
-CREATE TABLE IF NOT EXISTS results (
-    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
-    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL,
-    value REAL, per_image BLOB,
-    code_version TEXT NOT NULL, device TEXT NOT NULL, created_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method, metric)
-);
-CREATE TABLE IF NOT EXISTS arrays (
-    run_id TEXT NOT NULL, dataset TEXT NOT NULL, backbone TEXT NOT NULL, kind TEXT NOT NULL,
-    variant TEXT NOT NULL, seed INTEGER NOT NULL, method TEXT NOT NULL, name TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, dataset, backbone, kind, variant, seed, method, name)
-);
-"""
 
 # seed value of cells that span all seeds (cross-seed stability)
 ALL_SEEDS = -1
@@ -131,20 +102,16 @@ class ResultsStore:
         if self.read_only_reason is not None:
             if not self.path.is_file():
                 raise self.read_only_reason
-            self._connection, version = self._open_read_only()
+            self._connection = self._open_read_only()
         else:
-            self._connection, version = self._open_with_retries()
-        if int(version) != SCHEMA_VERSION:
-            self._connection.close()
-            raise ValueError(f"{self.path} has store schema {version}; this camzoo reads schema {SCHEMA_VERSION}: "
-                             "rerun the benchmark into a new directory")
+            self._connection = self._open_with_retries()
 
     @property
     def read_only(self) -> bool:
         """Whether the store lies in a place this process cannot write (it is then only read)."""
         return self.read_only_reason is not None
 
-    def _open_with_retries(self) -> tuple[sqlite3.Connection, str]:
+    def _open_with_retries(self) -> sqlite3.Connection:
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while True:
@@ -160,16 +127,20 @@ class ResultsStore:
                 time.sleep(delay * (1.0 + random.random()))  # jitter, so racing openers fall out of step
                 delay = min(delay * 2.0, 0.25)
 
-    def _open_read_only(self) -> tuple[sqlite3.Connection, str]:
+    def _open_read_only(self) -> sqlite3.Connection:
         """Open without writing anything next to the file: ``mode=ro``, else (a WAL store whose ``-shm``
-        file cannot be created) ``immutable=1``, which is safe because nobody can write here either."""
+        file cannot be created) ``immutable=1``, which is safe because nobody can write here either.
+        Its layout is checked as for writing (store_schema); an empty file cannot be made a store here."""
         uri = "file:" + quote(str(self.path.resolve()))
         last: sqlite3.Error | None = None
         for flags in ("?mode=ro", "?mode=ro&immutable=1"):
             try:
                 connection = sqlite3.connect(uri + flags, uri=True, timeout=self.timeout, isolation_level=None)
                 try:
-                    return connection, connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+                    if check_layout(connection, self.path):
+                        raise StoreLayoutError(f"{self.path} is empty, not a results store, and cannot be written "
+                                               f"here ({self.read_only_reason})")
+                    return connection
                 except BaseException:
                     connection.close()
                     raise
@@ -178,16 +149,20 @@ class ResultsStore:
         raise ValueError(f"{self.path} is not a camzoo results store (or it is corrupt): {last} (opened read-only: "
                          f"{self.read_only_reason})")
 
-    def _open(self) -> tuple[sqlite3.Connection, str]:
-        """One attempt: connect, switch to WAL (only if not already), create the schema; (connection, version)."""
+    def _open(self) -> sqlite3.Connection:
+        """One attempt: connect, switch to WAL (only if not already), check the layout the file holds
+        (store_schema.check_layout: an older, newer or foreign one is refused before anything is
+        written), create what a new store lacks."""
         connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
             connection.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            check_layout(connection, self.path)  # before WAL: a file that is refused is left as it was
             if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
                 connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+                check_layout(connection, self.path)  # again: another process may have written it meanwhile
+                for statement in filter(str.strip, SCHEMA.split(";")):
                     connection.execute(statement)
                 columns = {row[1] for row in connection.execute("PRAGMA table_info(cells)")}
                 if "worker" not in columns:  # a store from before per-cell workers: same schema otherwise
@@ -198,11 +173,10 @@ class ResultsStore:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            version = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         except BaseException:
             connection.close()
             raise
-        return connection, version
+        return connection
 
     def close(self) -> None:
         self._connection.close()

@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import stats
 from .cells import Cell, Column, is_reference, metric_info, table_columns, paired_vector
+from .grid_status import GridPlay, grid_plays
 from .record import RunRecord
 from .store import ALL_SEEDS, ResultsStore
 
@@ -137,6 +138,8 @@ class Summary:
     pairwise: pd.DataFrame  # one row per tested pair of rows per column
     agreement: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> Kendall's tau between substrates
     reliability: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # reliability.csv: a card per metric
+    # (dataset, backbone) -> each model's grids (camzoo.bench.grid_status): what the discrimination table says
+    grids: dict[tuple[str, str], list[GridPlay]] = dataclasses.field(default_factory=dict)
 
 
 def substrate_agreement(frame: pd.DataFrame) -> dict[str, Any] | None:
@@ -207,7 +210,7 @@ def summarise(store: ResultsStore, run: RunRecord, resamples: int = RESAMPLES) -
     from .reliability import reliability_cards
 
     cards = reliability_cards(frame, pairwise_frame, groups, run, store)
-    return Summary(frame, pairwise_frame, agreement, cards)
+    return Summary(frame, pairwise_frame, agreement, cards, grid_plays(rows))
 
 
 def control_span(found: Mapping[tuple[str, str], Cell | None], column: Column) -> float:

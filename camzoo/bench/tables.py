@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
 from ..metrics.causal import RISE_PROTOCOL
+from .grid_status import GridPlay, grid_status
+from .labels import model_namer
 from .record import RunRecord
 from .summary import Column, table_columns
 
@@ -162,15 +164,21 @@ def reported_note(columns: list[Column], reported: Mapping[str, str]) -> list[st
     return [f"{NOT_RANKED} Not ranked (reliability card): " + "; ".join(found) + "."] if found else []
 
 
-def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, str] | None = None
-                ) -> list[Table]:
+def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, str] | None = None,
+                plays: Sequence[GridPlay] = ()) -> list[Table]:
     """The full tables of one (dataset, backbone), one per metric family, then the normalised scores;
-    ``reported``: metric -> why its reliability card keeps it out of the leaderboard (a † and a note)."""
+    ``reported``: metric -> why its reliability card keeps it out of the leaderboard (a † and a note);
+    ``plays``: each model's grids (Summary.grids): a grid game that some model could not play says why,
+    and one that no model played keeps its column, empty, under that line."""
     reported = reported or {}
-    families = by_family(present_columns(group, None))
+    present = present_columns(group, None)
+    empty = [c for c in table_columns() if c not in present and _asked_grid_game(c, record)]
+    status = grid_status(plays, record.settings.grid_threshold, str(group["backbone"].iloc[0]),
+                         model_namer(record.config, with_kind=True), [c.header for c in empty]) if plays else None
+    families = by_family([c for c in table_columns() if c in present or (status and c in empty)])
     notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(record)}), "
                               "one column per substrate; controls skip these columns."],
-             "discrimination": [discrimination_note(record)]}
+             "discrimination": [discrimination_note(record)] + ([status] if status else [])}
     found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
     found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
     tables = []
@@ -187,9 +195,20 @@ def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, s
     return tables
 
 
+def _asked_grid_game(column: Column, record: RunRecord) -> bool:
+    """Whether ``column`` is a grid game the run asked for (eval.grid_games)."""
+    from ..metrics import METRICS
+
+    info = METRICS[column.metric]
+    return info.selected_by == "grid_games" and info.selected(record.settings)
+
+
 def table_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """The rows a table shows: those with a value in it (controls skip the substrates), controls not normalised."""
+    """The rows a table shows: those with a value in it (controls skip the substrates), controls not normalised;
+    every row where none has one (a grid game no model could play: its dashes, under the line that says why)."""
     keep = group[[f"{c.metric}_mean" for c in table.columns]].notna().any(axis=1)
+    if not keep.any():
+        keep = pd.Series(True, index=group.index)
     if table.normalised:
         keep &= ~group["reference"].astype(bool)
     return group[keep]
@@ -197,11 +216,12 @@ def table_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
 
 def markdown_tables(frame: pd.DataFrame, record: RunRecord,
                     agreement: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
-                    reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
+                    reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+                    grids: Mapping[tuple[str, str], Sequence[GridPlay]] | None = None) -> str:
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
         not_ranked = (reported or {}).get((dataset, backbone), {})
-        for table in full_tables(group, record, not_ranked):
+        for table in full_tables(group, record, not_ranked, (grids or {}).get((dataset, backbone), ())):
             heads = ["Kind", "Method"] + [table_header(c, {} if table.normalised else not_ranked) for c in table.columns]
             lines = [f"### {dataset} / {backbone} — {table.title}", ""] + (table.notes + [""] if table.notes else [])
             lines += ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|"]
@@ -218,9 +238,9 @@ def markdown_tables(frame: pd.DataFrame, record: RunRecord,
 
 def discrimination_note(record: RunRecord) -> str:
     """How the discrimination table's grids were made (the count per model is the ``grid_count_NxN``
-    metric of each cell: 0 where too few images were confident)."""
+    metric of each cell: 0 where too few images were confident; camzoo.bench.grid_status says so)."""
     return (f"Grid games: up to {record.settings.grid_count} grids per model of evaluation images "
-            f"classified with confidence ≥ {record.settings.grid_threshold:g}; chance: 1/N² per N×N grid, "
+            f"classified correctly with confidence ≥ {record.settings.grid_threshold:g}; chance: 1/N² per N×N grid, "
             "0.5 for Focus.")
 
 
@@ -268,12 +288,13 @@ def latex_table(caption: str, heads: list[str], rows: list[list[str]], labels: i
 
 
 def latex_tables(frame: pd.DataFrame, record: RunRecord,
-                 reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None) -> str:
+                 reported: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+                 grids: Mapping[tuple[str, str], Sequence[GridPlay]] | None = None) -> str:
     """summary.tex's full tables: one booktabs table per metric family, at most MAX_COLUMNS columns each."""
     parts = []
     for (dataset, backbone), group in frame.groupby(["dataset", "backbone"], sort=False):
         not_ranked = (reported or {}).get((dataset, backbone), {})
-        for table in full_tables(group, record, not_ranked):
+        for table in full_tables(group, record, not_ranked, (grids or {}).get((dataset, backbone), ())):
             cells = ("normalised scores" if table.normalised else
                      "mean ± sample std over seeds (stability: over seed pairs) [95 % hierarchical bootstrap CI]; bold: "
                      "significantly best (Wilcoxon signed-rank, Holm, p < 0.05); ≈: tied for best; controls in italics")

@@ -8,7 +8,9 @@ and Ctrl-C (exit 130, never click's "Aborted!" with exit 1, nor a KeyboardInterr
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
@@ -20,15 +22,28 @@ from .._version import __version__
 EXIT_INTERRUPTED = 130
 
 
+def interrupted() -> NoReturn:
+    """Ctrl-C: one line and exit 130, at whatever moment it came."""
+    click.echo("\ninterrupted (Ctrl-C); files written so far are kept", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 class CamzooGroup(click.Group):
     """A click group that turns write failures (ENOSPC, EROFS, EACCES, ...) and Ctrl-C into one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        """Ctrl-C while the command line is parsed (before any command runs) also exits 130: click would
+        print "Aborted!" and exit 1."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("\ninterrupted (Ctrl-C); files written so far are kept", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            interrupted()
         except OSError as err:
             from ..io import describe_os_error  # here: camzoo.io imports torch, and --help must stay fast
 
@@ -79,3 +94,24 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The ``camzoo`` program (console script and ``python -m camzoo``): :data:`main`, and after Ctrl-C
+    an exit that skips the interpreter's finalisation.
+
+    Why: an interrupt that lands while torch is half-imported or busy made the interpreter's own
+    teardown abort (exit -6) or re-raise SIGINT (exit -2) after the one-line message. Finished work is
+    already on disk at that point: files are written atomically, results cells are committed in their
+    own transactions, the commands' ``finally`` blocks have run, a lock dies with the process and a
+    temporary is removed by the next run. In-process callers (tests' CliRunner) call :data:`main`.
+    """
+    try:
+        main()
+    except SystemExit as exit_:
+        if exit_.code != EXIT_INTERRUPTED:
+            raise
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)

@@ -110,7 +110,7 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
         run_on_ranks(nproc, config["device"], preload=RANK_MODULES)
     from ..bench.report import write_report
     from ..bench.runner import BenchRunner
-    from ..bench.store import StoreBusyError
+    from ..bench.store import StoreBusyError, StoreLayoutError
 
     try:
         if worker is None:
@@ -132,6 +132,8 @@ def bench_command(preset: str, config_file: Path | None, out_dir: Path | None, d
     except ConfigError as err:
         raise click.ClickException(f"{err}\nCells finished before are kept in {out_dir}: fix the config and rerun "
                                    "to resume.") from err
+    except StoreLayoutError as err:  # --out holds a store of another layout: resuming cannot help
+        raise click.ClickException(str(err)) from err
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished cells are kept in {out_dir / 'results.sqlite'} and trained models in "
                    f"{out_dir / 'models'}; rerun the same command to resume", err=True)

@@ -104,11 +104,28 @@ def grid_count(n: int) -> Callable[[ScoringContext], Row]:
     return compute
 
 
+def _confident(ctx: ScoringContext) -> tuple[int, float]:
+    """(images that qualify as grid cells, the highest confidence of a correct prediction; 0 when none is
+    correct), once per model: what a report says when no grid qualified, and how far the model was."""
+
+    def build() -> tuple[int, float]:
+        found = confident_cells(ctx.model, ctx.images, ctx.labels, ctx.settings.grid_threshold,
+                                ctx.settings.chunk_for(ctx.images))
+        correct = found["confidence"][found["correct"]]
+        return int(found["qualified"]), float(correct.max()) if correct.numel() else 0.0
+
+    return ctx.per_model(("grid_qualified", ctx.settings.grid_threshold), build)
+
+
 def grid_qualified(ctx: ScoringContext) -> Row:
     """Evaluation images that may become grid cells (correct, confidence >= the threshold)."""
-    found = ctx.per_model(("grid_qualified", ctx.settings.grid_threshold), lambda: confident_cells(
-        ctx.model, ctx.images, ctx.labels, ctx.settings.grid_threshold, ctx.settings.chunk_for(ctx.images))["qualified"])
-    return float(found), None
+    return float(_confident(ctx)[0]), None
+
+
+def grid_best_confidence(ctx: ScoringContext) -> Row:
+    """The highest softmax confidence of a correctly classified evaluation image (0: none is correct): with
+    ``grid_qualified`` 0, how far below ``eval.grid_threshold`` the model was. One number, no per-image values."""
+    return _confident(ctx)[1], None
 
 
 def focus_score(ctx: ScoringContext) -> Row | None:
@@ -161,5 +178,5 @@ def randomisation(ctx: ScoringContext) -> Row | None:
     return _row(result, "randomisation_spearman")
 
 
-__all__ = ["focus_score", "grid_count", "grid_game", "grid_qualified", "grids", "plays_grids", "random_logit",
-           "randomisation"]
+__all__ = ["focus_score", "grid_best_confidence", "grid_count", "grid_game", "grid_qualified", "grids", "plays_grids",
+           "random_logit", "randomisation"]

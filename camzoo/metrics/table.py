@@ -292,6 +292,10 @@ _ENTRIES = (
           "evaluation images classified correctly with confidence >= eval.grid_threshold (grid cells)",
           needs=("model",), digits=0, compute=discrimination.grid_qualified, reads="inputs",
           selected_by=discrimination.plays_grids()),
+    _info("grid_best_confidence", True, 0, 1, "confident_cells",
+          "the highest softmax confidence of a correctly classified evaluation image (0: none is correct); grid "
+          "cells need eval.grid_threshold", needs=("model",), digits=2, compute=discrimination.grid_best_confidence,
+          reads="inputs", selected_by=discrimination.plays_grids()),
     # -- across seeds (the stability cell)
     # stability compares the stored maps: those of the first eval.keep_maps images (camzoo.bench.runner)
     _info("stability_iou", True, 0, 1, "stability", "IoU of two seeds' maps binarised at map*255 > 100 (the maps "
