@@ -25,8 +25,22 @@ def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Ten
     return torch.einsum("bc,bchw->bhw", weights, activations).clamp_min(0)
 
 
+class ChannelWeightedCAM(CAMMethod):
+    """A method whose map is ReLU(sum_c w_c A_c) for (B,C) channel weights :meth:`weights`: its compute
+    and its eigen_smooth terms both follow from the weights (not registered itself)."""
+
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return _weighted_sum(self.weights(activations, gradients), activations.float())
+
+    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        return self.weights(activations, gradients)[:, :, None, None] * activations.float()
+
+
 @register
-class GradCAMPlusPlus(CAMMethod):
+class GradCAMPlusPlus(ChannelWeightedCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018): w_c = sum_hw alpha * ReLU(G), map = ReLU(sum_c w_c A_c).
 
     alpha = G^2 / (2 G^2 + sum_hw(A) G^3 + eps), and 0 where G = 0: the paper's closed form for an
@@ -46,15 +60,10 @@ class GradCAMPlusPlus(CAMMethod):
         alpha = torch.where(g != 0, g2 / denominator, torch.zeros_like(g))
         return (alpha * g.clamp_min(0)).sum(dim=(2, 3))
 
-    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
-        return _weighted_sum(self.weights(activations, gradients), activations.float())
-
-    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
-        return self.weights(activations, gradients)[:, :, None, None] * activations.float()
 
 
 @register
-class XGradCAM(CAMMethod):
+class XGradCAM(ChannelWeightedCAM):
     """XGrad-CAM (Fu et al. 2020): w_c = sum_hw(G_c * A_c) / sum_hw(A_c), map = ReLU(sum_c w_c A_c).
 
     The axiom-derived weights (sensitivity and conservation); eps = 1e-7 in the denominator.
@@ -70,11 +79,6 @@ class XGradCAM(CAMMethod):
         a, g = activations.float(), gradients.float()
         return (g * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + XGRADCAM_EPS)
 
-    def compute(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
-        return _weighted_sum(self.weights(activations, gradients), activations.float())
-
-    def channel_terms(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
-        return self.weights(activations, gradients)[:, :, None, None] * activations.float()
 
 
 @register
