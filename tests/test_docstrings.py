@@ -20,14 +20,15 @@ import camzoo.metrics
 import camzoo.models
 
 METRIC_FUNCTIONS = [
-    "accuracy", "auc", "average_drop_increase", "boxes_to_masks", "build_focus_mosaics", "build_grids", "combine_blocks",
+    "accuracy", "auc", "average_drop_increase", "best_constant_accuracy", "boxes_to_masks", "build_focus_mosaics",
+    "build_grids", "combine_blocks",
     "causal_protocol", "cell_masks", "confident_cells", "deletion_insertion", "energy_pointing_game", "focus",
     "grid_pointing_game", "grid_targets", "grid_wrapper", "lfi_script_maps", "linear_imputation",
     "make_focus_mosaics", "make_grids", "max_box_acc", "max_box_acc_from_hits", "morf_lerf", "object_share", "pairwise_stability",
     "parameter_randomisation", "pearson", "play_grid_game", "pointing_game", "pointing_game_class_mean", "pxap",
     "pxap_from_histograms", "random_logit_similarity", "randomisable_layers", "randomisation_spearman",
     "register_metric", "relevance_rank_accuracy", "rise_blur", "rise_blur_kernel", "road_impute", "saliency_rank",
-    "score_maps", "spearman", "ssim", "stability", "substrate_agreement", "table_columns",
+    "score_maps", "shortcut_share", "spearman", "ssim", "stability", "substrate_agreement", "table_columns",
 ]
 
 OTHER_FUNCTIONS = {

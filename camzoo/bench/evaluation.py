@@ -40,6 +40,8 @@ class EvalSet:
     # pair's other objects (N,H,W) bool. Its maps are scored alone, without the model's games.
     targets: Any = field(default=None, repr=False, compare=False)
     other_masks: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # A planted shortcut's artefact region in each image (N,H,W) bool (camzoo.data.shortcuts): shortcut_share.
+    regions: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 def load_eval_set(test_split, count: int, device: torch.device, start: int = 0,
@@ -52,9 +54,12 @@ def load_eval_set(test_split, count: int, device: torch.device, start: int = 0,
     batches = list(loader(subset, batch_size=batch_size or len(subset), shuffle=False, device=device))
     images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     truth = {key: cat_padded([b[2][key] for b in batches]) for key in ("mask", "boxes") if key in batches[0][2]}
+    region = getattr(test_split, "shortcut_region", None)  # a planted shortcut's: the same in every image
+    regions = None if region is None else region.to(device).expand(images.shape[0], *region.shape)
     return EvalSet(
         images=images, labels=labels, masks=truth.get("mask"), boxes=truth.get("boxes"),
         mean=tuple(test_split.mean), std=tuple(test_split.std), classes=list(test_split.classes), start=start,
+        regions=regions,
     )
 
 
@@ -106,7 +111,7 @@ class Renormalised(torch.utils.data.Dataset):
     def __init__(self, split: Any, mean: Sequence[float], std: Sequence[float]):
         self.split, self.mean, self.std = split, tuple(mean), tuple(std)
         self.classes = list(split.classes)
-        for name in ("annotations", "class_map", "num_model_classes", "image_size", "skipped"):
+        for name in ("annotations", "class_map", "num_model_classes", "image_size", "skipped", "shortcut_region"):
             if hasattr(split, name):
                 setattr(self, name, getattr(split, name))
         self._undo = (torch.tensor(split.std).view(-1, 1, 1), torch.tensor(split.mean).view(-1, 1, 1))
@@ -212,12 +217,14 @@ def explain_block(model, eval_set: EvalSet, methods: Sequence[str], batch_size: 
 
 
 def first_images(block: EvalSet, count: int) -> EvalSet:
-    """The first ``count`` images of a block (with their labels, ground truth and the object track's targets)."""
+    """The first ``count`` images of a block (with their labels, ground truth, the object track's targets and a
+    planted shortcut's regions)."""
     cut = {name: None if value is None else value[:count]
            for name, value in (("masks", block.masks), ("boxes", block.boxes), ("targets", block.targets),
-                               ("other_masks", block.other_masks))}
+                               ("other_masks", block.other_masks), ("regions", block.regions))}
     return EvalSet(block.images[:count], block.labels[:count], cut["masks"], cut["boxes"], block.mean, block.std,
-                   block.classes, start=block.start, targets=cut["targets"], other_masks=cut["other_masks"])
+                   block.classes, start=block.start, targets=cut["targets"], other_masks=cut["other_masks"],
+                   regions=cut["regions"])
 
 
 def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torch.Tensor, settings: Any,
@@ -236,7 +243,8 @@ def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torc
     objects = block.other_masks is not None  # the object track scores the maps alone (no games on a segmenter)
     return metrics.score_maps(None if objects else scorer, block.images, maps, block.labels, block.masks, block.boxes,
                               settings, map_memo=memo, model_memo=model_memo, method=None if objects else spec,
-                              start=block.start, seconds=seconds, other_masks=block.other_masks)
+                              start=block.start, seconds=seconds, other_masks=block.other_masks,
+                              regions=block.regions)
 
 
 def method_options(name: str, reshape: Callable | None) -> dict[str, Any]:

@@ -30,8 +30,10 @@ CellOut = tuple[CellKey, Cell, dict[str, np.ndarray] | None]
 def model_cell(model: torch.nn.Module, split: Any, stream: EvalStream, batch_size: int, device: torch.device,
                keep_maps: int, numbers: Mapping[str, tuple[float, None]]) -> tuple[Cell, dict[str, np.ndarray]]:
     """The model cell: accuracy on the test split (per-image top-1 kept), the source's own ``numbers``
-    (training time and loss), and the kept evaluation images' logits for report.html. A segmenter's:
-    its pixel accuracy and mean IoU on the test split; a detector's: its box AP at IoU 0.5."""
+    (training time and loss), and the kept evaluation images' logits for report.html; on a planted
+    shortcut (camzoo.data.shortcuts) the best constant accuracy too, which a model beats only by using
+    the artefact. A segmenter's: its pixel accuracy and mean IoU on the test split; a detector's: its
+    box AP at IoU 0.5."""
     from .. import metrics
     from ..inference import predict
 
@@ -51,6 +53,8 @@ def model_cell(model: torch.nn.Module, split: Any, stream: EvalStream, batch_siz
     scores = metrics.accuracy(logits, labels)
     cell: Cell = {name: (float(scores[name]), None) for name in ("top1", "top5") if name in scores}
     cell["top1"] = (float(scores["top1"]), scores["correct"].float().cpu().numpy())
+    if getattr(split, "shortcut_region", None) is not None:  # a planted shortcut: what top1 must beat
+        cell["best_constant_accuracy"] = (metrics.best_constant_accuracy(labels), None)
     cell.update(numbers)
     # the evaluation images are the first N of the test split: the kept ones' logits
     kept = min(stream.count, keep_maps)

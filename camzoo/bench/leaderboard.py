@@ -26,7 +26,7 @@ from .record import RunRecord
 from .reliability import RANKED_SCOPES
 from .summary import ALPHA, Column
 from .tables import (MAX_COLUMNS, by_family, format_number, latex, latex_table, present_columns, protocol_notes,
-                     short_header)
+                     short_header, shortcut_note)
 
 WIDTH = MAX_COLUMNS - 1  # metric columns of the leaderboard: the row label is its first column
 
@@ -123,8 +123,9 @@ def letters(row: pd.Series, column: Column) -> str:
 def note(board: Board, record: RunRecord) -> str:
     """The leaderboard's header lines: its order, how to read the letters, and the protocol."""
     if not board.columns:
-        return ("No column passes its reliability card (see \"Which columns to believe\" and reliability.csv), so no "
-                "row is ranked: the full tables below still hold every number.")
+        return " ".join(["No column passes its reliability card (see \"Which columns to believe\" and reliability.csv), "
+                         "so no row is ranked: the full tables below still hold every number.",
+                         *shortcut_note(board.ranked, record)])
     text = (f"Best first, by mean normalised rank over these {len(board.columns)} columns, those whose reliability card "
             "says *rank* (\"Which columns to believe\"; in brackets: 0 = best in each, 1 = worst in each). Cells: mean "
             "over seeds and significance letters: two rows that share a letter are not separated (Wilcoxon "
@@ -135,7 +136,7 @@ def note(board: Board, record: RunRecord) -> str:
         text += f" No letters in this run: {board.why_no_letters}."
     if not board.controls.empty:
         text += " Controls last, for reference (not ranked)."
-    return " ".join([text, *protocol_notes(board.columns, record)])
+    return " ".join([text, *protocol_notes(board.columns, record), *shortcut_note(board.ranked, record)])
 
 
 def label(row: pd.Series) -> str:

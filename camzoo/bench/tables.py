@@ -45,7 +45,7 @@ def family(column: Column) -> str:
         return "causal"
     if info.scope in ("stability", "cost"):
         return "stability"
-    return "localisation" if {"annotations", "masks", "boxes"} & set(info.needs) else "other"
+    return "localisation" if {"annotations", "masks", "boxes", "shortcut"} & set(info.needs) else "other"
 
 
 def by_family(columns: list[Column]) -> dict[str, list[Column]]:
@@ -139,6 +139,38 @@ def protocol_notes(columns: list[Column], record: RunRecord) -> list[str]:
     return []
 
 
+def shortcut_note(group: pd.DataFrame, record: RunRecord) -> list[str]:
+    """The header line of a planted-shortcut dataset (camzoo.data.shortcuts): each model kind's accuracy, the
+    best constant accuracy and the difference. Why in the header: a model above the best constant can only
+    be using the artefact, which is what makes the artefact's region the maps' ground truth."""
+    if group.empty or "best_constant_accuracy_mean" not in group or group["best_constant_accuracy_mean"].isna().all():
+        return []
+    rows = group[~group["reference"].astype(bool)] if "reference" in group and not group["reference"].all() else group
+    said, beaten = [], []
+    for kind, found in rows.groupby("kind", sort=False):
+        row = found.iloc[0]  # model columns: the same on every row of a kind
+        accuracy, constant = row.get("top1_mean", float("nan")), row["best_constant_accuracy_mean"]
+        low = row.get("top1_ci_low", float("nan"))
+        beats = (low if low == low else accuracy) > constant
+        beaten.append(beats)
+        said.append(f"{kind} {format_number(accuracy, 3)} vs {format_number(constant, 3)} "
+                    f"({accuracy - constant:+.3f}: {'beats it' if beats else 'does not beat it'})")
+    kind = _shortcut_kind(record, str(group["dataset"].iloc[0]))
+    verdict = ("every model beats the best constant, so the models use the artefact" if all(beaten) else
+               "a model at the best constant need not use the artefact: read its maps' shortcut share with care")
+    return [f"Planted shortcut{f' ({kind})' if kind else ''}: accuracy vs the best constant accuracy (the larger class "
+            f"share; beaten = the accuracy's 95 % CI above it): {'; '.join(said)}; {verdict}."]
+
+
+def _shortcut_kind(record: RunRecord, dataset: str) -> str:
+    """The ``shortcut`` option of the run's ``[[datasets]]`` entry named ``dataset`` ("" if none says)."""
+    for entry in record.config.get("datasets") or []:
+        if isinstance(entry, Mapping) and entry.get("name") == dataset:
+            options = entry.get("options") or {}
+            return str(options.get("shortcut") or (options.get("test") or {}).get("shortcut") or "")
+    return ""
+
+
 @dataclass(frozen=True)
 class Table:
     """One full table of a (dataset, backbone): a metric family's columns (at most MAX_COLUMNS - 2)."""
@@ -178,7 +210,8 @@ def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, s
     families = by_family([c for c in table_columns() if c in present or (status and c in empty)])
     notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(record)}), "
                               "one column per substrate; controls skip these columns."],
-             "discrimination": [discrimination_note(record)] + ([status] if status else [])}
+             "discrimination": [discrimination_note(record)] + ([status] if status else []),
+             "causal": shortcut_note(group, record)}
     found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
     found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
     tables = []

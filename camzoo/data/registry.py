@@ -9,8 +9,9 @@ from typing import Any
 from collections.abc import Callable
 
 from ..registry import Registry
-from .base import CamzooDataset
+from .base import ArrayDataset, CamzooDataset
 from .errors import DatasetError
+from .shortcuts import KINDS as SHORTCUTS, plant_shortcut
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,25 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, image_siz
             root = Path(env) / name
         if not Path(root).exists():
             raise DatasetError(f"{name}: dataset root {str(root)!r} does not exist (expected {entry.layout})")
+    shortcut, rate = options.pop("shortcut", None), options.pop("shortcut_rate", None)
+    if (shortcut is not None or rate is not None) and shortcut not in SHORTCUTS:
+        raise ValueError(f"{name}: option shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}"
+                         + (" (shortcut_rate needs it)" if shortcut is None else ""))
     try:
-        return entry.build(split, root, image_size, **options)
+        dataset = entry.build(split, root, image_size, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             raise ValueError(f"{name}: {err}") from None
         raise
+    return dataset if shortcut is None and rate is None else _planted(name, dataset, shortcut, rate, options)
+
+
+def _planted(name: str, dataset: CamzooDataset, shortcut: Any, rate: Any, options: dict[str, Any]) -> CamzooDataset:
+    """``dataset`` with the ``shortcut`` option's artefact planted (camzoo.data.shortcuts), seeded by its ``seed``."""
+    if not isinstance(dataset, ArrayDataset):
+        raise ValueError(f"{name}: option shortcut needs an in-memory dataset (e.g. shapes, digits); {name} is read "
+                         "from files: drop shortcut from its options")
+    try:
+        return plant_shortcut(dataset, shortcut, 0.9 if rate is None else rate, options.get("seed", 0))
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None

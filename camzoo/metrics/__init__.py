@@ -37,6 +37,7 @@ from .localization import (
 )
 from .wsol import max_box_acc, max_box_acc_from_hits
 from .objects import object_share
+from .shortcuts import best_constant_accuracy, shortcut_share
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
 from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
@@ -67,6 +68,8 @@ __all__ = [
     "ScoringContext",
     "accuracy",
     "object_share",
+    "best_constant_accuracy",
+    "shortcut_share",
     "auc",
     "average_drop_increase",
     "boxes_to_masks",

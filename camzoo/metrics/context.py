@@ -75,6 +75,8 @@ class ScoringContext:
     # (N,H,W) bool: the other objects of each map's scene, where each map explains one object of
     # several (the benchmark's object track; metrics that need "objects")
     other_masks: torch.Tensor | None = None
+    # (N,H,W) bool: a planted shortcut's artefact region in each image (metrics that need "shortcut")
+    regions: torch.Tensor | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
     # what each metric costs (score_maps(seconds=)): the metric being computed, the seconds of each
     # per-cell computation, and which metrics read it (so two metrics sharing one both show its cost)
@@ -143,6 +145,8 @@ class ScoringContext:
             return self.model is not None  # None: a map-only scoring (the object track's, of a segmenter)
         if need == "objects":
             return self.other_masks is not None
+        if need == "shortcut":
+            return self.regions is not None
         if need == "masks":
             return self.masks is not None
         if need == "boxes":

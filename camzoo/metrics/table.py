@@ -1,7 +1,8 @@
 """The one table of metrics: what every reported number means and how a benchmark cell computes it.
 
 Each :class:`MetricInfo` says a metric's name, direction, range, what it needs (``model``, ``masks``,
-``boxes``, ``annotations`` = masks or boxes, ``method`` = the method that made the maps), its scope
+``boxes``, ``annotations`` = masks or boxes, ``method`` = the method that made the maps, ``objects``,
+``shortcut`` = a planted artefact's region), its scope
 (``model``: once per trained model;
 ``map``: once per (model, method) from the maps; ``stability``: across seeds; ``cost``: timing),
 the table column it fills (if any), and — for map metrics — ``compute(context) -> (value,
@@ -327,7 +328,7 @@ _ENTRIES = (
 )
 
 SCOPES = ("model", "map", "stability", "cost", "dataset")
-NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects")
+NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects", "shortcut")
 READS = ("images", "games", "inputs")
 
 
