@@ -40,6 +40,8 @@ class EvalSet:
     # pair's other objects (N,H,W) bool. Its maps are scored alone, without the model's games.
     targets: Any = field(default=None, repr=False, compare=False)
     other_masks: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # The parts track (camzoo.bench.parts_track): the images as a parts world, with the calibration split
+    parts: Any = field(default=None, repr=False, compare=False)
 
 
 def load_eval_set(test_split, count: int, device: torch.device, start: int = 0,
@@ -236,7 +238,7 @@ def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torc
     objects = block.other_masks is not None  # the object track scores the maps alone (no games on a segmenter)
     return metrics.score_maps(None if objects else scorer, block.images, maps, block.labels, block.masks, block.boxes,
                               settings, map_memo=memo, model_memo=model_memo, method=None if objects else spec,
-                              start=block.start, seconds=seconds, other_masks=block.other_masks)
+                              start=block.start, seconds=seconds, other_masks=block.other_masks, parts=block.parts)
 
 
 def method_options(name: str, reshape: Callable | None) -> dict[str, Any]:

@@ -25,11 +25,15 @@ from .record import RunRecord
 from .summary import Column, table_columns
 
 TIE = "≈"
+PARTS_NOTE = ("FunnyBirds protocol on the parts world (docs/metrics.md): every number at the importance threshold "
+              "chosen on the calibration split (the val split's first images), t (calibration); t (test) and "
+              "mX (test t) are the choice FunnyBirds' code makes on the test images themselves, shown beside it.")
 MAX_COLUMNS = 10  # per table of summary.md / summary.tex, the row label columns included
 # metric family -> the title of its table; a family's columns come from the metrics table (see family())
 FAMILIES = {"causal": "accuracy and deletion / insertion", "localisation": "localization",
             "stability": "stability and cost", "faithfulness": "faithfulness across substrates",
-            "discrimination": "discrimination", "other": "other metrics"}
+            "discrimination": "discrimination", "parts": "what the model uses (FunnyBirds protocol)",
+            "other": "other metrics"}
 
 
 def family(column: Column) -> str:
@@ -178,7 +182,8 @@ def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, s
     families = by_family([c for c in table_columns() if c in present or (status and c in empty)])
     notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(record)}), "
                               "one column per substrate; controls skip these columns."],
-             "discrimination": [discrimination_note(record)] + ([status] if status else [])}
+             "discrimination": [discrimination_note(record)] + ([status] if status else []),
+             "parts": [PARTS_NOTE]}
     found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
     found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
     tables = []

@@ -75,6 +75,9 @@ class ScoringContext:
     # (N,H,W) bool: the other objects of each map's scene, where each map explains one object of
     # several (the benchmark's object track; metrics that need "objects")
     other_masks: torch.Tensor | None = None
+    # the parts track (camzoo.bench.parts_track.PartsTrack): the images as a parts world and the
+    # calibration split's (metrics that need "parts", camzoo.metrics.parts_table)
+    parts: Any = None
     _memo: dict[str, Any] = field(default_factory=dict)
     # what each metric costs (score_maps(seconds=)): the metric being computed, the seconds of each
     # per-cell computation, and which metrics read it (so two metrics sharing one both show its cost)
@@ -151,6 +154,8 @@ class ScoringContext:
             return self.masks is not None or self.boxes is not None
         if need == "method":
             return self.method is not None
+        if need == "parts":
+            return self.parts is not None
         raise ValueError(f"unknown metric requirement {need!r}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
                masks: torch.Tensor | None, boxes: torch.Tensor | None, settings: EvalSettings | None = None,
                map_memo: dict | None = None, model_memo: dict | None = None,
                method: MethodSpec | str | None = None, start: int = 0,
-               seconds: dict[str, float] | None = None, other_masks: torch.Tensor | None = None) -> dict[str, Row]:
+               seconds: dict[str, float] | None = None, other_masks: torch.Tensor | None = None,
+               parts: Any = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
     Args:
@@ -58,7 +60,8 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     block only. ``model_memo`` and ``map_memo`` must then be the block's own.
     ``model`` None scores the maps alone (the metrics that need the model are skipped); ``other_masks``
     ((N,H,W) bool, the other objects of each map's scene, where ``masks`` is the one object the map
-    explains) adds the metrics that need "objects" (``object_share``).
+    explains) adds the metrics that need "objects" (``object_share``); ``parts`` (a parts world and its
+    calibration split, camzoo.bench.parts_track.PartsTrack) those that need "parts" (the FunnyBirds protocol).
     ``seconds`` (optional): each metric's wall time is added to it, by name: its own time plus every
     per-cell computation it read, so deletion and insertion each show the game they share (on CUDA the
     device is synchronised around each metric). The reliability card's cost reads it.
@@ -70,7 +73,7 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     spec = None if method is None else MethodSpec.parse(method)
     settings, reads = _block_settings(settings, start, images.shape[0])
     ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec,
-                         other_masks=other_masks)
+                         other_masks=other_masks, parts=parts)
     chosen = [info for info in METRICS.values() if info.compute is not None and info.reads in reads
               and info.selected(settings) and all(ctx.has(need) for need in info.needs)]
     if seconds is None:

@@ -327,7 +327,7 @@ _ENTRIES = (
 )
 
 SCOPES = ("model", "map", "stability", "cost", "dataset")
-NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects")
+NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects", "parts")
 READS = ("images", "games", "inputs")
 
 
