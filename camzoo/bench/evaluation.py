@@ -42,6 +42,8 @@ class EvalSet:
     other_masks: torch.Tensor | None = field(default=None, repr=False, compare=False)
     # A planted shortcut's artefact region in each image (N,H,W) bool (camzoo.data.shortcuts): shortcut_share.
     regions: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # The parts track (camzoo.bench.parts_track): the images as a parts world, with the calibration split
+    parts: Any = field(default=None, repr=False, compare=False)
 
 
 def load_eval_set(test_split, count: int, device: torch.device, start: int = 0,
@@ -243,7 +245,7 @@ def score_block(scorer: torch.nn.Module, block: EvalSet, method: str, maps: torc
     objects = block.other_masks is not None  # the object track scores the maps alone (no games on a segmenter)
     return metrics.score_maps(None if objects else scorer, block.images, maps, block.labels, block.masks, block.boxes,
                               settings, map_memo=memo, model_memo=model_memo, method=None if objects else spec,
-                              start=block.start, seconds=seconds, other_masks=block.other_masks,
+                              start=block.start, seconds=seconds, other_masks=block.other_masks, parts=block.parts,
                               regions=block.regions)
 
 

@@ -20,6 +20,7 @@ import torch
 from .datasets import DatasetData, gallery_cell
 from .evaluation import EvalStream
 from .objects import ObjectStream
+from .parts_track import PartsStream, calibration_split, is_parts_split
 from .plan import MODEL_CELL, BenchPlan, ModelJob
 from .scoring import Cell, score_model
 from .store import CellKey
@@ -77,8 +78,8 @@ class JobCells:
 
         plan, data = self.plan, self._datasets.get(job.dataset.key)
         if data is None:
-            stream = self._stream if job.dataset.task == "classification" else partial(self._objects,
-                                                                                         task=job.dataset.task)
+            stream = (partial(self._stream, calibration=partial(calibration_split, job.dataset))
+                      if job.dataset.task == "classification" else partial(self._objects, task=job.dataset.task))
             data = self._datasets[job.dataset.key] = DatasetData(job.dataset, stream)
             if not data.annotated:
                 self.echo(f"dataset {job.dataset.name}: no masks or boxes, so the localization columns and the "
@@ -101,8 +102,12 @@ class JobCells:
                     keep_maps=plan.keep_maps, last_start=stream.last_start, progress=progress):
                 yield job.key(method), cell, arrays
 
-    def _stream(self, split: Any) -> EvalStream:
+    def _stream(self, split: Any, calibration: Callable[[], Any] | None = None) -> EvalStream:
+        """The classification track's stream; a parts world's carries the parts track, its threshold
+        chosen on ``calibration`` (the dataset's val split, loaded on first use; camzoo.bench.parts_track)."""
         plan = self.plan
+        if is_parts_split(split):
+            return PartsStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size, calibration)
         return EvalStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
 
     def _objects(self, split: Any, task: str) -> EvalStream:

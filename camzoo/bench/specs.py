@@ -121,8 +121,11 @@ class DatasetSpec:
     @property
     def key(self) -> str:
         """The entry's name in the results (cells, tables): the dataset's name, and for the object track
-        its task too ("scenes-segmentation"), so that one dataset can serve both tracks in one run."""
-        return self.name if self.task == "classification" else f"{self.name}-{self.task}"
+        its task too ("scenes-segmentation"), so that one dataset can serve both tracks in one run, and a
+        planted shortcut's kind ("shapes+watermark"), so that a run holds the dataset with and without it."""
+        shortcut = self.options.get("shortcut")
+        name = f"{self.name}+{shortcut}" if shortcut else self.name
+        return name if self.task == "classification" else f"{name}-{self.task}"
 
     @property
     def gallery_key(self) -> CellKey:

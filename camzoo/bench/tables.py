@@ -25,11 +25,15 @@ from .record import RunRecord
 from .summary import Column, table_columns
 
 TIE = "≈"
+PARTS_NOTE = ("FunnyBirds protocol on the parts world (docs/metrics.md): every number at the importance threshold "
+              "chosen on the calibration split (the val split's first images), t (calibration); t (test) and "
+              "mX (test t) are the choice FunnyBirds' code makes on the test images themselves, shown beside it.")
 MAX_COLUMNS = 10  # per table of summary.md / summary.tex, the row label columns included
 # metric family -> the title of its table; a family's columns come from the metrics table (see family())
 FAMILIES = {"causal": "accuracy and deletion / insertion", "localisation": "localization",
             "stability": "stability and cost", "faithfulness": "faithfulness across substrates",
-            "discrimination": "discrimination", "other": "other metrics"}
+            "discrimination": "discrimination", "parts": "what the model uses (FunnyBirds protocol)",
+            "other": "other metrics"}
 
 
 def family(column: Column) -> str:
@@ -163,11 +167,13 @@ def shortcut_note(group: pd.DataFrame, record: RunRecord) -> list[str]:
 
 
 def _shortcut_kind(record: RunRecord, dataset: str) -> str:
-    """The ``shortcut`` option of the run's ``[[datasets]]`` entry named ``dataset`` ("" if none says)."""
+    """The ``shortcut`` option of the run's ``[[datasets]]`` entry whose results are ``dataset`` (its name, or
+    its key "shapes+watermark"); "" if none says."""
     for entry in record.config.get("datasets") or []:
-        if isinstance(entry, Mapping) and entry.get("name") == dataset:
-            options = entry.get("options") or {}
-            return str(options.get("shortcut") or (options.get("test") or {}).get("shortcut") or "")
+        options = (entry.get("options") or {}) if isinstance(entry, Mapping) else {}
+        kind = options.get("shortcut") or (options.get("test") or {}).get("shortcut")
+        if kind and dataset in (entry.get("name"), f"{entry.get('name')}+{kind}"):
+            return str(kind)
     return ""
 
 
@@ -211,7 +217,7 @@ def full_tables(group: pd.DataFrame, record: RunRecord, reported: Mapping[str, s
     notes = {"faithfulness": [f"Faithfulness across substrates (SRG = LeRF − MoRF AUC{game_images_note(record)}), "
                               "one column per substrate; controls skip these columns."],
              "discrimination": [discrimination_note(record)] + ([status] if status else []),
-             "causal": shortcut_note(group, record)}
+             "parts": [PARTS_NOTE], "causal": shortcut_note(group, record)}
     found = [(name, FAMILIES.get(name, name), columns, False) for name, columns in families.items()]
     found.append(("normalised", "normalised (0 = random, 1 = oracle)", normalised_columns(group), True))
     tables = []

@@ -43,6 +43,7 @@ from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, s
 from .settings import GRID_GAMES, SENSITIVITY_TESTS, EvalSettings
 from .scoring import combine_blocks, score_maps
 from .table import METRICS, MetricInfo, ScoringContext, register_metric, table_columns
+from . import parts_table  # noqa: F401  (registers the FunnyBirds protocol's metrics after the main table's)
 from .context import MethodSpec
 from .grids import build_grids, cell_masks, confident_cells, grid_pointing_game, grid_targets, make_grids
 from .focus_mosaics import build_focus_mosaics, focus, make_focus_mosaics

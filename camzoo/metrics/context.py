@@ -75,6 +75,9 @@ class ScoringContext:
     # (N,H,W) bool: the other objects of each map's scene, where each map explains one object of
     # several (the benchmark's object track; metrics that need "objects")
     other_masks: torch.Tensor | None = None
+    # the parts track (camzoo.bench.parts_track.PartsTrack): the images as a parts world and the
+    # calibration split's (metrics that need "parts", camzoo.metrics.parts_table)
+    parts: Any = None
     # (N,H,W) bool: a planted shortcut's artefact region in each image (metrics that need "shortcut")
     regions: torch.Tensor | None = None
     _memo: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +158,8 @@ class ScoringContext:
             return self.masks is not None or self.boxes is not None
         if need == "method":
             return self.method is not None
+        if need == "parts":
+            return self.parts is not None
         raise ValueError(f"unknown metric requirement {need!r}")
 
 

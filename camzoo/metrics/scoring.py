@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
                map_memo: dict | None = None, model_memo: dict | None = None,
                method: MethodSpec | str | None = None, start: int = 0,
                seconds: dict[str, float] | None = None, other_masks: torch.Tensor | None = None,
-               regions: torch.Tensor | None = None) -> dict[str, Row]:
+               parts: Any = None, regions: torch.Tensor | None = None) -> dict[str, Row]:
     """Every map metric of the table that the data allows: name -> (value, per-image values).
 
     Args:
@@ -59,8 +60,10 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     block only. ``model_memo`` and ``map_memo`` must then be the block's own.
     ``model`` None scores the maps alone (the metrics that need the model are skipped); ``other_masks``
     ((N,H,W) bool, the other objects of each map's scene, where ``masks`` is the one object the map
-    explains) adds the metrics that need "objects" (``object_share``); ``regions`` ((N,H,W) bool, a planted
-    shortcut's artefact region, camzoo.data.shortcuts) adds those that need "shortcut" (``shortcut_share``).
+    explains) adds the metrics that need "objects" (``object_share``); ``parts`` (a parts world and its
+    calibration split, camzoo.bench.parts_track.PartsTrack) those that need "parts" (the FunnyBirds protocol);
+    ``regions`` ((N,H,W) bool, a planted shortcut's artefact region, camzoo.data.shortcuts) those that need
+    "shortcut" (``shortcut_share``).
     ``seconds`` (optional): each metric's wall time is added to it, by name: its own time plus every
     per-cell computation it read, so deletion and insertion each show the game they share (on CUDA the
     device is synchronised around each metric). The reliability card's cost reads it.
@@ -72,7 +75,7 @@ def score_maps(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, label
     spec = None if method is None else MethodSpec.parse(method)
     settings, reads = _block_settings(settings, start, images.shape[0])
     ctx = ScoringContext(model, images, maps, labels, masks, boxes, settings, map_memo, model_memo, spec,
-                         other_masks=other_masks, regions=regions)
+                         other_masks=other_masks, parts=parts, regions=regions)
     chosen = [info for info in METRICS.values() if info.compute is not None and info.reads in reads
               and info.selected(settings) and all(ctx.has(need) for need in info.needs)]
     if seconds is None:

@@ -328,7 +328,7 @@ _ENTRIES = (
 )
 
 SCOPES = ("model", "map", "stability", "cost", "dataset")
-NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects", "shortcut")
+NEEDS = ("model", "masks", "boxes", "annotations", "method", "objects", "parts", "shortcut")
 READS = ("images", "games", "inputs")
 
 
