@@ -363,12 +363,14 @@ RANDOM_TABLE = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1], [1, 1, 0, 0, 1], 
                              [2, 1, 1, 2, 0], [0, 2, 2, 0, 1], [2, 2, 0, 1, 1]])
 
 
+@pytest.mark.filterwarnings("ignore:An input array is constant")  # SD's skipped images: class 3 is flat
 def test_the_batched_protocol_equals_the_reference_loops_at_every_threshold():
     generator = torch.Generator().manual_seed(11)
     weights = torch.randn(7, 5, 3, generator=generator) * 0.6
     weights[torch.arange(7)[:, None], torch.arange(5), RANDOM_TABLE] += 1.0
-    model = BlockModel(weights, torch.randn(7, BACKGROUND, generator=generator) * 0.3,
-                       torch.randn(7, generator=generator) * 0.1)
+    objects = torch.randn(7, BACKGROUND, generator=generator) * 0.3
+    weights[3], objects[3] = 0, 0  # class 3 never wins, and no removal moves it: TS's strict test must skip
+    model = BlockModel(weights, objects, torch.randn(7, generator=generator) * 0.1)  # class 2 (its pair: 3, 6)
     labels = torch.randint(0, 7, (14,), generator=generator).tolist()
     counts = torch.randint(0, BACKGROUND + 1, (14,), generator=generator).tolist()
     parts = world(RANDOM_TABLE, labels, counts)
@@ -383,7 +385,8 @@ def test_the_batched_protocol_equals_the_reference_loops_at_every_threshold():
     curves = parts_curves(probe, parts, attribute, batch_size=5)
     for name in ("csdc", "pc", "dc", "d"):
         assert np.allclose(getattr(curves, name).numpy(), expected[name]), name
-    assert expected["csdc"].shape[1] > 3 and expected["ts"].shape[0] > 0  # the check has something to check
+    # the check has something to check: misclassified images (PC and DC explain another class), TS pairs
+    assert 3 < expected["csdc"].shape[1] < len(labels) and expected["ts"].shape[0] > 0
     rows = score_parts(model, attribute, parts, parts, batch_size=5)
     chosen = int(np.argmax(sum(expected[k].mean(1) for k in ("csdc", "pc", "dc")) / 3 + expected["d"].mean(1)))
     assert rows["parts_threshold"][0] == rows["parts_threshold_test"][0] == pytest.approx(float(THRESHOLDS[chosen]))

@@ -14,7 +14,7 @@ The tables are small (images x 32 subsets x classes), so they live on the CPU in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +91,8 @@ def _check_set(parts: PartsSet) -> None:
                          f"max_background is {parts.max_background}: raise max_background")
 
 
-def _logits(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Logits of lazily made batches (a generator: a set's 31 x N interventions never sit in memory at once)."""
     outputs = [class_scores(model, batch.to(device), softmax=False).double().cpu() for batch in batches]
     return torch.cat(outputs) if outputs else torch.empty(0, 0, dtype=torch.float64)
 
@@ -124,9 +125,9 @@ def probe_parts(model: nn.Module, parts: PartsSet, batch_size: int) -> PartsProb
     removed_background[torch.arange(len(subset), len(positions)), object_k] = True
     starts = range(0, len(positions), batch_size)
     with torch.no_grad(), eval_mode(model):
-        logits = _logits(model, [parts.images[s:s + batch_size] for s in range(0, n, batch_size)], device)
-        moved = _logits(model, [parts.render(positions[s:s + batch_size], removed_parts[s:s + batch_size],
-                                             removed_background[s:s + batch_size]) for s in starts], device)
+        logits = _logits(model, (parts.images[s:s + batch_size] for s in range(0, n, batch_size)), device)
+        moved = _logits(model, (parts.render(positions[s:s + batch_size], removed_parts[s:s + batch_size],
+                                             removed_background[s:s + batch_size]) for s in starts), device)
     classes = logits.shape[1]
     subset_logits = logits[:, None].repeat(1, SUBSETS, 1)
     subset_logits[subset_image, subset] = moved[:len(subset)]
@@ -161,12 +162,15 @@ def part_importance(attribution: torch.Tensor, part_maps: torch.Tensor, max_back
 
 
 def _explain(attribute: Attribute, parts: PartsSet, positions: torch.Tensor, targets: torch.Tensor,
-             batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Importances (n, 5 + max_background) and total attribution (n,) of the maps of ``targets``."""
+             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importances (n, 5 + max_background) and total attribution (n,) of the maps of ``targets``.
+
+    ``attribute`` gets the images where the set holds them, and targets on that device."""
     importance, total = [], []
     for start in range(0, len(positions), batch_size):
         chosen = positions[start:start + batch_size]
-        maps = attribute(parts.images[chosen].to(device), targets[start:start + batch_size].to(device))
+        images = parts.images[chosen]
+        maps = attribute(images, targets[start:start + batch_size].to(images.device))
         if not isinstance(maps, torch.Tensor) or maps.shape[0] != len(chosen) or not torch.isfinite(maps).all():
             raise ValueError(f"the attribution must be a finite tensor (B,H,W) with B={len(chosen)}; got "
                              f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__}")
@@ -226,13 +230,12 @@ def parts_curves(model_probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     """
     labels = parts.labels.cpu().long()
     n = len(labels)
-    device = parts.images.device
     predicted = model_probe.logits.argmax(1)
     every = torch.arange(n)
-    label_importance, label_total = _explain(attribute, parts, every, labels, batch_size, device)
+    label_importance, label_total = _explain(attribute, parts, every, labels, batch_size)
     other = (predicted != labels).nonzero()[:, 0]
     pred_importance, pred_total = label_importance.clone(), label_total.clone()
-    pred_importance[other], pred_total[other] = _explain(attribute, parts, other, predicted[other], batch_size, device)
+    pred_importance[other], pred_total[other] = _explain(attribute, parts, other, predicted[other], batch_size)
 
     marked_label = important(label_importance, label_total)
     label_bits = _slot_bits(marked_label)
@@ -324,9 +327,8 @@ def target_sensitivity(probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     without = [probe.subset_logits[rows, s] for s in shared]
     drop = [[without[r][rows, c] - probe.logits[rows, c] for r in range(2)] for c in (first, second)]
     holds = (valid & (drop[0][0] < drop[0][1]) & (drop[1][1] < drop[1][0])).nonzero()[:, 0]
-    device = parts.images.device
-    one = _explain(attribute, parts, holds, first[holds], batch_size, device)[0][:, :NUM_SLOTS]
-    two = _explain(attribute, parts, holds, second[holds], batch_size, device)[0][:, :NUM_SLOTS]
+    one = _explain(attribute, parts, holds, first[holds], batch_size)[0][:, :NUM_SLOTS]
+    two = _explain(attribute, parts, holds, second[holds], batch_size)[0][:, :NUM_SLOTS]
     slots = [SUBSET_SLOTS[s[holds]].double() for s in shared]
     return torch.stack([(one * slots[0]).sum(1) > (two * slots[0]).sum(1),
                         (one * slots[1]).sum(1) < (two * slots[1]).sum(1)], 1).double()
