@@ -231,6 +231,23 @@ def test_probe_holds_every_intervention_and_is_memoised():
     assert sum(calls) == 3 * 31 + 4  # one probe for the set, shared by both methods
 
 
+def test_a_malformed_set_or_map_is_refused_with_what_to_fix():
+    parts = world(PAIRS_TABLE, [0, 1], [1, 2])
+    model = rule_model()
+    short_maps = PartsSet(parts.images, parts.labels, parts.part_maps[:, :8], parts.background_counts, parts.table,
+                          BACKGROUND, parts.render)
+    with pytest.raises(ValueError, match="part_maps must be"):
+        probe_parts(model, short_maps, 4)
+    crowded = PartsSet(parts.images, parts.labels, parts.part_maps, parts.background_counts, parts.table, 1,
+                       parts.render)
+    with pytest.raises(ValueError, match="raise max_background"):
+        probe_parts(model, crowded, 4)
+    with pytest.raises(ValueError, match="finite tensor"):
+        score_parts(model, lambda images, targets: images[:, 0] * float("nan"), parts, parts, 4)
+    with pytest.raises(ValueError, match="at the part maps' size"):
+        score_parts(model, lambda images, targets: images[:, 0, :8], parts, parts, 4)
+
+
 # One-part model: class c's logit reads slot 0 alone, +1 for its own variant, -0.5 for any other.
 # Class 0 = (0,0,0,0,0) shares slots {0,1} with class 1 and {2,3} with class 2: its pair is (1, 2).
 ONE_PART_TABLE = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1], [1, 1, 0, 0, 1]])

@@ -2,9 +2,10 @@
 
 Re-implemented from the reference code (visinf/funnybirds-framework, Apache-2.0; the function names
 are cited where each piece is defined). Why batched: the reference runs one image and one threshold
-at a time. Here the model sees every intervention of a set once (:func:`probe_parts`, 31 slot subsets
-and each background object per image), each map is asked for once per image and class, and every
-score at every threshold is then a comparison or a gather into those tables.
+at a time. Here the model sees every intervention of a set once (:func:`probe_parts`, in
+camzoo.metrics.parts_probe with the set itself; the class table's structure is in parts_classes),
+each map is asked for once per image and class, and every score at every threshold is then a
+comparison or a gather into those tables.
 
 Two departures, on purpose (docs/metrics.md): the threshold is chosen on a calibration split (the
 reference chooses it on the test set; that choice is reported beside ours), and the minimal sufficient
@@ -14,51 +15,23 @@ The tables are small (images x 32 subsets x classes), so they live on the CPU in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..modelutil import eval_mode, model_device
-from ._model import class_scores
-from .parts_classes import SLOT_INDEX, NUM_SLOTS, SUBSET_SLOTS, SUBSETS, minimal_sufficient_sets, target_sensitivity_pairs
+from .parts_classes import NUM_SLOTS, SLOT_INDEX, SUBSET_SLOTS, SUBSETS, minimal_sufficient_sets, target_sensitivity_pairs
+from .parts_probe import PartsProbe, PartsSet, dilated_masks, masked_importance, part_importance, probe_parts
 from .stability import average_ranks
 
+__all__ = ["THRESHOLDS", "PartsCurves", "PartsProbe", "PartsSet", "part_importance", "parts_curves", "probe_parts",
+           "score_parts"]
+
 THRESHOLDS = torch.linspace(0.01, 0.50, 80, dtype=torch.float64)  # explainer_wrapper.get_p_thresholds
-FIRST_SLOT_ID, FIRST_OBJECT_ID = 2, 7  # part-map ids: 0 background, 1 body, 2 + s slot s, 7 + k object k
 DROP_SHARE = 0.05  # distractibility / background independence: a logit change under 5 % of it is none
-
-Render = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Attribute = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PartsSet:
-    """One split's images with what the protocol reads: labels, part maps, the class table, a renderer.
-
-    ``render(positions (B,), removed_parts (B,5) bool, removed_background (B,max_background) bool)``
-    returns the normalised images (B,3,H,W) of those positions re-drawn without the removed items.
-    """
-
-    images: torch.Tensor  # (N,3,H,W) normalised
-    labels: torch.Tensor  # (N,) long
-    part_maps: torch.Tensor  # (N,H,W) uint8 part ids
-    background_counts: torch.Tensor  # (N,) long, objects drawn per image
-    table: torch.Tensor  # (C,5) long, the variant of each slot of each class
-    max_background: int
-    render: Render
-
-
-@dataclass
-class PartsProbe:
-    """What the model does to one set: logits unperturbed, per removed slot subset, per removed object."""
-
-    logits: torch.Tensor  # (N,K)
-    subset_logits: torch.Tensor  # (N,32,K): bit s of the subset index = slot s removed
-    background_logits: torch.Tensor  # (N,max_background,K), NaN where k >= the image's count
 
 
 @dataclass
@@ -77,95 +50,12 @@ class PartsCurves:
         return (means[0] + means[1] + means[2]) / 3 + means[3]
 
 
-def _check_set(parts: PartsSet) -> None:
-    n, size = parts.images.shape[0], tuple(parts.images.shape[-2:])
-    if parts.images.dim() != 4 or parts.labels.shape != (n,) or parts.background_counts.shape != (n,):
-        raise ValueError(f"a parts set needs images (N,3,H,W), labels (N,) and background_counts (N,); got "
-                         f"{tuple(parts.images.shape)}, {tuple(parts.labels.shape)}, {tuple(parts.background_counts.shape)}")
-    if tuple(parts.part_maps.shape) != (n, *size):
-        raise ValueError(f"part_maps must be (N,H,W) = {(n, *size)} like the images; got {tuple(parts.part_maps.shape)}")
-    if parts.table.dim() != 2 or parts.table.shape[1] != NUM_SLOTS:
-        raise ValueError(f"the class table must be (classes, {NUM_SLOTS}); got {tuple(parts.table.shape)}")
-    if n and int(parts.background_counts.max()) > parts.max_background:
-        raise ValueError(f"an image has {int(parts.background_counts.max())} background objects but "
-                         f"max_background is {parts.max_background}: raise max_background")
-
-
-def _logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Logits of lazily made batches (a generator: a set's 31 x N interventions never sit in memory at once)."""
-    outputs = [class_scores(model, batch.to(device), softmax=False).double().cpu() for batch in batches]
-    return torch.cat(outputs) if outputs else torch.empty(0, 0, dtype=torch.float64)
-
-
-def probe_parts(model: nn.Module, parts: PartsSet, batch_size: int) -> PartsProbe:
-    """Run the model on a set's images and on every intervention the protocol reads, once.
-
-    Interventions: each of the 31 non-empty subsets of the 5 slots removed (PC and DC remove any subset;
-    single_deletion / distractibility / target_sensitivity_protocol read some), and each background
-    object removed alone (distractibility_protocol, background_independence_protocol).
-
-    Args:
-        model: the classifier (put in eval mode for the call, its mode restored).
-        parts: the set, its renderer included.
-        batch_size: images per forward.
-
-    Returns:
-        A :class:`PartsProbe` on the CPU in float64.
-    """
-    _check_set(parts)
-    n, extra = parts.images.shape[0], parts.max_background
-    device = model_device(model)
-    subset_image = torch.arange(n).repeat_interleave(SUBSETS - 1)
-    subset = torch.arange(1, SUBSETS).repeat(n)
-    counts = parts.background_counts.cpu().long()
-    object_image, object_k = (torch.arange(extra)[None] < counts[:, None]).nonzero(as_tuple=True)
-    positions = torch.cat([subset_image, object_image])
-    removed_parts = torch.cat([SUBSET_SLOTS[subset], torch.zeros(len(object_image), NUM_SLOTS, dtype=torch.bool)])
-    removed_background = torch.zeros(len(positions), extra, dtype=torch.bool)
-    removed_background[torch.arange(len(subset), len(positions)), object_k] = True
-    starts = range(0, len(positions), batch_size)
-    with torch.no_grad(), eval_mode(model):
-        logits = _logits(model, (parts.images[s:s + batch_size] for s in range(0, n, batch_size)), device)
-        moved = _logits(model, (parts.render(positions[s:s + batch_size], removed_parts[s:s + batch_size],
-                                             removed_background[s:s + batch_size]) for s in starts), device)
-    classes = logits.shape[1]
-    subset_logits = logits[:, None].repeat(1, SUBSETS, 1)
-    subset_logits[subset_image, subset] = moved[:len(subset)]
-    background_logits = torch.full((n, extra, classes), float("nan"), dtype=torch.float64)
-    background_logits[object_image, object_k] = moved[len(subset):]
-    return PartsProbe(logits, subset_logits, background_logits)
-
-
-def part_importance(attribution: torch.Tensor, part_maps: torch.Tensor, max_background: int) -> torch.Tensor:
-    """Each slot's and background object's importance: attribution summed over its dilated mask.
-
-    explainer_wrapper.AbstractAttributionExplainer.get_part_importance: the mask is dilated by
-    ``nn.MaxPool2d(5, stride=1, padding=2)``; signed attribution, summed over channels if it has them.
-
-    Args:
-        attribution: (N,H,W) or (N,C,H,W) attribution at the part maps' size.
-        part_maps: (N,H,W) integer part ids (2 + s slot s, 7 + k background object k).
-        max_background: how many background objects to score.
-
-    Returns:
-        (N, 5 + max_background) float64 on the attribution's device (0 for an absent item).
-    """
-    if attribution.dim() == 4:
-        attribution = attribution.sum(1)
-    if attribution.shape != part_maps.shape or attribution.dim() != 3:
-        raise ValueError(f"attribution must be (N,H,W) or (N,C,H,W) at the part maps' size {tuple(part_maps.shape)}; "
-                         f"got {tuple(attribution.shape)}")
-    ids = torch.cat([FIRST_SLOT_ID + SLOT_INDEX, FIRST_OBJECT_ID + torch.arange(max_background)]).to(attribution.device)
-    masks = (part_maps.to(attribution.device).long()[:, None] == ids[None, :, None, None]).float()
-    dilated = F.max_pool2d(masks, kernel_size=5, stride=1, padding=2)
-    return torch.einsum("nhw,nphw->np", attribution.double(), dilated.double())
-
-
-def _explain(attribute: Attribute, parts: PartsSet, positions: torch.Tensor, targets: torch.Tensor,
-             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _explain(attribute: Attribute, parts: PartsSet, masks: torch.Tensor | None, positions: torch.Tensor,
+             targets: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Importances (n, 5 + max_background) and total attribution (n,) of the maps of ``targets``.
 
     ``attribute`` gets the images where the set holds them, and targets on that device."""
+    masks = dilated_masks(parts.part_maps, parts.max_background) if masks is None else masks
     importance, total = [], []
     for start in range(0, len(positions), batch_size):
         chosen = positions[start:start + batch_size]
@@ -174,7 +64,7 @@ def _explain(attribute: Attribute, parts: PartsSet, positions: torch.Tensor, tar
         if not isinstance(maps, torch.Tensor) or maps.shape[0] != len(chosen) or not torch.isfinite(maps).all():
             raise ValueError(f"the attribution must be a finite tensor (B,H,W) with B={len(chosen)}; got "
                              f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__}")
-        importance.append(part_importance(maps, parts.part_maps[chosen], parts.max_background).cpu())
+        importance.append(masked_importance(maps, masks[chosen]).cpu())
         total.append(maps.double().flatten(1).sum(1).cpu())
     width = NUM_SLOTS + parts.max_background
     if not importance:
@@ -232,10 +122,10 @@ def parts_curves(model_probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     n = len(labels)
     predicted = model_probe.logits.argmax(1)
     every = torch.arange(n)
-    label_importance, label_total = _explain(attribute, parts, every, labels, batch_size)
+    label_importance, label_total = _explain(attribute, parts, model_probe.masks, every, labels, batch_size)
     other = (predicted != labels).nonzero()[:, 0]
     pred_importance, pred_total = label_importance.clone(), label_total.clone()
-    pred_importance[other], pred_total[other] = _explain(attribute, parts, other, predicted[other], batch_size)
+    pred_importance[other], pred_total[other] = _explain(attribute, parts, model_probe.masks, other, predicted[other], batch_size)
 
     marked_label = important(label_importance, label_total)
     label_bits = _slot_bits(marked_label)
@@ -327,8 +217,8 @@ def target_sensitivity(probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     without = [probe.subset_logits[rows, s] for s in shared]
     drop = [[without[r][rows, c] - probe.logits[rows, c] for r in range(2)] for c in (first, second)]
     holds = (valid & (drop[0][0] < drop[0][1]) & (drop[1][1] < drop[1][0])).nonzero()[:, 0]
-    one = _explain(attribute, parts, holds, first[holds], batch_size)[0][:, :NUM_SLOTS]
-    two = _explain(attribute, parts, holds, second[holds], batch_size)[0][:, :NUM_SLOTS]
+    one = _explain(attribute, parts, probe.masks, holds, first[holds], batch_size)[0][:, :NUM_SLOTS]
+    two = _explain(attribute, parts, probe.masks, holds, second[holds], batch_size)[0][:, :NUM_SLOTS]
     slots = [SUBSET_SLOTS[s[holds]].double() for s in shared]
     return torch.stack([(one * slots[0]).sum(1) > (two * slots[0]).sum(1),
                         (one * slots[1]).sum(1) < (two * slots[1]).sum(1)], 1).double()
