@@ -274,7 +274,8 @@ def task_problems(datasets: Sequence[DatasetSpec], probes: Mapping[str, Any], ki
     problems = []
     for dataset in datasets:
         if kinds and not kinds_for(kinds, dataset):
-            problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {list(kinds)} "
+            listed = list(dataset.kinds or kinds)
+            problems.append(f"dataset {dataset.name!r} has task {dataset.task!r}, but none of the kinds {listed} "
                             f"trains for it; add a kind of that task to kinds (camzoo train --help lists the kinds), or "
                             "leave the dataset out")
         probe = probes.get(dataset.key)
@@ -306,10 +307,11 @@ def _methods(methods: Sequence[str], dataset: DatasetSpec, kind: str) -> tuple[s
 
 
 def kinds_for(kinds: Sequence[str], dataset: DatasetSpec) -> list[str]:
-    """The config's kinds whose task is the dataset's (a segmenter trains on a segmentation dataset only)."""
+    """The kinds the dataset trains: its entry's own ``kinds``, else the config's, those whose task is the
+    dataset's (a segmenter trains on a segmentation dataset only)."""
     from ..models import get_kind
 
-    return [kind for kind in kinds if getattr(get_kind(kind), "task", "classification") == dataset.task]
+    return [kind for kind in (dataset.kinds or kinds) if getattr(get_kind(kind), "task", "classification") == dataset.task]
 
 
 def _grid(config: Mapping[str, Any], datasets: tuple[DatasetSpec, ...], variants: tuple[Variant, ...],

@@ -18,7 +18,7 @@ from .store import ALL_SEEDS, CellKey
 
 GALLERY_CELL = "gallery"
 SPLITS = ("train", "test")
-DATASET_KEYS = ("name", "root", "image_size", "options", "task", "train")
+DATASET_KEYS = ("name", "root", "image_size", "options", "task", "train", "kinds")
 # What a dataset's models do, and how their maps are scored: "classification" (the image's class), or
 # "segmentation" / "detection" (each object of a scene, with the others as distractors: camzoo.bench.objects).
 TASKS = ("classification", "segmentation", "detection")
@@ -45,6 +45,21 @@ class Frozen(Mapping[str, Any]):
         return f"Frozen({self._data!r})"
 
 
+def _kind_problems(dataset: str, kinds: object) -> list[str]:
+    """What is wrong with a dataset entry's ``kinds``: a list of registered model kinds (or none)."""
+    from ..models import get_kind
+
+    if not isinstance(kinds, list) or not all(isinstance(kind, str) for kind in kinds):
+        return [f"dataset {dataset!r}: kinds must be a list of model kinds (e.g. [\"baseline\", \"lfi\"]), got {kinds!r}"]
+    problems = []
+    for kind in kinds:
+        try:
+            get_kind(kind)
+        except ValueError as err:
+            problems.append(f"dataset {dataset!r}: {err}")
+    return problems
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One ``[[datasets]]`` entry: what to load, at which size, with which loader options."""
@@ -56,6 +71,9 @@ class DatasetSpec:
     annotated: bool = False  # masks or boxes: the localization metrics and the oracle control need them
     task: str = "classification"  # TASKS: which model kinds it trains (a kind's ``task``) and how it scores
     train: Mapping[str, Any] = field(default_factory=Frozen)  # [train] keys for this dataset's models only
+    # the model kinds this dataset trains, in place of the config's ``kinds`` (empty: the config's); why:
+    # a track that reads one kind's maps (the parts track: LFI-CAM's attention) need not train them all
+    kinds: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, entry: object) -> tuple[DatasetSpec | None, list[str]]:
@@ -67,7 +85,7 @@ class DatasetSpec:
         extra = set(entry) - set(DATASET_KEYS)
         if extra:
             problems.append(f"dataset {entry['name']!r} has unknown keys {sorted(extra)} "
-                            "(valid: name, root, image_size, options, task, train)")
+                            "(valid: name, root, image_size, options, task, train, kinds)")
         task = entry.get("task", "classification")
         if task not in TASKS:
             problems.append(f"dataset {entry['name']!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -78,10 +96,12 @@ class DatasetSpec:
         train = entry.get("train", {})
         if not isinstance(train, Mapping):
             problems.append(f"dataset {entry['name']!r}: train must be a table of [train] keys, got {train!r}")
+        kinds = entry.get("kinds", [])
+        problems += _kind_problems(entry["name"], kinds)
         if problems:
             return None, problems
         return cls(entry["name"], entry.get("root", ""), entry.get("image_size", 32), Frozen(options), task=task,
-                   train=Frozen(train)), []
+                   train=Frozen(train), kinds=tuple(kinds)), []
 
     @classmethod
     def parse_all(cls, entries: object) -> tuple[tuple[DatasetSpec, ...], list[str]]:
