@@ -133,8 +133,8 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, image_siz
     """A dataset split as a torch Dataset of ``(image, label, target)`` (see the data contract).
 
     ``root``: the local copy of an on-disk dataset (default: $CAMZOO_DATA/<name>), or the cache
-    directory of "shapes" and "scenes". ``image_size``: the side of the square images returned
-    (default: the dataset's native size, 224 for photo folders, 64 for "shapes" and "scenes").
+    directory of "shapes", "scenes" and "parts". ``image_size``: the side of the square images returned
+    (default: the dataset's native size, 224 for photo folders, 64 for "shapes", "scenes" and "parts").
     """
     entry = info(name)
     if split not in entry.splits:
