@@ -37,6 +37,12 @@ def _scenes(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDat
     return load_scenes(split, root=root, image_size=image_size, **options)
 
 
+def _parts(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
+    from .parts import load_parts
+
+    return load_parts(split, root=root, image_size=image_size, **options)
+
+
 def _cifar(num_classes: int) -> Callable[..., CamzooDataset]:
     def build(split: str, root: Any, image_size: Any, **options: Any) -> CamzooDataset:
         from .cifar import load_cifar
@@ -80,6 +86,9 @@ for _entry in (
         DatasetInfo("scenes", "built-in: 2-4 shapes of distinct classes per image, every object's mask and box "
                     "(segmentation and detection ground truth)",
                     "", ("train", "val", "test"), ("mask", "boxes"), _scenes, needs_root=False),
+        DatasetInfo("parts", "built-in: birds of 5 part slots whose variants define 50 classes, exact part maps "
+                    "and re-rendered part removals (a 2-D FunnyBirds)",
+                    "", ("train", "val", "test"), ("mask", "boxes"), _parts, needs_root=False),
         DatasetInfo("digits", "built-in: scikit-learn's 1,797 real 8x8 handwritten digits, upsampled (default 32 px)",
                     "", ("train", "val", "test"), (),
                     lambda split, root, image_size, **options: __import__(
@@ -125,8 +134,8 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, image_siz
     """A dataset split as a torch Dataset of ``(image, label, target)`` (see the data contract).
 
     ``root``: the local copy of an on-disk dataset (default: $CAMZOO_DATA/<name>), or the cache
-    directory of "shapes" and "scenes". ``image_size``: the side of the square images returned
-    (default: the dataset's native size, 224 for photo folders, 64 for "shapes" and "scenes").
+    directory of "shapes", "scenes" and "parts". ``image_size``: the side of the square images returned
+    (default: the dataset's native size, 224 for photo folders, 64 for "shapes", "scenes" and "parts").
     """
     entry = info(name)
     if split not in entry.splits:
