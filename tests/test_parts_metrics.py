@@ -27,7 +27,7 @@ from camzoo.metrics.parts import (
     probe_parts,
     score_parts,
 )
-from camzoo.metrics.parts_classes import minimal_sufficient_sets, target_sensitivity_pairs
+from camzoo.data.parts_classes import minimal_sufficient_table, target_sensitivity_table
 
 SIZE, BACKGROUND = 16, 3
 SLOT_CELLS = [(1, 1), (1, 6), (1, 11), (6, 1), (6, 11)]
@@ -181,7 +181,7 @@ def test_minimal_sufficient_sets_follow_the_definition_for_the_last_class_too():
     generator = torch.Generator().manual_seed(3)
     table = torch.unique(torch.randint(0, 3, (40, 5), generator=generator), dim=0)[:20]
     table = torch.cat([table, torch.tensor([[3, 0, 0, 0, 0]])])  # the last class: beak variant 3 is its alone
-    minimal = minimal_sufficient_sets(table)
+    minimal = minimal_sufficient_table(table)
     for c in range(len(table)):
         found = {tuple(s for s in range(5) if (b >> s) & 1) for b in range(32) if minimal[c, b]}
         assert found == brute_force_sets(table, c), c
@@ -192,7 +192,7 @@ def test_target_sensitivity_pairs_are_the_first_disjoint_pair():
     generator = torch.Generator().manual_seed(5)
     table = torch.unique(torch.randint(0, 3, (60, 5), generator=generator), dim=0)[:30]
     table = torch.cat([table, torch.full((1, 5), 5)])  # shares no slot with any class: no pair
-    pairs = target_sensitivity_pairs(table)
+    pairs = target_sensitivity_table(table)
     rows = table.tolist()
     for c, row in enumerate(rows):
         shared = [{s for s in range(5) if rows[o][s] == row[s]} for o in range(len(rows))]
@@ -360,7 +360,7 @@ def reference_protocol(model: nn.Module, parts: PartsSet, attribute) -> dict[str
         rho = stats.spearmanr([original - score[s] for s in range(5)], [imp[s] for s in range(5)])[0]
         if not math.isnan(rho):
             sd.append(rho * 0.5 + 0.5)
-        pair = target_sensitivity_pairs(parts.table)[label].tolist()
+        pair = target_sensitivity_table(parts.table)[label].tolist()
         if pair[0] < 0:
             continue
         rows = parts.table.tolist()

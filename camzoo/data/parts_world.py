@@ -7,11 +7,12 @@ from the class table alone, without rendering a pixel.
 
 from __future__ import annotations
 
-import itertools
 from functools import cache
 
 import numpy as np
 import torch
+
+from .parts_classes import SUBSET_SLOTS, minimal_sufficient_table, target_sensitivity_table
 
 SLOTS: tuple[str, ...] = ("beak", "eye", "foot", "tail", "wing")  # FunnyBirds' 5 part slots, this order
 VARIANTS: tuple[int, ...] = (4, 3, 4, 9, 6)                       # variants per slot (shape x colour)
@@ -30,63 +31,31 @@ def check_num_classes(num_classes: int) -> None:
         raise ValueError(f"parts: num_classes must be an int in {MIN_CLASSES}..{MAX_CLASSES}, got {num_classes!r}")
 
 
-def _shared(table: np.ndarray, c: int) -> np.ndarray:
-    """(C,5) bool: where each class has class c's variant."""
-    return table == table[c]
-
-
 def minimal_sufficient_sets(table: torch.Tensor, c: int) -> list[tuple[int, ...]]:
-    """FunnyBirds' minimal sufficient part sets of class ``c``.
-
-    Args:
-        table: (C,5) the variant of each slot of each class (:func:`class_parts`).
-        c: the class.
-
-    Returns:
-        The slot sets S (sorted tuples, by size then order) such that no other class has class c's
-        variants on all of S (sufficient) and no proper subset of S is sufficient (minimal).
-    """
-    t = np.asarray(table)
-    shared = np.delete(_shared(t, c), c, axis=0)
-    found: list[tuple[int, ...]] = []
-    for size in range(1, len(SLOTS) + 1):
-        for subset in itertools.combinations(range(len(SLOTS)), size):
-            if any(set(f) <= set(subset) for f in found):
-                continue
-            if not shared[:, list(subset)].all(axis=1).any():
-                found.append(subset)
-    return found
+    """FunnyBirds' minimal sufficient part sets of class ``c``: the slot sets S (sorted tuples, by size
+    then order) such that no other class has class c's variants on all of S (sufficient) and no proper
+    subset of S is sufficient (minimal); one row of :func:`~camzoo.data.parts_classes.minimal_sufficient_table`."""
+    row = minimal_sufficient_table(torch.as_tensor(table))[c]
+    sets = [tuple(int(s) for s in SUBSET_SLOTS[b].nonzero().flatten()) for b in row.nonzero().flatten().tolist()]
+    return sorted(sets, key=lambda found: (len(found), found))
 
 
 def target_sensitivity_pair(table: torch.Tensor, c: int) -> tuple[int, int] | None:
-    """FunnyBirds' target-sensitivity pair of class ``c``.
-
-    Args:
-        table: (C,5) the class table.
-        c: the class.
-
-    Returns:
-        Over the classes at distance 3 from c (sharing exactly 2 slots with it), in class order, the
-        first pair (c1, c2), c1 before c2 in that list, whose shared slots with c are disjoint; None
-        when there is no such pair.
-    """
-    shared = _shared(np.asarray(table), c)
-    near = [d for d in range(len(shared)) if d != c and shared[d].sum() == 2]
-    for i, c1 in enumerate(near):
-        for c2 in near[i + 1:]:
-            if not (shared[c1] & shared[c2]).any():
-                return c1, c2
-    return None
+    """FunnyBirds' target-sensitivity pair of class ``c``: over the classes at distance 3 from c (sharing
+    exactly 2 slots with it), in class order, the first pair (c1, c2) whose shared slots with c are
+    disjoint; None when there is none (a row of :func:`~camzoo.data.parts_classes.target_sensitivity_table`)."""
+    c1, c2 = target_sensitivity_table(torch.as_tensor(table))[c].tolist()
+    return None if c1 < 0 else (c1, c2)
 
 
 def _valid(table: np.ndarray) -> bool:
     """Every class has a target-sensitivity pair, and at least a fifth of the classes have no
     single-slot sufficient set (their evidence needs two or more parts together)."""
-    n = len(table)
-    if any(target_sensitivity_pair(table, c) is None for c in range(n)):
+    found = torch.from_numpy(table)
+    if (target_sensitivity_table(found)[:, 0] < 0).any():
         return False
-    joint = sum(min(len(s) for s in minimal_sufficient_sets(table, c)) >= 2 for c in range(n))
-    return joint >= max(2, n // 5)
+    singles = minimal_sufficient_table(found)[:, [1 << s for s in range(len(SLOTS))]]
+    return int((~singles.any(1)).sum()) >= max(2, len(table) // 5)
 
 
 @cache

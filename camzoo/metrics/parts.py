@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .parts_classes import NUM_SLOTS, SLOT_INDEX, SUBSET_SLOTS, SUBSETS, minimal_sufficient_sets, target_sensitivity_pairs
+from ..data.parts_classes import (NUM_SLOTS, SLOT_INDEX, SUBSET_SLOTS, SUBSETS, minimal_sufficient_table,
+                                  target_sensitivity_table)
 from .parts_probe import PartsProbe, PartsSet, dilated_masks, masked_importance, part_importance, probe_parts
 from .stability import average_ranks
 
@@ -129,7 +130,7 @@ def parts_curves(model_probe: PartsProbe, parts: PartsSet, attribute: Attribute,
 
     marked_label = important(label_importance, label_total)
     label_bits = _slot_bits(marked_label)
-    minimal = minimal_sufficient_sets(parts.table).double()
+    minimal = minimal_sufficient_table(parts.table).double()
     size = SUBSET_SLOTS.sum(1).clamp(min=1)
     overlap = SUBSET_SLOTS[:, None, :].logical_and(SUBSET_SLOTS[None]).sum(-1) / size[:, None]  # (set, marked)
     best = (minimal[:, :, None] * overlap[None]).amax(1)  # (C, marked bits)
@@ -208,7 +209,7 @@ def target_sensitivity(probe: PartsProbe, parts: PartsSet, attribute: Attribute,
         (m, 2) float64 of 0/1, m = the images where the assumption holds.
     """
     labels = parts.labels.cpu().long()
-    pairs = target_sensitivity_pairs(parts.table)[labels]
+    pairs = target_sensitivity_table(parts.table)[labels]
     table = parts.table.cpu()
     rows = torch.arange(len(labels))
     valid = pairs[:, 0] >= 0

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..modelutil import eval_mode, model_device
 from ._model import class_scores
-from .parts_classes import NUM_SLOTS, SLOT_INDEX, SUBSET_SLOTS, SUBSETS
+from ..data.parts_classes import NUM_SLOTS, SLOT_INDEX, SUBSET_SLOTS, SUBSETS
 
 FIRST_SLOT_ID, FIRST_OBJECT_ID = 2, 7  # part-map ids: 0 background, 1 body, 2 + s slot s, 7 + k object k
 Render = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,7 +1,8 @@
 """A class table's structure that the FunnyBirds protocol reads: minimal sufficient sets, TS pairs.
 
 Why apart from the scores (camzoo.metrics.parts): these depend on the classes alone, not on a model
-or a map, and the dataset's own checks may call them. Both are whole-table tensor operations over the
+or a map; the dataset chooses its class table with them (camzoo.data.parts_world) and the metrics score
+against them. Both are whole-table tensor operations over the
 32 subsets of the 5 slots (FunnyBirds' datasets/funny_birds.py and evaluation_protocols.py).
 """
 
@@ -15,7 +16,7 @@ SLOT_INDEX = torch.arange(NUM_SLOTS)
 SUBSET_SLOTS = ((torch.arange(SUBSETS)[:, None] >> SLOT_INDEX) & 1).bool()  # (32,5): bit s of subset b = slot s
 
 
-def minimal_sufficient_sets(table: torch.Tensor) -> torch.Tensor:
+def minimal_sufficient_table(table: torch.Tensor) -> torch.Tensor:
     """(C, 32) bool: subset b (bit s = slot s) is a minimal sufficient part set of class c.
 
     FunnyBirds.get_minimal_sufficient_part_sets' definition: no other class has class c's variants on
@@ -40,7 +41,7 @@ def minimal_sufficient_sets(table: torch.Tensor) -> torch.Tensor:
     return sufficient & ~(sufficient[:, None, :] & proper[None]).any(-1)
 
 
-def target_sensitivity_pairs(table: torch.Tensor) -> torch.Tensor:
+def target_sensitivity_table(table: torch.Tensor) -> torch.Tensor:
     """(C, 2) long: target_sensitivity_protocol's class pair per class, -1 where there is none.
 
     Over the classes that share exactly two slots with c, in class order, the first pair (class1 before
