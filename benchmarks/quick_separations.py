@@ -13,7 +13,8 @@ better than row B on one metric, within one dataset / backbone / kind:
   target cell where Grad-CAM does not;
 - the object track (scenes, a segmenter): the oracle beats random on the object share too, and
   HiResCAM's maps put more of their mass on the object asked for than class-agnostic Eigen-CAM's
-  (which sits at the chance share by construction).
+  (which sits at the chance share by construction);
+- a planted shortcut (digits+watermark): the oracle beats random on the shortcut share.
 
 A check holds when A's mean is better in the metric's direction and the paired test separates the
 rows: the Wilcoxon signed-rank test of per-image values (averaged over seeds; stability: over seed
@@ -41,7 +42,7 @@ ALPHA = 0.05
 # columns where the oracle control must beat random (those a run has; controls skip SRG)
 ORACLE_COLUMNS = ("deletion", "insertion", "pointing_game", "energy_pointing_game_mask", "energy_pointing_game_box",
                   "max_box_acc_v2", "pxap", "gridpg_2x2", "gridpg_3x3", "difull_2x2", "dipart_2x2", "focus",
-                  "object_share")
+                  "object_share", "shortcut_share")
 
 
 @dataclass
@@ -75,14 +76,17 @@ def _per_seed(cells, kind: str, method: str, metric: str) -> np.ndarray | None:
 
 
 def compare(results, group: str, kind: str, better: str, worse: str, metric: str) -> Check | None:
-    """One check, or None when the run lacks either row or the metric."""
+    """One check, or None when the run lacks either row or the metric (``group``: "dataset / backbone / kind")."""
     up = METRICS[metric].higher_is_better
-    a, b = _per_image(results.long, kind, better, metric), _per_image(results.long, kind, worse, metric)
+    dataset, backbone = group.split(" / ")[:2]
+    long = results.long[(results.long["dataset"] == dataset) & (results.long["backbone"] == backbone)]
+    a, b = _per_image(long, kind, better, metric), _per_image(long, kind, worse, metric)
     if a is not None and b is not None and a.shape == b.shape:
         p, _ = paired_wilcoxon(a, b)
         mean_a, mean_b = float(np.nanmean(a)), float(np.nanmean(b))
         return Check(group, better, worse, metric, mean_a, mean_b, p, (mean_a > mean_b) if up else (mean_a < mean_b))
-    a, b = _per_seed(results.cells, kind, better, metric), _per_seed(results.cells, kind, worse, metric)
+    cells = results.cells[(results.cells["dataset"] == dataset) & (results.cells["backbone"] == backbone)]
+    a, b = _per_seed(cells, kind, better, metric), _per_seed(cells, kind, worse, metric)
     if a is None or b is None or a.shape != b.shape or np.isnan(a).all():
         return None
     right_way = bool(np.all(a > b) if up else np.all(a < b))
