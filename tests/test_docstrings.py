@@ -28,7 +28,7 @@ METRIC_FUNCTIONS = [
     "parameter_randomisation", "pearson", "play_grid_game", "pointing_game", "pointing_game_class_mean", "pxap",
     "pxap_from_histograms", "random_logit_similarity", "randomisable_layers", "randomisation_spearman",
     "register_metric", "relevance_rank_accuracy", "rise_blur", "rise_blur_kernel", "road_impute", "saliency_rank",
-    "score_maps", "shortcut_share", "spearman", "ssim", "stability", "substrate_agreement", "table_columns",
+    "score_maps", "score_parts", "shortcut_share", "spearman", "ssim", "stability", "substrate_agreement", "table_columns",
 ]
 
 OTHER_FUNCTIONS = {

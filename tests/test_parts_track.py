@@ -28,7 +28,7 @@ methods = ["gradcam", "layercam", "eigencam", "captum:IntegratedGradients", "att
 name = "parts"
 root = "{cache}"
 image_size = 32
-kinds = ["baseline", "lfi"]
+kinds = ["lfi"]
 options = {{train = {{num_images = 256}}, test = {{num_images = 16}}, max_background = 3}}
 
 [train]
@@ -57,20 +57,20 @@ def parts_run(tmp_path_factory):
 
 def test_every_parts_column_is_written_for_cams_captum_and_lfi_attention(parts_run):
     summary = pd.read_csv(parts_run / "summary.csv")
-    assert set(summary["kind"]) == {"baseline", "lfi"}, "the entry's kinds replace the config's"
+    assert set(summary["kind"]) == {"lfi"}, "the entry's kinds replace the config's"
     rows = summary.set_index(["kind", "method"])
-    explained = [("baseline", m) for m in ("gradcam", "layercam", "eigencam", "captum:IntegratedGradients")]
-    for row in explained + [("lfi", "attention"), ("lfi", "gradcam"), ("baseline", "random")]:
+    explained = [("lfi", m) for m in ("gradcam", "layercam", "eigencam", "captum:IntegratedGradients", "attention")]
+    for row in explained + [("lfi", "random")]:
         for name in PARTS_METRICS:
             value = rows.loc[row, f"{name}_mean"]
             assert not math.isnan(value), f"{row} has no {name}"
             assert PARTS_METRICS[name][1] <= value <= PARTS_METRICS[name][2]
-    assert rows.loc[("baseline", "oracle"), ["parts_mx_mean"]].isna().all(), "the oracle is not given the parts"
+    assert rows.loc[("lfi", "oracle"), ["parts_mx_mean"]].isna().all(), "the oracle is not given the parts"
     mx = rows["parts_mx_mean"].dropna()
     com, cor, con = (rows.loc[mx.index, f"parts_{n}_mean"] for n in ("com", "cor", "con"))
     assert ((com + cor + con) / 3 - mx).abs().max() < 1e-9
     # BI is the model's: the same in every row of a model
-    assert rows.loc["baseline", "parts_bi_mean"].dropna().nunique() == 1
+    assert rows.loc["lfi", "parts_bi_mean"].dropna().nunique() == 1
     text = (parts_run / "summary.md").read_text(encoding="utf-8")
     assert "what the model uses (FunnyBirds protocol)" in text
     assert "Parts t (calibration)" in text and "Parts t (test)" in text and "Parts mX (test t)" in text

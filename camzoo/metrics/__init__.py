@@ -37,6 +37,7 @@ from .localization import (
 )
 from .wsol import max_box_acc, max_box_acc_from_hits
 from .objects import object_share
+from .parts import PartsSet, score_parts
 from .shortcuts import best_constant_accuracy, shortcut_share
 from .sanity import parameter_randomisation, randomisable_layers
 from .stability import lfi_script_maps, pairwise_stability, pearson, spearman, ssim, stability
@@ -100,6 +101,8 @@ __all__ = [
     "GRID_GAMES",
     "SENSITIVITY_TESTS",
     "MethodSpec",
+    "PartsSet",
+    "score_parts",
     "build_focus_mosaics",
     "build_grids",
     "cell_masks",
