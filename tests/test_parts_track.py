@@ -5,6 +5,7 @@ the test-set choice beside it (docs/benchmark.md, "What the model uses")."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -106,3 +107,11 @@ def test_a_dataset_entry_s_kinds_must_be_registered_kinds(tmp_path):
                                                               "kinds": ["lfi", "lfj"]}]})
     with pytest.raises(ConfigError, match="lfj"):
         build_plan(config)
+
+
+def test_the_funnybirds_comparison_config_builds_its_plan(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMZOO_CACHE", str(tmp_path))
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "parts_funnybirds.toml"
+    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--check", "--device", "cpu", "--no-estimate"])
+    assert result.exit_code == 0, result.output
+    assert "captum:IntegratedGradients" in result.output and "datasets parts" in result.output
