@@ -62,3 +62,21 @@ def test_reduction_rule_options_and_errors(small):
         camzoo.explain(model, images, method="captum:Saliency", method_options={"reduce": "mean"})
     with pytest.raises(ValueError, match="attributes to the input pixels"):
         camzoo.explain(model, images, method="captum:Saliency", layer="cam_hook")
+
+
+@pytest.mark.parametrize("kind, backbone", [("baseline", "resnet8"), ("lfi", "resnet8"), ("abn", "resnet8"),
+                                            ("baseline", "resnet50")])
+def test_deeplift_runs_on_camzoo_s_resnets_and_equals_captum(kind, backbone):
+    """Captum's DeepLift refuses a module called twice; camzoo's blocks call each ReLU module once."""
+    from captum.attr import DeepLift
+
+    model = camzoo.build_model(kind, backbone, num_classes=4).eval()
+    with torch.no_grad():  # BatchNorm statistics away from the identity, so DeepLift is not Input x Gradient
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ours = camzoo.explain(model, images, method="captum:DeepLift", target=[1, 2], method_options={"reduce": "sum"})
+    reference = DeepLift(model).attribute(images.clone().requires_grad_(True), target=[1, 2]).detach().sum(1)
+    assert torch.allclose(ours.raw, reference, atol=1e-5, rtol=1e-4)
+    assert ours.raw.abs().sum() > 0
