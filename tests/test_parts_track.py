@@ -109,9 +109,11 @@ def test_a_dataset_entry_s_kinds_must_be_registered_kinds(tmp_path):
         build_plan(config)
 
 
-def test_the_funnybirds_comparison_config_builds_its_plan(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, method", [("parts_funnybirds", "captum:IntegratedGradients"),
+                                          ("parts_attention", "attention")])
+def test_the_documented_parts_configs_build_their_plans(tmp_path, monkeypatch, name, method):
     monkeypatch.setenv("CAMZOO_CACHE", str(tmp_path))
-    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "parts_funnybirds.toml"
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / f"{name}.toml"
     result = CliRunner().invoke(main, ["bench", "--config", str(config), "--check", "--device", "cpu", "--no-estimate"])
     assert result.exit_code == 0, result.output
-    assert "captum:IntegratedGradients" in result.output and "datasets parts" in result.output
+    assert method in result.output and "datasets parts" in result.output
