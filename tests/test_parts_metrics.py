@@ -277,12 +277,13 @@ def test_one_part_model_sd_and_ts_by_hand():
     # SD, image 0: importances (4,0,0,-1,0) -> ranks (5,3,3,1,3); drops (1,0,0,0,0) -> (5,2.5,2.5,2.5,2.5);
     # centred (2,0,0,-2,0) and (2,-.5,-.5,-.5,-.5): r = 5 / sqrt(8 * 5). Images 1, 2: constant, skipped.
     assert rows["parts_sd"][0] == pytest.approx(0.5 + 0.5 * 5 / math.sqrt(40))
-    assert rows["parts_sd"][1] is None and rows["parts_cor"][0] == rows["parts_sd"][0]
+    assert rows["parts_sd"][1][0] == pytest.approx(rows["parts_sd"][0]) and np.isnan(rows["parts_sd"][1][1:]).all()
+    assert rows["parts_cor"][0] == rows["parts_sd"][0]
     # TS, image 0: removing {0,1} takes class 1 from 1 to 0 (-1 < 0 for removing {2,3}); removing
     # {2,3} leaves class 2 at -0.5, removing {0,1} lifts it to 0 (0 < 0.5): the assumption holds.
     # Class 1's map: 4 on slot 0, -1 on slot 3; class 2's: -2 on slot 0, 1 on slot 2, -1 on slot 3.
     # On {0,1}: 4 > -2 (1). On {2,3}: -1 < 0 (1). Images 1, 2: flat maps, 4+4 vs 4+4 (0 and 0).
-    assert rows["parts_ts"][1].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert rows["parts_ts"][1].tolist() == [1.0, 0.0, 0.0]  # per image: the mean of its two comparisons
     assert rows["parts_ts"][0] == pytest.approx(1 / 3) == rows["parts_con"][0]
 
 
@@ -409,7 +410,13 @@ def test_the_batched_protocol_equals_the_reference_loops_at_every_threshold():
     assert rows["parts_threshold"][0] == rows["parts_threshold_test"][0] == pytest.approx(float(THRESHOLDS[chosen]))
     assert np.allclose(rows["parts_bi"][1], expected["bi"])
     assert rows["parts_sd"][0] == pytest.approx(expected["sd"])
-    assert np.array_equal(rows["parts_ts"][1], expected["ts"].flatten())
+    # one value per image, NaN where a score skips it: the rest are the reference's, in image order
+    ts = rows["parts_ts"][1]
+    assert ts.shape == (len(labels),) and np.array_equal(ts[~np.isnan(ts)], expected["ts"].mean(1))
+    csdc = rows["parts_csdc"][1]
+    assert csdc.shape == (len(labels),) and np.allclose(csdc[~np.isnan(csdc)], expected["csdc"][chosen])
+    d = rows["parts_d"][1]
+    assert d.shape == (len(labels),) and np.allclose(d[~np.isnan(d)], expected["d"][chosen])
     com = (sum(expected[k][chosen].mean() for k in ("csdc", "pc", "dc")) / 3 + expected["d"][chosen].mean()) / 2
     assert rows["parts_com"][0] == pytest.approx(com)
     assert rows["parts_mx"][0] == pytest.approx((com + expected["sd"] + expected["ts"].mean()) / 3)

@@ -44,6 +44,8 @@ class PartsCurves:
     dc: torch.Tensor  # (T, N)
     d: torch.Tensor  # (T, images with an irrelevant item): 1 - share of those items marked important
     label_importance: torch.Tensor  # (N, 5 + max_background)
+    correct: torch.Tensor  # (N,) bool: the images CSDC reads
+    has_irrelevant: torch.Tensor  # (N,) bool: the images D reads
 
     def selection(self) -> torch.Tensor:
         """evaluate_explainability.main's criterion CSDC/3 + PC/3 + DC/3 + D per threshold (empty = 0)."""
@@ -150,7 +152,7 @@ def parts_curves(model_probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     has = irrelevant.any(1)
     hits = (marked_label[:, has] & irrelevant[None, has]).sum(-1)
     d = 1 - hits / irrelevant[has].sum(-1)[None]
-    return PartsCurves(csdc.double(), pc, dc, d.double(), label_importance)
+    return PartsCurves(csdc.double(), pc, dc, d.double(), label_importance, correct, has)
 
 
 def background_independence(probe: PartsProbe, parts: PartsSet) -> torch.Tensor:
@@ -206,7 +208,7 @@ def target_sensitivity(probe: PartsProbe, parts: PartsSet, attribute: Attribute,
         batch_size: images per call of ``attribute``.
 
     Returns:
-        (m, 2) float64 of 0/1, m = the images where the assumption holds.
+        (N, 2) float64 of 0/1, NaN rows where the assumption fails (or the class has no pair).
     """
     labels = parts.labels.cpu().long()
     pairs = target_sensitivity_table(parts.table)[labels]
@@ -221,8 +223,10 @@ def target_sensitivity(probe: PartsProbe, parts: PartsSet, attribute: Attribute,
     one = _explain(attribute, parts, probe.masks, holds, first[holds], batch_size)[0][:, :NUM_SLOTS]
     two = _explain(attribute, parts, probe.masks, holds, second[holds], batch_size)[0][:, :NUM_SLOTS]
     slots = [SUBSET_SLOTS[s[holds]].double() for s in shared]
-    return torch.stack([(one * slots[0]).sum(1) > (two * slots[0]).sum(1),
-                        (one * slots[1]).sum(1) < (two * slots[1]).sum(1)], 1).double()
+    found = torch.full((len(labels), 2), float("nan"), dtype=torch.float64)
+    found[holds] = torch.stack([(one * slots[0]).sum(1) > (two * slots[0]).sum(1),
+                                (one * slots[1]).sum(1) < (two * slots[1]).sum(1)], 1).double()
+    return found
 
 
 def _probe(memo: dict | None, model: nn.Module, parts: PartsSet, batch_size: int) -> PartsProbe:
@@ -236,7 +240,18 @@ def _probe(memo: dict | None, model: nn.Module, parts: PartsSet, batch_size: int
 
 
 def _mean(values: torch.Tensor) -> float:
+    """The mean of the defined values (NaN marks an image a score skips); NaN when none is."""
+    values = values[~values.isnan()]
     return float(values.mean()) if values.numel() else float("nan")
+
+
+def _per_image(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(N,) values of the images ``where`` selects, NaN elsewhere: every row of a table then holds one
+    value per evaluation image, so the paired tests compare rows of different models on the images
+    both scored (camzoo.bench.stats drops a pair with a NaN)."""
+    found = torch.full((len(where),), float("nan"), dtype=torch.float64)
+    found[where.cpu()] = values.double()
+    return found
 
 
 def score_parts(model: nn.Module, attribute: Attribute, test: PartsSet, calibration: PartsSet, batch_size: int,
@@ -257,22 +272,23 @@ def score_parts(model: nn.Module, attribute: Attribute, test: PartsSet, calibrat
 
     Returns:
         ``parts_<csdc|pc|dc|d|bi|sd|ts|com|cor|con|mx|threshold|threshold_test|mx_test>`` ->
-        (value, per-image values or None). Per item: CSDC (correct images), PC, DC, D (images with
-        an irrelevant item), BI (background objects), TS ((m,2) flattened); None for the rest.
+        (value, per-image values or None). One value per test image, NaN where the score skips the
+        image (the value is the mean of the rest): CSDC (correctly classified images), PC, DC, D (images
+        with an irrelevant item), SD (both sides not constant), TS (the mean of its two comparisons,
+        where the assumption holds); BI one value per background object; None for the aggregates.
     """
     probe, calibration_probe = _probe(memo, model, test, batch_size), _probe(memo, model, calibration, batch_size)
     curves = parts_curves(probe, test, attribute, batch_size)
     chosen = int(parts_curves(calibration_probe, calibration, attribute, batch_size).selection().argmax())
     chosen_test = int(curves.selection().argmax())
     sd = single_deletion(probe, test, curves.label_importance)
-    per_item = {
-        "parts_bi": background_independence(probe, test),
-        "parts_ts": target_sensitivity(probe, test, attribute, batch_size).flatten(),
-    }
-    value = {"parts_sd": _mean(sd[~sd.isnan()]), **{name: _mean(v) for name, v in per_item.items()}}
+    ts = target_sensitivity(probe, test, attribute, batch_size)
+    per_item = {"parts_bi": background_independence(probe, test), "parts_ts": ts.mean(1)}  # two comparisons per image
+    value = {"parts_sd": _mean(sd), "parts_bi": _mean(per_item["parts_bi"]), "parts_ts": _mean(ts)}
 
     def completeness(index: int) -> tuple[dict[str, torch.Tensor], float]:
-        tables = {f"parts_{name}": getattr(curves, name)[index] for name in ("csdc", "pc", "dc", "d")}
+        tables = {"parts_csdc": _per_image(curves.csdc[index], curves.correct), "parts_pc": curves.pc[index],
+                  "parts_dc": curves.dc[index], "parts_d": _per_image(curves.d[index], curves.has_irrelevant)}
         means = [_mean(t) for t in tables.values()]
         return tables, ((means[0] + means[1] + means[2]) / 3 + means[3]) / 2
 
@@ -281,9 +297,9 @@ def score_parts(model: nn.Module, attribute: Attribute, test: PartsSet, calibrat
 
     tables, com = completeness(chosen)
     com_test = completeness(chosen_test)[1]
-    rows: dict[str, tuple[float, np.ndarray | None]] = {
-        name: (_mean(t), t.numpy()) for name, t in {**tables, **per_item}.items()}
-    rows["parts_sd"] = (value["parts_sd"], None)
+    rows: dict[str, tuple[float, np.ndarray | None]] = {name: (_mean(t), t.numpy()) for name, t in tables.items()}
+    rows.update({name: (value[name], t.numpy()) for name, t in per_item.items()})
+    rows["parts_sd"] = (value["parts_sd"], sd.numpy())
     rows.update(parts_com=(com, None), parts_cor=(value["parts_sd"], None), parts_con=(value["parts_ts"], None),
                 parts_mx=(mx(com), None), parts_threshold=(float(THRESHOLDS[chosen]), None),
                 parts_threshold_test=(float(THRESHOLDS[chosen_test]), None), parts_mx_test=(mx(com_test), None))
