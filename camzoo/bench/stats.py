@@ -268,15 +268,10 @@ _ASYMPTOTIC_FROM = 51
 
 
 def _batched_p_values(rows: Mapping[str, np.ndarray]) -> dict[tuple[str, str], float]:
-    """:func:`paired_wilcoxon`'s p-value of every pair of rows (combinations order) with more than 50
-    pairs of values and a non-zero difference, from one vectorised scipy call per set of pairs that keep
-    the same images (a pair with a NaN on either side is dropped, as paired_wilcoxon drops it).
-
-    Why: a report tests every pair of rows in every column; a call per pair cost ~1 ms of scipy's
-    input checks each, seconds per report (the quick preset: ~8 s of its ~26-s report). Rows that skip
-    some images (NaN: the parts columns skip the images a protocol does not score) share their
-    pattern within a model, so they batch by it too.
-    """
+    """:func:`paired_wilcoxon`'s p-value of every pair of rows with more than 50 pairs of values and a
+    non-zero difference: one vectorised scipy call per set of pairs that keep the same images (NaN
+    dropped, as there). Why: a call per pair costs ~1 ms of scipy's checks, seconds per report (the quick
+    preset: ~8 s of ~26 s); rows that skip images (the parts columns) share their pattern per model."""
     missing = {name: np.isnan(values) for name, values in rows.items()}
     groups: dict[bytes, list[tuple[str, str]]] = {}
     for name_a, name_b in combinations(rows, 2):
