@@ -273,18 +273,15 @@ def _batched_p_values(rows: Mapping[str, np.ndarray]) -> dict[tuple[str, str], f
     dropped, as there). Why: a call per pair costs ~1 ms of scipy's checks, seconds per report (the quick
     preset: ~8 s of ~26 s); rows that skip images (the parts columns) share their pattern per model."""
     missing = {name: np.isnan(values) for name, values in rows.items()}
-    groups: dict[bytes, list[tuple[str, str]]] = {}
+    groups: dict[bytes, tuple[np.ndarray, list[tuple[str, str]]]] = {}  # the images kept -> those pairs
     for name_a, name_b in combinations(rows, 2):
         keep = ~(missing[name_a] | missing[name_b])
         if keep.sum() >= _ASYMPTOTIC_FROM and np.any(rows[name_a][keep] != rows[name_b][keep]):
-            groups.setdefault(np.packbits(keep).tobytes() + bytes([keep.size % 8]), []).append((name_a, name_b))
-    if not groups:
-        return {}
+            groups.setdefault(np.packbits(keep).tobytes(), (keep, []))[1].append((name_a, name_b))
     from scipy.stats import wilcoxon
 
     found: dict[tuple[str, str], float] = {}
-    for pairs in groups.values():
-        keep = ~(missing[pairs[0][0]] | missing[pairs[0][1]])
+    for keep, pairs in groups.values():
         a = np.stack([rows[name_a][keep] for name_a, _ in pairs])
         b = np.stack([rows[name_b][keep] for _, name_b in pairs])
         with warnings.catch_warnings():
