@@ -136,14 +136,8 @@ def load_parts(
     if split not in shapes_gen.SPLIT_CODES:
         raise ValueError(f"parts: unknown split {split!r}; choose one of {sorted(shapes_gen.SPLIT_CODES)}")
     n = DEFAULT_SPLIT_SIZES[split] if num_images is None else num_images
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"parts: num_images must be a positive int, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"parts: seed must be a non-negative int, got {seed!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
-            or not shapes_gen.MIN_SIZE <= image_size <= shapes_gen.MAX_SIZE:
-        raise ValueError(f"parts: image_size must be an int in {shapes_gen.MIN_SIZE}..{shapes_gen.MAX_SIZE}, "
-                         f"got {image_size!r}")
+    shapes_gen.check_split_counts("parts", n, seed)
+    shapes_gen.check_image_size("parts", image_size)
     world.check_num_classes(num_classes)
     gen.check_max_background(max_background)
     path = cache_path(Path(root) if root is not None else default_cache_dir(), split, n, image_size, num_classes,

@@ -202,8 +202,7 @@ def render(scenes: PartsScenes, size: int, removed_parts: np.ndarray | None = No
 
     Returns images (N,3,S,S) uint8 and part_maps (N,S,S) uint8 (ids as in :mod:`parts_world`).
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not sgen.MIN_SIZE <= size <= sgen.MAX_SIZE:
-        raise ValueError(f"parts: image_size must be an int in {sgen.MIN_SIZE}..{sgen.MAX_SIZE}, got {size!r}")
+    sgen.check_image_size("parts", size)
     n, b = len(scenes.label), scenes.obj_kind.shape[1]
     keep_parts = scenes.present & (True if removed_parts is None else ~np.asarray(removed_parts, dtype=bool))
     keep_objects = scenes.obj_active & (True if removed_background is None else ~np.asarray(removed_background, bool))

@@ -127,10 +127,7 @@ def cache_path(cache_dir: Path, split: str, n: int, image_size: int, num_classes
 
 
 def generate(split: str, n: int, image_size: int, num_classes: int, seed: int) -> dict[str, np.ndarray]:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"scenes: num_images must be a positive int, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"scenes: seed must be a non-negative int, got {seed!r}")
+    shapes_gen.check_split_counts("scenes", n, seed)
     return gen.render(gen.draw_layouts(n, num_classes, seed, split), image_size)
 
 

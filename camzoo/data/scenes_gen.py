@@ -150,8 +150,7 @@ def render(layout: Layout, size: int) -> dict[str, np.ndarray]:
     """Pixels and annotations at ``size`` px: images (N,3,S,S) uint8, instances (N,S,S) uint8 (0 =
     background, j+1 = object j), object_labels (N,M) int64 (-1 = none), object_boxes (N,M,4) float32
     (NaN = none)."""
-    if not isinstance(size, (int, np.integer)) or not gen.MIN_SIZE <= size <= gen.MAX_SIZE:
-        raise ValueError(f"scenes: image_size must be an int in {gen.MIN_SIZE}..{gen.MAX_SIZE}, got {size!r}")
+    gen.check_image_size("scenes", size)
     everything = layout.scenes
     n = len(everything.label)
     images = np.empty((n, 3, size, size), dtype=np.uint8)

@@ -42,6 +42,21 @@ OBJECT_RADIUS = (0.16, 0.22)
 DISTRACTOR_RADIUS = (0.10, 0.17)
 
 
+def check_split_counts(dataset: str, num_images: object, seed: object) -> None:
+    """A generated split's size and seed, as every generated dataset takes them: a positive int and a
+    non-negative int (bools refused), checked before any work."""
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise ValueError(f"{dataset}: num_images must be a positive int, got {num_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{dataset}: seed must be a non-negative int, got {seed!r}")
+
+
+def check_image_size(dataset: str, size: object) -> None:
+    """An image side the generators draw at: an int in MIN_SIZE..MAX_SIZE."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{dataset}: image_size must be an int in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+
+
 def class_layout(num_classes: int) -> tuple[int, int]:
     """(number of shapes, number of pattern groups) used for ``num_classes`` classes.
 
