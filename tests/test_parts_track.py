@@ -95,6 +95,7 @@ def test_a_parts_split_streams_with_its_calibration_split(tmp_path):
     assert is_parts_split(split) and not is_parts_split(load("shapes", "test", root=tmp_path, image_size=32,
                                                                 num_images=4))
     stream = PartsStream(split, 4, 2, torch.device("cpu"), calibration=lambda size: calibration)
+    assert stream.first.parts.test.images is stream.first.images  # the evaluation images, not a second copy
     (block,) = list(stream.blocks())
     assert block.images.shape[0] == 4 and block.parts.test.images.shape[0] == 4
     assert torch.equal(block.parts.calibration.labels, calibration.labels[:4])

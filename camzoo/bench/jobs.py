@@ -102,12 +102,13 @@ class JobCells:
                     keep_maps=plan.keep_maps, last_start=stream.last_start, progress=progress):
                 yield job.key(method), cell, arrays
 
-    def _stream(self, split: Any, calibration: Callable[[], Any] | None = None) -> EvalStream:
+    def _stream(self, split: Any, calibration: Callable[[int], Any] | None = None) -> EvalStream:
         """The classification track's stream; a parts world's carries the parts track, its threshold
         chosen on ``calibration`` (the dataset's val split, loaded on first use; camzoo.bench.parts_track)."""
         plan = self.plan
-        if is_parts_split(split):
-            return PartsStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size, calibration)
+        if calibration is not None and is_parts_split(split):
+            return PartsStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size,
+                               calibration=calibration)
         return EvalStream(split, plan.eval_images, plan.block_images, self.device, plan.batch_size)
 
     def _objects(self, split: Any, task: str) -> EvalStream:

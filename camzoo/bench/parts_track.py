@@ -34,13 +34,14 @@ class PartsTrack:
     calibration: Any
 
 
-def parts_set(split: Any, count: int, device: torch.device) -> Any:
+def parts_set(split: Any, count: int, device: torch.device, loaded: EvalSet | None = None) -> Any:
     """The first ``count`` images of a parts split as a ``camzoo.metrics.parts.PartsSet`` on ``device``:
-    its images, labels, part maps and distractor counts, and a renderer of its interventions."""
+    its images, labels, part maps and distractor counts, and a renderer of its interventions.
+    ``loaded``: those images already on the device (the evaluation set's), used as they are."""
     from ..metrics.parts import PartsSet
 
     indices = torch.arange(min(count, len(split)))
-    images, labels, _ = split.get_batch(indices)
+    images, labels = (loaded.images, loaded.labels) if loaded is not None else split.get_batch(indices)[:2]
 
     def render(positions: torch.Tensor, removed_parts: torch.Tensor, removed_background: torch.Tensor) -> torch.Tensor:
         chosen = indices[positions.cpu()]
@@ -61,10 +62,10 @@ def calibration_split(spec: Any, image_size: int) -> Any:
 
 class PartsStream(EvalStream):
     """A parts split's evaluation images as one block that carries the parts track (see the module
-    docstring); ``calibration`` loads the split the threshold is chosen on (once, on first use)."""
+    docstring); ``calibration(image_size)`` loads the split the threshold is chosen on (once, on first use)."""
 
-    def __init__(self, split: Any, count: int, block: int, device: torch.device, batch_size: int | None = None,
-                 calibration: Callable[[int], Any] | None = None):
+    def __init__(self, split: Any, count: int, block: int, device: torch.device, batch_size: int | None = None, *,
+                 calibration: Callable[[int], Any]):
         super().__init__(split, count, max(block, count), device, batch_size)
         self._calibration = calibration
 
@@ -72,8 +73,8 @@ class PartsStream(EvalStream):
     def first(self) -> EvalSet:
         if self._first is None:
             found = load_eval_set(self.split, self.count, self.device, 0, self.batch_size)
-            calibration = self.split if self._calibration is None else self._calibration(int(self.split.image_size))
-            found.parts = PartsTrack(parts_set(self.split, self.count, self.device),
+            calibration = self._calibration(int(self.split.image_size))
+            found.parts = PartsTrack(parts_set(self.split, self.count, self.device, loaded=found),
                                      parts_set(calibration, self.count, self.device))
             self._first = found
         return self._first
