@@ -75,17 +75,15 @@ def _per_seed(cells, kind: str, method: str, metric: str) -> np.ndarray | None:
     return None if rows.empty else rows.sort_values("seed")["value"].to_numpy(dtype=float)
 
 
-def compare(results, group: str, kind: str, better: str, worse: str, metric: str) -> Check | None:
-    """One check, or None when the run lacks either row or the metric (``group``: "dataset / backbone / kind")."""
+def compare(long, cells, group: str, kind: str, better: str, worse: str, metric: str) -> Check | None:
+    """One check, or None when the run lacks either row or the metric; ``long`` and ``cells``: the run's
+    frames of the group's dataset and backbone only (two datasets share kinds and method names)."""
     up = METRICS[metric].higher_is_better
-    dataset, backbone = group.split(" / ")[:2]
-    long = results.long[(results.long["dataset"] == dataset) & (results.long["backbone"] == backbone)]
     a, b = _per_image(long, kind, better, metric), _per_image(long, kind, worse, metric)
     if a is not None and b is not None and a.shape == b.shape:
         p, _ = paired_wilcoxon(a, b)
         mean_a, mean_b = float(np.nanmean(a)), float(np.nanmean(b))
         return Check(group, better, worse, metric, mean_a, mean_b, p, (mean_a > mean_b) if up else (mean_a < mean_b))
-    cells = results.cells[(results.cells["dataset"] == dataset) & (results.cells["backbone"] == backbone)]
     a, b = _per_seed(cells, kind, better, metric), _per_seed(cells, kind, worse, metric)
     if a is None or b is None or a.shape != b.shape or np.isnan(a).all():
         return None
@@ -96,8 +94,12 @@ def compare(results, group: str, kind: str, better: str, worse: str, metric: str
 def checks(results) -> list[Check]:
     found: list[Check] = []
     cells = results.cells
+    scopes: dict[tuple[str, str], tuple] = {}  # (dataset, backbone) -> its long and cells frames, filtered once
     for (dataset, backbone, kind), rows in cells.groupby(["dataset", "backbone", "kind"]):
         group = f"{dataset} / {backbone} / {kind}"
+        if (dataset, backbone) not in scopes:
+            scopes[dataset, backbone] = tuple(frame[(frame["dataset"] == dataset) & (frame["backbone"] == backbone)]
+                                              for frame in (results.long, cells))
         methods = set(rows["method"])
         wanted = [("oracle", "random", metric) for metric in ORACLE_COLUMNS]
         one_pass = sorted(m for m in methods if m not in ("model", "gallery") and not get_method(m).reference
@@ -109,7 +111,7 @@ def checks(results) -> list[Check]:
         wanted += [("hirescam", "eigencam", "object_share")]
         for better, worse, metric in wanted:
             if better in methods and worse in methods:
-                check = compare(results, group, kind, better, worse, metric)
+                check = compare(*scopes[dataset, backbone], group, kind, better, worse, metric)
                 if check is not None:
                     found.append(check)
         if kind == "lfi":  # across kinds: LFI-CAM's attention against ABN's, on stability
